@@ -1,0 +1,179 @@
+"""The bundle format: a read-only directory shipped to devices, described by ``manifest.json``.
+
+Layout::
+
+    manifest.json           format version, input, preprocessing, cut, head, classes, defaults, sha256 of files
+    backbone.onnx           the frozen part of the original model, inference only
+    head.onnx               the head for inference, parameters as inputs (fed from a checkpoint)
+    train/                  ORT training artifacts of the head: training/eval/optimizer models, checkpoint
+
+Loading verifies every file's sha256 before anything is handed to onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeft.errors import EdgeftError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+BACKBONE_FILE = "backbone.onnx"
+HEAD_FILE = "head.onnx"
+TRAIN_DIR = "train"
+TRAIN_ARTIFACTS = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (ints, or strings for dynamic axes) and element type of a tensor."""
+
+    name: str
+    shape: list[int | str]
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How image files become the backbone's input: ``(pixels * scale - mean) / std`` in ``layout``."""
+
+    color: str = "RGB"
+    layout: str = "NCHW"
+    scale: float = 1.0 / 255.0
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """The trainable head: kind, sizes, parameter names, loss and optimizer."""
+
+    kind: str
+    feature_dim: int
+    num_outputs: int
+    trainable: list[str]
+    frozen: list[str]
+    normaliser: dict[str, str]
+    loss: str = "cross_entropy"
+    optimizer: str = "adamw"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Training defaults recorded at export; the CLI and API use them unless told otherwise."""
+
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a device needs to know about a bundle."""
+
+    format_version: int
+    producer: dict[str, str]
+    source: dict[str, Any]
+    input: TensorSpec
+    preprocessing: Preprocessing
+    feature: TensorSpec
+    head: HeadInfo
+    classes: list[str]
+    defaults: Defaults
+    validation: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The manifest as pretty, stable JSON."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Build a manifest from parsed JSON, raising KeyError/TypeError on a malformed one."""
+        return cls(
+            format_version=data["format_version"],
+            producer=data["producer"],
+            source=data["source"],
+            input=TensorSpec(**data["input"]),
+            preprocessing=Preprocessing(**data["preprocessing"]),
+            feature=TensorSpec(**data["feature"]),
+            head=HeadInfo(**data["head"]),
+            classes=list(data["classes"]),
+            defaults=Defaults(**data["defaults"]),
+            validation=data["validation"],
+            files=data["files"],
+        )
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` except the manifest, keyed by POSIX relative path."""
+    return {
+        path.relative_to(root).as_posix(): sha256_file(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_FILE
+    }
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk."""
+
+    path: Path
+    manifest: Manifest
+    fingerprint: str
+
+    @property
+    def backbone_path(self) -> Path:
+        return self.path / BACKBONE_FILE
+
+    @property
+    def head_path(self) -> Path:
+        return self.path / HEAD_FILE
+
+    def train_path(self, name: str) -> Path:
+        """Path of one ORT training artifact (training_model.onnx, eval_model.onnx, ...)."""
+        return self.path / TRAIN_DIR / name
+
+    @classmethod
+    def load(cls, path: str | Path) -> Bundle:
+        """Read the manifest and verify every file's sha256; raise EdgeftError naming what is wrong."""
+        root = Path(path)
+        manifest_path = root / MANIFEST_FILE
+        if not root.is_dir():
+            raise EdgeftError(f"bundle {root} does not exist or is not a directory")
+        if not manifest_path.is_file():
+            raise EdgeftError(f"{root} is not an edgeft bundle: {MANIFEST_FILE} is missing")
+        raw = manifest_path.read_bytes()
+        try:
+            manifest = Manifest.from_dict(json.loads(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EdgeftError(f"{manifest_path} is not a valid edgeft manifest ({type(exc).__name__}: {exc})") from None
+        if manifest.format_version != FORMAT_VERSION:
+            raise EdgeftError(
+                f"{manifest_path} has bundle format {manifest.format_version}; this edgeft reads format {FORMAT_VERSION}"
+            )
+        for rel, expected in manifest.files.items():
+            file = root / rel
+            if not file.is_file():
+                raise EdgeftError(f"bundle file {file} is missing")
+            if sha256_file(file) != expected:
+                raise EdgeftError(f"bundle file {file} is corrupt: its sha256 does not match the manifest")
+        for required in (BACKBONE_FILE, HEAD_FILE, *(f"{TRAIN_DIR}/{n}" for n in TRAIN_ARTIFACTS)):
+            if required not in manifest.files:
+                raise EdgeftError(f"{manifest_path} does not list the required file {required}")
+        return cls(root, manifest, hashlib.sha256(raw).hexdigest())

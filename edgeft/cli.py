@@ -1,0 +1,371 @@
+"""The ``edgeft`` command line: thin commands over the Python API.
+
+Exit codes: 0 success; 1 an error edgeft explains (bad file, bad bundle, state in use, ...);
+2 a usage error (unknown option, missing argument); 70 an unexpected internal error (a bug: rerun
+with --debug and report the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from edgeft import __version__
+from edgeft.errors import EdgeftError
+
+app = typer.Typer(
+    help="Fine-tune a frozen model's new head on edge devices with ONNX Runtime training.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
+
+EXIT_ERROR = 1
+EXIT_INTERNAL = 70
+_debug = {"on": False}
+
+BundleArg = Annotated[Path, typer.Argument(help="Bundle directory (from edgeft export).")]
+StateOpt = Annotated[Path, typer.Option("--state", "-s", help="State directory of this device (created if missing).")]
+EpOpt = Annotated[str, typer.Option("--ep", help="Execution provider: auto, cpu, cuda or any provider name.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads (default: ORT's choice).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    typer.echo(f"edgeft: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Turn EdgeftError into one line on stderr and exit 1; anything else into exit 70 (traceback with --debug)."""
+    try:
+        yield
+    except EdgeftError as exc:
+        raise _fail(str(exc)) from None
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if _debug["on"]:
+            raise
+        raise _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)", EXIT_INTERNAL) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgeft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """edgeft: export a bundle on a workstation, adapt its head on the device, predict."""
+    _debug["on"] = debug
+
+
+def _csv_floats(text: str | None, name: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated numbers, got '{text}'", param_hint=name) from None
+
+
+def _csv_ints(text: str | None, name: str) -> list[int] | None:
+    values = _csv_floats(text, name)
+    return None if values is None else [int(v) for v in values]
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Pretrained ONNX classifier.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
+    classes: Annotated[str | None, typer.Option(help="New class names, comma-separated.")] = None,
+    num_classes: Annotated[int | None, typer.Option(min=2, help="Number of new classes (named 0..N-1).")] = None,
+    cut: Annotated[str | None, typer.Option(help="Cut at this tensor instead of finding the head.")] = None,
+    output: Annotated[str | None, typer.Option(help="Model output to follow when it has several.")] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Concrete input shape for validation, e.g. 1,3,224,224.")
+    ] = None,
+    color: Annotated[
+        str | None, typer.Option(help="Image files: L or RGB (default from the input's channels).")
+    ] = None,
+    pixel_scale: Annotated[float, typer.Option(help="Image files: multiply pixels (0..255) by this.")] = 1.0 / 255.0,
+    mean: Annotated[str | None, typer.Option(help="Image files: per-channel mean subtracted after scaling.")] = None,
+    std: Annotated[str | None, typer.Option(help="Image files: per-channel std divided by after the mean.")] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Default epochs per update, recorded in the manifest.")] = 20,
+    batch_size: Annotated[int, typer.Option(min=1, help="Default batch size.")] = 16,
+    lr: Annotated[float, typer.Option(min=0.0, help="Default learning rate (AdamW).")] = 1e-2,
+    seed: Annotated[int, typer.Option(help="Seed of the new head's initial weights.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Cut the classifier head off MODEL, attach a new trainable head, write a validated bundle."""
+    from dataclasses import replace
+
+    from edgeft.bundle import Defaults, Preprocessing
+    from edgeft.export import export_bundle
+
+    with _reported():
+        preprocessing = None
+        if color or mean or std or pixel_scale != 1.0 / 255.0:
+            base = Preprocessing(color=color or "RGB")
+            preprocessing = replace(
+                base,
+                scale=pixel_scale,
+                mean=_csv_floats(mean, "--mean") or base.mean,
+                std=_csv_floats(std, "--std") or base.std,
+            )
+        bundle = export_bundle(
+            model,
+            out,
+            classes=classes.split(",") if classes else None,
+            num_classes=num_classes,
+            cut=cut,
+            output=output,
+            input_shape=_csv_ints(input_shape, "--input-shape"),
+            preprocessing=preprocessing,
+            defaults=Defaults(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+            seed=seed,
+            force=force,
+        )
+        m = bundle.manifest
+        typer.echo(
+            f"wrote {bundle.path}: cut at '{m.source['cut_tensor']}' ({m.head.feature_dim} features), "
+            f"new head for {len(m.classes)} classes; backbone matches the original "
+            f"(max abs diff {m.validation['cut_max_abs_diff']:.2g})"
+        )
+
+
+def _load_samples(path: Path, bundle, need_labels: bool):  # noqa: ANN001, ANN202
+    from edgeft.runtime.sources import read_path
+
+    return read_path(path, bundle.manifest, need_labels)
+
+
+@app.command()
+def adapt(
+    bundle: BundleArg,
+    data: Annotated[
+        Path, typer.Option("--data", "-d", help=".npz file, folder of .npz files, or LABEL/ image folders.")
+    ],
+    state: StateOpt,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs over the new data (default: bundle's).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size (default: bundle's).")] = None,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate (default: bundle's).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Shuffling seed (default: bundle's).")] = None,
+    eval_data: Annotated[
+        Path | None, typer.Option("--eval", help="Labelled held-out data to report accuracy on.")
+    ] = None,
+    ep: EpOpt = "auto",
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Learn the head from new labelled data and commit a new version to the state directory."""
+    from edgeft.progress import progress_bar
+    from edgeft.runtime.adapter import Adapter
+
+    with _reported(), Adapter(bundle, state, ep=ep, threads=threads) as adapter:
+        samples = _load_samples(data, adapter.bundle, need_labels=True)
+        x = np.concatenate([s.x for s in samples]) if len(samples) > 1 else samples[0].x
+        y = np.concatenate([s.y for s in samples]) if len(samples) > 1 else samples[0].y
+        held_out = _load_samples(eval_data, adapter.bundle, need_labels=True) if eval_data else []
+        before = _accuracy(adapter, held_out)
+        n_epochs = epochs or adapter.bundle.manifest.defaults.epochs
+        with progress_bar(f"learning on {adapter.placement.name}", len(x) + n_epochs) as advance:
+            result = adapter.learn(
+                x, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, origin=str(data), progress=advance
+            )
+        after = _accuracy(adapter, held_out)
+        report = {
+            "version": result.version,
+            "samples": result.samples,
+            "epochs": result.epochs,
+            "loss": result.loss,
+            "provider": adapter.placement.name,
+            "accuracy_before": before,
+            "accuracy_after": after,
+        }
+        if as_json:
+            typer.echo(json.dumps(report))
+        else:
+            line = (
+                f"learned {result.samples} samples ({result.epochs} epochs, loss {result.loss:.4f}) on "
+                f"{adapter.placement.name}; committed version {result.version} to {state}"
+            )
+            if before is not None:
+                line += f"\nheld-out accuracy: {before:.3f} before, {after:.3f} after"
+            typer.echo(line)
+
+
+def _accuracy(adapter, held_out) -> float | None:  # noqa: ANN001
+    if not held_out:
+        return None
+    correct = sum(adapter.evaluate(s.x, s.y, s.origin) * len(s.x) for s in held_out)
+    return correct / sum(len(s.x) for s in held_out)
+
+
+@app.command()
+def predict(
+    bundle: BundleArg,
+    inputs: Annotated[list[Path], typer.Argument(help="Image files, .npy or .npz (x) files.")],
+    state: StateOpt,
+    top: Annotated[int, typer.Option(min=1, help="How many classes to show per sample.")] = 1,
+    ep: EpOpt = "auto",
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict labels with the current head of the state directory."""
+    from edgeft.runtime.adapter import Adapter
+
+    with _reported():
+        adapter = Adapter(bundle, state, ep=ep, threads=threads)
+        rows = []
+        for path in inputs:
+            for samples in _load_samples(path, adapter.bundle, need_labels=False):
+                probs = adapter.predict_proba(samples.x, samples.origin)
+                for i, p in enumerate(probs):
+                    order = np.argsort(-p)[:top]
+                    rows.append(
+                        {
+                            "input": samples.origin if len(probs) == 1 else f"{samples.origin}#{i}",
+                            "label": adapter.classes[int(order[0])],
+                            "probability": float(p[order[0]]),
+                            "top": [{"label": adapter.classes[int(k)], "probability": float(p[k])} for k in order],
+                        }
+                    )
+        if as_json:
+            typer.echo(json.dumps({"version": adapter.version, "predictions": rows}))
+        else:
+            for row in rows:
+                shown = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in row["top"])
+                typer.echo(f"{row['input']}\t{shown}")
+
+
+@app.command("export-inference")
+def export_inference(
+    bundle: BundleArg,
+    state: StateOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write.")],
+) -> None:
+    """Write one ONNX model (backbone + current head) that runs in plain onnxruntime."""
+    from edgeft.runtime.adapter import Adapter
+    from edgeft.runtime.merge import write_merged_model
+
+    with _reported():
+        adapter = Adapter(bundle, state, ep="cpu")
+        write_merged_model(adapter.bundle, adapter.parameters(), out)
+        typer.echo(f"wrote {out}: backbone + head version {adapter.version}; outputs 'logits', 'probabilities'")
+
+
+@app.command()
+def info(bundle: BundleArg, as_json: JsonOpt = False) -> None:
+    """Show a bundle's manifest: input, preprocessing, cut, head, classes, files."""
+    from edgeft.bundle import Bundle
+
+    with _reported():
+        loaded = Bundle.load(bundle)
+        m = loaded.manifest
+        if as_json:
+            typer.echo(m.to_json().rstrip())
+            return
+        p = m.preprocessing
+        lines = [
+            f"bundle      {loaded.path} (format {m.format_version}, made by edgeft {m.producer['version']})",
+            f"source      {m.source['file']} (sha256 {m.source['sha256'][:12]}...)",
+            f"input       {m.input.name} {m.input.shape} {m.input.dtype}",
+            f"images      {p.color} {p.layout}, pixels*{p.scale:g}, mean {p.mean}, std {p.std}"
+            + (f"; {p.note}" if p.note else ""),
+            f"cut         '{m.source['cut_tensor']}' -> features '{m.feature.name}' [{m.head.feature_dim}]",
+            f"head        {m.head.kind} {m.head.feature_dim} -> {m.head.num_outputs}, trainable {m.head.trainable}, "
+            f"{m.head.loss}, {m.head.optimizer}",
+            f"defaults    epochs {m.defaults.epochs}, batch {m.defaults.batch_size}, lr {m.defaults.lr}, seed {m.defaults.seed}",
+            f"classes     {', '.join(m.classes)}",
+            f"validated   cut max abs diff {m.validation['cut_max_abs_diff']:.3g} "
+            f"(atol {m.validation['cut_atol']}, rtol {m.validation['cut_rtol']})",
+            "files       " + "\n            ".join(f"{name}  {digest[:12]}..." for name, digest in m.files.items()),
+        ]
+        typer.echo("\n".join(lines))
+
+
+def _artifacts_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "artifacts"
+
+
+@app.command()
+def demo(
+    state: Annotated[
+        Path | None, typer.Option("--state", "-s", help="Keep the state here (default: a temp dir).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per arriving chunk (default: bundle's).")] = None,
+    ep: EpOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """The main job: adapt the shipped default bundle on the demo stream, report held-out accuracy."""
+    from edgeft.progress import progress_bar
+    from edgeft.runtime.adapter import Adapter
+    from edgeft.runtime.sources import encode_labels, read_path
+
+    root = _artifacts_dir()
+    bundle_dir, stream_dir, test_file = root / "default", root / "demo" / "stream", root / "demo" / "test.npz"
+    with _reported():
+        if not bundle_dir.is_dir():
+            raise EdgeftError(f"the demo needs {root} from the edgeft source tree (install with pip install -e .)")
+        workdir = Path(tempfile.mkdtemp(prefix="edgeft-demo-")) if state is None else state
+        try:
+            with Adapter(bundle_dir, workdir, ep=ep, threads=threads) as adapter:
+                if adapter.version:
+                    raise EdgeftError(f"{workdir} already holds a learned head; give the demo a fresh --state")
+                manifest = adapter.bundle.manifest
+                chunks = [s for p in sorted(stream_dir.glob("*.npz")) for s in read_path(p, manifest)]
+                test = read_path(test_file, manifest)[0]
+                test_labels = encode_labels(test.y, adapter.classes, test.origin)
+                typer.echo(
+                    f"edgeft demo: {manifest.source['file']} backbone, {len(adapter.classes)} new classes, "
+                    f"{len(chunks)} arriving chunks, {len(test.x)} held-out samples, on {adapter.placement.name}"
+                )
+                test_features = adapter.embed(test.x, test.origin)
+
+                def accuracy() -> float:
+                    return float((adapter.predict_proba_features(test_features).argmax(1) == test_labels).mean())
+
+                before = accuracy()
+                typer.echo(f"held-out accuracy before adaptation: {before:.3f}")
+                n_epochs = epochs or manifest.defaults.epochs
+                work = sum(len(c.x) for c in chunks) + n_epochs * len(chunks)
+                with progress_bar("adapting", work) as advance:
+                    for chunk in chunks:
+                        result = adapter.learn(chunk.x, chunk.y, epochs=epochs, origin=chunk.origin, progress=advance)
+                        typer.echo(
+                            f"  {Path(chunk.origin).name}: learned {result.samples} samples, "
+                            f"loss {result.loss:.4f}, version {result.version}, held-out accuracy {accuracy():.3f}"
+                        )
+                typer.echo(f"held-out accuracy after adaptation: {accuracy():.3f} (before: {before:.3f})")
+        finally:
+            if state is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run() -> None:
+    """Console-script entry point; a closed pipe (``edgeft predict ... | head``) ends it quietly."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    app(prog_name="edgeft")
+
+
+if __name__ == "__main__":
+    sys.exit(run())

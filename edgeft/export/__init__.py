@@ -1,0 +1,5 @@
+"""Offline side: turn a pretrained model into a bundle. Needs onnx; never imported by the device runtime."""
+
+from edgeft.export.exporter import export_bundle
+
+__all__ = ["export_bundle"]

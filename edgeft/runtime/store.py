@@ -1,0 +1,135 @@
+"""The state directory of one device: versioned head checkpoints, a current pointer, and a lock.
+
+Layout::
+
+    state/
+      lock                      held (flock) by the one process allowed to learn; holds its pid
+      CURRENT                   JSON pointer {"version": N}, replaced atomically after a commit
+      versions/000007.ckpt      ORT checkpoint: head parameters and optimizer state
+      versions/000007.json      metadata: bundle fingerprint, sha256 of the checkpoint, counts, metrics
+
+A version is committed by writing its checkpoint, then its metadata, then CURRENT, each atomically.
+A crash before CURRENT is replaced leaves the previous version current; leftovers are pruned later.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeft.bundle import sha256_file
+from edgeft.errors import EdgeftError
+from edgeft.runtime.atomic import write_atomic, write_bytes_atomic
+
+CURRENT_FILE = "CURRENT"
+LOCK_FILE = "lock"
+VERSIONS_DIR = "versions"
+KEEP_VERSIONS = 5
+
+
+@dataclass(frozen=True)
+class Version:
+    """One committed head: its number, checkpoint file and metadata."""
+
+    number: int
+    checkpoint: Path
+    meta: dict[str, Any]
+
+
+class StateStore:
+    """Reads and commits versions in one state directory bound to one bundle."""
+
+    def __init__(self, root: str | Path, bundle_fingerprint: str) -> None:
+        self.root = Path(root)
+        self._fingerprint = bundle_fingerprint
+        self._lock_fd: int | None = None
+        if self.root.exists() and not self.root.is_dir():
+            raise EdgeftError(f"state path {self.root} exists and is not a directory")
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / VERSIONS_DIR
+
+    def _paths(self, number: int) -> tuple[Path, Path]:
+        stem = self.versions_dir / f"{number:06d}"
+        return stem.with_suffix(".ckpt"), stem.with_suffix(".json")
+
+    def current(self) -> Version | None:
+        """The committed current version, verified, or None for a fresh state directory."""
+        pointer = self.root / CURRENT_FILE
+        if not pointer.exists():
+            return None
+        try:
+            number = int(json.loads(pointer.read_text())["version"])
+        except (ValueError, KeyError, TypeError):
+            raise EdgeftError(f'{pointer} is corrupt: expected JSON like {{"version": 3}}') from None
+        return self._load(number)
+
+    def _load(self, number: int) -> Version:
+        checkpoint, meta_path = self._paths(number)
+        if not meta_path.is_file() or not checkpoint.is_file():
+            raise EdgeftError(f"state {self.root}: version {number} is missing its checkpoint or metadata")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            raise EdgeftError(f"{meta_path} is corrupt: not valid JSON") from None
+        if meta.get("bundle") != self._fingerprint:
+            raise EdgeftError(f"state {self.root} belongs to another bundle; use a new --state directory for this one")
+        if sha256_file(checkpoint) != meta.get("checkpoint_sha256"):
+            raise EdgeftError(f"{checkpoint} is corrupt: its sha256 does not match {meta_path.name}")
+        return Version(number, checkpoint, meta)
+
+    def acquire(self) -> None:
+        """Take the writer lock, or fail naming the process that holds it. Released on exit or crash."""
+        if self._lock_fd is not None:
+            return
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise EdgeftError(f"state {self.root} is in use by another edgeft process (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Give the writer lock back."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def commit(self, write_checkpoint: Callable[[Path], None], meta: dict[str, Any]) -> Version:
+        """Write a new version atomically and make it current. Requires the lock."""
+        if self._lock_fd is None:
+            raise RuntimeError("commit() needs acquire() first")
+        current = self.current()
+        number = (current.number if current else 0) + 1
+        checkpoint, meta_path = self._paths(number)
+        write_atomic(checkpoint, write_checkpoint)
+        full_meta = {
+            **meta,
+            "version": number,
+            "parent": current.number if current else None,
+            "bundle": self._fingerprint,
+            "checkpoint_sha256": sha256_file(checkpoint),
+        }
+        write_bytes_atomic(meta_path, (json.dumps(full_meta, indent=2, sort_keys=True) + "\n").encode())
+        write_bytes_atomic(self.root / CURRENT_FILE, json.dumps({"version": number}).encode())
+        self._prune(number)
+        return Version(number, checkpoint, full_meta)
+
+    def _prune(self, newest: int) -> None:
+        for path in self.versions_dir.iterdir():
+            stem = path.name.split(".")[0]
+            stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
+            old = stem.isdigit() and int(stem) <= newest - KEEP_VERSIONS
+            if stale_tmp or old:
+                path.unlink(missing_ok=True)
