@@ -67,10 +67,11 @@ class HeadInfo:
 class Defaults:
     """Training defaults recorded at export; the CLI and API use them unless told otherwise."""
 
-    epochs: int = 20
+    epochs: int = 10
     batch_size: int = 16
-    lr: float = 1e-2
+    lr: float = 1e-3
     seed: int = 0
+    replay_per_class: int = 200
 
 
 @dataclass(frozen=True)

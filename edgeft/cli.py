@@ -109,9 +109,10 @@ def export(
     pixel_scale: Annotated[float, typer.Option(help="Image files: multiply pixels (0..255) by this.")] = 1.0 / 255.0,
     mean: Annotated[str | None, typer.Option(help="Image files: per-channel mean subtracted after scaling.")] = None,
     std: Annotated[str | None, typer.Option(help="Image files: per-channel std divided by after the mean.")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Default epochs per update, recorded in the manifest.")] = 20,
+    epochs: Annotated[int, typer.Option(min=1, help="Default epochs per update, recorded in the manifest.")] = 10,
     batch_size: Annotated[int, typer.Option(min=1, help="Default batch size.")] = 16,
-    lr: Annotated[float, typer.Option(min=0.0, help="Default learning rate (AdamW).")] = 1e-2,
+    lr: Annotated[float, typer.Option(min=0.0, help="Default learning rate (AdamW).")] = 1e-3,
+    replay_per_class: Annotated[int, typer.Option(min=0, help="Default replay buffer size per class.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the new head's initial weights.")] = 0,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
@@ -140,7 +141,9 @@ def export(
             output=output,
             input_shape=_csv_ints(input_shape, "--input-shape"),
             preprocessing=preprocessing,
-            defaults=Defaults(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+            defaults=Defaults(
+                epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, replay_per_class=replay_per_class
+            ),
             seed=seed,
             force=force,
         )

@@ -36,6 +36,7 @@ import hashlib
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +150,11 @@ def random_batch(seed: int, batch: int = 4) -> torch.Tensor:
 def torch_export(model: DigitsClassifier, path: Path, opset: int, seed: int) -> None:
     """Export with the TorchScript exporter: constant folding, dynamic batch axis N."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Expected: the legacy exporter is deprecated (still present in torch 2.13), and
+        # its folding skips the pads' Slice nodes, which ``fold_constants`` handles.
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript")
+        warnings.filterwarnings("ignore", "Constant folding - Only steps=1")
         torch.onnx.export(
             model,
             (random_batch(seed, batch=2),),
@@ -291,6 +296,18 @@ def rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
             info.name = new
 
 
+def name_batch_dims(graph: onnx.GraphProto) -> None:
+    """Call the inferred batch dimension of intermediate tensors ``N``, like the input's.
+
+    ONNX shape inference cannot carry a symbolic dimension through ``Resize`` with scales,
+    so it invents ``unk__*`` names; the only dynamic dimension here is the batch (axis 0).
+    """
+    for info in graph.value_info:
+        dims = info.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param.startswith("unk__"):
+            dims[0].dim_param = "N"
+
+
 def add_metadata(model: onnx.ModelProto) -> None:
     """Record the embedded preprocessing and the weights' origin in the metadata."""
     preprocessing = (
@@ -324,6 +341,7 @@ def finalize(path: Path) -> onnx.ModelProto:
     model.ir_version = min(model.ir_version, MAX_IR_VERSION)
     add_metadata(model)
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    name_batch_dims(model.graph)
     onnx.checker.check_model(model, full_check=True)
     onnx.save_model(model, str(path), save_as_external_data=False)
     return model

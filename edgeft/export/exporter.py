@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -88,7 +89,7 @@ def export_bundle(
         generate_head_artifacts(head_graph.training_head(spec, parameters), staging / TRAIN_DIR)
         manifest = Manifest(
             format_version=FORMAT_VERSION,
-            producer={"name": "edgeft", "version": __version__, "created": datetime.now(timezone.utc).isoformat()},
+            producer={"name": "edgeft", "version": __version__, "created": _creation_time()},
             source={
                 "file": source_path.name,
                 "sha256": sha256_file(source_path),
@@ -123,6 +124,13 @@ def export_bundle(
             shutil.rmtree(destination)
         staging.rename(destination)
     return Bundle.load(destination)
+
+
+def _creation_time() -> str:
+    """Now, or SOURCE_DATE_EPOCH when set, so that rebuilt bundles are byte-identical."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
+    return moment.isoformat()
 
 
 def _class_names(classes: Sequence[str] | None, num_classes: int | None) -> list[str]:

@@ -13,6 +13,7 @@ from edgeft.bundle import Bundle
 from edgeft.errors import DataError, EdgeftError
 from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.ort import Placement, resolve_placement
+from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.sources import encode_labels
 from edgeft.runtime.store import StateStore, Version
 from edgeft.runtime.trainer import HeadPredictor, HeadTrainer, Parameters, checkpoint_parameters, feature_normaliser
@@ -25,6 +26,7 @@ class LearnResult:
     """What one ``learn`` call did."""
 
     samples: int
+    replayed: int
     epochs: int
     loss: float
     version: int
@@ -45,6 +47,7 @@ class Adapter:
         self._features = FeatureExtractor(self.bundle, self.placement, threads)
         self._predictor = HeadPredictor(self.bundle, self.placement, threads)
         self._trainer: HeadTrainer | None = None
+        self._replay: ReplayBuffer | None = None
         self._version: Version | None = self.store.current()
         self._parameters: Parameters | None = None
 
@@ -132,12 +135,16 @@ class Adapter:
             )
         if len(features) == 0:
             raise DataError(f"{origin}: no samples to learn from")
-        trainer = self._open_trainer()
+        trainer, replay = self._open_trainer()
         if self._version is None:
             trainer.set_normaliser(*feature_normaliser(features))
-        # Each version trains with its own shuffling stream, so repeated arrivals are not shuffled alike.
+        replayed = len(replay)
+        train_features = np.concatenate([features, replay.features]) if replayed else features
+        train_labels = np.concatenate([labels, replay.labels]) if replayed else labels
+        # Each version trains with its own random stream, so repeated arrivals are not shuffled alike.
+        rng_seed = seed + self.version
         loss = trainer.fit(
-            features, labels, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed + self.version, progress=progress
+            train_features, train_labels, epochs=epochs, batch_size=batch_size, lr=lr, seed=rng_seed, progress=progress
         )
         if not np.isfinite(loss):
             raise EdgeftError(f"{origin}: training diverged (loss {loss}); nothing was committed, try a smaller --lr")
@@ -146,8 +153,9 @@ class Adapter:
         for index, count in zip(*np.unique(labels, return_counts=True), strict=True):
             name = self.classes[int(index)]
             counts[name] = counts.get(name, 0) + int(count)
+        replay.add(features, labels, np.random.default_rng(rng_seed))
         self._version = self.store.commit(
-            trainer.save,
+            {"ckpt": trainer.save, "replay.npz": replay.save},
             {
                 "created": datetime.now(timezone.utc).isoformat(),
                 "samples_seen": int(previous.get("samples_seen", 0)) + len(features),
@@ -155,6 +163,7 @@ class Adapter:
                 "last_update": {
                     "origin": origin,
                     "samples": len(features),
+                    "replayed": replayed,
                     "epochs": epochs,
                     "batch_size": batch_size,
                     "lr": lr,
@@ -162,14 +171,23 @@ class Adapter:
                 },
             },
         )
-        return LearnResult(len(features), epochs, loss, self._version.number)
+        return LearnResult(len(features), replayed, epochs, loss, self._version.number)
 
-    def _open_trainer(self) -> HeadTrainer:
-        if self._trainer is None:
+    def _open_trainer(self) -> tuple[HeadTrainer, ReplayBuffer]:
+        """Take the lock, then load the current head and its replay buffer for training."""
+        if self._trainer is None or self._replay is None:
             self.store.acquire()
             self._version = self.store.current()
             self._trainer = HeadTrainer(self.bundle, self._checkpoint(), self.placement, self._threads)
-        return self._trainer
+            self._replay = self._load_replay()
+        return self._trainer, self._replay
+
+    def _load_replay(self) -> ReplayBuffer:
+        head = self.bundle.manifest.head
+        per_class = self.bundle.manifest.defaults.replay_per_class
+        if self._version is None or "replay.npz" not in self._version.files:
+            return ReplayBuffer(head.feature_dim, head.num_outputs, per_class)
+        return ReplayBuffer.load(self._version.files["replay.npz"], head.feature_dim, head.num_outputs, per_class)
 
     def close(self) -> None:
         """Release the state directory's lock."""

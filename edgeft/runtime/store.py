@@ -6,9 +6,10 @@ Layout::
       lock                      held (flock) by the one process allowed to learn; holds its pid
       CURRENT                   JSON pointer {"version": N}, replaced atomically after a commit
       versions/000007.ckpt      ORT checkpoint: head parameters and optimizer state
-      versions/000007.json      metadata: bundle fingerprint, sha256 of the checkpoint, counts, metrics
+      versions/000007.replay.npz  latent replay buffer that belongs to this checkpoint
+      versions/000007.json      metadata: bundle fingerprint, sha256 of each file above, counts, metrics
 
-A version is committed by writing its checkpoint, then its metadata, then CURRENT, each atomically.
+A version is committed by writing its files, then its metadata, then CURRENT, each atomically.
 A crash before CURRENT is replaced leaves the previous version current; leftovers are pruned later.
 """
 
@@ -34,11 +35,15 @@ KEEP_VERSIONS = 5
 
 @dataclass(frozen=True)
 class Version:
-    """One committed head: its number, checkpoint file and metadata."""
+    """One committed head: its number, its files by kind (``ckpt``, ``replay.npz``) and metadata."""
 
     number: int
-    checkpoint: Path
+    files: dict[str, Path]
     meta: dict[str, Any]
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.files["ckpt"]
 
 
 class StateStore:
@@ -55,9 +60,8 @@ class StateStore:
     def versions_dir(self) -> Path:
         return self.root / VERSIONS_DIR
 
-    def _paths(self, number: int) -> tuple[Path, Path]:
-        stem = self.versions_dir / f"{number:06d}"
-        return stem.with_suffix(".ckpt"), stem.with_suffix(".json")
+    def _path(self, number: int, kind: str) -> Path:
+        return self.versions_dir / f"{number:06d}.{kind}"
 
     def current(self) -> Version | None:
         """The committed current version, verified, or None for a fresh state directory."""
@@ -71,18 +75,23 @@ class StateStore:
         return self._load(number)
 
     def _load(self, number: int) -> Version:
-        checkpoint, meta_path = self._paths(number)
-        if not meta_path.is_file() or not checkpoint.is_file():
-            raise EdgeftError(f"state {self.root}: version {number} is missing its checkpoint or metadata")
+        meta_path = self._path(number, "json")
+        if not meta_path.is_file():
+            raise EdgeftError(f"state {self.root}: version {number} has no metadata file {meta_path.name}")
         try:
             meta = json.loads(meta_path.read_text())
-        except ValueError:
-            raise EdgeftError(f"{meta_path} is corrupt: not valid JSON") from None
+            digests = dict(meta["sha256"])
+        except (ValueError, KeyError, TypeError):
+            raise EdgeftError(f"{meta_path} is corrupt: not valid version metadata") from None
         if meta.get("bundle") != self._fingerprint:
             raise EdgeftError(f"state {self.root} belongs to another bundle; use a new --state directory for this one")
-        if sha256_file(checkpoint) != meta.get("checkpoint_sha256"):
-            raise EdgeftError(f"{checkpoint} is corrupt: its sha256 does not match {meta_path.name}")
-        return Version(number, checkpoint, meta)
+        files = {kind: self._path(number, kind) for kind in digests}
+        for kind, path in files.items():
+            if not path.is_file():
+                raise EdgeftError(f"state {self.root}: version {number} is missing {path.name}")
+            if sha256_file(path) != digests[kind]:
+                raise EdgeftError(f"{path} is corrupt: its sha256 does not match {meta_path.name}")
+        return Version(number, files, meta)
 
     def acquire(self) -> None:
         """Take the writer lock, or fail naming the process that holds it. Released on exit or crash."""
@@ -106,25 +115,31 @@ class StateStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def commit(self, write_checkpoint: Callable[[Path], None], meta: dict[str, Any]) -> Version:
-        """Write a new version atomically and make it current. Requires the lock."""
+    def commit(self, writers: dict[str, Callable[[Path], None]], meta: dict[str, Any]) -> Version:
+        """Write a new version's files (kind -> writer) and metadata atomically, then make it current.
+
+        Requires the lock. ``writers`` must include ``ckpt``.
+        """
         if self._lock_fd is None:
             raise RuntimeError("commit() needs acquire() first")
         current = self.current()
         number = (current.number if current else 0) + 1
-        checkpoint, meta_path = self._paths(number)
-        write_atomic(checkpoint, write_checkpoint)
+        files = {kind: self._path(number, kind) for kind in writers}
+        for kind, write in writers.items():
+            write_atomic(files[kind], write)
         full_meta = {
             **meta,
             "version": number,
             "parent": current.number if current else None,
             "bundle": self._fingerprint,
-            "checkpoint_sha256": sha256_file(checkpoint),
+            "sha256": {kind: sha256_file(path) for kind, path in files.items()},
         }
-        write_bytes_atomic(meta_path, (json.dumps(full_meta, indent=2, sort_keys=True) + "\n").encode())
+        write_bytes_atomic(
+            self._path(number, "json"), (json.dumps(full_meta, indent=2, sort_keys=True) + "\n").encode()
+        )
         write_bytes_atomic(self.root / CURRENT_FILE, json.dumps({"version": number}).encode())
         self._prune(number)
-        return Version(number, checkpoint, full_meta)
+        return Version(number, files, full_meta)
 
     def _prune(self, newest: int) -> None:
         for path in self.versions_dir.iterdir():

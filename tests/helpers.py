@@ -1,0 +1,79 @@
+"""Shared helpers for the edgeft tests: a learnable tiny dataset, CLI runner, file corruption."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+
+from tiny_models import CHANNELS, SIZE
+
+CLASSES = ("red", "green", "blue")
+CLI = [sys.executable, "-m", "edgeft.cli"]
+SUBPROCESS_TIMEOUT = 120
+
+
+def make_dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose label (0..2) is the channel with the highest mean: a constant per channel plus noise."""
+    rng = np.random.default_rng(seed)
+    level = rng.uniform(-1.0, 1.0, (n, CHANNELS)).astype(np.float32)
+    noise = rng.normal(0.0, 0.1, (n, CHANNELS, SIZE, SIZE)).astype(np.float32)
+    x = (level[:, :, None, None] + noise).astype(np.float32)
+    return x, x.mean(axis=(2, 3)).argmax(axis=1).astype(np.int64)
+
+
+def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m edgeft.cli ARGS`` in a real subprocess and capture its text output."""
+    return subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=SUBPROCESS_TIMEOUT
+    )
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    """Copy a bundle (or state) directory so a test can damage the copy."""
+    shutil.copytree(src, dst)
+    return dst
+
+
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    """Corrupt one byte of ``path`` in place (the middle byte unless ``offset`` is given)."""
+    data = bytearray(path.read_bytes())
+    index = len(data) // 2 if offset is None else offset
+    data[index] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def run_onnx(model: onnx.ModelProto | Path, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> list:
+    """Run a model (proto or file) in a plain onnxruntime InferenceSession on CPU."""
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return session.run(outputs, feeds)
+
+
+def exposing(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
+    """A copy of ``model`` with ``tensor`` added to its graph outputs (independent of edgeft's helper)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.append(onnx.helper.make_empty_tensor_value_info(tensor))
+    return copy
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def one_error_line(stderr: str) -> str:
+    """Assert stderr is exactly one 'edgeft: error:' line with no traceback, and return it."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("edgeft: error: "), stderr
+    return lines[0]
