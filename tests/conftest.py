@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CLASSES, make_dataset
+from tiny_models import classifier, save
 
 from edgeft.bundle import Bundle, Defaults
 from edgeft.export import export_bundle
-from helpers import CLASSES, make_dataset
-from tiny_models import classifier, save
 
 # Training defaults recorded in the session bundle: small enough to keep every learn call fast.
 TEST_DEFAULTS = Defaults(epochs=10, batch_size=16, lr=0.05, seed=0)

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime
-
 from tiny_models import CHANNELS, SIZE
 
 CLASSES = ("red", "green", "blue")
@@ -30,9 +29,7 @@ def make_dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m edgeft.cli ARGS`` in a real subprocess and capture its text output."""
-    return subprocess.run(
-        [*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=SUBPROCESS_TIMEOUT
-    )
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=SUBPROCESS_TIMEOUT)
 
 
 def copy_tree(src: Path, dst: Path) -> Path:

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from helpers import CLASSES, SUBPROCESS_TIMEOUT, copy_tree, flip_byte, make_dataset, one_error_line, run_cli
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
@@ -18,7 +19,6 @@ from typer.testing import CliRunner
 import edgeft
 from edgeft.cli import app
 from edgeft.runtime.adapter import Adapter
-from helpers import CLASSES, SUBPROCESS_TIMEOUT, copy_tree, flip_byte, make_dataset, one_error_line, run_cli
 
 
 def _save_npz(path: Path, n: int, seed: int, *, names: bool = True, labels: bool = True) -> Path:
@@ -69,9 +69,7 @@ def test_console_script_and_module_entry_points() -> None:
 
 def test_full_workflow(tiny_model: Path, tmp_path: Path) -> None:
     bundle, state = tmp_path / "bundle", tmp_path / "state"
-    done = run_cli(
-        "export", tiny_model, "-o", bundle, "--classes", ",".join(CLASSES), "--epochs", "10", "--lr", "0.05"
-    )
+    done = run_cli("export", tiny_model, "-o", bundle, "--classes", ",".join(CLASSES), "--epochs", "10", "--lr", "0.05")
     assert done.returncode == 0, done.stderr
     assert f"wrote {bundle}: cut at 'features' (6 features), new head for 3 classes" in done.stdout
 
@@ -96,7 +94,7 @@ def test_full_workflow(tiny_model: Path, tmp_path: Path) -> None:
 
     done = run_cli("adapt", bundle, "-d", train, "-s", state, "--eval", held_out, "--epochs", "2")
     assert done.returncode == 0, done.stderr
-    assert f"(2 epochs, loss " in done.stdout and f"committed version 2 to {state}" in done.stdout
+    assert "(2 epochs, loss " in done.stdout and f"committed version 2 to {state}" in done.stdout
     assert "held-out accuracy: " in done.stdout
 
     x, _ = make_dataset(5, seed=3)
@@ -202,7 +200,12 @@ def test_bad_labels_exit_1_and_commit_nothing(bundle_dir: Path, tmp_path: Path) 
     ],
 )
 def test_usage_errors_exit_2(args: list[str], bundle_dir: Path, tiny_model: Path, tmp_path: Path) -> None:
-    paths = {"BUNDLE": str(bundle_dir), "MODEL": str(tiny_model), "state": str(tmp_path / "s"), "out": str(tmp_path / "o")}
+    paths = {
+        "BUNDLE": str(bundle_dir),
+        "MODEL": str(tiny_model),
+        "state": str(tmp_path / "s"),
+        "out": str(tmp_path / "o"),
+    }
     done = run_cli(*[paths.get(a, a) for a in args], cwd=tmp_path)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr

@@ -8,17 +8,16 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
+from helpers import CLASSES, copy_tree, flip_byte, run_onnx, softmax
 from onnx import numpy_helper
+from tiny_models import CHANNELS, HIDDEN, ORIGINAL_CLASSES, SIZE, classifier, save
 
 from edgeft.bundle import FORMAT_VERSION, MANIFEST_FILE, Bundle
 from edgeft.errors import EdgeftError
 from edgeft.export import export_bundle
 from edgeft.export.artifacts import check_trainable_set
 from edgeft.runtime.ort import training_api
-from helpers import CLASSES, copy_tree, flip_byte, run_onnx, softmax
-from tiny_models import CHANNELS, HIDDEN, ORIGINAL_CLASSES, SIZE, classifier, save
 
 EXPECTED_FILES = {
     "backbone.onnx",

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CLASSES, make_dataset
 from PIL import Image
+from tiny_models import CHANNELS, SIZE
 
 from edgeft.bundle import Bundle, Manifest, Preprocessing, TensorSpec
 from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.sources import read_image, read_path
-from helpers import CLASSES, make_dataset
-from tiny_models import CHANNELS, SIZE
 
 COLOURS = {"red": (200, 10, 30), "green": (5, 180, 60), "blue": (0, 40, 250)}
 

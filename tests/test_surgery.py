@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import exposing, run_onnx
 from onnx import TensorProto, helper
+from tiny_models import CHANNELS, HIDDEN, ORIGINAL_CLASSES, SIZE, classifier, save
 
 from edgeft.errors import EdgeftError
 from edgeft.export import export_bundle
 from edgeft.export.surgery import cut_at, extract_backbone, find_head
-from helpers import exposing, run_onnx
-from tiny_models import CHANNELS, HIDDEN, ORIGINAL_CLASSES, SIZE, classifier, save
 
 HEAD_NODES = {"gemm": ("fc",), "matmul_add": ("fc.add", "fc.matmul"), "matmul": ("fc.matmul",)}
 TAILS = [

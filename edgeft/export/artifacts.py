@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -20,21 +25,43 @@ def generate_head_artifacts(head: onnx.ModelProto, directory: Path) -> None:
     """
     artifacts = training_artifacts()
     directory.mkdir(parents=True, exist_ok=True)
-    artifacts.generate_artifacts(
-        head,
-        requires_grad=list(TRAINABLE_PARAMETERS),
-        frozen_params=list(FROZEN_PARAMETERS),
-        loss=artifacts.LossType.CrossEntropyLoss,
-        optimizer=artifacts.OptimType.AdamW,
-        artifact_directory=str(directory),
-        additional_output_names=[LOGITS_OUTPUT],
-    )
+    with _without_native_info_logs():
+        artifacts.generate_artifacts(
+            head,
+            requires_grad=list(TRAINABLE_PARAMETERS),
+            frozen_params=list(FROZEN_PARAMETERS),
+            loss=artifacts.LossType.CrossEntropyLoss,
+            optimizer=artifacts.OptimType.AdamW,
+            artifact_directory=str(directory),
+            additional_output_names=[LOGITS_OUTPUT],
+        )
     for name in TRAIN_ARTIFACTS:
         if not (directory / name).exists():
             raise EdgeftError(f"ORT artifact generation did not write {directory / name}")
         if name.endswith(".onnx"):
             _restamp_ir_version(directory / name)
     check_trainable_set(directory / "checkpoint", set(TRAINABLE_PARAMETERS))
+
+
+@contextmanager
+def _without_native_info_logs() -> Iterator[None]:
+    """Drop the INFO lines ORT's native gradient builder prints to fd 2 whatever the log level; keep the rest."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [
+                line
+                for line in captured.read().decode(errors="replace").splitlines(True)
+                if "[I:onnxruntime" not in line
+            ]
+            sys.stderr.write("".join(kept))
 
 
 def _restamp_ir_version(path: Path) -> None:
