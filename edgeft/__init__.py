@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from edgeft import _ort_shell  # noqa: F401  (first: keeps torch out when onnxruntime is imported)
+
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:

@@ -97,6 +97,9 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         """Build a manifest from parsed JSON, raising KeyError/TypeError on a malformed one."""
+        files = data["files"]
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise TypeError("'files' must map relative paths to sha256 strings")
         return cls(
             format_version=data["format_version"],
             producer=data["producer"],

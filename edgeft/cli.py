@@ -117,21 +117,17 @@ def export(
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Cut the classifier head off MODEL, attach a new trainable head, write a validated bundle."""
-    from dataclasses import replace
-
-    from edgeft.bundle import Defaults, Preprocessing
+    from edgeft.bundle import Defaults
     from edgeft.export import export_bundle
 
+    image_options = {
+        "color": color,
+        "scale": pixel_scale,
+        "mean": _csv_floats(mean, "--mean"),
+        "std": _csv_floats(std, "--std"),
+    }
+    shape = _csv_ints(input_shape, "--input-shape")
     with _reported():
-        preprocessing = None
-        if color or mean or std or pixel_scale != 1.0 / 255.0:
-            base = Preprocessing(color=color or "RGB")
-            preprocessing = replace(
-                base,
-                scale=pixel_scale,
-                mean=_csv_floats(mean, "--mean") or base.mean,
-                std=_csv_floats(std, "--std") or base.std,
-            )
         bundle = export_bundle(
             model,
             out,
@@ -139,8 +135,8 @@ def export(
             num_classes=num_classes,
             cut=cut,
             output=output,
-            input_shape=_csv_ints(input_shape, "--input-shape"),
-            preprocessing=preprocessing,
+            input_shape=shape,
+            preprocessing={k: v for k, v in image_options.items() if v is not None},
             defaults=Defaults(
                 epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, replay_per_class=replay_per_class
             ),

@@ -214,11 +214,6 @@ def test_usage_errors_exit_2(args: list[str], bundle_dir: Path, tiny_model: Path
 
 
 @pytest.mark.parametrize("option", [["--mean", "0.5,abc"], ["--input-shape", "1,three,8,8"]])
-@pytest.mark.xfail(
-    reason="bug: cli.py export calls _csv_floats/_csv_ints inside `with _reported()`, which turns the "
-    "typer.BadParameter they raise into 'unexpected BadParameter' and exit 70 instead of a usage error (exit 2)",
-    strict=True,
-)
 def test_malformed_number_list_is_a_usage_error(option: list[str], tiny_model: Path, tmp_path: Path) -> None:
     done = run_cli("export", tiny_model, "-o", tmp_path / "b", "--classes", "a,b", *option)
     assert done.returncode == 2, done.stderr
@@ -264,12 +259,6 @@ def test_in_process_gray_model_defaults_to_gray(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["preprocessing"]["color"] == "L"
 
 
-@pytest.mark.xfail(
-    reason="bug: cli.py export builds Preprocessing(color=color or 'RGB') (layout NCHW) whenever --mean/--std/"
-    "--pixel-scale is given, ignoring the colour and layout derived from the model's input; a 1-channel model "
-    "gets color 'RGB', so its image files are read with 3 channels",
-    strict=True,
-)
 def test_in_process_gray_model_keeps_gray_with_mean(tmp_path: Path) -> None:
     model = _gray_model(tmp_path / "gray.onnx")
     args = ["export", str(model), "-o", str(tmp_path / "b"), "--classes", "a,b", "--mean", "0.5"]

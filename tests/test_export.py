@@ -135,12 +135,6 @@ def test_load_rejects_malformed_manifest(text: str, bundle_dir: Path, tmp_path: 
         Bundle.load(copy)
 
 
-@pytest.mark.xfail(
-    reason="bug: bundle.py Manifest.from_dict does not check that 'files' is a mapping; Bundle.load then "
-    "calls manifest.files.items() and raises AttributeError instead of EdgeftError",
-    raises=AttributeError,
-    strict=True,
-)
 def test_load_rejects_manifest_whose_files_is_not_a_mapping(bundle_dir: Path, tmp_path: Path) -> None:
     copy = copy_tree(bundle_dir, tmp_path / "b")
     _rewrite_manifest(copy, files=None)
@@ -242,12 +236,6 @@ def test_failed_forced_export_keeps_the_old_bundle(bundle_dir: Path, tiny_model:
     Bundle.load(out)
 
 
-@pytest.mark.xfail(
-    reason="bug: exporter.py export_bundle calls shutil.rmtree(destination) on an existing regular file when "
-    "force=True, raising NotADirectoryError (exit 70 in the CLI) instead of replacing it or an EdgeftError",
-    raises=NotADirectoryError,
-    strict=True,
-)
 def test_force_over_an_existing_file(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.write_text("not a bundle")

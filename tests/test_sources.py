@@ -110,13 +110,6 @@ def test_npy_holds_inputs_for_prediction_only(manifest: Manifest, tmp_path: Path
         read_path(tmp_path / "x.npy", manifest)
 
 
-@pytest.mark.xfail(
-    reason="bug: runtime/sources.py read_array_file tests `path.suffix == '.npy'` case-sensitively while read_path "
-    "lower-cases the suffix, so X.NPY is opened as an .npz and `with np.load(...)` raises TypeError "
-    "(exit 70 from edgeft predict)",
-    raises=TypeError,
-    strict=True,
-)
 def test_npy_with_upper_case_suffix(manifest: Manifest, tmp_path: Path) -> None:
     x, _ = make_dataset(3, seed=5)
     np.save(tmp_path / "x.npy", x)
@@ -170,12 +163,6 @@ def test_file_that_is_no_array_at_all(name: str, manifest: Manifest, tmp_path: P
 
 
 @pytest.mark.parametrize("name", ["text.npz", "text.npy"])
-@pytest.mark.xfail(
-    reason="bug: runtime/sources.py _load_npz/_load_npy map every ValueError mentioning allow_pickle to "
-    "'holds object arrays (pickled Python objects)'; numpy raises that for any file that is neither a zip nor "
-    ".npy, so a text or garbage file is misreported as holding pickled objects",
-    strict=True,
-)
 def test_file_that_is_no_array_is_not_called_pickled(name: str, manifest: Manifest, tmp_path: Path) -> None:
     (tmp_path / name).write_text("label,value\nred,1\n" * 20)
     with pytest.raises(DataError, match=f"{name}: not a readable"):

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -54,7 +55,7 @@ def export_bundle(
     cut: str | None = None,
     output: str | None = None,
     input_shape: Sequence[int] | None = None,
-    preprocessing: Preprocessing | None = None,
+    preprocessing: Preprocessing | dict[str, Any] | None = None,
     defaults: Defaults | None = None,
     seed: int = 0,
     force: bool = False,
@@ -62,7 +63,8 @@ def export_bundle(
     """Cut the classifier head off ``model``, attach a new trainable head, and write a validated bundle.
 
     ``classes`` names the new task's classes (or ``num_classes`` numbers them ``0..N-1``); ``cut`` names the
-    feature tensor instead of finding the head automatically. Raises EdgeftError with a clear message when
+    feature tensor instead of finding the head automatically. ``preprocessing`` describes how image files become
+    inputs: a full Preprocessing, or a dict of fields overriding the one derived from the input's shape. Raises EdgeftError with a clear message when
     the model cannot be cut or the exported parts do not reproduce the original.
     """
     source_path = Path(model)
@@ -98,7 +100,7 @@ def export_bundle(
                 "original_outputs": head_cut.original_classes,
             },
             input=input_spec,
-            preprocessing=preprocessing or _default_preprocessing(input_spec),
+            preprocessing=_preprocessing(preprocessing, input_spec),
             feature=TensorSpec(backbone.graph.output[0].name, ["batch", spec.feature_dim]),
             head=HeadInfo(
                 kind="linear",
@@ -120,8 +122,10 @@ def export_bundle(
         )
         manifest = replace(manifest, files=hash_tree(staging))
         (staging / MANIFEST_FILE).write_text(manifest.to_json())
-        if destination.exists():
+        if destination.is_dir():
             shutil.rmtree(destination)
+        elif destination.exists():
+            destination.unlink()
         staging.rename(destination)
     return Bundle.load(destination)
 
@@ -222,6 +226,12 @@ def _validate_cut(
     if features.ndim != 2 or features.shape[1] == 0:
         raise EdgeftError(f"{source}: the feature tensor at the cut has shape {features.shape}, not [batch, D]")
     return features, max_diff
+
+
+def _preprocessing(given: Preprocessing | dict[str, Any] | None, spec: TensorSpec) -> Preprocessing:
+    if isinstance(given, Preprocessing):
+        return given
+    return replace(_default_preprocessing(spec), **(given or {}))
 
 
 def _default_preprocessing(spec: TensorSpec) -> Preprocessing:

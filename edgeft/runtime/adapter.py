@@ -35,15 +35,26 @@ class LearnResult:
 class Adapter:
     """Learn a bundle's head from new labelled data on this device, and predict with the latest head.
 
+    ``replay_per_class`` overrides the bundle's replay buffer size (0 turns replay off).
     Learning takes the state directory's lock (one writer at a time) and commits a new version after
     every call; prediction reads the current version and needs no lock.
     """
 
-    def __init__(self, bundle: Bundle | str | Path, state: str | Path, *, ep: str = "auto", threads: int | None = None):
+    def __init__(
+        self,
+        bundle: Bundle | str | Path,
+        state: str | Path,
+        *,
+        ep: str = "auto",
+        threads: int | None = None,
+        replay_per_class: int | None = None,
+    ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.placement: Placement = resolve_placement(ep)
         self.store = StateStore(state, self.bundle.fingerprint)
         self._threads = threads
+        defaults = self.bundle.manifest.defaults
+        self._replay_per_class = defaults.replay_per_class if replay_per_class is None else replay_per_class
         self._features = FeatureExtractor(self.bundle, self.placement, threads)
         self._predictor = HeadPredictor(self.bundle, self.placement, threads)
         self._trainer: HeadTrainer | None = None
@@ -106,6 +117,7 @@ class Adapter:
     ) -> LearnResult:
         """Embed ``x``, train the head on (features, ``y``), and commit a new version atomically."""
         labels = encode_labels(np.asarray(y), self.classes, origin)
+        _check_lengths(len(x), len(labels), origin)
         features = self.embed(x, origin)
         return self.learn_features(
             features, labels, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, origin=origin, progress=progress
@@ -135,6 +147,7 @@ class Adapter:
             )
         if len(features) == 0:
             raise DataError(f"{origin}: no samples to learn from")
+        _check_lengths(len(features), len(labels), origin)
         trainer, replay = self._open_trainer()
         if self._version is None:
             trainer.set_normaliser(*feature_normaliser(features))
@@ -147,6 +160,7 @@ class Adapter:
             train_features, train_labels, epochs=epochs, batch_size=batch_size, lr=lr, seed=rng_seed, progress=progress
         )
         if not np.isfinite(loss):
+            self._trainer = self._replay = None  # the next call starts again from the last committed version
             raise EdgeftError(f"{origin}: training diverged (loss {loss}); nothing was committed, try a smaller --lr")
         previous = self._version.meta if self._version else {}
         counts = dict(previous.get("class_counts", {}))
@@ -184,7 +198,7 @@ class Adapter:
 
     def _load_replay(self) -> ReplayBuffer:
         head = self.bundle.manifest.head
-        per_class = self.bundle.manifest.defaults.replay_per_class
+        per_class = self._replay_per_class
         if self._version is None or "replay.npz" not in self._version.files:
             return ReplayBuffer(head.feature_dim, head.num_outputs, per_class)
         return ReplayBuffer.load(self._version.files["replay.npz"], head.feature_dim, head.num_outputs, per_class)
@@ -198,3 +212,8 @@ class Adapter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_lengths(samples: int, labels: int, origin: str) -> None:
+    if samples != labels:
+        raise DataError(f"{origin}: {samples} samples but {labels} labels; give exactly one label per sample")

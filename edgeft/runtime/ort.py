@@ -1,40 +1,30 @@
 """The one place that imports ONNX Runtime's training API, without pulling in torch.
 
-``import onnxruntime.training`` runs the package ``__init__``, which imports torch (ORT issue 22070).
-The pieces edgeft uses (``api`` for on-device training, ``artifacts`` for export) do not need it, so we
-register an empty package object for ``onnxruntime.training`` that only knows where its submodules live,
-and import those directly. This module also turns a ``--ep`` choice into concrete execution providers.
+``edgeft._ort_shell`` (run by ``import edgeft``, before onnxruntime is imported) makes
+``onnxruntime.training``'s submodules importable without the package ``__init__`` that imports torch.
+This module also turns a ``--ep`` choice into concrete execution providers.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
 import types
 from dataclasses import dataclass
 
 import onnxruntime
 
+from edgeft import _ort_shell
 from edgeft.errors import EdgeftError
 
 _TRAINING_PACKAGE = "onnxruntime.training"
 
 
 def _install_training_shell() -> None:
-    """Make ``onnxruntime.training`` importable as a namespace without executing its ``__init__``."""
-    if _TRAINING_PACKAGE in sys.modules:
-        return
-    spec = importlib.util.find_spec(_TRAINING_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    if not _ort_shell.install():
         raise EdgeftError(
             "ONNX Runtime training is not installed: install onnxruntime-training-cpu==1.19.2 "
             "(or onnxruntime-training for CUDA) in place of plain onnxruntime"
         )
-    shell = types.ModuleType(_TRAINING_PACKAGE)
-    shell.__path__ = list(spec.submodule_search_locations)
-    shell.__package__ = _TRAINING_PACKAGE
-    sys.modules[_TRAINING_PACKAGE] = shell
 
 
 def training_api() -> types.ModuleType:

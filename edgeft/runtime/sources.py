@@ -28,14 +28,22 @@ class Samples:
     origin: str
 
 
+def _numpy_load_problem(exc: ValueError, kind: str) -> str:
+    """Explain numpy's refusal: object arrays inside, or a file that is not numpy's format at all."""
+    text = str(exc)
+    if "Object arrays" in text:
+        return "holds object arrays (pickled Python objects), which edgeft never loads"
+    if "pickle" in text:
+        return f"not a readable {kind} file (neither a zip archive nor a .npy array; edgeft never unpickles files)"
+    return f"not a readable {kind} file ({text})"
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataError(f"{path}: holds object arrays (pickled Python objects), which edgeft never loads") from None
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+        raise DataError(f"{path}: {_numpy_load_problem(exc, '.npz')}") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
 
@@ -44,9 +52,7 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataError(f"{path}: holds object arrays (pickled Python objects), which edgeft never loads") from None
-        raise DataError(f"{path}: not a readable .npy file ({exc})") from None
+        raise DataError(f"{path}: {_numpy_load_problem(exc, '.npy')}") from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npy file ({type(exc).__name__})") from None
 
@@ -67,7 +73,7 @@ def _labels(y: np.ndarray, count: int, path: Path) -> np.ndarray:
 
 def read_array_file(path: Path, manifest: Manifest, need_labels: bool) -> Samples:
     """Samples from a .npz (``x``, optional ``y``) or a .npy (inputs only)."""
-    if path.suffix == ".npy":
+    if path.suffix.lower() == ".npy":
         if need_labels:
             raise DataError(f"{path}: a .npy file has no labels; use .npz with arrays 'x' and 'y'")
         return Samples(_with_channel_axis(_load_npy(path), manifest), None, str(path))
@@ -158,7 +164,7 @@ def encode_labels(y: np.ndarray, classes: list[str], origin: str) -> np.ndarray:
         raise DataError(f"{origin}: labels have dtype {y.dtype}; use class names or integer indices")
     index = {name: i for i, name in enumerate(classes)}
     names = y.astype(str)
-    unknown = sorted(set(names) - index.keys())
+    unknown = sorted(set(names.tolist()) - index.keys())
     if unknown:
         raise DataError(f"{origin}: unknown label(s) {unknown[:5]}; the bundle's classes are {classes}")
     return np.array([index[n] for n in names], np.int64)
