@@ -468,3 +468,14 @@ def test_runtime_path_never_imports_torch_even_where_installed(bundle: Bundle, s
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["version"] == 1
     assert not log.exists(), "torch was imported from:\n" + log.read_text()
+
+
+def test_learn_reports_progress_for_every_sample_and_epoch(
+    bundle: Bundle, state_dir: Path, train_data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The progress callback covers the whole call: each embedded sample, then each epoch."""
+    x, y = train_data
+    ticks: list[int] = []
+    with Adapter(bundle, state_dir, ep="cpu") as adapter:
+        adapter.learn(x, y, epochs=3, progress=ticks.append)
+    assert sum(ticks) == len(x) + 3

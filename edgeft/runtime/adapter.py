@@ -118,7 +118,7 @@ class Adapter:
         """Embed ``x``, train the head on (features, ``y``), and commit a new version atomically."""
         labels = encode_labels(np.asarray(y), self.classes, origin)
         _check_lengths(len(x), len(labels), origin)
-        features = self.embed(x, origin)
+        features = self.embed(x, origin, progress)
         return self.learn_features(
             features, labels, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, origin=origin, progress=progress
         )
