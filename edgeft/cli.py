@@ -181,8 +181,8 @@ def adapt(
 
     with _reported(), Adapter(bundle, state, ep=ep, threads=threads) as adapter:
         samples = _load_samples(data, adapter.bundle, need_labels=True)
-        x = np.concatenate([s.x for s in samples]) if len(samples) > 1 else samples[0].x
-        y = np.concatenate([s.y for s in samples]) if len(samples) > 1 else samples[0].y
+        x = np.concatenate([s.x for s in samples])
+        y = np.concatenate([s.y for s in samples])
         held_out = _load_samples(eval_data, adapter.bundle, need_labels=True) if eval_data else []
         before = _accuracy(adapter, held_out)
         n_epochs = epochs or adapter.bundle.manifest.defaults.epochs
