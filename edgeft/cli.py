@@ -98,6 +98,9 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
     classes: Annotated[str | None, typer.Option(help="New class names, comma-separated.")] = None,
     num_classes: Annotated[int | None, typer.Option(min=2, help="Number of new classes (named 0..N-1).")] = None,
+    max_classes: Annotated[
+        int | None, typer.Option(min=2, help="Head outputs to reserve; new label names take free ones on the device.")
+    ] = None,
     cut: Annotated[str | None, typer.Option(help="Cut at this tensor instead of finding the head.")] = None,
     output: Annotated[str | None, typer.Option(help="Model output to follow when it has several.")] = None,
     input_shape: Annotated[
@@ -133,6 +136,7 @@ def export(
             out,
             classes=classes.split(",") if classes else None,
             num_classes=num_classes,
+            max_classes=max_classes,
             cut=cut,
             output=output,
             input_shape=shape,
@@ -146,7 +150,7 @@ def export(
         m = bundle.manifest
         typer.echo(
             f"wrote {bundle.path}: cut at '{m.source['cut_tensor']}' ({m.head.feature_dim} features), "
-            f"new head for {len(m.classes)} classes; backbone matches the original "
+            f"new head for {len(m.classes)} classes ({m.head.num_outputs} outputs); backbone matches the original "
             f"(max abs diff {m.validation['cut_max_abs_diff']:.2g})"
         )
 

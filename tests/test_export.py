@@ -196,6 +196,14 @@ def test_class_names_are_stripped(tiny_model: Path, tmp_path: Path) -> None:
     assert bundle.manifest.classes == ["cat", "dog"]
 
 
+def test_max_classes_reserves_outputs(tiny_model: Path, tmp_path: Path) -> None:
+    bundle = export_bundle(tiny_model, tmp_path / "b", classes=["cat"], max_classes=6)
+    assert bundle.manifest.classes == ["cat"]
+    assert bundle.manifest.head.num_outputs == 6
+    open_set = export_bundle(tiny_model, tmp_path / "open", max_classes=4)
+    assert open_set.manifest.classes == [] and open_set.manifest.head.num_outputs == 4
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -205,7 +213,9 @@ def test_class_names_are_stripped(tiny_model: Path, tmp_path: Path) -> None:
         ({"classes": ["a", " a "]}, "distinct"),
         ({"classes": ["a", ""]}, "non-empty"),
         ({"classes": ["a", "b"], "num_classes": 2}, "not both"),
-        ({}, "--classes a,b,c or --num-classes N"),
+        ({}, "--classes a,b,c, --num-classes N or --max-classes N"),
+        ({"classes": ["a", "b", "c"], "max_classes": 2}, "at least the 3 classes"),
+        ({"max_classes": 1}, "must be at least 2"),
     ],
 )
 def test_bad_class_arguments(kwargs: dict, message: str, tiny_model: Path, tmp_path: Path) -> None:

@@ -52,6 +52,7 @@ def export_bundle(
     *,
     classes: Sequence[str] | None = None,
     num_classes: int | None = None,
+    max_classes: int | None = None,
     cut: str | None = None,
     output: str | None = None,
     input_shape: Sequence[int] | None = None,
@@ -62,7 +63,8 @@ def export_bundle(
 ) -> Bundle:
     """Cut the classifier head off ``model``, attach a new trainable head, and write a validated bundle.
 
-    ``classes`` names the new task's classes (or ``num_classes`` numbers them ``0..N-1``); ``cut`` names the
+    ``classes`` names the new task's classes (or ``num_classes`` numbers them ``0..N-1``); ``max_classes`` reserves
+    head outputs for classes that do not exist yet (a device gives each new label name the next free one); ``cut`` names the
     feature tensor instead of finding the head automatically. ``preprocessing`` describes how image files become
     inputs: a full Preprocessing, or a dict of fields overriding the one derived from the input's shape. Raises EdgeftError with a clear message when
     the model cannot be cut or the exported parts do not reproduce the original.
@@ -71,7 +73,8 @@ def export_bundle(
     destination = Path(out)
     if destination.exists() and not force:
         raise EdgeftError(f"{destination} already exists; choose another output or pass --force to replace it")
-    class_names = _class_names(classes, num_classes)
+    class_names = _class_names(classes, num_classes, max_classes)
+    capacity = max_classes if max_classes is not None else len(class_names)
     original = load_onnx(source_path)
     head_cut = cut_at(original, cut) if cut else find_head(original, output)
     backbone = extract_backbone(original, head_cut.feature_tensor)
@@ -79,7 +82,7 @@ def export_bundle(
     _make_batch_dynamic(backbone)
     sample = _sample_input(input_spec, input_shape, seed)
     features, max_diff = _validate_cut(original, backbone, head_cut, input_spec.name, sample, source_path)
-    spec = head_graph.HeadSpec(feature_dim=int(features.shape[1]), num_outputs=len(class_names))
+    spec = head_graph.HeadSpec(feature_dim=int(features.shape[1]), num_outputs=capacity)
 
     destination.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".edgeft-export-", dir=destination.parent) as tmp:
@@ -137,18 +140,22 @@ def _creation_time() -> str:
     return moment.isoformat()
 
 
-def _class_names(classes: Sequence[str] | None, num_classes: int | None) -> list[str]:
+def _class_names(classes: Sequence[str] | None, num_classes: int | None, max_classes: int | None) -> list[str]:
+    """The initial class names; with ``max_classes`` there may be fewer (even none), but never more."""
     if classes is not None and num_classes is not None:
         raise EdgeftError("give either --classes or --num-classes, not both")
     if classes is None:
-        if num_classes is None:
-            raise EdgeftError("say what the new head predicts: --classes a,b,c or --num-classes N")
-        classes = [str(i) for i in range(num_classes)]
+        if num_classes is None and max_classes is None:
+            raise EdgeftError("say what the new head predicts: --classes a,b,c, --num-classes N or --max-classes N")
+        classes = [str(i) for i in range(num_classes or 0)]
     names = [c.strip() for c in classes]
-    if len(names) < 2:
-        raise EdgeftError(f"a classifier needs at least 2 classes, got {len(names)}")
     if any(not n for n in names) or len(set(names)) != len(names):
         raise EdgeftError(f"class names must be non-empty and distinct, got {names}")
+    if max_classes is None:
+        if len(names) < 2:
+            raise EdgeftError(f"a classifier needs at least 2 classes, got {len(names)}")
+    elif max_classes < max(2, len(names)):
+        raise EdgeftError(f"--max-classes {max_classes} must be at least 2 and at least the {len(names)} classes given")
     return names
 
 
