@@ -322,7 +322,8 @@ def demo(
     """The main job: adapt the shipped default bundle on the demo stream, report held-out accuracy."""
     from edgeft.progress import progress_bar
     from edgeft.runtime.adapter import Adapter
-    from edgeft.runtime.sources import encode_labels, read_path
+    from edgeft.runtime.labels import encode_known
+    from edgeft.runtime.sources import read_path
 
     root = _artifacts_dir()
     bundle_dir, stream_dir, test_file = root / "default", root / "demo" / "stream", root / "demo" / "test.npz"
@@ -337,7 +338,7 @@ def demo(
                 manifest = adapter.bundle.manifest
                 chunks = [s for p in sorted(stream_dir.glob("*.npz")) for s in read_path(p, manifest)]
                 test = read_path(test_file, manifest)[0]
-                test_labels = encode_labels(test.y, adapter.classes, test.origin)
+                test_labels = encode_known(test.y, adapter.classes, test.origin)
                 typer.echo(
                     f"edgeft demo: {manifest.source['file']} backbone, {len(adapter.classes)} new classes, "
                     f"{len(chunks)} arriving chunks, {len(test.x)} held-out samples, on {adapter.placement.name}"
@@ -354,9 +355,11 @@ def demo(
                 with progress_bar("adapting", work) as advance:
                     for chunk in chunks:
                         result = adapter.learn(chunk.x, chunk.y, epochs=epochs, origin=chunk.origin, progress=advance)
+                        verdict = "promoted" if result.promoted else f"refused ({result.reason})"
                         typer.echo(
-                            f"  {Path(chunk.origin).name}: learned {result.samples} samples, "
-                            f"loss {result.loss:.4f}, version {result.version}, held-out accuracy {accuracy():.3f}"
+                            f"  {Path(chunk.origin).name}: {result.samples} samples ({result.held_out} kept as "
+                            f"holdout), loss {result.loss:.4f}, version {result.version} {verdict}, "
+                            f"held-out accuracy {accuracy():.3f}"
                         )
                 typer.echo(f"held-out accuracy after adaptation: {accuracy():.3f} (before: {before:.3f})")
         finally:

@@ -20,6 +20,7 @@ from edgeft.bundle import Bundle, Defaults
 from edgeft.errors import DataError, EdgeftError
 from edgeft.export import export_bundle
 from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.merge import write_merged_model
 from edgeft.runtime.trainer import checkpoint_parameters
 
@@ -72,7 +73,8 @@ def test_learning_raises_held_out_accuracy(bundle: Bundle, state_dir: Path, trai
     assert json.loads((state_dir / "CURRENT").read_text()) == {"version": 1}
     assert _versions(state_dir) == [1]
     meta = json.loads((state_dir / "versions" / "000001.json").read_text())
-    assert meta["samples_seen"] == len(x)
+    assert meta["samples_accepted"] == meta["samples_received"] == len(x)
+    assert result.promoted and result.trained + result.held_out == len(x)
     assert meta["class_counts"] == {CLASSES[i]: int(n) for i, n in enumerate(np.bincount(y, minlength=3)) if n}
     assert meta["bundle"] == bundle.fingerprint
     assert meta["parent"] is None
@@ -94,7 +96,7 @@ def test_predict_matches_predict_proba_and_probabilities_sum_to_one(
 def test_learning_continues_from_last_checkpoint(bundle: Bundle, state_dir: Path, train_data: Data) -> None:
     x, y = train_data
     with Adapter(bundle, state_dir) as first:
-        first.learn(x[:60], y[:60], epochs=3)
+        first_result = first.learn(x[:60], y[:60], epochs=3)
         committed = first.parameters()
     _assert_same_parameters(committed, checkpoint_parameters(state_dir / "versions" / "000001.ckpt"))
 
@@ -104,13 +106,13 @@ def test_learning_continues_from_last_checkpoint(bundle: Bundle, state_dir: Path
         # Shifted data: a fresh head would standardise with other statistics; a continued one keeps v1's.
         result = second.learn(x[60:] * 3.0 + 1.0, y[60:], epochs=3)
         continued = second.parameters()
-    assert (result.version, result.samples, result.replayed) == (2, 60, 60)
+    assert (result.version, result.samples, result.replayed) == (2, 60, first_result.trained)
     np.testing.assert_array_equal(continued["head.feature_mean"], committed["head.feature_mean"])
     np.testing.assert_array_equal(continued["head.feature_scale"], committed["head.feature_scale"])
     assert not np.array_equal(continued["head.weight"], committed["head.weight"])
 
     meta = json.loads((state_dir / "versions" / "000002.json").read_text())
-    assert (meta["parent"], meta["samples_seen"]) == (1, len(x))
+    assert (meta["parent"], meta["samples_accepted"]) == (1, len(x))
     assert sum(meta["class_counts"].values()) == len(x)
     third = Adapter(bundle, state_dir)
     assert third.version == 2
@@ -142,13 +144,13 @@ def test_replay_buffer_keeps_at_most_per_class_samples(
     seen = np.zeros(len(CLASSES), np.int64)
     for number, chunk in enumerate((slice(0, 9), slice(9, 30), slice(30, 60)), start=1):
         # A new Adapter each time: the buffer must come back from the committed version.
-        with Adapter(small, state_dir) as adapter:
+        with Adapter(small, state_dir, policy=GuardPolicy(enabled=False)) as adapter:
             result = adapter.learn(x[chunk], y[chunk])
         assert (result.version, result.samples) == (number, len(x[chunk]))
         assert result.replayed == int(np.minimum(seen, per_class).sum())
         seen += np.bincount(y[chunk], minlength=len(CLASSES))
     meta = json.loads((state_dir / "versions" / "000003.json").read_text())
-    assert meta["samples_seen"] == 60
+    assert meta["samples_accepted"] == 60
     assert meta["class_counts"] == {CLASSES[i]: int(n) for i, n in enumerate(seen)}
 
 
@@ -169,8 +171,8 @@ def test_labels_as_names_or_indices_train_identically(
     ("labels", "message"),
     [
         (["red", "green", "purple", "blue"], r"unknown label\(s\) \[.*purple"),
-        ([0, 1, 3, 2], "label index 3 is out of range"),
-        ([0, -1, 1, 2], "label index -1 is out of range"),
+        ([0, 1, 3, 2], r"unknown label\(s\) \['3'\]"),
+        ([0, -1, 1, 2], "label index -1 is negative"),
         ([0.0, 1.0, 2.0, 0.0], "use class names or integer indices"),
     ],
 )
@@ -263,12 +265,15 @@ def test_diverged_learning_leaves_the_committed_head_in_use(bundle: Bundle, stat
     x, y = train_data
     with Adapter(bundle, state_dir) as adapter:
         initial = adapter.predict_proba(x[:8])
-        with pytest.raises(EdgeftError, match="diverged"):
-            adapter.learn(x[:30] * 100, y[:30], epochs=5, lr=1e38)
-        assert adapter.version == 0
-        assert not (state_dir / "CURRENT").exists()
+        diverged = adapter.learn(x[:30] * 100, y[:30], epochs=5, lr=1e38)
+        assert (diverged.version, diverged.promoted) == (1, False) and "diverged" in diverged.reason
         np.testing.assert_allclose(adapter.predict_proba(x[:8]), initial, atol=1e-6)
-        assert adapter.learn(x[:30], y[:30], epochs=2, lr=0.05).version == 1
+        assert adapter.meta["head_version"] == 0 and adapter.meta["samples_accepted"] == 0
+        assert (state_dir / "rejected" / "000001.ckpt").is_file()
+        healthy = adapter.learn(x[:30], y[:30], epochs=2, lr=0.05)
+        assert (healthy.version, healthy.promoted) == (2, True)
+    np.testing.assert_allclose(Adapter(bundle, state_dir).predict_proba(x[:8]), adapter.predict_proba(x[:8]))
+    assert not np.allclose(adapter.predict_proba(x[:8]), initial, atol=1e-3)
 
 
 def test_second_writer_is_refused_while_lock_is_held(bundle: Bundle, state_dir: Path, train_data: Data) -> None:
@@ -290,6 +295,7 @@ LOCK_HOLDER = """
 import sys, time
 import numpy as np
 from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.guard import GuardPolicy
 x = np.random.default_rng(0).normal(size=(9, 3, 8, 8)).astype(np.float32)
 adapter = Adapter(sys.argv[1], sys.argv[2])
 adapter.learn(x, np.arange(9) % 3, epochs=1)
@@ -417,6 +423,7 @@ import json, sys
 {prelude}
 import numpy as np
 from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.guard import GuardPolicy
 rng = np.random.default_rng(0)
 x = rng.normal(size=(12, 3, 8, 8)).astype(np.float32)
 with Adapter(sys.argv[1], sys.argv[2]) as adapter:

@@ -1,43 +1,74 @@
-"""``Adapter``: a bundle plus a device's state directory; learns from labelled data and predicts."""
+"""``Adapter``: a bundle plus a device's state directory; learns from labelled data as it arrives, and predicts.
+
+Each ``learn`` call is one arrival: predict it first (prequential metrics), keep a share as holdout, train the head
+on the rest mixed with the latent replay buffer, let the guard compare the candidate head with the current one on
+the holdout, and commit a version either way (the candidate's head, or the previous head if it was refused), so the
+journal of consumed inputs and the head always change together.
+"""
 
 from __future__ import annotations
 
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgeft.bundle import Bundle
 from edgeft.errors import DataError, EdgeftError
+from edgeft.runtime import guard
 from edgeft.runtime.features import FeatureExtractor
+from edgeft.runtime.history import History
+from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
 from edgeft.runtime.ort import Placement, resolve_placement
 from edgeft.runtime.replay import ReplayBuffer
-from edgeft.runtime.sources import encode_labels
+from edgeft.runtime.schedule import learning_rates
 from edgeft.runtime.store import StateStore, Version
-from edgeft.runtime.trainer import HeadPredictor, HeadTrainer, Parameters, checkpoint_parameters, feature_normaliser
+from edgeft.runtime.trainer import (
+    HeadPredictor,
+    HeadTrainer,
+    Parameters,
+    checkpoint_parameters,
+    feature_normaliser,
+    parameters_finite,
+    steps_per_fit,
+)
 
 Progress = Callable[[int], None]
+REJECTED_DIR = "rejected"
+KEEP_REJECTED = 5
 
 
 @dataclass(frozen=True)
 class LearnResult:
-    """What one ``learn`` call did."""
+    """What one ``learn`` call did; ``promoted`` says whether the new head became current."""
 
     samples: int
+    trained: int
+    held_out: int
     replayed: int
     epochs: int
-    loss: float
+    loss: float | None
     version: int
+    promoted: bool
+    reason: str
+    prequential_accuracy: float | None
+    holdout_accuracy: float | None
+    new_classes: list[str]
 
 
 class Adapter:
     """Learn a bundle's head from new labelled data on this device, and predict with the latest head.
 
-    ``replay_per_class`` overrides the bundle's replay buffer size (0 turns replay off).
-    Learning takes the state directory's lock (one writer at a time) and commits a new version after
-    every call; prediction reads the current version and needs no lock.
+    ``replay_per_class`` overrides the bundle's replay buffer size (0 turns replay off); ``replay_mb`` caps its
+    memory (features of every reserved class). ``policy`` sets the promotion guard; ``holdout`` is an optional
+    fixed labelled holdout set (raw inputs, labels) used instead of holding out a share of each arrival.
+    Learning takes the state directory's lock (one writer at a time) and commits a version per call;
+    prediction reads the current version and needs no lock.
     """
 
     def __init__(
@@ -48,28 +79,54 @@ class Adapter:
         ep: str = "auto",
         threads: int | None = None,
         replay_per_class: int | None = None,
+        replay_mb: float | None = None,
+        policy: guard.GuardPolicy | None = None,
+        holdout: tuple[np.ndarray, np.ndarray] | None = None,
+        schedule: str = "constant",
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.placement: Placement = resolve_placement(ep)
         self.store = StateStore(state, self.bundle.fingerprint)
+        self.history = History(self.store.root)
+        self.policy = policy or guard.GuardPolicy()
+        learning_rates(schedule, 1.0, 1)  # fail early on an unknown schedule
+        self.schedule = schedule
         self._threads = threads
-        defaults = self.bundle.manifest.defaults
-        self._replay_per_class = defaults.replay_per_class if replay_per_class is None else replay_per_class
+        head = self.bundle.manifest.head
+        per_class = self.bundle.manifest.defaults.replay_per_class if replay_per_class is None else replay_per_class
+        if replay_mb is not None:
+            per_class = min(per_class, int(replay_mb * 2**20) // (4 * head.feature_dim * head.num_outputs))
+        self._replay_per_class = per_class
         self._features = FeatureExtractor(self.bundle, self.placement, threads)
         self._predictor = HeadPredictor(self.bundle, self.placement, threads)
         self._trainer: HeadTrainer | None = None
         self._replay: ReplayBuffer | None = None
+        self._holdout: ReplayBuffer | None = None
         self._version: Version | None = self.store.current()
         self._parameters: Parameters | None = None
+        self._fixed_holdout = self._embed_holdout(holdout) if holdout is not None else None
 
     @property
     def classes(self) -> list[str]:
-        return self.bundle.manifest.classes
+        """Class names in head-output order: the bundle's, then those this device added."""
+        if self._version is not None and "classes" in self._version.meta:
+            return list(self._version.meta["classes"])
+        return list(self.bundle.manifest.classes)
+
+    @property
+    def capacity(self) -> int:
+        """How many classes the head can hold (its outputs)."""
+        return self.bundle.manifest.head.num_outputs
 
     @property
     def version(self) -> int:
         """The current committed version number (0: nothing learned yet)."""
         return self._version.number if self._version else 0
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The current version's metadata (empty before anything was learned)."""
+        return dict(self._version.meta) if self._version else {}
 
     def _checkpoint(self) -> Path:
         return self._version.checkpoint if self._version else self.bundle.train_path("checkpoint")
@@ -87,12 +144,14 @@ class Adapter:
         return self._features.embed(self._features.check(np.asarray(x), origin), progress)
 
     def predict_proba(self, x: np.ndarray, origin: str = "input") -> np.ndarray:
-        """Class probabilities [N, classes] for raw inputs."""
+        """Class probabilities [N, known classes] for raw inputs."""
         return self.predict_proba_features(self.embed(x, origin))
 
     def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities for precomputed backbone features."""
-        return self._predictor.probabilities(features, self.parameters())
+        """Class probabilities for precomputed backbone features, over the classes known so far."""
+        if not self.classes:
+            raise EdgeftError("this head knows no classes yet; learn from labelled data first")
+        return self._predictor.probabilities(features, self.parameters(), len(self.classes))
 
     def predict(self, x: np.ndarray, origin: str = "input") -> list[str]:
         """Predicted class names for raw inputs."""
@@ -100,8 +159,12 @@ class Adapter:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, origin: str = "input") -> float:
         """Accuracy of the current head on labelled raw inputs."""
-        labels = encode_labels(np.asarray(y), self.classes, origin)
-        return float((self.predict_proba(x, origin).argmax(axis=1) == labels).mean())
+        labels = encode_known(np.asarray(y), self.classes, origin)
+        return guard.accuracy(self.predict_proba(x, origin), labels)
+
+    def encode(self, y: np.ndarray, origin: str = "input") -> EncodedLabels:
+        """Head outputs for labels, new names taking free outputs; ``overflow`` lists names that do not fit."""
+        return encode_growing(np.asarray(y), self.classes, self.capacity, origin)
 
     def learn(
         self,
@@ -113,29 +176,40 @@ class Adapter:
         lr: float | None = None,
         seed: int | None = None,
         origin: str = "input",
+        inputs: list[dict[str, Any]] | None = None,
         progress: Progress | None = None,
     ) -> LearnResult:
-        """Embed ``x``, train the head on (features, ``y``), and commit a new version atomically."""
-        labels = encode_labels(np.asarray(y), self.classes, origin)
-        _check_lengths(len(x), len(labels), origin)
+        """Learn one arrival of raw inputs ``x`` with labels ``y`` (names or indices); commit a version."""
+        _check_lengths(len(x), len(y), origin)
+        self._strict_encode(y, origin)
         features = self.embed(x, origin, progress)
         return self.learn_features(
-            features, labels, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, origin=origin, progress=progress
+            features,
+            y,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            origin=origin,
+            inputs=inputs,
+            progress=progress,
         )
 
     def learn_features(
         self,
         features: np.ndarray,
-        labels: np.ndarray,
+        y: np.ndarray,
         *,
         epochs: int | None = None,
         batch_size: int | None = None,
         lr: float | None = None,
         seed: int | None = None,
         origin: str = "input",
+        inputs: list[dict[str, Any]] | None = None,
         progress: Progress | None = None,
     ) -> LearnResult:
-        """Train the head on precomputed features and class indices; commit a new version."""
+        """Learn one arrival of precomputed features; ``inputs`` (name, sha256, samples) go to the journal."""
+        started = time.monotonic()
         defaults = self.bundle.manifest.defaults
         epochs = defaults.epochs if epochs is None else epochs
         batch_size = defaults.batch_size if batch_size is None else batch_size
@@ -147,61 +221,211 @@ class Adapter:
             )
         if len(features) == 0:
             raise DataError(f"{origin}: no samples to learn from")
-        _check_lengths(len(features), len(labels), origin)
-        trainer, replay = self._open_trainer()
-        if self._version is None:
+        _check_lengths(len(features), len(y), origin)
+        trainer, replay, holdout = self._open()
+        encoded = self._strict_encode(y, origin)
+        labels = encoded.indices
+        parent = self._version
+        current = self.parameters()
+        known_before = len(self.classes)
+        # Each version draws its own random stream, so repeated arrivals are not split or shuffled alike.
+        rng = np.random.default_rng(seed + self.version)
+        prequential = self._prequential(features, labels, current, known_before)
+        to_holdout = (
+            np.zeros(len(labels), bool)
+            if self._fixed_holdout is not None or not self.policy.enabled
+            else guard.holdout_mask(len(labels), self.policy.holdout_fraction, rng)
+        )
+        train_f, train_y = features[~to_holdout], labels[~to_holdout]
+        if not (parent and parent.meta.get("head_version")):  # the first head ever trained fixes the normaliser
             trainer.set_normaliser(*feature_normaliser(features))
+            current = trainer.parameters()
         replayed = len(replay)
-        train_features = np.concatenate([features, replay.features]) if replayed else features
-        train_labels = np.concatenate([labels, replay.labels]) if replayed else labels
-        # Each version trains with its own random stream, so repeated arrivals are not shuffled alike.
-        rng_seed = seed + self.version
-        loss = trainer.fit(
-            train_features, train_labels, epochs=epochs, batch_size=batch_size, lr=lr, seed=rng_seed, progress=progress
+        all_f = np.concatenate([train_f, replay.features]) if replayed else train_f
+        all_y = np.concatenate([train_y, replay.labels]) if replayed else train_y
+        loss: float | None = None
+        if len(all_y):
+            schedule = learning_rates(self.schedule, lr, steps_per_fit(len(all_y), epochs, batch_size))
+            loss = trainer.fit(
+                all_f,
+                all_y,
+                epochs=epochs,
+                batch_size=batch_size,
+                schedule=schedule,
+                seed=int(rng.integers(2**31)),
+                progress=progress,
+            )
+        candidate = trainer.parameters()
+        decision = self._judge(loss, current, candidate, holdout, encoded.classes)
+        number = (parent.number if parent else 0) + 1
+        if decision.promoted:
+            replay.add(train_f, train_y, rng)
+            holdout.add(features[to_holdout], labels[to_holdout], rng)
+            writers = {"ckpt": trainer.save, "replay.npz": replay.save, "holdout.npz": holdout.save}
+            classes = encoded.classes
+        else:
+            self._keep_aside(trainer, number)
+            writers = self._unchanged_writers(parent)
+            classes = self.classes
+        meta = self._meta(
+            parent, number, decision.promoted, classes, labels if decision.promoted else None, len(labels)
         )
-        if not np.isfinite(loss):
-            self._trainer = self._replay = None  # the next call starts again from the last committed version
-            raise EdgeftError(f"{origin}: training diverged (loss {loss}); nothing was committed, try a smaller --lr")
-        previous = self._version.meta if self._version else {}
-        counts = dict(previous.get("class_counts", {}))
-        for index, count in zip(*np.unique(labels, return_counts=True), strict=True):
-            name = self.classes[int(index)]
-            counts[name] = counts.get(name, 0) + int(count)
-        replay.add(features, labels, np.random.default_rng(rng_seed))
-        self._version = self.store.commit(
-            {"ckpt": trainer.save, "replay.npz": replay.save},
-            {
-                "created": datetime.now(timezone.utc).isoformat(),
-                "samples_seen": int(previous.get("samples_seen", 0)) + len(features),
-                "class_counts": counts,
-                "last_update": {
-                    "origin": origin,
-                    "samples": len(features),
-                    "replayed": replayed,
-                    "epochs": epochs,
-                    "batch_size": batch_size,
-                    "lr": lr,
-                    "loss": loss,
-                },
-            },
+        meta["arrival"] = {
+            "origin": origin,
+            "inputs": inputs or [],
+            "samples": len(labels),
+            "trained": int(len(train_y)),
+            "held_out": int(to_holdout.sum()),
+            "replayed": replayed,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "schedule": self.schedule,
+            "loss": loss,
+            "prequential": prequential,
+            "guard": decision.to_dict(),
+            "promoted": decision.promoted,
+            "new_classes": encoded.classes[known_before:] if decision.promoted else [],
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        try:
+            self._version = self.store.commit(writers, meta, parent)
+        except BaseException:
+            self._forget_uncommitted()
+            raise
+        if not decision.promoted:
+            self._forget_uncommitted()  # the next arrival trains from the head that stayed current
+        self._parameters = None
+        self.history.record(self._version)
+        return LearnResult(
+            samples=len(labels),
+            trained=int(len(train_y)),
+            held_out=int(to_holdout.sum()),
+            replayed=replayed,
+            epochs=epochs,
+            loss=loss,
+            version=self._version.number,
+            promoted=decision.promoted,
+            reason=decision.reason,
+            prequential_accuracy=prequential["accuracy"],
+            holdout_accuracy=decision.candidate_accuracy if decision.promoted else decision.current_accuracy,
+            new_classes=meta["arrival"]["new_classes"],
         )
-        return LearnResult(len(features), replayed, epochs, loss, self._version.number)
 
-    def _open_trainer(self) -> tuple[HeadTrainer, ReplayBuffer]:
-        """Take the lock, then load the current head and its replay buffer for training."""
-        if self._trainer is None or self._replay is None:
+    def _strict_encode(self, y: np.ndarray, origin: str) -> EncodedLabels:
+        encoded = self.encode(y, origin)
+        if encoded.overflow:
+            raise DataError(
+                f"{origin}: unknown label(s) {encoded.overflow[:5]} do not fit: the head has {self.capacity} outputs, all "
+                f"taken by {self.classes}; export the bundle with a larger --max-classes"
+            )
+        return encoded
+
+    def _prequential(
+        self, features: np.ndarray, labels: np.ndarray, parameters: Parameters, known: int
+    ) -> dict[str, float | int | None]:
+        """Accuracy and log-loss of the current head on an arrival before learning from it (progressive validation)."""
+        if known == 0:
+            return {"samples": len(labels), "accuracy": None, "loss": None}
+        probabilities = self._predictor.probabilities(features, parameters, known)
+        return {
+            "samples": len(labels),
+            "accuracy": guard.accuracy(probabilities, labels),
+            "loss": guard.log_loss(probabilities, labels),
+        }
+
+    def _judge(
+        self, loss: float | None, current: Parameters, candidate: Parameters, holdout: ReplayBuffer, classes: list[str]
+    ) -> guard.Decision:
+        """Refuse a diverged head outright; otherwise compare both heads on the holdout as it was before this arrival."""
+        if (loss is not None and not np.isfinite(loss)) or not parameters_finite(candidate):
+            return guard.Decision(False, f"training diverged (loss {loss}); try a smaller --lr", 0, None, None)
+        features, labels = holdout.features, holdout.labels
+        if self._fixed_holdout is not None:  # score the fixed holdout's samples of classes the candidate knows
+            fixed_features, names = self._fixed_holdout
+            index = {name: i for i, name in enumerate(classes)}
+            known_rows = np.array([name in index for name in names], bool)
+            features = fixed_features[known_rows]
+            labels = np.array([index[name] for name in names[known_rows]], np.int64)
+        if not len(labels):
+            return guard.decide(self.policy, None, None, 0)
+        known = len(classes)
+        now = guard.accuracy(self._predictor.probabilities(features, current, known), labels)
+        new = guard.accuracy(self._predictor.probabilities(features, candidate, known), labels)
+        return guard.decide(self.policy, now, new, len(labels))
+
+    def _meta(
+        self,
+        parent: Version | None,
+        number: int,
+        promoted: bool,
+        classes: list[str],
+        labels: np.ndarray | None,
+        received: int,
+    ) -> dict[str, Any]:
+        previous = parent.meta if parent else {}
+        counts = dict(previous.get("class_counts", {}))
+        if labels is not None:
+            for index, count in zip(*np.unique(labels, return_counts=True), strict=True):
+                counts[classes[int(index)]] = counts.get(classes[int(index)], 0) + int(count)
+        accepted = int(previous.get("samples_accepted", 0)) + (len(labels) if labels is not None else 0)
+        return {
+            "created": datetime.now(timezone.utc).isoformat(),
+            "classes": classes,
+            "class_counts": counts,
+            "samples_accepted": accepted,
+            "samples_received": int(previous.get("samples_received", 0)) + received,
+            "head_version": number if promoted else previous.get("head_version", 0),
+        }
+
+    def _unchanged_writers(self, parent: Version | None) -> dict[str, Callable[[Path], None]]:
+        """Writers that copy the current version's files into the next version (the head stays as it was)."""
+        sources = dict(parent.files) if parent else {"ckpt": self.bundle.train_path("checkpoint")}
+        writers: dict[str, Callable[[Path], None]] = {
+            kind: (lambda dst, src=src: shutil.copyfile(src, dst)) for kind, src in sources.items()
+        }
+        if self._replay is not None and "replay.npz" not in writers:
+            writers["replay.npz"] = self._replay.save
+        if self._holdout is not None and "holdout.npz" not in writers:
+            writers["holdout.npz"] = self._holdout.save
+        return writers
+
+    def _keep_aside(self, trainer: HeadTrainer, number: int) -> None:
+        """Save a refused candidate head as ``rejected/NNNNNN.ckpt`` for inspection (the newest few are kept)."""
+        folder = self.store.root / REJECTED_DIR
+        folder.mkdir(exist_ok=True)
+        trainer.save(folder / f"{number:06d}.ckpt")
+        for old in sorted(folder.glob("*.ckpt"))[:-KEEP_REJECTED]:
+            old.unlink(missing_ok=True)
+
+    def _forget_uncommitted(self) -> None:
+        """Drop in-memory training state so the next call reloads the committed version."""
+        self._trainer = self._replay = self._holdout = None
+        self._parameters = None
+
+    def _open(self) -> tuple[HeadTrainer, ReplayBuffer, ReplayBuffer]:
+        """Take the lock, then load the current head, its replay buffer and holdout for training."""
+        if self._trainer is None or self._replay is None or self._holdout is None:
             self.store.acquire()
+            self.history.catch_up(self.store)
             self._version = self.store.current()
             self._trainer = HeadTrainer(self.bundle, self._checkpoint(), self.placement, self._threads)
-            self._replay = self._load_replay()
-        return self._trainer, self._replay
+            self._replay = self._load_buffer("replay.npz", self._replay_per_class)
+            self._holdout = self._load_buffer("holdout.npz", self.policy.holdout_per_class)
+        return self._trainer, self._replay, self._holdout
 
-    def _load_replay(self) -> ReplayBuffer:
+    def _load_buffer(self, kind: str, per_class: int) -> ReplayBuffer:
         head = self.bundle.manifest.head
-        per_class = self._replay_per_class
-        if self._version is None or "replay.npz" not in self._version.files:
+        if self._version is None or kind not in self._version.files:
             return ReplayBuffer(head.feature_dim, head.num_outputs, per_class)
-        return ReplayBuffer.load(self._version.files["replay.npz"], head.feature_dim, head.num_outputs, per_class)
+        return ReplayBuffer.load(self._version.files[kind], head.feature_dim, head.num_outputs, per_class)
+
+    def _embed_holdout(self, holdout: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Features and label names of a fixed holdout set (names, since the label map may still grow)."""
+        x, y = holdout
+        _check_lengths(len(x), len(y), "holdout")
+        names = label_names(np.asarray(y), self.classes, "holdout").astype(str)
+        return self.embed(x, "holdout"), names
 
     def close(self) -> None:
         """Release the state directory's lock."""

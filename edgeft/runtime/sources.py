@@ -149,22 +149,3 @@ def read_path(path: str | Path, manifest: Manifest, need_labels: bool = True) ->
     if not found:
         raise DataError(f"{root}: no .npz files and no LABEL/ image folders found")
     return found
-
-
-def encode_labels(y: np.ndarray, classes: list[str], origin: str) -> np.ndarray:
-    """Map label names (or integer indices) to class indices; raise DataError on unknown labels."""
-    if np.issubdtype(y.dtype, np.integer):
-        bad = y[(y < 0) | (y >= len(classes))]
-        if bad.size:
-            raise DataError(
-                f"{origin}: label index {int(bad[0])} is out of range; the bundle has {len(classes)} classes"
-            )
-        return y.astype(np.int64)
-    if y.dtype.kind not in "US":
-        raise DataError(f"{origin}: labels have dtype {y.dtype}; use class names or integer indices")
-    index = {name: i for i, name in enumerate(classes)}
-    names = y.astype(str)
-    unknown = sorted(set(names.tolist()) - index.keys())
-    if unknown:
-        raise DataError(f"{origin}: unknown label(s) {unknown[:5]}; the bundle's classes are {classes}")
-    return np.array([index[n] for n in names], np.int64)

@@ -74,6 +74,18 @@ class StateStore:
             raise EdgeftError(f'{pointer} is corrupt: expected JSON like {{"version": 3}}') from None
         return self._load(number)
 
+    def retained(self) -> list[int]:
+        """Numbers of the committed versions still on disk, oldest first (at most the current one)."""
+        current = self.current()
+        if current is None:
+            return []
+        numbers = {int(p.name.split(".")[0]) for p in self.versions_dir.glob("*.json") if p.name[0].isdigit()}
+        return sorted(n for n in numbers if n <= current.number)
+
+    def load(self, number: int) -> Version:
+        """One committed version, verified against its metadata's sha256."""
+        return self._load(number)
+
     def _load(self, number: int) -> Version:
         meta_path = self._path(number, "json")
         if not meta_path.is_file():
@@ -115,14 +127,16 @@ class StateStore:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def commit(self, writers: dict[str, Callable[[Path], None]], meta: dict[str, Any]) -> Version:
+    def commit(
+        self, writers: dict[str, Callable[[Path], None]], meta: dict[str, Any], parent: Version | None
+    ) -> Version:
         """Write a new version's files (kind -> writer) and metadata atomically, then make it current.
 
-        Requires the lock. ``writers`` must include ``ckpt``.
+        Requires the lock. ``writers`` must include ``ckpt``; ``parent`` is the current version (None at first).
         """
         if self._lock_fd is None:
             raise RuntimeError("commit() needs acquire() first")
-        current = self.current()
+        current = parent
         number = (current.number if current else 0) + 1
         files = {kind: self._path(number, kind) for kind in writers}
         for kind, write in writers.items():
@@ -142,7 +156,8 @@ class StateStore:
         return Version(number, files, full_meta)
 
     def _prune(self, newest: int) -> None:
-        for path in self.versions_dir.iterdir():
+        # Metadata first: a crash part-way never leaves a version that looks committed but lacks its files.
+        for path in sorted(self.versions_dir.iterdir(), key=lambda p: not p.name.endswith(".json")):
             stem = path.name.split(".")[0]
             stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
             old = stem.isdigit() and int(stem) <= newest - KEEP_VERSIONS

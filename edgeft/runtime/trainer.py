@@ -11,6 +11,7 @@ import onnxruntime
 from edgeft.bundle import Bundle
 from edgeft.runtime.features import session_options
 from edgeft.runtime.ort import Placement, training_api
+from edgeft.runtime.schedule import Schedule
 
 Parameters = dict[str, np.ndarray]
 
@@ -19,6 +20,16 @@ def checkpoint_parameters(checkpoint: Path) -> Parameters:
     """Copies of every head parameter stored in an ORT checkpoint."""
     state = training_api().CheckpointState.load_checkpoint(str(checkpoint))
     return {name: param.data.copy() for name, param in state.parameters}
+
+
+def steps_per_fit(samples: int, epochs: int, batch_size: int) -> int:
+    """Optimizer steps ``HeadTrainer.fit`` takes for ``samples`` samples."""
+    return epochs * -(-samples // batch_size)
+
+
+def parameters_finite(parameters: Parameters) -> bool:
+    """True when no parameter holds NaN or infinity."""
+    return all(np.isfinite(value).all() for value in parameters.values())
 
 
 def feature_normaliser(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -61,22 +72,27 @@ class HeadTrainer:
         *,
         epochs: int,
         batch_size: int,
-        lr: float,
+        schedule: Schedule,
         seed: int,
         progress: Callable[[int], None] | None = None,
     ) -> float:
-        """Train on shuffled mini-batches for ``epochs``; return the mean loss of the last epoch."""
+        """Train on shuffled mini-batches for ``epochs``, the learning rate of step k being ``schedule(k)``.
+
+        Returns the mean loss of the last epoch.
+        """
         rng = np.random.default_rng(seed)
         labels = labels.astype(np.int64)
         self._module.train()
-        self._optimizer.set_learning_rate(lr)
         last_epoch_loss = float("nan")
+        step = 0
         for _ in range(epochs):
             order = rng.permutation(len(features))
             total = 0.0
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 loss, _logits = self._module(features[idx], labels[idx])
+                self._optimizer.set_learning_rate(schedule(step))
+                step += 1
                 self._optimizer.step()
                 self._module.lazy_reset_grad()
                 total += float(loss) * len(idx)
@@ -99,9 +115,13 @@ class HeadPredictor:
         )
         self._features_input = self._session.get_inputs()[0].name
 
-    def probabilities(self, features: np.ndarray, parameters: Parameters) -> np.ndarray:
-        """Softmax class probabilities for each feature vector."""
+    def logits(self, features: np.ndarray, parameters: Parameters) -> np.ndarray:
+        """The head's raw outputs for each feature vector, all outputs (reserved ones included)."""
         feeds = {inp.name: parameters[inp.name] for inp in self._session.get_inputs()[1:]}
-        logits = self._session.run(None, {self._features_input: features, **feeds})[0]
+        return self._session.run(None, {self._features_input: features, **feeds})[0]
+
+    def probabilities(self, features: np.ndarray, parameters: Parameters, known: int) -> np.ndarray:
+        """Softmax probabilities over the first ``known`` outputs (the classes seen so far) for each vector."""
+        logits = self.logits(features, parameters)[:, :known]
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)

@@ -1,0 +1,86 @@
+"""The promotion guard: a new head becomes current only if it does not do worse on samples it never trained on.
+
+Each arrival gives a fraction of its samples to a holdout (a class-balanced reservoir of features, stored with
+the version) instead of training on them; or the device has a fixed holdout set. After training, the candidate
+head and the current head are scored on the holdout as it was *before* this arrival, so that mislabelled data
+cannot vouch for itself. The candidate is promoted unless its accuracy drops by more than the tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+HOLDOUT_FRACTION = 0.1
+HOLDOUT_PER_CLASS = 50
+TOLERANCE = 0.05
+MIN_HOLDOUT = 20
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """How the guard decides: holdout share of each arrival, its size per class, tolerance, minimum size."""
+
+    holdout_fraction: float = HOLDOUT_FRACTION
+    holdout_per_class: int = HOLDOUT_PER_CLASS
+    tolerance: float = TOLERANCE
+    min_holdout: int = MIN_HOLDOUT
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The guard's verdict on one candidate head, with the figures it was based on."""
+
+    promoted: bool
+    reason: str
+    holdout_samples: int
+    current_accuracy: float | None
+    candidate_accuracy: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def holdout_mask(count: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Which of ``count`` arriving samples go to the holdout (never all of them when more than one arrives)."""
+    mask = rng.random(count) < fraction
+    if count > 1 and mask.all():
+        mask[rng.integers(count)] = False
+    return mask
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Share of rows whose most probable class is the label."""
+    return float((probabilities.argmax(axis=1) == labels).mean()) if len(labels) else float("nan")
+
+
+def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy of the labels under ``probabilities`` (labels beyond its columns count as p=1e-7)."""
+    if not len(labels):
+        return float("nan")
+    inside = labels < probabilities.shape[1]
+    picked = np.full(len(labels), 1e-7)
+    picked[inside] = probabilities[np.flatnonzero(inside), labels[inside]]
+    return float(-np.log(np.clip(picked, 1e-7, 1.0)).mean())
+
+
+def decide(policy: GuardPolicy, current: float | None, candidate: float | None, samples: int) -> Decision:
+    """Promote unless the holdout is big enough and the candidate's accuracy fell by more than the tolerance."""
+    if not policy.enabled:
+        return Decision(True, "guard disabled", samples, current, candidate)
+    if current is None or candidate is None or samples < policy.min_holdout:
+        return Decision(
+            True, f"holdout too small to judge ({samples} < {policy.min_holdout})", samples, current, candidate
+        )
+    if candidate >= current - policy.tolerance:
+        return Decision(True, f"holdout accuracy {current:.3f} -> {candidate:.3f}", samples, current, candidate)
+    return Decision(
+        False,
+        f"holdout accuracy would fall {current:.3f} -> {candidate:.3f}, more than the tolerance {policy.tolerance}",
+        samples,
+        current,
+        candidate,
+    )

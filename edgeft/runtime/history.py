@@ -1,0 +1,119 @@
+"""Append-only JSON-lines logs of a state directory: the input journal and the per-arrival metrics.
+
+The authoritative record of an arrival is its committed version's metadata (written atomically with the head).
+These logs are derived from it: appended after each commit and caught up from the retained versions when a
+state directory is opened, so a crash between a commit and an append loses no line and writes none twice.
+
+    journal.jsonl   one line per consumed input: version, name, sha256, samples, status (learned / rejected)
+    metrics.jsonl   one line per arrival: prequential accuracy and loss, holdout figures, promotion, counts
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgeft.runtime.store import StateStore, Version
+
+JOURNAL_FILE = "journal.jsonl"
+METRICS_FILE = "metrics.jsonl"
+_TAIL_BYTES = 1 << 16
+
+
+def read_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """Every well-formed JSON object line of ``path`` (a torn last line from a crash is skipped)."""
+    if not path.exists():
+        return
+    with path.open("rb") as handle:
+        for raw in handle:
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                yield row
+
+
+def append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append rows durably; a torn last line left by a crash is closed off first."""
+    if not rows:
+        return
+    data = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode()
+    with path.open("ab+") as handle:
+        if handle.tell() > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                data = b"\n" + data
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def last_version(path: Path) -> tuple[int, int]:
+    """The highest ``version`` among the last lines of ``path`` and how many lines it has there ((0, 0) if none)."""
+    if not path.exists():
+        return 0, 0
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - _TAIL_BYTES))
+        tail = handle.read().splitlines()
+    versions = []
+    for raw in tail:
+        try:
+            versions.append(int(json.loads(raw)["version"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    newest = max(versions, default=0)
+    return newest, versions.count(newest)
+
+
+def journal_rows(version: Version) -> list[dict[str, Any]]:
+    """Journal lines for the inputs a version consumed."""
+    arrival = version.meta.get("arrival", {})
+    status = "learned" if arrival.get("promoted", True) else "rejected"
+    return [
+        {"time": version.meta.get("created"), "version": version.number, "status": status, **item}
+        for item in arrival.get("inputs", [])
+    ]
+
+
+def metrics_row(version: Version) -> dict[str, Any]:
+    """The metrics line of one version's arrival."""
+    arrival = {k: v for k, v in version.meta.get("arrival", {}).items() if k != "inputs"}
+    return {
+        "time": version.meta.get("created"),
+        "version": version.number,
+        "head_version": version.meta.get("head_version", version.number),
+        "samples_accepted": version.meta.get("samples_accepted", 0),
+        "class_counts": version.meta.get("class_counts", {}),
+        **arrival,
+    }
+
+
+class History:
+    """The journal and metrics logs of one state directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.journal = root / JOURNAL_FILE
+        self.metrics = root / METRICS_FILE
+
+    def record(self, version: Version) -> None:
+        """Append a freshly committed version's lines."""
+        append_lines(self.journal, journal_rows(version))
+        append_lines(self.metrics, [metrics_row(version)])
+
+    def catch_up(self, store: StateStore) -> None:
+        """Append the lines of retained versions newer than the logs (after a crash between commit and append)."""
+        for path, rows in ((self.journal, journal_rows), (self.metrics, lambda v: [metrics_row(v)])):
+            done, written = last_version(path)
+            for number in store.retained():
+                if number > done:
+                    append_lines(path, rows(store.load(number)))
+                elif number == done:  # a crash may have torn this version's lines part-way
+                    append_lines(path, rows(store.load(number))[written:])
+
+    def consumed(self) -> dict[str, int]:
+        """sha256 -> version of every input the journal says was consumed."""
+        return {row["sha256"]: int(row["version"]) for row in read_lines(self.journal) if "sha256" in row}
