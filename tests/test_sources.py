@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -289,5 +290,88 @@ def test_missing_path(manifest: Manifest, tmp_path: Path) -> None:
 def test_folder_without_data(manifest: Manifest, tmp_path: Path) -> None:
     (tmp_path / "empty_label").mkdir()
     (tmp_path / "notes.txt").write_text("nothing to learn")
-    with pytest.raises(DataError, match="no .npz files and no LABEL/ image folders"):
+    with pytest.raises(DataError, match="no .npz, .csv or .jsonl files and no LABEL/ image folders"):
         read_path(tmp_path, manifest)
+
+
+def _csv_text(x: np.ndarray, labels: list[str]) -> str:
+    flat = x.reshape(len(x), -1)
+    header = ",".join(f"f{i}" for i in range(flat.shape[1]))
+    rows = [",".join(f"{v:.9g}" for v in row) + f",{label}" for row, label in zip(flat, labels, strict=True)]
+    return "\n".join([header + ",label", *rows]) + "\n"
+
+
+def test_csv_rows_become_inputs_and_labels(manifest: Manifest, tmp_path: Path) -> None:
+    x, y = make_dataset(6, seed=3)
+    names = [CLASSES[i] for i in y]
+    (tmp_path / "sensor.csv").write_text(_csv_text(x, names))
+    (samples,) = read_path(tmp_path / "sensor.csv", manifest)
+    np.testing.assert_allclose(samples.x, x, rtol=1e-6)
+    assert samples.y.tolist() == names
+    (tmp_path / "indexed.csv").write_text(_csv_text(x, [str(i) for i in y]))
+    assert read_path(tmp_path / "indexed.csv", manifest)[0].y.tolist() == y.tolist()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty CSV file"),
+        ("f0,f1,label\n", "header but no rows"),
+        ("f0,f1\n1,2\n", "no 'label' column"),
+        ("f0,f1,label\n1,2\n", "line 2 has 2 columns, the header has 3"),
+        ("f0,f1,label\n1,x,red\n", "line 2 has a value that is not a number"),
+        ("f0,f1,label\n1,2,red\n", "rows have 2 values, the bundle's input"),
+    ],
+)
+def test_bad_csv_is_a_data_error_naming_the_file(text: str, message: str, manifest: Manifest, tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message) as info:
+        read_path(path, manifest)
+    assert str(path) in str(info.value)
+
+
+def test_csv_that_is_not_utf8_is_a_data_error(manifest: Manifest, tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("f0,label\n1,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8 text"):
+        read_path(path, manifest)
+
+
+def test_json_lines_file(manifest: Manifest, tmp_path: Path) -> None:
+    x, y = make_dataset(4, seed=4)
+    lines = [json.dumps({"x": row.tolist(), "y": CLASSES[label]}) for row, label in zip(x, y, strict=True)]
+    (tmp_path / "batch.jsonl").write_text("\n".join(lines) + "\n\n")
+    (samples,) = read_path(tmp_path / "batch.jsonl", manifest)
+    np.testing.assert_allclose(samples.x, x)
+    assert samples.y.tolist() == [CLASSES[i] for i in y]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "no samples"),
+        ("not json\n", "line 1 is not an object"),
+        ('{"y": "red"}\n', "line 1 is not an object with a numeric array 'x'"),
+        ('{"x": [1, 2], "y": "red"}\n{"x": [1], "y": "red"}\n', "line 2 has x of shape"),
+        ('{"x": [1, 2]}\n', "line 1 has no label"),
+        ('{"x": [1, 2], "y": [1]}\n', "neither a name nor an index"),
+    ],
+)
+def test_bad_json_lines(text: str, message: str, manifest: Manifest, tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        read_path(path, manifest)
+
+
+def test_folder_reads_csv_jsonl_and_npz_together(manifest: Manifest, tmp_path: Path) -> None:
+    x, y = make_dataset(6, seed=6)
+    np.savez(tmp_path / "a.npz", x=x[:2], y=y[:2])
+    (tmp_path / "b.csv").write_text(_csv_text(x[2:4], [CLASSES[i] for i in y[2:4]]))
+    (tmp_path / "c.jsonl").write_text(
+        "".join(json.dumps({"x": r.tolist(), "y": int(v)}) + "\n" for r, v in zip(x[4:], y[4:], strict=True))
+    )
+    found = read_path(tmp_path, manifest)
+    assert [Path(s.origin).name for s in found] == ["a.npz", "b.csv", "c.jsonl"]
+    np.testing.assert_allclose(np.concatenate([s.x for s in found]), x, rtol=1e-6)

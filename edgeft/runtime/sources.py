@@ -1,14 +1,20 @@
-"""Read samples from files: .npz (x, y), .npy (x), image files, and folders of them.
+"""Read samples from files: .npz (x, y), .npy (x), .csv (features + label column), .jsonl, images, and folders.
 
 Image folders are ``LABEL/*.png|jpg``; images are converted, resized and normalised as the bundle's
-manifest says. Every problem raises DataError naming the file.
+manifest says. CSV files have a header; the label column (default ``label``) holds names or indices and every
+other column is a number. JSON lines hold one object per line: ``{"x": [...], "y": label}``.
+Every problem raises DataError naming the file.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -17,6 +23,8 @@ from edgeft.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 ARRAY_SUFFIXES = frozenset({".npz", ".npy"})
+TEXT_SUFFIXES = frozenset({".csv", ".jsonl"})
+LABEL_COLUMN = "label"
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,91 @@ def read_array_file(path: Path, manifest: Manifest, need_labels: bool) -> Sample
     return Samples(x, None if y is None else _labels(y, len(x), path), str(path))
 
 
+def _fit_input_shape(x: np.ndarray, manifest: Manifest, origin: str) -> np.ndarray:
+    """Reshape flat rows [N, D] to the bundle's per-sample input shape when the sizes agree."""
+    shape = manifest.input.shape[1:]
+    if all(isinstance(d, int) for d in shape) and x.ndim == 2 and len(shape) != 1:
+        size = int(np.prod(shape))
+        if x.shape[1] != size:
+            raise DataError(f"{origin}: rows have {x.shape[1]} values, the bundle's input {shape} needs {size}")
+        return x.reshape(len(x), *shape)
+    return x
+
+
+def _decoded_lines(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def read_csv(path: Path, manifest: Manifest, need_labels: bool, label_column: str = LABEL_COLUMN) -> Samples:
+    """Samples from a CSV file with a header: the label column, and numeric feature columns."""
+    rows = list(csv.reader(io.StringIO(_decoded_lines(path))))
+    if not rows or not rows[0]:
+        raise DataError(f"{path}: empty CSV file (expected a header row)")
+    header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
+    if label_column not in header and need_labels:
+        raise DataError(f"{path}: no '{label_column}' column in the header ({', '.join(header)})")
+    if not body:
+        raise DataError(f"{path}: the CSV file has a header but no rows")
+    label_at = header.index(label_column) if label_column in header else None
+    values = np.empty((len(body), len(header) - (label_at is not None)), np.float32)
+    labels = []
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {line} has {len(row)} columns, the header has {len(header)}")
+        cells = [c for i, c in enumerate(row) if i != label_at]
+        try:
+            values[line - 2] = [float(c) for c in cells]
+        except ValueError:
+            raise DataError(f"{path}: line {line} has a value that is not a number") from None
+        if label_at is not None:
+            labels.append(row[label_at].strip())
+    y = _label_array(labels) if label_at is not None else None
+    return Samples(_fit_input_shape(values, manifest, str(path)), y, str(path))
+
+
+def _label_array(labels: list) -> np.ndarray:
+    """Labels as integer indices when they all are, else as names."""
+    if labels and all(isinstance(v, int) or (isinstance(v, str) and v.isdigit()) for v in labels):
+        return np.array([int(v) for v in labels], np.int64)
+    return np.array([str(v) for v in labels])
+
+
+def read_json_lines(stream: IO[str], origin: str, manifest: Manifest, need_labels: bool) -> Samples:
+    """Samples from JSON lines ``{"x": [...], "y": label}`` (``y`` optional when labels are not needed)."""
+    xs, ys = [], []
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            x = np.asarray(row["x"], np.float32)
+        except (ValueError, TypeError, KeyError):
+            raise DataError(f"{origin}: line {number} is not an object with a numeric array 'x'") from None
+        if xs and x.shape != xs[0].shape:
+            raise DataError(f"{origin}: line {number} has x of shape {list(x.shape)}, line 1 {list(xs[0].shape)}")
+        if "y" in row:
+            if not isinstance(row["y"], (str, int)) or isinstance(row["y"], bool):
+                raise DataError(f"{origin}: line {number} has a label that is neither a name nor an index")
+            ys.append(row["y"])
+        elif need_labels:
+            raise DataError(f"{origin}: line {number} has no label 'y'")
+        xs.append(x)
+    if not xs:
+        raise DataError(f"{origin}: no samples (expected JSON lines like {{\"x\": [...], \"y\": \"cat\"}})")
+    if ys and len(ys) != len(xs):
+        raise DataError(f"{origin}: {len(xs) - len(ys)} of {len(xs)} lines have no label 'y'")
+    x = _with_channel_axis(np.stack(xs), manifest)
+    return Samples(_fit_input_shape(x, manifest, origin), _label_array(ys) if ys else None, origin)
+
+
+def read_json_lines_file(path: Path, manifest: Manifest, need_labels: bool) -> Samples:
+    """Samples from a ``.jsonl`` file."""
+    return read_json_lines(io.StringIO(_decoded_lines(path)), str(path), manifest, need_labels)
+
+
 def read_image(path: Path, manifest: Manifest) -> np.ndarray:
     """One image file as a backbone input sample (without batch axis), preprocessed per the manifest."""
     from PIL import Image, UnidentifiedImageError
@@ -137,15 +230,24 @@ def read_path(path: str | Path, manifest: Manifest, need_labels: bool = True) ->
         suffix = root.suffix.lower()
         if suffix in ARRAY_SUFFIXES:
             return [read_array_file(root, manifest, need_labels)]
+        if suffix == ".csv":
+            return [read_csv(root, manifest, need_labels)]
+        if suffix == ".jsonl":
+            return [read_json_lines_file(root, manifest, need_labels)]
         if suffix in IMAGE_SUFFIXES:
             if need_labels:
                 raise DataError(f"{root}: a single image has no label; put images in LABEL/ folders")
             return [Samples(read_image(root, manifest)[None], None, str(root))]
-        raise DataError(f"{root}: unsupported file type '{root.suffix}' (use .npz, .npy, .png, .jpg)")
-    found = [read_array_file(p, manifest, need_labels) for p in sorted(root.glob("*.npz"))]
+        raise DataError(f"{root}: unsupported file type '{root.suffix}' (use .npz, .npy, .csv, .jsonl, .png, .jpg)")
+    found = [
+        sample
+        for p in sorted(root.iterdir())
+        if p.is_file() and p.suffix.lower() in {".npz", *TEXT_SUFFIXES}
+        for sample in read_path(p, manifest, need_labels)
+    ]
     images = read_image_folders(root, manifest)
     if images is not None:
         found.append(images)
     if not found:
-        raise DataError(f"{root}: no .npz files and no LABEL/ image folders found")
+        raise DataError(f"{root}: no .npz, .csv or .jsonl files and no LABEL/ image folders found")
     return found
