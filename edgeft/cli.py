@@ -22,6 +22,8 @@ import typer
 
 from edgeft import __version__
 from edgeft.errors import EdgeftError
+from edgeft.runtime import guard
+from edgeft.runtime.schedule import SCHEDULES
 
 app = typer.Typer(
     help="Fine-tune a frozen model's new head on edge devices with ONNX Runtime training.",
@@ -164,14 +166,38 @@ def _load_samples(path: Path, bundle, need_labels: bool):  # noqa: ANN001, ANN20
 @app.command()
 def adapt(
     bundle: BundleArg,
-    data: Annotated[
-        Path, typer.Option("--data", "-d", help=".npz file, folder of .npz files, or LABEL/ image folders.")
-    ],
     state: StateOpt,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs over the new data (default: bundle's).")] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data", "-d", help="Data to learn now: .npz/.csv/.jsonl file, folder, or - for JSON lines on stdin."
+        ),
+    ] = None,
+    watch: Annotated[
+        Path | None, typer.Option(help="Inbox folder: learn each entry dropped into it, until SIGTERM/SIGINT.")
+    ] = None,
+    once: Annotated[bool, typer.Option(help="With --watch: learn what is in the inbox now, then exit.")] = False,
+    poll: Annotated[float, typer.Option(min=0.05, help="With --watch: seconds between inbox scans.")] = 1.0,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per arrival (default: bundle's).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size (default: bundle's).")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate (default: bundle's).")] = None,
+    schedule: Annotated[str, typer.Option(help="Learning-rate schedule per arrival: constant or cosine.")] = "constant",
     seed: Annotated[int | None, typer.Option(help="Shuffling seed (default: bundle's).")] = None,
+    replay_per_class: Annotated[
+        int | None, typer.Option(min=0, help="Replay buffer size per class (default: bundle's; 0: off).")
+    ] = None,
+    replay_mb: Annotated[float | None, typer.Option(min=0.0, help="Cap on the replay buffer's memory, MiB.")] = None,
+    holdout_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share of each arrival kept as holdout, never trained on.")
+    ] = guard.HOLDOUT_FRACTION,
+    holdout: Annotated[
+        Path | None, typer.Option(help="A fixed labelled holdout set instead of a share of each arrival.")
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(min=0.0, help="Largest holdout-accuracy drop a new head may have and still be promoted.")
+    ] = guard.TOLERANCE,
+    no_guard: Annotated[bool, typer.Option("--no-guard", help="Promote every new head; hold nothing out.")] = False,
+    relearn: Annotated[bool, typer.Option(help="Learn inputs even if the journal says they were learned.")] = False,
     eval_data: Annotated[
         Path | None, typer.Option("--eval", help="Labelled held-out data to report accuracy on.")
     ] = None,
@@ -179,41 +205,129 @@ def adapt(
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Learn the head from new labelled data and commit a new version to the state directory."""
-    from edgeft.progress import progress_bar
+    """Learn the head from new labelled data (--data now, or --watch an inbox) and commit versions to STATE."""
     from edgeft.runtime.adapter import Adapter
 
-    with _reported(), Adapter(bundle, state, ep=ep, threads=threads) as adapter:
-        samples = _load_samples(data, adapter.bundle, need_labels=True)
-        x = np.concatenate([s.x for s in samples])
-        y = np.concatenate([s.y for s in samples])
-        held_out = _load_samples(eval_data, adapter.bundle, need_labels=True) if eval_data else []
-        before = _accuracy(adapter, held_out)
-        n_epochs = epochs or adapter.bundle.manifest.defaults.epochs
-        with progress_bar(f"learning on {adapter.placement.name}", len(x) + n_epochs) as advance:
-            result = adapter.learn(
-                x, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, origin=str(data), progress=advance
+    if (data is None) == (watch is None):
+        raise typer.BadParameter("give exactly one of --data or --watch", param_hint="--data/--watch")
+    if schedule not in SCHEDULES:
+        raise typer.BadParameter(f"choose one of {', '.join(SCHEDULES)}", param_hint="--schedule")
+    policy = guard.GuardPolicy(
+        holdout_fraction=0.0 if holdout else holdout_fraction, tolerance=tolerance, enabled=not no_guard
+    )
+    learn_options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    with _reported():
+        fixed = _labelled(holdout, bundle) if holdout else None
+        with Adapter(
+            bundle,
+            state,
+            ep=ep,
+            threads=threads,
+            replay_per_class=replay_per_class,
+            replay_mb=replay_mb,
+            policy=policy,
+            holdout=fixed,
+            schedule=schedule,
+        ) as adapter:
+            if watch is not None:
+                _watch(adapter, watch, once, poll, learn_options, as_json)
+            else:
+                _adapt_once(adapter, data or [], relearn, learn_options, eval_data, as_json)
+
+
+def _labelled(path: Path, bundle: Path) -> tuple[np.ndarray, np.ndarray]:
+    from edgeft.bundle import Bundle
+
+    samples = _load_samples(path, Bundle.load(bundle), need_labels=True)
+    return np.concatenate([s.x for s in samples]), np.concatenate([np.asarray(s.y) for s in samples])
+
+
+def _adapt_once(adapter, data: list[str], relearn: bool, learn_options: dict, eval_data: Path | None, as_json: bool):  # noqa: ANN001, ANN202
+    from edgeft.progress import progress_bar
+    from edgeft.runtime.arrivals import learn_arrival, read_arrival
+
+    arrival = read_arrival(adapter, data, sys.stdin.buffer, relearn)
+    held_out = _load_samples(eval_data, adapter.bundle, need_labels=True) if eval_data else []
+    before = _accuracy(adapter, held_out)
+    n_epochs = learn_options["epochs"] or adapter.bundle.manifest.defaults.epochs
+    with progress_bar(
+        f"learning on {adapter.placement.name}", sum(len(s.x) for s in arrival.samples) + n_epochs
+    ) as advance:
+        outcome = learn_arrival(adapter, arrival, learn_options, advance)
+    after = _accuracy(adapter, held_out)
+    result = outcome.result
+    report = {
+        "version": adapter.version,
+        "learned": result is not None,
+        "samples": result.samples if result else 0,
+        "held_out": result.held_out if result else 0,
+        "epochs": result.epochs if result else 0,
+        "loss": result.loss if result else None,
+        "promoted": result.promoted if result else None,
+        "reason": result.reason if result else None,
+        "prequential_accuracy": result.prequential_accuracy if result else None,
+        "new_classes": result.new_classes if result else [],
+        "skipped": outcome.skipped,
+        "pending": outcome.pending,
+        "provider": adapter.placement.name,
+        "accuracy_before": before,
+        "accuracy_after": after,
+    }
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        for skipped in outcome.skipped:
+            typer.echo(f"skipped {skipped}; pass --relearn to learn it again")
+        if result is not None:
+            verdict = "promoted" if result.promoted else f"refused, the previous head stays current: {result.reason}"
+            typer.echo(
+                f"learned {result.samples} samples ({result.held_out} kept as holdout, {result.epochs} epochs, "
+                f"loss {_number(result.loss)}) on {adapter.placement.name}; version {result.version} {verdict}"
             )
-        after = _accuracy(adapter, held_out)
-        report = {
-            "version": result.version,
-            "samples": result.samples,
-            "epochs": result.epochs,
-            "loss": result.loss,
-            "provider": adapter.placement.name,
-            "accuracy_before": before,
-            "accuracy_after": after,
-        }
+            if result.new_classes:
+                typer.echo(f"new classes: {', '.join(result.new_classes)}")
+        elif not outcome.pending:
+            typer.echo(f"nothing new to learn; version {adapter.version} stays current")
+        if before is not None:
+            typer.echo(f"held-out accuracy: {before:.3f} before, {after:.3f} after")
+    if outcome.pending:
+        raise _fail(
+            f"{', '.join(data or [])}: {outcome.pending} samples with unknown label(s) {outcome.overflow[:5]} do not "
+            f"fit the head's {adapter.capacity} outputs; they were not learned and are kept in {outcome.pending_path}"
+        )
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _watch(adapter, inbox_dir: Path, once: bool, poll: float, learn_options: dict, as_json: bool) -> None:  # noqa: ANN001
+    from edgeft.runtime.inbox import Inbox
+    from edgeft.runtime.watch import StopFlag, watch
+
+    def emit(event: str, **fields: object) -> None:
         if as_json:
-            typer.echo(json.dumps(report))
-        else:
-            line = (
-                f"learned {result.samples} samples ({result.epochs} epochs, loss {result.loss:.4f}) on "
-                f"{adapter.placement.name}; committed version {result.version} to {state}"
-            )
-            if before is not None:
-                line += f"\nheld-out accuracy: {before:.3f} before, {after:.3f} after"
-            typer.echo(line)
+            typer.echo(json.dumps({"event": event, **fields}), err=True)
+            return
+        detail = fields.get("reason") or ""
+        name = fields.get("entry") or fields.get("inbox") or ""
+        typer.echo(f"edgeft: {event} {name}{': ' + str(detail) if detail else ''}", err=True)
+
+    stop = StopFlag()
+    stop.install()
+    summary = watch(
+        adapter, Inbox(inbox_dir), emit=emit, stop=stop, poll_seconds=poll, once=once, learn_options=learn_options
+    )
+    if as_json:
+        typer.echo(json.dumps(summary.__dict__))
+    else:
+        typer.echo(
+            f"learned {summary.learned}, refused {summary.refused}, skipped {summary.skipped}, "
+            f"quarantined {summary.quarantined}, pending samples {summary.pending_samples}; "
+            f"version {adapter.version}"
+        )
+    if summary.errors and once:
+        raise typer.Exit(EXIT_ERROR)
 
 
 def _accuracy(adapter, held_out) -> float | None:  # noqa: ANN001

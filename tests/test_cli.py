@@ -92,9 +92,13 @@ def test_full_workflow(tiny_model: Path, tmp_path: Path) -> None:
     assert report["accuracy_after"] >= 0.8, report
     assert report["accuracy_after"] >= report["accuracy_before"] + 0.1, report
 
-    done = run_cli("adapt", bundle, "-d", train, "-s", state, "--eval", held_out, "--epochs", "2")
+    done = run_cli("adapt", bundle, "-d", train, "-s", state)
     assert done.returncode == 0, done.stderr
-    assert "(2 epochs, loss " in done.stdout and f"committed version 2 to {state}" in done.stdout
+    assert f"skipped {train} (already learned in version 1)" in done.stdout
+    assert "nothing new to learn; version 1 stays current" in done.stdout
+    done = run_cli("adapt", bundle, "-d", train, "-s", state, "--eval", held_out, "--epochs", "2", "--relearn")
+    assert done.returncode == 0, done.stderr
+    assert "2 epochs, loss " in done.stdout and "version 2 promoted" in done.stdout
     assert "held-out accuracy: " in done.stdout
 
     x, _ = make_dataset(5, seed=3)
@@ -177,15 +181,20 @@ def test_unknown_execution_provider(bundle_dir: Path, tmp_path: Path) -> None:
     assert "execution provider 'warp-drive'" in one_error_line(done.stderr)
 
 
-def test_bad_labels_exit_1_and_commit_nothing(bundle_dir: Path, tmp_path: Path) -> None:
+def test_labels_beyond_capacity_exit_1_and_are_kept_pending(bundle_dir: Path, tmp_path: Path) -> None:
     x, _ = make_dataset(4, seed=0)
     np.savez(tmp_path / "bad.npz", x=x, y=np.array(["red", "green", "teal", "blue"]))
     state = tmp_path / "state"
     done = run_cli("adapt", bundle_dir, "-d", tmp_path / "bad.npz", "-s", state)
     assert done.returncode == 1
     line = one_error_line(done.stderr)
-    assert str(tmp_path / "bad.npz") in line and "unknown label" in line and "teal" in line
-    assert not (state / "CURRENT").exists()
+    assert str(tmp_path / "bad.npz") in line and "unknown label(s) ['teal']" in line and "3 outputs" in line
+    assert "version 1 promoted" in done.stdout and "learned 3 samples" in done.stdout
+    (pending,) = (state / "pending").glob("*.npz")
+    assert str(pending) in line
+    with np.load(pending, allow_pickle=False) as kept:
+        np.testing.assert_array_equal(kept["x"], x[2:3])
+        assert kept["y"].tolist() == ["teal"]
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,16 @@ KEEP_REJECTED = 5
 
 
 @dataclass(frozen=True)
+class LearnOptions:
+    """How one arrival is trained: epochs over new + replayed features, batch size, base learning rate, seed."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+
+
+@dataclass(frozen=True)
 class LearnResult:
     """What one ``learn`` call did; ``promoted`` says whether the new head became current."""
 
@@ -104,6 +114,7 @@ class Adapter:
         self._holdout: ReplayBuffer | None = None
         self._version: Version | None = self.store.current()
         self._parameters: Parameters | None = None
+        self._history_behind = True
         self._fixed_holdout = self._embed_holdout(holdout) if holdout is not None else None
 
     @property
@@ -209,20 +220,44 @@ class Adapter:
         progress: Progress | None = None,
     ) -> LearnResult:
         """Learn one arrival of precomputed features; ``inputs`` (name, sha256, samples) go to the journal."""
-        started = time.monotonic()
         defaults = self.bundle.manifest.defaults
-        epochs = defaults.epochs if epochs is None else epochs
-        batch_size = defaults.batch_size if batch_size is None else batch_size
-        lr = defaults.lr if lr is None else lr
-        seed = defaults.seed if seed is None else seed
-        if epochs < 1 or batch_size < 1 or not lr > 0:
+        options = LearnOptions(
+            epochs=defaults.epochs if epochs is None else epochs,
+            batch_size=defaults.batch_size if batch_size is None else batch_size,
+            lr=defaults.lr if lr is None else lr,
+            seed=defaults.seed if seed is None else seed,
+        )
+        if options.epochs < 1 or options.batch_size < 1 or not options.lr > 0:
             raise EdgeftError(
                 f"epochs and batch size must be at least 1 and lr positive (got {epochs}, {batch_size}, {lr})"
             )
         if len(features) == 0:
             raise DataError(f"{origin}: no samples to learn from")
         _check_lengths(len(features), len(y), origin)
+        self._open()
+        try:
+            return self._learn_arrival(features, y, options, origin, inputs or [], progress)
+        except BaseException:
+            self._forget_uncommitted()  # whatever trained in memory was not committed: start again from disk
+            raise
+
+    def consumed_inputs(self) -> dict[str, int]:
+        """sha256 -> version of every input the journal records as consumed (takes the writer lock)."""
+        self._open()
+        return self.history.consumed()
+
+    def _learn_arrival(
+        self,
+        features: np.ndarray,
+        y: np.ndarray,
+        options: LearnOptions,
+        origin: str,
+        inputs: list[dict[str, Any]],
+        progress: Progress | None,
+    ) -> LearnResult:
+        started = time.monotonic()
         trainer, replay, holdout = self._open()
+        epochs, batch_size, lr, seed = options.epochs, options.batch_size, options.lr, options.seed
         encoded = self._strict_encode(y, origin)
         labels = encoded.indices
         parent = self._version
@@ -272,7 +307,7 @@ class Adapter:
         )
         meta["arrival"] = {
             "origin": origin,
-            "inputs": inputs or [],
+            "inputs": inputs,
             "samples": len(labels),
             "trained": int(len(train_y)),
             "held_out": int(to_holdout.sum()),
@@ -288,15 +323,14 @@ class Adapter:
             "new_classes": encoded.classes[known_before:] if decision.promoted else [],
             "seconds": round(time.monotonic() - started, 3),
         }
-        try:
-            self._version = self.store.commit(writers, meta, parent)
-        except BaseException:
-            self._forget_uncommitted()
-            raise
+        self._version = self.store.commit(writers, meta, parent)
         if not decision.promoted:
             self._forget_uncommitted()  # the next arrival trains from the head that stayed current
         self._parameters = None
-        self.history.record(self._version)
+        try:
+            self.history.record(self._version)
+        except OSError:
+            self._history_behind = True  # the logs are derived from committed versions: caught up next time
         return LearnResult(
             samples=len(labels),
             trained=int(len(train_y)),
@@ -407,11 +441,14 @@ class Adapter:
         """Take the lock, then load the current head, its replay buffer and holdout for training."""
         if self._trainer is None or self._replay is None or self._holdout is None:
             self.store.acquire()
-            self.history.catch_up(self.store)
+            self._history_behind = True
             self._version = self.store.current()
             self._trainer = HeadTrainer(self.bundle, self._checkpoint(), self.placement, self._threads)
             self._replay = self._load_buffer("replay.npz", self._replay_per_class)
             self._holdout = self._load_buffer("holdout.npz", self.policy.holdout_per_class)
+        if self._history_behind:
+            self.history.catch_up(self.store)
+            self._history_behind = False
         return self._trainer, self._replay, self._holdout
 
     def _load_buffer(self, kind: str, per_class: int) -> ReplayBuffer:

@@ -1,0 +1,113 @@
+"""An inbox directory that new data is dropped into, and what happens to each entry after it was read.
+
+Producers write an entry under a temporary name (starting with ``.`` or ending in ``.tmp``/``.part``) and rename
+it when complete, so a half-written file is never read. An entry is a data file (.npz, .csv, .jsonl) or a
+folder (``LABEL/*.png`` image folders, or data files). After its arrival is committed it moves to ``done/``;
+an entry edgeft cannot use moves to ``quarantine/`` with ``NAME.reason.txt`` beside it; samples whose labels do
+not fit the head are written to ``pending/`` (move them back after adopting a bundle with more classes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgeft.bundle import sha256_file
+from edgeft.errors import DataError
+from edgeft.runtime.atomic import fsync_directory, write_atomic, write_bytes_atomic
+
+DONE_DIR = "done"
+QUARANTINE_DIR = "quarantine"
+PENDING_DIR = "pending"
+RESERVED = frozenset({DONE_DIR, QUARANTINE_DIR, PENDING_DIR})
+TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
+
+
+def is_temporary(name: str) -> bool:
+    """Names producers use while still writing."""
+    return name.startswith(".") or name.endswith(TEMPORARY_SUFFIXES)
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 of a file, or of a folder's relative file names and contents; symlinks are refused."""
+    if path.is_symlink():
+        raise DataError(f"{path}: is a symbolic link; edgeft reads only regular files in the inbox")
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for item in sorted(path.rglob("*")):
+        if item.is_symlink():
+            raise DataError(f"{item}: is a symbolic link; edgeft reads only regular files in the inbox")
+        if item.is_file():
+            digest.update(item.relative_to(path).as_posix().encode() + b"\0" + sha256_file(item).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def write_pending(folder: Path, name: str, x: np.ndarray, y: np.ndarray) -> Path:
+    """Atomically write samples (inputs and label names) to ``folder/NAME.npz``, readable as a data file again."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.npz"
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            np.savez(handle, x=x, y=np.asarray(y).astype(str))
+
+    write_atomic(target, save)
+    return target
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``folder/name.N`` for the first N not yet taken."""
+    target = folder / name
+    number = 1
+    while target.exists() or target.is_symlink():
+        target = folder / f"{name}.{number}"
+        number += 1
+    return target
+
+
+class Inbox:
+    """The inbox folder and its ``done/``, ``quarantine/`` and ``pending/`` subfolders."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"inbox {self.root} does not exist or is not a directory")
+        for name in RESERVED:
+            (self.root / name).mkdir(exist_ok=True)
+
+    def ready(self) -> list[Path]:
+        """Complete entries waiting to be learned, oldest first."""
+        entries = []
+        for path in self.root.iterdir():
+            if path.name in RESERVED or is_temporary(path.name):
+                continue
+            try:
+                entries.append((path.lstat().st_mtime_ns, path.name, path))
+            except FileNotFoundError:  # renamed away meanwhile
+                continue
+        return [path for _, _, path in sorted(entries)]
+
+    def done(self, entry: Path) -> Path:
+        """Move a learned entry to ``done/``."""
+        return self._move(entry, self.root / DONE_DIR)
+
+    def quarantine(self, entry: Path, reason: str) -> Path:
+        """Move an unusable entry to ``quarantine/`` and write why beside it."""
+        target = self._move(entry, self.root / QUARANTINE_DIR)
+        write_bytes_atomic(target.with_name(target.name + ".reason.txt"), (reason.rstrip() + "\n").encode())
+        return target
+
+    def keep_pending(self, entry: Path, x: np.ndarray, y: np.ndarray) -> Path:
+        """Write samples that cannot be learned yet to ``pending/NAME.npz`` (same name each time: idempotent)."""
+        return write_pending(self.root / PENDING_DIR, entry.name, x, y)
+
+    def _move(self, entry: Path, folder: Path) -> Path:
+        target = _free_name(folder, entry.name)
+        os.replace(entry, target)
+        fsync_directory(folder)
+        fsync_directory(self.root)
+        return target
