@@ -16,7 +16,9 @@ from edgeft.export import export_bundle
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.history import read_lines
+from edgeft.runtime.replay import balanced_order
 from edgeft.runtime.schedule import learning_rates
+from edgeft.runtime.trainer import feature_normaliser
 
 Data = tuple[np.ndarray, np.ndarray]
 
@@ -136,7 +138,9 @@ def test_fixed_holdout_is_used_instead_of_a_share(bundle: Bundle, state_dir: Pat
     with Adapter(bundle, state_dir, holdout=holdout) as adapter:
         first = adapter.learn(x[:60], y[:60])
         assert first.held_out == 0 and first.trained == 60
-        assert "holdout accuracy" in first.reason  # judged on the fixed set from the first arrival on
+        assert "too small" in first.reason  # nothing learned yet: no class of the fixed set to judge on
+        second = adapter.learn(*make_dataset(60, seed=23))
+        assert second.promoted and "holdout accuracy" in second.reason and second.held_out == 0
         flood_x, flood_y = make_dataset(300, seed=22)
         flood = adapter.learn(flood_x, (flood_y + 1) % 3)
         assert not flood.promoted and flood.held_out == 0
@@ -194,3 +198,33 @@ def test_replay_memory_cap(bundle: Bundle, state_dir: Path, train_data: Data) ->
     with np.load(state_dir / "versions" / "000001.replay.npz", allow_pickle=False) as replay:
         assert np.bincount(replay["labels"]).tolist() == [7, 7, 7]
         assert replay["features"].nbytes <= one_per_class_mb * 7.5 * 2**20
+
+
+def test_guard_lets_a_new_class_in(open_bundle: Bundle, state_dir: Path) -> None:
+    x, y = make_dataset(600, seed=31)
+    names = _names(y)
+    old = np.isin(names, ["red", "green"])
+    with Adapter(open_bundle, state_dir, policy=GuardPolicy(holdout_fraction=0.3)) as adapter:
+        adapter.learn(x[old][:150], names[old][:150])
+        adapter.learn(x[old][150:], names[old][150:])
+        assert adapter.meta["arrival"]["guard"]["holdout_samples"] >= 20
+        arrival = adapter.learn(x[~old], names[~old])
+    assert arrival.promoted and arrival.new_classes == ["blue"], arrival.reason
+    assert "holdout accuracy" in arrival.reason
+
+
+def test_balanced_order_weighs_every_class_the_same() -> None:
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 1)
+    order = balanced_order(labels, np.random.default_rng(0))
+    assert np.bincount(labels[order]).tolist() == [10, 10, 10]
+    assert set(order[labels[order] == 0]) == set(range(10))  # the largest class is used once, unrepeated
+
+
+def test_normaliser_centres_features_and_shares_one_scale() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(5.0, 1.0, (400, 3)) * np.array([1.0, 10.0, 0.001])
+    mean, scale = feature_normaliser(features.astype(np.float32))
+    np.testing.assert_allclose(mean, features.mean(axis=0), rtol=1e-4)
+    assert np.all(scale == scale[0])
+    standardised = (features - mean) * scale
+    assert np.mean(standardised.var(axis=0)) == pytest.approx(1.0, rel=1e-3)

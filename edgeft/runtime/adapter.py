@@ -25,7 +25,7 @@ from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
 from edgeft.runtime.ort import Placement, resolve_placement
-from edgeft.runtime.replay import ReplayBuffer
+from edgeft.runtime.replay import ReplayBuffer, balanced_order
 from edgeft.runtime.schedule import learning_rates
 from edgeft.runtime.store import StateStore, Version
 from edgeft.runtime.trainer import (
@@ -93,6 +93,7 @@ class Adapter:
         policy: guard.GuardPolicy | None = None,
         holdout: tuple[np.ndarray, np.ndarray] | None = None,
         schedule: str = "constant",
+        balance: bool = True,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.placement: Placement = resolve_placement(ep)
@@ -101,6 +102,7 @@ class Adapter:
         self.policy = policy or guard.GuardPolicy()
         learning_rates(schedule, 1.0, 1)  # fail early on an unknown schedule
         self.schedule = schedule
+        self.balance = balance
         self._threads = threads
         head = self.bundle.manifest.head
         per_class = self.bundle.manifest.defaults.replay_per_class if replay_per_class is None else replay_per_class
@@ -278,6 +280,9 @@ class Adapter:
         replayed = len(replay)
         all_f = np.concatenate([train_f, replay.features]) if replayed else train_f
         all_y = np.concatenate([train_y, replay.labels]) if replayed else train_y
+        if self.balance:
+            order = balanced_order(all_y, rng)
+            all_f, all_y = all_f[order], all_y[order]
         loss: float | None = None
         if len(all_y):
             schedule = learning_rates(self.schedule, lr, steps_per_fit(len(all_y), epochs, batch_size))
@@ -371,21 +376,26 @@ class Adapter:
     def _judge(
         self, loss: float | None, current: Parameters, candidate: Parameters, holdout: ReplayBuffer, classes: list[str]
     ) -> guard.Decision:
-        """Refuse a diverged head outright; otherwise compare both heads on the holdout as it was before this arrival."""
+        """Refuse a diverged head outright; otherwise compare both heads on the holdout as it was before this arrival.
+
+        Both heads choose only among the classes learned before this arrival: a head that learns new classes is
+        judged on whether it still tells the old ones apart, not penalised because a new class is now possible.
+        """
         if (loss is not None and not np.isfinite(loss)) or not parameters_finite(candidate):
             return guard.Decision(False, f"training diverged (loss {loss}); try a smaller --lr", 0, None, None)
+        counts = self._version.meta.get("class_counts", {}) if self._version else {}
+        learned = np.array([i for i, name in enumerate(classes) if counts.get(name, 0) > 0], np.int64)
         features, labels = holdout.features, holdout.labels
-        if self._fixed_holdout is not None:  # score the fixed holdout's samples of classes the candidate knows
+        if self._fixed_holdout is not None:
             fixed_features, names = self._fixed_holdout
             index = {name: i for i, name in enumerate(classes)}
-            known_rows = np.array([name in index for name in names], bool)
-            features = fixed_features[known_rows]
-            labels = np.array([index[name] for name in names[known_rows]], np.int64)
-        if not len(labels):
+            rows = np.array([name in index and counts.get(name, 0) > 0 for name in names], bool)
+            features = fixed_features[rows]
+            labels = np.array([index[name] for name in names[rows]], np.int64)
+        if not len(labels) or not len(learned):
             return guard.decide(self.policy, None, None, 0)
-        known = len(classes)
-        now = guard.accuracy(self._predictor.probabilities(features, current, known), labels)
-        new = guard.accuracy(self._predictor.probabilities(features, candidate, known), labels)
+        now = guard.accuracy_among(self._predictor.logits(features, current), labels, learned)
+        new = guard.accuracy_among(self._predictor.logits(features, candidate), labels, learned)
         return guard.decide(self.policy, now, new, len(labels))
 
     def _meta(

@@ -57,6 +57,12 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=1) == labels).mean()) if len(labels) else float("nan")
 
 
+def accuracy_among(logits: np.ndarray, labels: np.ndarray, allowed: np.ndarray) -> float:
+    """Accuracy when the prediction is the highest-scoring of the ``allowed`` class indices only."""
+    predicted = allowed[logits[:, allowed].argmax(axis=1)]
+    return float((predicted == labels).mean()) if len(labels) else float("nan")
+
+
 def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Mean cross-entropy of the labels under ``probabilities`` (labels beyond its columns count as p=1e-7)."""
     if not len(labels):

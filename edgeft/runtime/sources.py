@@ -170,7 +170,7 @@ def read_json_lines(stream: IO[str], origin: str, manifest: Manifest, need_label
             raise DataError(f"{origin}: line {number} has no label 'y'")
         xs.append(x)
     if not xs:
-        raise DataError(f"{origin}: no samples (expected JSON lines like {{\"x\": [...], \"y\": \"cat\"}})")
+        raise DataError(f'{origin}: no samples (expected JSON lines like {{"x": [...], "y": "cat"}})')
     if ys and len(ys) != len(xs):
         raise DataError(f"{origin}: {len(xs) - len(ys)} of {len(xs)} lines have no label 'y'")
     x = _with_channel_axis(np.stack(xs), manifest)

@@ -1,0 +1,174 @@
+"""Class-incremental benchmark: the digits arrive two new classes at a time; does the head forget?
+
+The default bundle's backbone (EfficientNet-Lite0) is re-exported as an open-set bundle (``max_classes=10``,
+no classes named): each arrival brings all training scans of two new digits (0-1, 2-3, ..., 8-9), one
+``learn`` call each, through the real Adapter. After every arrival the head is scored on the held-out scans of
+every task so far (predictions over the classes known at that point): the accuracy matrix R[i][j].
+
+Contenders, all with the same features, epochs and learning rate:
+- naive fine-tuning: no replay, no guard (train on the new arrival only);
+- latent replay: edgeft's class-balanced reservoir with at most ``--per-class`` features per class, guard off;
+- edgeft defaults: the same replay with the promotion guard on (does the guard let new classes in?);
+- joint training: a fresh head trained on everything seen so far at each arrival (the upper bound).
+
+Metrics (Avalanche / GEM definitions): average accuracy = mean_j R[T][j] after the last arrival; forgetting =
+mean over tasks j < T of (max_{l<T} R[l][j] - R[T][j]) (Chaudhry et al. 2018); backward transfer = mean over
+j < T of (R[T][j] - R[j][j]) (Lopez-Paz & Ranzato 2017).
+Usage: ``python tools/bench_continual.py [--per-class 50] [--out table.md]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeft.export import export_bundle
+from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.guard import GuardPolicy
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "artifacts" / "default"
+STREAM = ROOT / "artifacts" / "demo" / "stream"
+TEST = ROOT / "artifacts" / "demo" / "test.npz"
+TASKS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
+
+
+@dataclass
+class Run:
+    """One contender's accuracy matrix and guard verdicts."""
+
+    name: str
+    matrix: np.ndarray
+    promoted: list[bool]
+
+    @property
+    def average(self) -> float:
+        return float(self.matrix[-1].mean())
+
+    @property
+    def forgetting(self) -> float:
+        last = len(self.matrix) - 1
+        return float(np.mean([np.nanmax(self.matrix[:last, j]) - self.matrix[last, j] for j in range(last)]))
+
+    @property
+    def backward_transfer(self) -> float:
+        last = len(self.matrix) - 1
+        return float(np.mean([self.matrix[last, j] - self.matrix[j, j] for j in range(last)]))
+
+
+def task_accuracies(adapter: Adapter, features: np.ndarray, labels: np.ndarray, upto: int) -> list[float]:
+    """Accuracy on each task's held-out samples, predicting over the classes known now."""
+    classes = adapter.classes
+    predicted = np.array(classes)[adapter.predict_proba_features(features).argmax(axis=1)]
+    names = labels.astype(str)
+    return [
+        float((predicted[np.isin(labels, task)] == names[np.isin(labels, task)]).mean()) for task in TASKS[: upto + 1]
+    ]
+
+
+def run_incremental(
+    name: str,
+    bundle: Path,
+    state: Path,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    seed: int,
+    **adapter_options: object,
+) -> Run:
+    """Learn the tasks in order with one Adapter; score every task seen so far after each arrival."""
+    matrix = np.full((len(TASKS), len(TASKS)), np.nan)
+    promoted = []
+    with Adapter(bundle, state, ep="cpu", **adapter_options) as adapter:
+        for i, task in enumerate(TASKS):
+            mask = np.isin(train[1], task)
+            result = adapter.learn_features(train[0][mask], train[1][mask].astype(str), seed=seed)
+            promoted.append(result.promoted)
+            matrix[i, : i + 1] = task_accuracies(adapter, test[0], test[1], i)
+    return Run(name, matrix, promoted)
+
+
+def run_joint(
+    bundle: Path, root: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], seed: int
+) -> Run:
+    """A fresh head per arrival, trained on all samples of every task so far."""
+    matrix = np.full((len(TASKS), len(TASKS)), np.nan)
+    for i in range(len(TASKS)):
+        mask = np.isin(train[1], [c for task in TASKS[: i + 1] for c in task])
+        order = np.argsort(train[1][mask], kind="stable")  # classes take outputs in label order, like the others
+        policy = GuardPolicy(enabled=False)
+        with Adapter(bundle, root / f"joint{i}", ep="cpu", policy=policy, replay_per_class=0) as adapter:
+            adapter.learn_features(train[0][mask][order], train[1][mask][order].astype(str), seed=seed)
+            matrix[i, : i + 1] = task_accuracies(adapter, test[0], test[1], i)
+    return Run("joint training (upper bound)", matrix, [True] * len(TASKS))
+
+
+CONTENDERS = {
+    "naive fine-tuning": {"replay_per_class": 0, "policy": GuardPolicy(enabled=False)},
+    "latent replay": {"policy": GuardPolicy(enabled=False)},
+    "latent replay, not class-balanced": {"policy": GuardPolicy(enabled=False), "balance": False},
+    "edgeft defaults: latent replay + guard": {},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=50, help="replay buffer size per class")
+    parser.add_argument("--seeds", type=int, default=3, help="repeat every contender with seeds 0..N-1")
+    parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    args = parser.parse_args()
+    runs: dict[str, list[Run]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        bundle = root / "open"
+        export_bundle(BUNDLE / "backbone.onnx", bundle, cut="features", max_classes=10)
+        embedder = Adapter(BUNDLE, root / "embed", ep="cpu")
+        chunks = [np.load(p) for p in sorted(STREAM.glob("*.npz"))]
+        train = (np.concatenate([embedder.embed(c["x"]) for c in chunks]), np.concatenate([c["y"] for c in chunks]))
+        with np.load(TEST) as data:
+            test = (embedder.embed(data["x"]), data["y"])
+        for seed in range(args.seeds):
+            for name, options in CONTENDERS.items():
+                options = {"replay_per_class": args.per_class, **options}
+                state = root / f"{len(runs)}-{seed}-{len(runs.get(name, []))}"
+                runs.setdefault(name, []).append(run_incremental(name, bundle, state, train, test, seed, **options))
+            runs.setdefault("joint training (upper bound)", []).append(
+                run_joint(bundle, root / f"joint{seed}", train, test, seed)
+            )
+            print(f"seed {seed} done", flush=True)
+    table = _table(runs, args.per_class)
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+def _mean_sd(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+
+def _table(runs: dict[str, list[Run]], per_class: int) -> str:
+    rows = [
+        f"Replay buffer: at most {per_class} features per class. Mean ± standard deviation over "
+        f"{len(next(iter(runs.values())))} seeds (shuffling and holdout draws).",
+        "",
+        "| contender | final average accuracy | forgetting | backward transfer | arrivals promoted |",
+        "|---|---|---|---|---|",
+    ]
+    for name, seeded in runs.items():
+        promoted = sum(sum(r.promoted) for r in seeded)
+        rows.append(
+            f"| {name} | {_mean_sd([r.average for r in seeded])} | {_mean_sd([r.forgetting for r in seeded])} | "
+            f"{_mean_sd([r.backward_transfer for r in seeded])} | {promoted}/{sum(len(r.promoted) for r in seeded)} |"
+        )
+    rows += ["", "Accuracy matrix R[i][j] of seed 0 (row: after arrival i; column: task j's held-out scans):", ""]
+    for name, seeded in runs.items():
+        matrix = seeded[0].matrix
+        rows.append(f"- {name}: " + "; ".join(" ".join(f"{v:.2f}" for v in r[: i + 1]) for i, r in enumerate(matrix)))
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
