@@ -288,3 +288,15 @@ def test_validation_catches_a_backbone_that_differs(tiny_model: Path, tmp_path: 
     monkeypatch.setattr(exporter, "extract_backbone", tampered)
     with pytest.raises(EdgeftError, match="differs from the original at 'features'"):
         export_bundle(tiny_model, tmp_path / "b", num_classes=2)
+
+
+def test_torch_sources_without_torch_say_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sys
+
+    from edgeft.export.torch_source import module_from_spec
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail, torch installed or not
+    with pytest.raises(EdgeftError, match=r"pip install 'edgeft\[torch\]' \(torch==2.13.0"):
+        module_from_spec("zoo.torch_families:mlp")
+    with pytest.raises(EdgeftError, match=r"edgeft\[torch\]"):
+        export_bundle(object(), tmp_path / "b", num_classes=2)
