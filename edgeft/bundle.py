@@ -51,7 +51,14 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class HeadInfo:
-    """The trainable head: kind, sizes, parameter names, loss and optimizer."""
+    """The trainable head: kind, sizes, parameter names, task, loss and optimizer.
+
+    ``normaliser`` names the frozen feature mean and scale a runtime sets once from the first data; it is empty
+    when the head must see the original features (unfrozen layers, or the original head kept). ``task`` is
+    ``classification`` (labels: int64 class indices [N]), ``multilabel`` (float32 0/1 matrix [N, num_outputs])
+    or ``regression`` (float32 targets [N, num_outputs]). ``unfrozen`` lists the original nodes moved into the
+    trainable part; their parameters are in ``trainable`` too.
+    """
 
     kind: str
     feature_dim: int
@@ -61,6 +68,13 @@ class HeadInfo:
     normaliser: dict[str, str]
     loss: str = "cross_entropy"
     optimizer: str = "adamw"
+    task: str = "classification"
+    hidden: list[int] = field(default_factory=list)
+    activation: str = ""
+    dropout: float = 0.0
+    pool: str = "none"
+    weight_decay: float = 0.0
+    unfrozen: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

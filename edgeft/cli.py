@@ -96,18 +96,40 @@ def _csv_ints(text: str | None, name: str) -> list[int] | None:
 
 @app.command()
 def export(
-    model: Annotated[Path, typer.Argument(help="Pretrained ONNX classifier.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
-    classes: Annotated[str | None, typer.Option(help="New class names, comma-separated.")] = None,
+    model: Annotated[Path | None, typer.Argument(help="Pretrained ONNX model (or use --torch).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Bundle directory to write.")] = None,
+    list_cuts: Annotated[bool, typer.Option(help="List the tensors MODEL can be cut at, with shapes, and exit.")] = False,
+    torch_factory: Annotated[
+        str | None, typer.Option("--torch", help="PyTorch model: package.module:factory returning an nn.Module.")
+    ] = None,
+    classes: Annotated[str | None, typer.Option(help="New class (or target) names, comma-separated.")] = None,
     num_classes: Annotated[int | None, typer.Option(min=2, help="Number of new classes (named 0..N-1).")] = None,
     max_classes: Annotated[
         int | None, typer.Option(min=2, help="Head outputs to reserve; new label names take free ones on the device.")
     ] = None,
     cut: Annotated[str | None, typer.Option(help="Cut at this tensor instead of finding the head.")] = None,
+    remove_layers: Annotated[
+        int | None, typer.Option(min=1, help="Cut off the last N layers with weights instead of finding the head.")
+    ] = None,
     output: Annotated[str | None, typer.Option(help="Model output to follow when it has several.")] = None,
     input_shape: Annotated[
-        str | None, typer.Option(help="Concrete input shape for validation, e.g. 1,3,224,224.")
+        str | None, typer.Option(help="Concrete input shape for validation (and --torch), e.g. 1,3,224,224.")
     ] = None,
+    pool: Annotated[str | None, typer.Option(help="N-D features to vectors: avg, max, cls or flatten.")] = None,
+    head: Annotated[str, typer.Option(help="New head: linear, or mlp:H1,H2 (hidden layer sizes).")] = "linear",
+    activation: Annotated[str, typer.Option(help="mlp head: relu, gelu or silu.")] = "relu",
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="mlp head: dropout after each hidden layer.")] = 0.0,
+    unfreeze_from: Annotated[
+        str | None, typer.Option(help="Also train the original layers after this tensor (up to the cut).")
+    ] = None,
+    unfreeze_last: Annotated[
+        int | None, typer.Option(min=1, help="Also train the last K original layers with weights before the cut.")
+    ] = None,
+    keep_head: Annotated[bool, typer.Option(help="Start the new head from the original classifier's weights.")] = False,
+    task: Annotated[str, typer.Option(help="classification, multilabel or regression.")] = "classification",
+    loss: Annotated[str | None, typer.Option(help="regression: mse (default) or l1.")] = None,
+    optimizer: Annotated[str, typer.Option(help="adamw or sgd.")] = "adamw",
+    weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay, fixed in the artifacts.")] = 0.0,
     color: Annotated[
         str | None, typer.Option(help="Image files: L or RGB (default from the input's channels).")
     ] = None,
@@ -116,32 +138,56 @@ def export(
     std: Annotated[str | None, typer.Option(help="Image files: per-channel std divided by after the mean.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Default epochs per update, recorded in the manifest.")] = 10,
     batch_size: Annotated[int, typer.Option(min=1, help="Default batch size.")] = 16,
-    lr: Annotated[float, typer.Option(min=0.0, help="Default learning rate (AdamW).")] = 1e-3,
+    lr: Annotated[float, typer.Option(min=0.0, help="Default learning rate.")] = 1e-3,
     replay_per_class: Annotated[int, typer.Option(min=0, help="Default replay buffer size per class.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the new head's initial weights.")] = 0,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
-    """Cut the classifier head off MODEL, attach a new trainable head, write a validated bundle."""
+    """Cut the head off MODEL, attach a new trainable head, write a validated bundle."""
     from edgeft.bundle import Defaults
     from edgeft.export import export_bundle
 
+    shape = _csv_ints(input_shape, "--input-shape")
+    if (model is None) == (torch_factory is None):
+        raise typer.BadParameter("give an ONNX MODEL or --torch package.module:factory (one of them)")
+    if torch_factory is not None and shape is None:
+        raise typer.BadParameter("--torch needs --input-shape, e.g. 1,3,224,224", param_hint="--input-shape")
+    if list_cuts:
+        with _reported():
+            _print_cuts(model, torch_factory, shape, output)
+        return
+    if out is None:
+        raise typer.BadParameter("missing --out (the bundle directory to write)", param_hint="--out")
     image_options = {
         "color": color,
         "scale": pixel_scale,
         "mean": _csv_floats(mean, "--mean"),
         "std": _csv_floats(std, "--std"),
     }
-    shape = _csv_ints(input_shape, "--input-shape")
     with _reported():
+        source, example = _export_source(model, torch_factory, shape)
         bundle = export_bundle(
-            model,
+            source,
             out,
             classes=classes.split(",") if classes else None,
             num_classes=num_classes,
             max_classes=max_classes,
             cut=cut,
+            remove_layers=remove_layers,
             output=output,
             input_shape=shape,
+            example_input=example,
+            pool=pool,
+            head=head,
+            activation=activation,
+            dropout=dropout,
+            unfreeze_from=unfreeze_from,
+            unfreeze_last=unfreeze_last,
+            keep_head=keep_head,
+            task=task,
+            loss=loss,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
             preprocessing={k: v for k, v in image_options.items() if v is not None},
             defaults=Defaults(
                 epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, replay_per_class=replay_per_class
@@ -152,9 +198,37 @@ def export(
         m = bundle.manifest
         typer.echo(
             f"wrote {bundle.path}: cut at '{m.source['cut_tensor']}' ({m.head.feature_dim} features), "
-            f"new head for {len(m.classes)} classes ({m.head.num_outputs} outputs); backbone matches the original "
-            f"(max abs diff {m.validation['cut_max_abs_diff']:.2g})"
+            f"new head for {len(m.classes)} classes ({m.head.num_outputs} outputs, {m.head.kind}, {m.head.task}); "
+            f"backbone matches the original (max abs diff {m.validation['cut_max_abs_diff']:.2g})"
         )
+
+
+def _export_source(model: Path | None, torch_factory: str | None, shape: list[int] | None):  # noqa: ANN202
+    """(model file or nn.Module, example input or None)."""
+    if torch_factory is None:
+        return model, None
+    from edgeft.export.torch_source import example_from_shape, module_from_spec
+
+    return module_from_spec(torch_factory), example_from_shape(shape)
+
+
+def _print_cuts(model: Path | None, torch_factory: str | None, shape: list[int] | None, output: str | None) -> None:
+    from edgeft.export.cuts import list_cuts
+    from edgeft.export.sources import load_onnx
+
+    if torch_factory is None:
+        onnx_model = load_onnx(model)
+    else:
+        from edgeft.export.torch_source import torch_to_onnx
+
+        source, example = _export_source(model, torch_factory, shape)
+        with tempfile.TemporaryDirectory() as tmp:
+            torch_to_onnx(source, example, Path(tmp) / "model.onnx")
+            onnx_model = load_onnx(Path(tmp) / "model.onnx")
+    typer.echo("tensor\tshape\top\tlayers after")
+    for point in list_cuts(onnx_model, output):
+        mark = "\t<- head found here" if point.detected_head else ""
+        typer.echo(f"{point.tensor}\t{point.shape}\t{point.op}\t{point.layers_after}{mark}")
 
 
 def _load_samples(path: Path, bundle, need_labels: bool):  # noqa: ANN001, ANN202
@@ -408,9 +482,12 @@ def info(bundle: BundleArg, as_json: JsonOpt = False) -> None:
             f"input       {m.input.name} {m.input.shape} {m.input.dtype}",
             f"images      {p.color} {p.layout}, pixels*{p.scale:g}, mean {p.mean}, std {p.std}"
             + (f"; {p.note}" if p.note else ""),
-            f"cut         '{m.source['cut_tensor']}' -> features '{m.feature.name}' [{m.head.feature_dim}]",
-            f"head        {m.head.kind} {m.head.feature_dim} -> {m.head.num_outputs}, trainable {m.head.trainable}, "
-            f"{m.head.loss}, {m.head.optimizer}",
+            f"cut         '{m.source['cut_tensor']}' -> features '{m.feature.name}' [{m.head.feature_dim}]"
+            + (f"; unfrozen from '{m.source['freeze_tensor']}'" if m.source.get("freeze_tensor") else ""),
+            f"head        {m.head.kind} {m.head.feature_dim} -> {m.head.num_outputs} ({m.head.task}), "
+            f"trainable {m.head.trainable}, {m.head.loss}, {m.head.optimizer} (weight decay {m.head.weight_decay:g})"
+            + (f", pool {m.head.pool}" if m.head.pool != "none" else "")
+            + (f", hidden {m.head.hidden} {m.head.activation} dropout {m.head.dropout:g}" if m.head.hidden else ""),
             f"defaults    epochs {m.defaults.epochs}, batch {m.defaults.batch_size}, lr {m.defaults.lr}, seed {m.defaults.seed}",
             f"classes     {', '.join(m.classes)}",
             f"validated   cut max abs diff {m.validation['cut_max_abs_diff']:.3g} "

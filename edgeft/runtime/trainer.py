@@ -60,13 +60,16 @@ class HeadTrainer:
         )
         self._optimizer = api.Optimizer(str(bundle.train_path("optimizer_model.onnx")), self._module)
         self._normaliser = bundle.manifest.head.normaliser
+        self._label_dtype = np.int64 if bundle.manifest.head.loss == "cross_entropy" else np.float32
 
     def parameters(self) -> Parameters:
         """Copies of the current head parameters."""
         return {name: param.data.copy() for name, param in self._state.parameters}
 
     def set_normaliser(self, mean: np.ndarray, scale: np.ndarray) -> None:
-        """Fix the frozen feature standardisation (done once, before the first training step)."""
+        """Fix the frozen feature standardisation (done once, before the first training step); some heads have none."""
+        if not self._normaliser:
+            return
         self._state.parameters[self._normaliser["mean"]] = mean
         self._state.parameters[self._normaliser["scale"]] = scale
 
@@ -86,7 +89,7 @@ class HeadTrainer:
         Returns the mean loss of the last epoch.
         """
         rng = np.random.default_rng(seed)
-        labels = labels.astype(np.int64)
+        labels = labels.astype(self._label_dtype)  # class indices; float 0/1 matrices or targets for other losses
         self._module.train()
         last_epoch_loss = float("nan")
         step = 0
