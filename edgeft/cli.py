@@ -460,7 +460,7 @@ def export_inference(
 
     with _reported():
         adapter = Adapter(bundle, state, ep="cpu")
-        write_merged_model(adapter.bundle, adapter.parameters(), out)
+        write_merged_model(adapter.bundle, adapter.parameters(), adapter.classes, out)
         typer.echo(f"wrote {out}: backbone + head version {adapter.version}; outputs 'logits', 'probabilities'")
 
 

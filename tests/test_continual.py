@@ -6,16 +6,18 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 from conftest import TEST_DEFAULTS
 from helpers import CLASSES, make_dataset
 
 from edgeft.bundle import Bundle
-from edgeft.errors import DataError
+from edgeft.errors import DataError, EdgeftError
 from edgeft.export import export_bundle
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.history import read_lines
+from edgeft.runtime.merge import write_merged_model
 from edgeft.runtime.replay import balanced_order
 from edgeft.runtime.schedule import learning_rates
 from edgeft.runtime.trainer import feature_normaliser
@@ -228,3 +230,27 @@ def test_normaliser_centres_features_and_shares_one_scale() -> None:
     assert np.all(scale == scale[0])
     standardised = (features - mean) * scale
     assert np.mean(standardised.var(axis=0)) == pytest.approx(1.0, rel=1e-3)
+
+
+def test_merged_model_has_outputs_for_learned_classes_only(
+    open_bundle: Bundle, state_dir: Path, train_data: Data, tmp_path: Path
+) -> None:
+    x, y = train_data
+    with Adapter(open_bundle, state_dir) as adapter:
+        adapter.learn(*_only(x, _names(y), "red", "blue"))
+        write_merged_model(adapter.bundle, adapter.parameters(), adapter.classes, tmp_path / "merged.onnx")
+        expected = adapter.predict_proba(x[:7])
+    session = onnxruntime.InferenceSession(str(tmp_path / "merged.onnx"), providers=["CPUExecutionProvider"])
+    logits, probabilities = session.run(None, {"image": x[:7]})
+    assert logits.shape == probabilities.shape == (7, 2)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert json.loads(metadata["edgeft.classes"]) == ["red", "blue"]
+
+
+def test_non_classification_bundles_are_refused_by_the_runtime(
+    tiny_model: Path, tmp_path: Path, state_dir: Path
+) -> None:
+    regression = export_bundle(tiny_model, tmp_path / "r", classes=["price"], task="regression")
+    with pytest.raises(EdgeftError, match="regression.*classification only"):
+        Adapter(regression, state_dir)

@@ -113,8 +113,8 @@ def _train(bundle_path: Path, features: np.ndarray, targets: np.ndarray, lr: flo
 
     bundle = Bundle.load(bundle_path)
     trainer = HeadTrainer(bundle, bundle.train_path("checkpoint"), resolve_placement("cpu"))
-    first = trainer.fit(features, targets, epochs=1, batch_size=8, lr=lr, seed=0)
-    later = trainer.fit(features, targets, epochs=15, batch_size=8, lr=lr, seed=1)
+    first = trainer.fit(features, targets, epochs=1, batch_size=8, schedule=lambda step: lr, seed=0)
+    later = trainer.fit(features, targets, epochs=15, batch_size=8, schedule=lambda step: lr, seed=1)
     return first, later
 
 

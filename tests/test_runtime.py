@@ -406,7 +406,7 @@ def test_merged_model_equals_adapter(bundle: Bundle, state_dir: Path, train_data
         adapter.learn(x, y, epochs=3)
         expected = adapter.predict_proba(x_test)
         out = state_dir.parent / "out" / "merged.onnx"
-        write_merged_model(adapter.bundle, adapter.parameters(), out)
+        write_merged_model(adapter.bundle, adapter.parameters(), adapter.classes, out)
     assert not np.allclose(expected, initial, atol=1e-3), "learning should have changed the head"
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]

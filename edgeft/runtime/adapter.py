@@ -96,6 +96,12 @@ class Adapter:
         balance: bool = True,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        task = self.bundle.manifest.head.task
+        if task != "classification":
+            raise EdgeftError(
+                f"bundle {self.bundle.path} is for {task}; the device runtime learns single-label classification only "
+                "so far (export with the default task)"
+            )
         self.placement: Placement = resolve_placement(ep)
         self.store = StateStore(state, self.bundle.fingerprint)
         self.history = History(self.store.root)

@@ -1,7 +1,8 @@
 """One self-contained ONNX model: the bundle's backbone followed by a head with a checkpoint's weights.
 
 The result runs in plain onnxruntime without edgeft: input as the bundle's, outputs ``logits`` and
-``probabilities``; the class names are stored in the model's metadata (``edgeft.classes``, JSON).
+``probabilities`` over the classes the device has learned (reserved head outputs are sliced off); the class
+names are stored in the model's metadata (``edgeft.classes``, JSON).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from edgeft.runtime.atomic import write_atomic
 LOGITS = "logits"
 PROBABILITIES = "probabilities"
 HEAD_PREFIX = "edgeft.head/"
+ALL_LOGITS = HEAD_PREFIX + "all_outputs"
 
 
-def merged_model(bundle: Bundle, parameters: dict[str, np.ndarray]):  # noqa: ANN201 - onnx.ModelProto
+def merged_model(bundle: Bundle, parameters: dict[str, np.ndarray], classes: list[str]):  # noqa: ANN201 - onnx.ModelProto
     """Build the merged ModelProto (onnx is imported here only: it is not needed for on-device learning)."""
     import onnx
     from onnx import helper, numpy_helper
@@ -41,7 +43,7 @@ def merged_model(bundle: Bundle, parameters: dict[str, np.ndarray]):  # noqa: AN
         if name == head_features:
             return feature
         if name == head_output:
-            return LOGITS
+            return ALL_LOGITS
         return HEAD_PREFIX + name
 
     for node in head.graph.node:
@@ -56,18 +58,38 @@ def merged_model(bundle: Bundle, parameters: dict[str, np.ndarray]):  # noqa: AN
         )
     for value in head.graph.input[1:]:
         graph.initializer.append(numpy_helper.from_array(parameters[value.name], rename(value.name)))
+    _slice_known_classes(model, len(classes))
     graph.node.append(helper.make_node("Softmax", [LOGITS], [PROBABILITIES], axis=1, name=HEAD_PREFIX + "softmax"))
-    classes = len(bundle.manifest.classes)
     del graph.output[:]
     for name in (LOGITS, PROBABILITIES):
-        graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", classes]))
-    helper.set_model_props(model, {"edgeft.classes": json.dumps(bundle.manifest.classes)})
+        graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", len(classes)]))
+    helper.set_model_props(model, {"edgeft.classes": json.dumps(classes)})
     onnx.checker.check_model(model)
     return model
 
 
-def write_merged_model(bundle: Bundle, parameters: dict[str, np.ndarray], out: Path) -> None:
-    """Write the merged model to ``out`` atomically."""
-    model = merged_model(bundle, parameters)
+def _slice_known_classes(model, known: int) -> None:  # noqa: ANN001 - onnx.ModelProto
+    """Append ``logits = all_outputs[:, :known]`` (Slice with inputs from opset 10, attributes before)."""
+    from onnx import helper, numpy_helper
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    name = HEAD_PREFIX + "known_classes"
+    if opset >= 10:
+        bounds = {"starts": [0], "ends": [known], "axes": [1]}
+        for key, value in bounds.items():
+            model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), f"{name}.{key}"))
+        inputs = [ALL_LOGITS, *(f"{name}.{key}" for key in bounds)]
+        model.graph.node.append(helper.make_node("Slice", inputs, [LOGITS], name=name))
+    else:
+        model.graph.node.append(
+            helper.make_node("Slice", [ALL_LOGITS], [LOGITS], name=name, starts=[0], ends=[known], axes=[1])
+        )
+
+
+def write_merged_model(bundle: Bundle, parameters: dict[str, np.ndarray], classes: list[str], out: Path) -> None:
+    """Write the merged model (logits and probabilities over ``classes``) to ``out`` atomically."""
+    if not classes:
+        raise EdgeftError("this head knows no classes yet; learn from labelled data before exporting it")
+    model = merged_model(bundle, parameters, classes)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, lambda tmp: tmp.write_bytes(model.SerializeToString()))

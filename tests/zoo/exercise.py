@@ -41,7 +41,7 @@ def adapt_predict_export(bundle: Bundle, tmp_path: Path) -> dict[str, float]:
         predicted = adapter.predict(x)
         assert len(predicted) == len(x) and set(predicted) <= set(adapter.classes)
         probabilities = adapter.predict_proba(x)
-        write_merged_model(adapter.bundle, adapter.parameters(), merged)
+        write_merged_model(adapter.bundle, adapter.parameters(), adapter.classes, merged)
     session = onnxruntime.InferenceSession(str(merged), providers=["CPUExecutionProvider"])
     _logits, merged_probabilities = session.run(None, {bundle.manifest.input.name: x})
     np.testing.assert_allclose(merged_probabilities, probabilities, rtol=1e-4, atol=1e-5)
