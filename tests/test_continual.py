@@ -254,3 +254,39 @@ def test_non_classification_bundles_are_refused_by_the_runtime(
     regression = export_bundle(tiny_model, tmp_path / "r", classes=["price"], task="regression")
     with pytest.raises(EdgeftError, match="regression.*classification only"):
         Adapter(regression, state_dir)
+
+
+def test_adopting_a_head_trained_elsewhere_goes_through_the_guard(
+    bundle: Bundle, tmp_path: Path, train_data: Data, test_data: Data
+) -> None:
+    x, y = train_data
+    policy = GuardPolicy(holdout_fraction=0.3)
+    with Adapter(bundle, tmp_path / "other") as other:
+        other.learn(x, y)
+        trained = other.parameters()
+    with Adapter(bundle, tmp_path / "device", policy=policy) as device:
+        device.learn(*make_dataset(80, seed=41), epochs=1, lr=1e-3)
+        weak = device.evaluate(*test_data)
+        adopted = device.adopt(trained, list(CLASSES), origin="fleet round 1")
+        assert adopted.promoted and adopted.version == 2, adopted.reason
+        np.testing.assert_allclose(device.predict_proba(x[:5]), other.predict_proba(x[:5]), atol=1e-6)
+        assert device.evaluate(*test_data) > weak
+        garbage = {
+            name: np.random.default_rng(1).normal(0, 5, value.shape).astype(np.float32)
+            for name, value in trained.items()
+        }
+        garbage.update({k: trained[k] for k in ("head.feature_mean", "head.feature_scale")})
+        refused = device.adopt(garbage, list(CLASSES), origin="fleet round 2")
+        assert not refused.promoted and refused.version == 3
+        np.testing.assert_allclose(device.predict_proba(x[:5]), other.predict_proba(x[:5]), atol=1e-6)
+        with pytest.raises(EdgeftError, match="do not extend this device's"):
+            device.adopt(trained, ["green", "red", "blue"], origin="fleet round 3")
+        with pytest.raises(EdgeftError, match="fleet round 4: parameters"):
+            device.adopt({"head.weight": trained["head.weight"]}, list(CLASSES), origin="fleet round 4")
+        assert device.version == 3
+    rows = list(read_lines(tmp_path / "device" / "metrics.jsonl"))
+    assert [(r["version"], r.get("adopted", False), r["promoted"]) for r in rows] == [
+        (1, False, True),
+        (2, True, True),
+        (3, True, False),
+    ]

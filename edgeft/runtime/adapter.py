@@ -249,6 +249,66 @@ class Adapter:
             self._forget_uncommitted()  # whatever trained in memory was not committed: start again from disk
             raise
 
+    def adopt(self, parameters: Parameters, classes: list[str], *, origin: str) -> LearnResult:
+        """Make a head trained elsewhere (e.g. a fleet's federated head) current, if the guard agrees; commit.
+
+        ``classes`` is that head's label map: the device's classes must be its prefix (the fleet assigns outputs
+        to new names in one agreed order). Replay and holdout stay as they are.
+        """
+        trainer, _replay, holdout = self._open()
+        if len(classes) > self.capacity or list(classes[: len(self.classes)]) != self.classes:
+            raise EdgeftError(
+                f"{origin}: its classes {classes} do not extend this device's {self.classes} (outputs must agree)"
+            )
+        try:
+            current = self.parameters()
+            try:
+                trainer.set_parameters(parameters)
+            except ValueError as exc:
+                raise EdgeftError(f"{origin}: {exc}") from None
+            decision = self._judge(None, current, trainer.parameters(), holdout, list(classes))
+            parent = self._version
+            number = (parent.number if parent else 0) + 1
+            if decision.promoted:
+                writers = {"ckpt": trainer.save, **self._unchanged_writers(parent, skip="ckpt")}
+            else:
+                self._keep_aside(trainer, number)
+                writers = self._unchanged_writers(parent)
+            meta = self._meta(
+                parent, number, decision.promoted, list(classes) if decision.promoted else self.classes, None, 0
+            )
+            meta["arrival"] = {
+                "origin": origin,
+                "inputs": [],
+                "samples": 0,
+                "adopted": True,
+                "guard": decision.to_dict(),
+                "promoted": decision.promoted,
+                "new_classes": list(classes[len(self.classes) :]) if decision.promoted else [],
+            }
+            self._version = self.store.commit(writers, meta, parent)
+        except BaseException:
+            self._forget_uncommitted()
+            raise
+        if not decision.promoted:
+            self._forget_uncommitted()
+        self._parameters = None
+        self._record()
+        return LearnResult(
+            samples=0,
+            trained=0,
+            held_out=0,
+            replayed=0,
+            epochs=0,
+            loss=None,
+            version=self._version.number,
+            promoted=decision.promoted,
+            reason=decision.reason,
+            prequential_accuracy=None,
+            holdout_accuracy=decision.candidate_accuracy if decision.promoted else decision.current_accuracy,
+            new_classes=meta["arrival"]["new_classes"],
+        )
+
     def consumed_inputs(self) -> dict[str, int]:
         """sha256 -> version of every input the journal records as consumed (takes the writer lock)."""
         self._open()
@@ -338,10 +398,7 @@ class Adapter:
         if not decision.promoted:
             self._forget_uncommitted()  # the next arrival trains from the head that stayed current
         self._parameters = None
-        try:
-            self.history.record(self._version)
-        except OSError:
-            self._history_behind = True  # the logs are derived from committed versions: caught up next time
+        self._record()
         return LearnResult(
             samples=len(labels),
             trained=int(len(train_y)),
@@ -356,6 +413,13 @@ class Adapter:
             holdout_accuracy=decision.candidate_accuracy if decision.promoted else decision.current_accuracy,
             new_classes=meta["arrival"]["new_classes"],
         )
+
+    def _record(self) -> None:
+        """Append the new version's log lines; the logs derive from committed versions, so a failure waits."""
+        try:
+            self.history.record(self._version)
+        except OSError:
+            self._history_behind = True  # caught up on the next learn
 
     def _strict_encode(self, y: np.ndarray, origin: str) -> EncodedLabels:
         encoded = self.encode(y, origin)
@@ -428,9 +492,10 @@ class Adapter:
             "head_version": number if promoted else previous.get("head_version", 0),
         }
 
-    def _unchanged_writers(self, parent: Version | None) -> dict[str, Callable[[Path], None]]:
-        """Writers that copy the current version's files into the next version (the head stays as it was)."""
+    def _unchanged_writers(self, parent: Version | None, skip: str = "") -> dict[str, Callable[[Path], None]]:
+        """Writers that copy the current version's files (but ``skip``) into the next version."""
         sources = dict(parent.files) if parent else {"ckpt": self.bundle.train_path("checkpoint")}
+        sources.pop(skip, None)
         writers: dict[str, Callable[[Path], None]] = {
             kind: (lambda dst, src=src: shutil.copyfile(src, dst)) for kind, src in sources.items()
         }

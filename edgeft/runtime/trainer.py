@@ -66,6 +66,16 @@ class HeadTrainer:
         """Copies of the current head parameters."""
         return {name: param.data.copy() for name, param in self._state.parameters}
 
+    def set_parameters(self, parameters: Parameters) -> None:
+        """Replace the head's parameters (all of them, same names and shapes) with ``parameters``."""
+        current = self.parameters()
+        if set(parameters) != set(current):
+            raise ValueError(f"parameters {sorted(parameters)} do not match the head's {sorted(current)}")
+        for name, value in parameters.items():
+            if value.shape != current[name].shape:
+                raise ValueError(f"parameter {name} has shape {value.shape}, the head's is {current[name].shape}")
+            self._state.parameters[name] = np.ascontiguousarray(value, dtype=current[name].dtype)
+
     def set_normaliser(self, mean: np.ndarray, scale: np.ndarray) -> None:
         """Fix the frozen feature standardisation (done once, before the first training step); some heads have none."""
         if not self._normaliser:
