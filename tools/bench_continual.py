@@ -109,7 +109,6 @@ def run_joint(
 CONTENDERS = {
     "naive fine-tuning": {"replay_per_class": 0, "policy": GuardPolicy(enabled=False)},
     "latent replay": {"policy": GuardPolicy(enabled=False)},
-    "latent replay, not class-balanced": {"policy": GuardPolicy(enabled=False), "balance": False},
     "edgeft defaults: latent replay + guard": {},
 }
 

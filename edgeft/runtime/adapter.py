@@ -25,7 +25,7 @@ from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
 from edgeft.runtime.ort import Placement, resolve_placement
-from edgeft.runtime.replay import ReplayBuffer, balanced_order
+from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.schedule import learning_rates
 from edgeft.runtime.store import StateStore, Version
 from edgeft.runtime.trainer import (
@@ -93,7 +93,6 @@ class Adapter:
         policy: guard.GuardPolicy | None = None,
         holdout: tuple[np.ndarray, np.ndarray] | None = None,
         schedule: str = "constant",
-        balance: bool = True,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         task = self.bundle.manifest.head.task
@@ -108,7 +107,6 @@ class Adapter:
         self.policy = policy or guard.GuardPolicy()
         learning_rates(schedule, 1.0, 1)  # fail early on an unknown schedule
         self.schedule = schedule
-        self.balance = balance
         self._threads = threads
         head = self.bundle.manifest.head
         per_class = self.bundle.manifest.defaults.replay_per_class if replay_per_class is None else replay_per_class
@@ -346,9 +344,6 @@ class Adapter:
         replayed = len(replay)
         all_f = np.concatenate([train_f, replay.features]) if replayed else train_f
         all_y = np.concatenate([train_y, replay.labels]) if replayed else train_y
-        if self.balance:
-            order = balanced_order(all_y, rng)
-            all_f, all_y = all_f[order], all_y[order]
         loss: float | None = None
         if len(all_y):
             schedule = learning_rates(self.schedule, lr, steps_per_fit(len(all_y), epochs, batch_size))
@@ -463,10 +458,10 @@ class Adapter:
             features = fixed_features[rows]
             labels = np.array([index[name] for name in names[rows]], np.int64)
         if not len(labels) or not len(learned):
-            return guard.decide(self.policy, None, None, 0)
-        now = guard.accuracy_among(self._predictor.logits(features, current), labels, learned)
-        new = guard.accuracy_among(self._predictor.logits(features, candidate), labels, learned)
-        return guard.decide(self.policy, now, new, len(labels))
+            return guard.decide(self.policy, None, None)
+        now = guard.correct_among(self._predictor.logits(features, current), labels, learned)
+        new = guard.correct_among(self._predictor.logits(features, candidate), labels, learned)
+        return guard.decide(self.policy, now, new)
 
     def _meta(
         self,

@@ -17,6 +17,7 @@ HOLDOUT_FRACTION = 0.1
 HOLDOUT_PER_CLASS = 50
 TOLERANCE = 0.05
 MIN_HOLDOUT = 20
+SIGN_TEST_Z = 2.0
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,9 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=1) == labels).mean()) if len(labels) else float("nan")
 
 
-def accuracy_among(logits: np.ndarray, labels: np.ndarray, allowed: np.ndarray) -> float:
-    """Accuracy when the prediction is the highest-scoring of the ``allowed`` class indices only."""
-    predicted = allowed[logits[:, allowed].argmax(axis=1)]
-    return float((predicted == labels).mean()) if len(labels) else float("nan")
+def correct_among(logits: np.ndarray, labels: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Per sample: is the highest-scoring of the ``allowed`` class indices the label?"""
+    return allowed[logits[:, allowed].argmax(axis=1)] == labels
 
 
 def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -73,20 +73,29 @@ def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.log(np.clip(picked, 1e-7, 1.0)).mean())
 
 
-def decide(policy: GuardPolicy, current: float | None, candidate: float | None, samples: int) -> Decision:
-    """Promote unless the holdout is big enough and the candidate's accuracy fell by more than the tolerance."""
+def decide(policy: GuardPolicy, current: np.ndarray | None, candidate: np.ndarray | None) -> Decision:
+    """Judge per-sample correctness on the holdout (``current``/``candidate``: booleans, one per sample).
+
+    Refuse when the candidate's accuracy falls by more than the tolerance *and* the fall is significant: of the
+    samples on which the two heads disagree, the candidate loses clearly more than it wins (a one-sided sign test,
+    ``lost - won > 2 * sqrt(lost + won)``). On a small holdout a few unlucky samples then do not block learning,
+    while a flood of mislabelled data, which flips many samples the same way, is refused.
+    """
+    samples = 0 if current is None else len(current)
     if not policy.enabled:
-        return Decision(True, "guard disabled", samples, current, candidate)
+        return Decision(True, "guard disabled", samples, None, None)
     if current is None or candidate is None or samples < policy.min_holdout:
-        return Decision(
-            True, f"holdout too small to judge ({samples} < {policy.min_holdout})", samples, current, candidate
-        )
-    if candidate >= current - policy.tolerance:
-        return Decision(True, f"holdout accuracy {current:.3f} -> {candidate:.3f}", samples, current, candidate)
+        return Decision(True, f"holdout too small to judge ({samples} < {policy.min_holdout})", samples, None, None)
+    now, new = float(current.mean()), float(candidate.mean())
+    lost, won = int((current & ~candidate).sum()), int((~current & candidate).sum())
+    significant = lost - won > SIGN_TEST_Z * np.sqrt(lost + won)
+    if new >= now - policy.tolerance or not significant:
+        return Decision(True, f"holdout accuracy {now:.3f} -> {new:.3f}", samples, now, new)
     return Decision(
         False,
-        f"holdout accuracy would fall {current:.3f} -> {candidate:.3f}, more than the tolerance {policy.tolerance}",
+        f"holdout accuracy would fall {now:.3f} -> {new:.3f} ({lost} samples lost, {won} won), more than the "
+        f"tolerance {policy.tolerance}",
         samples,
-        current,
-        candidate,
+        now,
+        new,
     )

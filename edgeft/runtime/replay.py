@@ -67,16 +67,3 @@ class ReplayBuffer:
         buffer.features, buffer.labels, buffer.seen = features.astype(np.float32), labels.astype(np.int64), seen
         return buffer
 
-
-def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Indices that repeat each class's samples up to the largest class's count, so every class weighs the same."""
-    classes, counts = np.unique(labels, return_counts=True)
-    target = int(counts.max()) if len(counts) else 0
-    parts = []
-    for c in classes:
-        members = np.flatnonzero(labels == c)
-        repeats = np.tile(members, -(-target // len(members)))[:target]
-        parts.append(
-            np.concatenate([members, rng.permutation(repeats[len(members) :])]) if target > len(members) else members
-        )
-    return np.concatenate(parts) if parts else np.empty(0, np.int64)
