@@ -30,11 +30,15 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
+    context_settings={"auto_envvar_prefix": "EDGEFT"},
 )
+config_app = typer.Typer(help="Show the configuration a command would run with.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 70
 _debug = {"on": False}
+_output = {"quiet": False, "verbose": False}
 
 BundleArg = Annotated[Path, typer.Argument(help="Bundle directory (from edgeft export).")]
 StateOpt = Annotated[Path, typer.Option("--state", "-s", help="State directory of this device (created if missing).")]
@@ -71,6 +75,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", envvar="EDGEFT_CONFIG", help="TOML file of option defaults, one [command] table each."
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also debug events (watch mode).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
@@ -78,6 +91,12 @@ def main(
 ) -> None:
     """edgeft: export a bundle on a workstation, adapt its head on the device, predict."""
     _debug["on"] = debug
+    _output.update(quiet=quiet, verbose=verbose)
+    if config is not None:
+        from edgeft.service.config import load_config
+
+        with _reported():
+            ctx.default_map = load_config(config, ctx.command.commands)
 
 
 def _csv_floats(text: str | None, name: str) -> list[float] | None:
@@ -98,7 +117,9 @@ def _csv_ints(text: str | None, name: str) -> list[int] | None:
 def export(
     model: Annotated[Path | None, typer.Argument(help="Pretrained ONNX model (or use --torch).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Bundle directory to write.")] = None,
-    list_cuts: Annotated[bool, typer.Option(help="List the tensors MODEL can be cut at, with shapes, and exit.")] = False,
+    list_cuts: Annotated[
+        bool, typer.Option(help="List the tensors MODEL can be cut at, with shapes, and exit.")
+    ] = False,
     torch_factory: Annotated[
         str | None, typer.Option("--torch", help="PyTorch model: package.module:factory returning an nn.Module.")
     ] = None,
@@ -275,6 +296,15 @@ def adapt(
     eval_data: Annotated[
         Path | None, typer.Option("--eval", help="Labelled held-out data to report accuracy on.")
     ] = None,
+    log_format: Annotated[
+        str, typer.Option(help="Watch-mode events: auto (text on a terminal, else JSON lines), json or text.")
+    ] = "auto",
+    log_file: Annotated[
+        Path | None, typer.Option(help="Write watch-mode events to this file (rotated at 10 MiB, 3 kept).")
+    ] = None,
+    metrics_file: Annotated[
+        Path | None, typer.Option(help="Prometheus textfile to rewrite atomically after every update.")
+    ] = None,
     ep: EpOpt = "auto",
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -286,6 +316,8 @@ def adapt(
         raise typer.BadParameter("give exactly one of --data or --watch", param_hint="--data/--watch")
     if schedule not in SCHEDULES:
         raise typer.BadParameter(f"choose one of {', '.join(SCHEDULES)}", param_hint="--schedule")
+    if log_format not in ("auto", "json", "text"):
+        raise typer.BadParameter("choose one of auto, json, text", param_hint="--log-format")
     policy = guard.GuardPolicy(
         holdout_fraction=0.0 if holdout else holdout_fraction, tolerance=tolerance, enabled=not no_guard
     )
@@ -304,9 +336,14 @@ def adapt(
             schedule=schedule,
         ) as adapter:
             if watch is not None:
-                _watch(adapter, watch, once, poll, learn_options, as_json)
+                logs = {"format": log_format, "file": log_file, "metrics": metrics_file}
+                _watch(adapter, watch, once, poll, learn_options, as_json, logs)
             else:
                 _adapt_once(adapter, data or [], relearn, learn_options, eval_data, as_json)
+                if metrics_file is not None:
+                    from edgeft.service.metrics import write_textfile
+
+                    write_textfile(metrics_file, adapter.store.root)
 
 
 def _labelled(path: Path, bundle: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -324,9 +361,8 @@ def _adapt_once(adapter, data: list[str], relearn: bool, learn_options: dict, ev
     held_out = _load_samples(eval_data, adapter.bundle, need_labels=True) if eval_data else []
     before = _accuracy(adapter, held_out)
     n_epochs = learn_options["epochs"] or adapter.bundle.manifest.defaults.epochs
-    with progress_bar(
-        f"learning on {adapter.placement.name}", sum(len(s.x) for s in arrival.samples) + n_epochs
-    ) as advance:
+    work = sum(len(s.x) for s in arrival.samples) + n_epochs
+    with progress_bar(f"learning on {adapter.placement.name}", work, enabled=not _output["quiet"]) as advance:
         outcome = learn_arrival(adapter, arrival, learn_options, advance)
     after = _accuracy(adapter, held_out)
     result = outcome.result
@@ -375,26 +411,34 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _watch(adapter, inbox_dir: Path, once: bool, poll: float, learn_options: dict, as_json: bool) -> None:  # noqa: ANN001
-    from edgeft.runtime.inbox import Inbox
-    from edgeft.runtime.watch import StopFlag, watch
+def _watch(adapter, inbox_dir: Path, once: bool, poll: float, learn_options: dict, as_json: bool, logs: dict) -> None:  # noqa: ANN001
+    from edgeft.service.daemon import run_watch
+    from edgeft.service.logs import event_logger
+    from edgeft.service.notify import Notifier
 
-    def emit(event: str, **fields: object) -> None:
-        if as_json:
-            typer.echo(json.dumps({"event": event, **fields}), err=True)
-            return
-        detail = fields.get("reason") or ""
-        name = fields.get("entry") or fields.get("inbox") or ""
-        typer.echo(f"edgeft: {event} {name}{': ' + str(detail) if detail else ''}", err=True)
-
-    stop = StopFlag()
-    stop.install()
-    summary = watch(
-        adapter, Inbox(inbox_dir), emit=emit, stop=stop, poll_seconds=poll, once=once, learn_options=learn_options
+    level = "warning" if _output["quiet"] else "debug" if _output["verbose"] else "info"
+    log_format = "json" if as_json and logs["format"] == "auto" else logs["format"]
+    log = event_logger(log_format, logs["file"], level=level)
+    log(
+        "started",
+        bundle=str(adapter.bundle.path),
+        state=str(adapter.store.root),
+        provider=adapter.placement.name,
+        guard=adapter.policy.__dict__,
+    )
+    summary = run_watch(
+        adapter,
+        inbox_dir,
+        log=log,
+        notifier=Notifier(),
+        metrics_file=logs["metrics"],
+        once=once,
+        poll_seconds=poll,
+        learn_options=learn_options,
     )
     if as_json:
         typer.echo(json.dumps(summary.__dict__))
-    else:
+    elif not _output["quiet"]:
         typer.echo(
             f"learned {summary.learned}, refused {summary.refused}, skipped {summary.skipped}, "
             f"quarantined {summary.quarantined}, pending samples {summary.pending_samples}; "
@@ -497,6 +541,41 @@ def info(bundle: BundleArg, as_json: JsonOpt = False) -> None:
         typer.echo("\n".join(lines))
 
 
+@app.command()
+def status(
+    state: StateOpt,
+    as_json: JsonOpt = False,
+) -> None:
+    """Summarise a device's state: versions, classes, counts, the last arrival, recent accuracy, the learner."""
+    from edgeft.service.status import collect_status, format_status
+
+    with _reported():
+        summary = collect_status(state)
+        typer.echo(json.dumps(summary) if as_json else format_status(summary))
+
+
+@config_app.command("show")
+def config_show(
+    ctx: typer.Context,
+    command: Annotated[str, typer.Argument(help="The command whose options to show, e.g. adapt.")] = "adapt",
+    as_json: JsonOpt = False,
+) -> None:
+    """Print each option of COMMAND with its effective value and where it comes from (--config, env, default)."""
+    from edgeft.service.config import effective
+
+    root = ctx.find_root()
+    target = root.command.commands.get(command)
+    if target is None or command == "config":
+        raise typer.BadParameter(f"no command '{command}'", param_hint="COMMAND")
+    rows = effective(target, root)
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for row in rows:
+        env = f"  (env {row['envvar']})" if row["envvar"] else ""
+        typer.echo(f"{row['name']:<20} {row['value']!s:<30} {row['source']}{env}")
+
+
 def _artifacts_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "artifacts"
 
@@ -543,7 +622,7 @@ def demo(
                 typer.echo(f"held-out accuracy before adaptation: {before:.3f}")
                 n_epochs = epochs or manifest.defaults.epochs
                 work = sum(len(c.x) for c in chunks) + n_epochs * len(chunks)
-                with progress_bar("adapting", work) as advance:
+                with progress_bar("adapting", work, enabled=not _output["quiet"]) as advance:
                     for chunk in chunks:
                         result = adapter.learn(chunk.x, chunk.y, epochs=epochs, origin=chunk.origin, progress=advance)
                         verdict = "promoted" if result.promoted else f"refused ({result.reason})"

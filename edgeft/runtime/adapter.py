@@ -478,7 +478,10 @@ class Adapter:
             for index, count in zip(*np.unique(labels, return_counts=True), strict=True):
                 counts[classes[int(index)]] = counts.get(classes[int(index)], 0) + int(count)
         accepted = int(previous.get("samples_accepted", 0)) + (len(labels) if labels is not None else 0)
+        updates = {"promoted": 0, "refused": 0, **previous.get("updates", {})}
+        updates["promoted" if promoted else "refused"] += 1
         return {
+            "updates": updates,
             "created": datetime.now(timezone.utc).isoformat(),
             "classes": classes,
             "class_counts": counts,

@@ -1,0 +1,1 @@
+"""Running edgeft as a long-lived service: systemd notification, logs, Prometheus metrics, status."""

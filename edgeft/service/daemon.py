@@ -1,0 +1,72 @@
+"""Watch mode as a service: events go to the log, to systemd (status, watchdog) and to the metrics textfile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.inbox import Inbox
+from edgeft.runtime.watch import StopFlag, WatchSummary, watch
+from edgeft.service.logs import EventLog
+from edgeft.service.metrics import write_textfile
+from edgeft.service.notify import Notifier
+
+UPDATE_EVENTS = frozenset({"learned", "refused", "skipped", "quarantined", "pending"})
+
+
+class WatchdogStop(StopFlag):
+    """A stop flag whose progress checks also feed systemd's watchdog, so a long arrival is not taken for a hang."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        super().__init__()
+        self._notifier = notifier
+
+    def check(self, _done: int = 0) -> None:
+        self._notifier.watchdog()
+        super().check(_done)
+
+
+def run_watch(
+    adapter: Adapter,
+    inbox_dir: Path,
+    *,
+    log: EventLog,
+    notifier: Notifier,
+    metrics_file: Path | None,
+    once: bool,
+    poll_seconds: float,
+    learn_options: dict[str, Any],
+) -> WatchSummary:
+    """Run the watch loop until SIGTERM/SIGINT (or, with ``once``, until the inbox is empty)."""
+    inbox = Inbox(inbox_dir)
+    stop = WatchdogStop(notifier)
+    stop.install()
+
+    def publish_metrics() -> None:
+        if metrics_file is not None:
+            write_textfile(metrics_file, adapter.store.root, inbox.root)
+
+    def emit(event: str, **fields: Any) -> None:
+        log(event, **fields)
+        if event == "watching":
+            publish_metrics()
+            notifier.ready(f"watching {inbox.root}; version {adapter.version}")
+        elif event in UPDATE_EVENTS:
+            publish_metrics()
+            notifier.status(f"{event} {fields.get('entry', '')}; version {adapter.version}")
+        elif event in ("interrupted", "stopped"):
+            notifier.stopping(f"stopping; version {adapter.version}")
+            return
+        notifier.watchdog()
+
+    return watch(
+        adapter,
+        inbox,
+        emit=emit,
+        stop=stop,
+        poll_seconds=poll_seconds,
+        once=once,
+        learn_options=learn_options,
+        on_idle=notifier.watchdog,
+    )

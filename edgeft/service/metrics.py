@@ -1,0 +1,105 @@
+"""Prometheus metrics in the text exposition format, written atomically for node_exporter's textfile collector.
+
+Figures come from the state directory (the current version's metadata carries cumulative counts) and, in watch
+mode, the inbox's quarantine folder, so they survive restarts.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from edgeft.runtime.atomic import write_bytes_atomic
+from edgeft.runtime.inbox import QUARANTINE_DIR
+
+Sample = tuple[str, str, str, list[tuple[str, float]]]  # name, type, help, [(labels, value)]
+
+
+def current_meta(state: Path) -> dict[str, Any]:
+    """The current version's metadata read as plain JSON (empty before the first commit)."""
+    pointer = state / "CURRENT"
+    if not pointer.is_file():
+        return {}
+    number = int(json.loads(pointer.read_text())["version"])
+    return json.loads((state / "versions" / f"{number:06d}.json").read_text())
+
+
+def collect(state: Path, inbox: Path | None = None) -> list[Sample]:
+    """The metric families for one state directory (and its inbox)."""
+    meta = current_meta(state)
+    arrival = meta.get("arrival", {})
+    judged = arrival.get("guard", {})
+    updates = meta.get("updates", {})
+    holdout = judged.get("candidate_accuracy") if arrival.get("promoted") else judged.get("current_accuracy")
+    created = meta.get("created")
+    families: list[Sample] = [
+        ("edgeft_version", "gauge", "Current committed state version.", [("", meta.get("version", 0))]),
+        ("edgeft_head_version", "gauge", "Version whose head is current.", [("", meta.get("head_version", 0))]),
+        ("edgeft_classes", "gauge", "Classes the head has learned.", [("", len(meta.get("classes", [])))]),
+        (
+            "edgeft_samples_received_total",
+            "counter",
+            "Labelled samples received.",
+            [("", meta.get("samples_received", 0))],
+        ),
+        (
+            "edgeft_samples_accepted_total",
+            "counter",
+            "Samples of promoted arrivals (trained or held out).",
+            [("", meta.get("samples_accepted", 0))],
+        ),
+        (
+            "edgeft_updates_total",
+            "counter",
+            "Arrivals learned, by the guard's verdict.",
+            [('result="promoted"', updates.get("promoted", 0)), ('result="refused"', updates.get("refused", 0))],
+        ),
+    ]
+    if inbox is not None:
+        quarantined = len(list((inbox / QUARANTINE_DIR).glob("*.reason.txt")))
+        families.append(("edgeft_quarantined_files", "gauge", "Files in the inbox's quarantine.", [("", quarantined)]))
+    if holdout is not None:
+        families.append(("edgeft_holdout_accuracy", "gauge", "Holdout accuracy of the current head.", [("", holdout)]))
+    prequential = arrival.get("prequential", {}).get("accuracy")
+    if prequential is not None:
+        families.append(
+            (
+                "edgeft_prequential_accuracy",
+                "gauge",
+                "Accuracy on the last arrival before learning it.",
+                [("", prequential)],
+            )
+        )
+    if created:
+        stamp = datetime.fromisoformat(created).timestamp()
+        families.append(("edgeft_last_update_timestamp_seconds", "gauge", "Time of the last commit.", [("", stamp)]))
+    if arrival.get("seconds") is not None:
+        families.append(
+            (
+                "edgeft_update_duration_seconds",
+                "gauge",
+                "Wall time of the last arrival's update.",
+                [("", arrival["seconds"])],
+            )
+        )
+    return families
+
+
+def render(families: list[Sample]) -> str:
+    """Prometheus text exposition format."""
+    lines = []
+    for name, kind, text, samples in families:
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+        lines += [
+            f"{name}{{{labels}}} {float(value)!r}" if labels else f"{name} {float(value)!r}"
+            for labels, value in samples
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: Path, state: Path, inbox: Path | None = None) -> None:
+    """Write the metrics atomically (node_exporter must never read half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, render(collect(state, inbox)).encode())

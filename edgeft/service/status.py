@@ -1,0 +1,103 @@
+"""``edgeft status``: what a device's state directory says, summarised for a person (or as JSON)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from edgeft.errors import EdgeftError
+from edgeft.runtime.adapter import REJECTED_DIR
+from edgeft.runtime.history import METRICS_FILE, read_lines
+from edgeft.runtime.inbox import PENDING_DIR
+from edgeft.runtime.store import LOCK_FILE
+from edgeft.service.metrics import current_meta
+
+RECENT = 5
+
+
+def _learner(state: Path) -> dict[str, Any]:
+    """Whether the process that last took the writer lock is still running."""
+    lock = state / LOCK_FILE
+    text = lock.read_text().strip() if lock.is_file() else ""
+    if not text.isdigit():
+        return {"pid": None, "running": False}
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+        running = True
+    except ProcessLookupError:
+        running = False
+    except PermissionError:  # alive, owned by another user (e.g. the service account)
+        running = True
+    return {"pid": pid, "running": running}
+
+
+def collect_status(state: Path) -> dict[str, Any]:
+    """A summary of the state directory: versions, classes, counts, the last arrival, recent accuracy."""
+    if not (state / "CURRENT").is_file():
+        if not state.is_dir():
+            raise EdgeftError(f"state {state} does not exist")
+        return {"state": str(state), "version": 0, "learner": _learner(state)}
+    try:
+        meta = current_meta(state)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EdgeftError(f"state {state} is unreadable ({type(exc).__name__}: {exc})") from None
+    recent = list(read_lines(state / METRICS_FILE))[-RECENT:]
+    arrival = meta.get("arrival", {})
+    judged = arrival.get("guard", {})
+    promoted = arrival.get("promoted")
+    return {
+        "state": str(state),
+        "version": meta.get("version"),
+        "head_version": meta.get("head_version"),
+        "created": meta.get("created"),
+        "classes": meta.get("classes", []),
+        "class_counts": meta.get("class_counts", {}),
+        "samples_received": meta.get("samples_received", 0),
+        "samples_accepted": meta.get("samples_accepted", 0),
+        "updates": meta.get("updates", {}),
+        "last_arrival": {
+            "origin": arrival.get("origin"),
+            "samples": arrival.get("samples"),
+            "promoted": promoted,
+            "reason": judged.get("reason"),
+            "prequential_accuracy": arrival.get("prequential", {}).get("accuracy"),
+            "holdout_accuracy": judged.get("candidate_accuracy" if promoted else "current_accuracy"),
+        },
+        "recent_prequential_accuracy": [r.get("prequential", {}).get("accuracy") for r in recent],
+        "pending_files": len(list((state / PENDING_DIR).glob("*.npz"))),
+        "rejected_heads": len(list((state / REJECTED_DIR).glob("*.ckpt"))),
+        "learner": _learner(state),
+    }
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The summary as a few aligned lines."""
+    learner = status["learner"]
+    running = f"running (pid {learner['pid']})" if learner["running"] else "not running"
+    if not status.get("version"):
+        return f"state       {status['state']}\nversion     0 (nothing learned yet)\nlearner     {running}"
+    last = status["last_arrival"]
+    verdict = "promoted" if last["promoted"] else f"refused: {last['reason']}"
+    updates = status["updates"]
+    recent = " ".join(_figure(a) for a in status["recent_prequential_accuracy"])
+    return "\n".join(
+        [
+            f"state       {status['state']}",
+            f"version     {status['version']} (head from version {status['head_version']}), {status['created']}",
+            f"classes     {len(status['classes'])}: {', '.join(status['classes'])}",
+            f"samples     {status['samples_received']} received, {status['samples_accepted']} accepted",
+            f"updates     {updates.get('promoted', 0)} promoted, {updates.get('refused', 0)} refused",
+            f"last        {last['origin']}: {last['samples']} samples, {verdict}",
+            f"accuracy    prequential {_figure(last['prequential_accuracy'])}, "
+            f"holdout {_figure(last['holdout_accuracy'])}",
+            f"recent      prequential accuracy of the last arrivals: {recent}",
+            f"kept        {status['pending_files']} pending files, {status['rejected_heads']} refused heads",
+            f"learner     {running}",
+        ]
+    )
