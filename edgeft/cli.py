@@ -637,6 +637,29 @@ def demo(
                 shutil.rmtree(workdir, ignore_errors=True)
 
 
+@app.command()
+def report(
+    bundle: BundleArg,
+    state: Annotated[Path, typer.Option("--state", "-s", help="State directory to report on (read only).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write: .html (figure and tables) or .png.")],
+    eval_data: Annotated[
+        Path | None,
+        typer.Option("--eval", help="Labelled data for per-class accuracy (default: the state's holdout reservoir)."),
+    ] = None,
+    ep: EpOpt = "auto",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Draw STATE's learning curve, versions and promotions, per-class accuracy and confusion matrix."""
+    from edgeft.report import write_report
+
+    with _reported():
+        shown = write_report(bundle, state, out, eval_data, ep=ep, threads=threads)
+        typer.echo(
+            f"wrote {out}: {len(shown.arrivals)} arrivals ({len(shown.refused)} refused), version {shown.version}"
+            + (f", accuracy {shown.evaluation.accuracy:.3f} on {shown.evaluation.source}" if shown.evaluation else "")
+        )
+
+
 def run() -> None:
     """Console-script entry point; a closed pipe (``edgeft predict ... | head``) ends it quietly."""
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)

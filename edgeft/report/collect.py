@@ -1,0 +1,80 @@
+"""Gather a report from a state directory: its metrics log, and the current head judged on labelled samples.
+
+Reading only: no lock is taken and nothing in the state directory changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeft.bundle import Bundle
+from edgeft.errors import EdgeftError
+from edgeft.report.data import Evaluation, Report, arrivals, confusion_matrix
+from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.history import METRICS_FILE, metrics_row, read_lines
+from edgeft.runtime.labels import encode_known
+from edgeft.runtime.sources import read_path
+from edgeft.runtime.store import StateStore
+
+HOLDOUT_KIND = "holdout.npz"
+
+
+def collect(
+    bundle: Bundle | str | Path,
+    state: str | Path,
+    eval_path: str | Path | None = None,
+    *,
+    ep: str = "auto",
+    threads: int | None = None,
+) -> Report:
+    """The report of ``state``: every arrival, and the current head's confusion matrix on ``eval_path`` or holdout."""
+    adapter = Adapter(bundle, state, ep=ep, threads=threads)
+    current = adapter.store.current()
+    if current is None:
+        raise EdgeftError(f"state {state} has no versions yet; learn from data with edgeft adapt first")
+    rows = list(read_lines(Path(state) / METRICS_FILE))
+    rows += _unlogged_rows(adapter.store, {int(row["version"]) for row in rows if "version" in row})
+    if eval_path is not None:
+        evaluation, note = _evaluate_file(adapter, Path(eval_path)), ""
+    else:
+        evaluation, note = _evaluate_holdout(adapter, current.files.get(HOLDOUT_KIND), current.number)
+    return Report(
+        bundle=str(adapter.bundle.path),
+        state=str(state),
+        version=current.number,
+        head_version=int(current.meta.get("head_version", current.number)),
+        classes=adapter.classes,
+        arrivals=arrivals(rows),
+        evaluation=evaluation,
+        note=note,
+    )
+
+
+def _unlogged_rows(store: StateStore, logged: set[int]) -> list[dict]:
+    """Metrics rows of retained versions the log lacks (a crash between a commit and its log line)."""
+    return [metrics_row(store.load(n)) for n in store.retained() if n not in logged]
+
+
+def _evaluate_file(adapter: Adapter, path: Path) -> Evaluation:
+    samples = read_path(path, adapter.bundle.manifest, need_labels=True)
+    labels = np.concatenate([encode_known(np.asarray(s.y), adapter.classes, s.origin) for s in samples])
+    predicted = np.concatenate([adapter.predict_proba(s.x, s.origin).argmax(axis=1) for s in samples])
+    return Evaluation(f"eval data {path}", adapter.classes, confusion_matrix(labels, predicted, len(adapter.classes)))
+
+
+def _evaluate_holdout(adapter: Adapter, path: Path | None, version: int) -> tuple[Evaluation | None, str]:
+    """The current head on its own version's holdout reservoir (never trained on), or why there is none."""
+    if path is None:
+        return None, "this state keeps no holdout reservoir; pass --eval FILE for per-class accuracy"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            features, labels = data["features"], data["labels"].astype(np.int64)
+    except (OSError, ValueError, KeyError) as exc:
+        raise EdgeftError(f"{path} is not a valid holdout reservoir ({type(exc).__name__})") from None
+    if not len(labels):
+        return None, "the holdout reservoir is empty (guard off or a fixed --holdout); pass --eval FILE"
+    predicted = adapter.predict_proba_features(features).argmax(axis=1)
+    source = f"the holdout reservoir of version {version}"
+    return Evaluation(source, adapter.classes, confusion_matrix(labels, predicted, len(adapter.classes))), ""
