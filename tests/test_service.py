@@ -123,6 +123,7 @@ def test_watch_under_a_fake_systemd(
     assert [e["event"] for e in events] == ["watching", "learned", "quarantined", "stopped"]
     assert all({"ts", "level", "event"} <= set(e) for e in events)
     assert events[2]["level"] == "warning" and "broken.npz" in events[2]["reason"]
+    assert metrics.stat().st_mode & 0o777 == 0o644  # node_exporter, another user, must read it
     samples = _prometheus(metrics.read_text())
     assert samples["edgeft_version"] == 1 and samples['edgeft_updates_total{result="promoted"}'] == 1
     assert samples["edgeft_quarantined_files"] == 1 and samples["edgeft_samples_received_total"] == 40
