@@ -163,6 +163,7 @@ def export(
     replay_per_class: Annotated[int, typer.Option(min=0, help="Default replay buffer size per class.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the new head's initial weights.")] = 0,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Cut the head off MODEL, attach a new trainable head, write a validated bundle."""
     from edgeft.bundle import Defaults
@@ -217,6 +218,9 @@ def export(
             force=force,
         )
         m = bundle.manifest
+        if as_json:
+            typer.echo(json.dumps({"bundle": str(bundle.path), "manifest": json.loads(m.to_json())}))
+            return
         typer.echo(
             f"wrote {bundle.path}: cut at '{m.source['cut_tensor']}' ({m.head.feature_dim} features), "
             f"new head for {len(m.classes)} classes ({m.head.num_outputs} outputs, {m.head.kind}, {m.head.task}); "
@@ -497,6 +501,7 @@ def export_inference(
     bundle: BundleArg,
     state: StateOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write.")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Write one ONNX model (backbone + current head) that runs in plain onnxruntime."""
     from edgeft.runtime.adapter import Adapter
@@ -505,7 +510,10 @@ def export_inference(
     with _reported():
         adapter = Adapter(bundle, state, ep="cpu")
         write_merged_model(adapter.bundle, adapter.parameters(), adapter.classes, out)
-        typer.echo(f"wrote {out}: backbone + head version {adapter.version}; outputs 'logits', 'probabilities'")
+        if as_json:
+            typer.echo(json.dumps({"out": str(out), "version": adapter.version, "classes": adapter.classes}))
+        else:
+            typer.echo(f"wrote {out}: backbone + head version {adapter.version}; outputs 'logits', 'probabilities'")
 
 
 @app.command()
@@ -648,12 +656,28 @@ def report(
     ] = None,
     ep: EpOpt = "auto",
     threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Draw STATE's learning curve, versions and promotions, per-class accuracy and confusion matrix."""
     from edgeft.report import write_report
 
     with _reported():
         shown = write_report(bundle, state, out, eval_data, ep=ep, threads=threads)
+        if as_json:
+            evaluation = shown.evaluation
+            typer.echo(
+                json.dumps(
+                    {
+                        "out": str(out),
+                        "version": shown.version,
+                        "arrivals": len(shown.arrivals),
+                        "refused": len(shown.refused),
+                        "accuracy": evaluation.accuracy if evaluation else None,
+                        "evaluated_on": evaluation.source if evaluation else None,
+                    }
+                )
+            )
+            return
         typer.echo(
             f"wrote {out}: {len(shown.arrivals)} arrivals ({len(shown.refused)} refused), version {shown.version}"
             + (f", accuracy {shown.evaluation.accuracy:.3f} on {shown.evaluation.source}" if shown.evaluation else "")

@@ -236,3 +236,14 @@ def test_quiet_watch_prints_only_warnings(bundle_dir: Path, tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr.splitlines()[0].startswith("edgeft: quarantined bad.npz")
     assert len(done.stderr.splitlines()) == 1
+
+
+def test_json_output_of_export_and_export_inference(tiny_model: Path, bundle_dir: Path, tmp_path: Path) -> None:
+    done = _invoke("export", tiny_model, "-o", tmp_path / "b", "--classes", "a,b", "--json")
+    assert done.exit_code == 0, done.stderr
+    exported = json.loads(done.stdout)
+    assert exported["bundle"] == str(tmp_path / "b") and exported["manifest"]["classes"] == ["a", "b"]
+    state = tmp_path / "state"
+    assert _invoke("adapt", bundle_dir, "-s", state, "-d", _npz(tmp_path / "a.npz", 20, seed=1)).exit_code == 0
+    done = _invoke("export-inference", bundle_dir, "-s", state, "-o", tmp_path / "m.onnx", "--json")
+    assert json.loads(done.stdout) == {"out": str(tmp_path / "m.onnx"), "version": 1, "classes": list(CLASSES)}
