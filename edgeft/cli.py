@@ -470,24 +470,27 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Predict labels with the current head of the state directory."""
+    from edgeft.progress import progress_bar
     from edgeft.runtime.adapter import Adapter
 
     with _reported():
         adapter = Adapter(bundle, state, ep=ep, threads=threads)
+        loaded = [s for path in inputs for s in _load_samples(path, adapter.bundle, need_labels=False)]
         rows = []
-        for path in inputs:
-            for samples in _load_samples(path, adapter.bundle, need_labels=False):
-                probs = adapter.predict_proba(samples.x, samples.origin)
-                for i, p in enumerate(probs):
-                    order = np.argsort(-p)[:top]
-                    rows.append(
-                        {
-                            "input": samples.origin if len(probs) == 1 else f"{samples.origin}#{i}",
-                            "label": adapter.classes[int(order[0])],
-                            "probability": float(p[order[0]]),
-                            "top": [{"label": adapter.classes[int(k)], "probability": float(p[k])} for k in order],
-                        }
-                    )
+        total = sum(len(s.x) for s in loaded)
+        with progress_bar("predicting", total, enabled=not _output["quiet"]) as advance:
+            predicted = [(s, adapter.predict_proba_features(adapter.embed(s.x, s.origin, advance))) for s in loaded]
+        for samples, probs in predicted:
+            for i, p in enumerate(probs):
+                order = np.argsort(-p)[:top]
+                rows.append(
+                    {
+                        "input": samples.origin if len(probs) == 1 else f"{samples.origin}#{i}",
+                        "label": adapter.classes[int(order[0])],
+                        "probability": float(p[order[0]]),
+                        "top": [{"label": adapter.classes[int(k)], "probability": float(p[k])} for k in order],
+                    }
+                )
         if as_json:
             typer.echo(json.dumps({"version": adapter.version, "predictions": rows}))
         else:
