@@ -22,6 +22,7 @@ import typer
 
 from edgeft import __version__
 from edgeft.errors import EdgeftError
+from edgeft.fleet.cli import fleet
 from edgeft.runtime import guard
 from edgeft.runtime.schedule import SCHEDULES
 
@@ -31,6 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=True,
 )
+app.add_typer(fleet, name="fleet")
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 70
