@@ -22,6 +22,7 @@ import typer
 
 from edgeft import __version__
 from edgeft.errors import EdgeftError
+from edgeft.fleet.cli import fleet
 from edgeft.runtime import guard
 from edgeft.runtime.schedule import SCHEDULES
 
@@ -34,6 +35,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Show the configuration a command would run with.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(fleet, name="fleet")
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 70

@@ -1,0 +1,91 @@
+"""The fleet's Flower ClientApp: one per device, run by ``flower-supernode`` next to the device's state.
+
+The SuperNode's node config names the device's files: ``bundle`` and ``state`` (required), ``inbox`` (a folder of
+new arrivals, learned before each round), ``threads`` and ``ep``. Every message opens the device's ``Adapter``
+(taking its state lock) and closes it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from edgeft.errors import EdgeftError
+from edgeft.fleet.device import FleetDevice, TrainOptions
+from edgeft.fleet.records import ARRAYS, CONFIG, METRICS, from_record, report_content, to_record
+from edgeft.runtime.adapter import Adapter
+
+app = ClientApp()
+
+
+@contextmanager
+def _device(context: Context) -> Iterator[FleetDevice]:
+    config = context.node_config
+    missing = [key for key in ("bundle", "state") if not config.get(key)]
+    if missing:
+        raise EdgeftError(f'the SuperNode\'s --node-config lacks {", ".join(missing)} (e.g. bundle="..." state="...")')
+    threads = int(config["threads"]) if config.get("threads") else None
+    with Adapter(
+        str(config["bundle"]), str(config["state"]), ep=str(config.get("ep", "auto")), threads=threads
+    ) as adapter:
+        yield FleetDevice(adapter, str(config["inbox"]) if config.get("inbox") else None, threads)
+
+
+def _checked(device: FleetDevice, config: ConfigRecord) -> list[str]:
+    """The fleet's label map from a round's config, after checking the fleet runs this device's bundle."""
+    if config["fingerprint"] != device.adapter.bundle.fingerprint:
+        raise EdgeftError(
+            f"the fleet runs another bundle than this device's {device.adapter.bundle.path}; not taking part"
+        )
+    return list(config["classes"])
+
+
+@app.query()
+def report(message: Message, context: Context) -> Message:
+    """Ingest new arrivals, then tell the server this device's label map and feature moments."""
+    with _device(context) as device:
+        result = device.report()
+    return Message(report_content(result.classes, result.fingerprint, result.moments), reply_to=message)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    """Ingest new arrivals, train the received global head on the replay buffer, return it with the sample count."""
+    config = message.content.config_records[CONFIG]
+    with _device(context) as device:
+        classes = _checked(device, config)
+        ingested = device.ingest()
+        options = TrainOptions(
+            epochs=int(config["epochs"]),
+            batch_size=int(config["batch-size"]),
+            lr=float(config["lr"]),
+            seed=int(config["seed"]) + int(config["server-round"]),
+        )
+        outcome = device.train(from_record(message.content.array_records[ARRAYS]), classes, options)
+    metrics = MetricRecord({"num-examples": outcome.samples, "train-loss": outcome.loss, **ingested})
+    return Message(RecordDict({ARRAYS: to_record(outcome.parameters), METRICS: metrics}), reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """Adopt the round's global head through the promotion guard; report the verdict and holdout accuracy."""
+    config = message.content.config_records[CONFIG]
+    version = int(config["first-version"]) + int(config["server-round"]) - 1
+    with _device(context) as device:
+        classes = _checked(device, config)
+        result = device.adopt(from_record(message.content.array_records[ARRAYS]), classes, version)
+        samples = len(device.replay())
+    accuracy = result.holdout_accuracy if result.holdout_accuracy is not None else float("nan")
+    metrics = MetricRecord(
+        {
+            "num-examples": samples,
+            "promoted": int(result.promoted),
+            "holdout-accuracy": accuracy,
+            "device-version": result.version,
+            "global-version": version,
+        }
+    )
+    return Message(RecordDict({METRICS: metrics}), reply_to=message)

@@ -1,0 +1,130 @@
+"""A device's part in fleet rounds, without Flower: report, train from a global head, adopt a global head.
+
+Raw inputs and features never leave the device: a report holds the label map and feature moments, training
+returns head parameters and a sample count. The device's local data is its state's latent replay buffer, which
+new arrivals (entries of an optional inbox folder, learned first as usual) join before each round's training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeft.errors import EdgeftError
+from edgeft.fleet.alignment import device_view, row_order, to_device, to_global
+from edgeft.fleet.normaliser import Moments, moments
+from edgeft.runtime.adapter import Adapter, LearnResult
+from edgeft.runtime.inbox import Inbox
+from edgeft.runtime.replay import ReplayBuffer, balanced_order
+from edgeft.runtime.schedule import learning_rates
+from edgeft.runtime.trainer import HeadTrainer, Parameters, steps_per_fit
+from edgeft.runtime.watch import StopFlag, watch
+
+ORIGIN_PREFIX = "fleet global head "
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Local training in one round: epochs over the replay buffer, batch size, learning rate, seed."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a device tells the server before the first round: its label map and feature moments."""
+
+    classes: list[str]
+    fingerprint: str
+    moments: Moments
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """A locally trained head in the fleet's row order, how many samples trained it, and its last epoch's loss."""
+
+    parameters: Parameters
+    samples: int
+    loss: float
+
+
+def adopted_version(meta: dict[str, Any]) -> int | None:
+    """The global head version a device version adopted (None if it was not an adoption)."""
+    origin = meta.get("arrival", {}).get("origin", "")
+    return int(origin[len(ORIGIN_PREFIX) :]) if origin.startswith(ORIGIN_PREFIX) else None
+
+
+class FleetDevice:
+    """One device's ``Adapter`` (and optional inbox folder of new arrivals) seen from the fleet."""
+
+    def __init__(self, adapter: Adapter, inbox: str | Path | None = None, threads: int | None = None) -> None:
+        self.adapter = adapter
+        self.inbox = Inbox(inbox) if inbox else None
+        self.threads = threads
+
+    def ingest(self) -> dict[str, int]:
+        """Learn every entry waiting in the inbox (one guarded version each); count what happened to them."""
+        if self.inbox is None:
+            return {"learned": 0, "refused": 0, "quarantined": 0}
+        summary = watch(self.adapter, self.inbox, emit=_quiet, stop=StopFlag(), once=True)
+        return {"learned": summary.learned, "refused": summary.refused, "quarantined": summary.quarantined}
+
+    def report(self) -> Report:
+        """Ingest new arrivals, then the label map and the moments of the replayed features."""
+        self.ingest()
+        return Report(self.adapter.classes, self.adapter.bundle.fingerprint, moments(self.replay().features))
+
+    def replay(self) -> ReplayBuffer:
+        """The current version's latent replay buffer (empty before anything was learned)."""
+        head = self.adapter.bundle.manifest.head
+        version = self.adapter.store.current()
+        if version is None or "replay.npz" not in version.files:
+            return ReplayBuffer(head.feature_dim, head.num_outputs, 0)
+        per_class = self.adapter.bundle.manifest.defaults.replay_per_class
+        return ReplayBuffer.load(version.files["replay.npz"], head.feature_dim, head.num_outputs, per_class)
+
+    def train(self, global_head: Parameters, global_classes: list[str], options: TrainOptions) -> TrainOutcome:
+        """Train a copy of the global head on the replay buffer (nothing is committed); ingest arrivals first."""
+        replay = self.replay()
+        if not len(replay):
+            raise EdgeftError(
+                f"device state {self.adapter.store.root} has learned nothing yet; it has no data to share"
+            )
+        order = row_order(self.adapter.classes, global_classes, self.adapter.capacity)
+        bundle = self.adapter.bundle
+        trainer = HeadTrainer(bundle, bundle.train_path("checkpoint"), self.adapter.placement, self.threads)
+        try:
+            trainer.set_parameters(to_device(global_head, order))
+        except ValueError as exc:
+            raise EdgeftError(f"the fleet's head does not fit bundle {bundle.path}: {exc}") from None
+        rng = np.random.default_rng(options.seed)
+        shuffled = balanced_order(replay.labels, rng)
+        features, labels = replay.features[shuffled], replay.labels[shuffled]
+        schedule = learning_rates(
+            "constant", options.lr, steps_per_fit(len(labels), options.epochs, options.batch_size)
+        )
+        loss = trainer.fit(
+            features,
+            labels,
+            epochs=options.epochs,
+            batch_size=options.batch_size,
+            schedule=schedule,
+            seed=int(rng.integers(2**31)),
+        )
+        return TrainOutcome(to_global(trainer.parameters(), order), len(replay), loss)
+
+    def adopt(self, global_head: Parameters, global_classes: list[str], version: int) -> LearnResult:
+        """Make global head ``version`` current through the promotion guard (committed and logged either way)."""
+        order = row_order(self.adapter.classes, global_classes, self.adapter.capacity)
+        view = device_view(self.adapter.classes, global_classes)
+        return self.adapter.adopt(to_device(global_head, order), view, origin=f"{ORIGIN_PREFIX}{version}")
+
+
+def _quiet(kind: str, **fields: Any) -> None:
+    """Inbox events need no printing here: each learned entry is a committed version with its own log line."""

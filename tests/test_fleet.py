@@ -1,0 +1,137 @@
+"""Fleet learning without Flower: class alignment, the pooled normaliser, the server's store, a device's rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import CLASSES, make_dataset
+from tiny_models import classifier, save
+
+from edgeft.bundle import Bundle, Defaults
+from edgeft.errors import EdgeftError
+from edgeft.export import export_bundle
+from edgeft.fleet.alignment import device_view, extend_registry, row_order, to_device, to_global
+from edgeft.fleet.device import FleetDevice, TrainOptions, adopted_version
+from edgeft.fleet.normaliser import moments, pooled_normaliser
+from edgeft.fleet.store import GlobalStore
+from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.trainer import feature_normaliser
+
+OPTIONS = TrainOptions(epochs=5, batch_size=16, lr=0.05, seed=0)
+
+
+@pytest.fixture(scope="module")
+def wide_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported with 5 outputs for red/green/blue, so devices can add two classes of their own."""
+    root = tmp_path_factory.mktemp("wide")
+    model = save(classifier(), root / "tiny.onnx")
+    defaults = Defaults(epochs=10, batch_size=16, lr=0.05, seed=0)
+    return export_bundle(model, root / "bundle", classes=list(CLASSES), max_classes=5, defaults=defaults).path
+
+
+def test_registry_keeps_old_outputs_and_adds_new_names_sorted() -> None:
+    registry = ["red", "green", "blue"]
+    assert extend_registry(registry, [["red", "zebra"], ["ant", "green"]], 5) == [
+        "red",
+        "green",
+        "blue",
+        "ant",
+        "zebra",
+    ]
+    assert extend_registry(registry, [["zebra"], ["ant"]], 5) == extend_registry(registry, [["ant"], ["zebra"]], 5)
+    with pytest.raises(EdgeftError, match="6 classes but the head has 5 outputs"):
+        extend_registry(registry, [["a", "b", "c"]], 5)
+
+
+def test_rows_move_between_device_and_fleet_order() -> None:
+    fleet = ["red", "green", "blue", "ant"]
+    device = ["blue", "red", "purple"]  # purple is not registered yet: it takes the spare fifth row
+    order = row_order(device, fleet, 5)
+    assert sorted(order.tolist()) == [0, 1, 2, 3, 4]
+    assert device_view(device, fleet) == ["blue", "red", "purple", "green", "ant"]
+    weight = np.arange(5, dtype=np.float32)[:, None] * np.ones((5, 2), np.float32)
+    params = {"head.weight": weight, "head.bias": np.arange(5, dtype=np.float32), "head.feature_mean": np.zeros(2)}
+    mine = to_device(params, order)
+    assert mine["head.bias"].tolist() == [2, 0, 4, 1, 3]  # blue, red, spare, green, ant
+    back = to_global(mine, order)
+    for name, value in params.items():
+        np.testing.assert_array_equal(back[name], value)
+    with pytest.raises(EdgeftError, match="do not fit the head's 4 outputs"):
+        row_order(["purple"], fleet, 4)
+
+
+def test_pooled_normaliser_equals_the_one_fitted_on_all_features() -> None:
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(i, 1 + i, (20 + 7 * i, 6)).astype(np.float32) for i in range(3)]
+    mean, scale = pooled_normaliser([moments(p) for p in parts] + [moments(np.empty((0, 6), np.float32))])
+    expected_mean, expected_scale = feature_normaliser(np.concatenate(parts))
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scale, expected_scale, rtol=1e-5)
+    assert pooled_normaliser([moments(np.empty((0, 6), np.float32))]) is None
+
+
+def test_global_store_saves_versions_and_refuses_another_bundle(
+    bundle: Bundle, wide_bundle: Path, tmp_path: Path
+) -> None:
+    store = GlobalStore(tmp_path / "fleet", bundle)
+    assert store.registry() == list(CLASSES) and store.latest() is None
+    store.save_registry([*CLASSES, "ant"])
+    head = {"head.weight": np.ones((3, 6), np.float32), "head.bias": np.zeros(3, np.float32)}
+    store.save(1, head, [*CLASSES, "ant"], {"round": 1})
+    latest = store.latest()
+    assert latest is not None and latest.version == 1 and latest.classes == [*CLASSES, "ant"]
+    np.testing.assert_array_equal(latest.parameters["head.weight"], head["head.weight"])
+    assert store.meta(1)["round"] == 1
+    with pytest.raises(EdgeftError, match="belongs to another bundle"):
+        GlobalStore(tmp_path / "fleet", Bundle.load(wide_bundle)).registry()
+
+
+def test_devices_with_different_label_orders_train_and_adopt_one_fleet_head(wide_bundle: Path, tmp_path: Path) -> None:
+    x, y = make_dataset(240, seed=3)
+    names = np.array(["red", "green", "blue"])[y]
+    with Adapter(wide_bundle, tmp_path / "a") as a, Adapter(wide_bundle, tmp_path / "b") as b:
+        a.learn(x[:120], np.where(y[:120] == 2, "teal", names[:120]))  # calls blue "teal"
+        first = 120 + np.argsort(y[120:] != 0, kind="stable")  # b meets "purple" before "teal"
+        b.learn(x[first], np.where(y[first] == 0, "purple", np.where(y[first] == 2, "teal", names[first])))
+        fleet = extend_registry(list(CLASSES), [a.classes, b.classes], a.capacity)
+        assert fleet == ["red", "green", "blue", "purple", "teal"]
+        assert a.classes == ["red", "green", "blue", "teal"]  # not a prefix of the fleet's order: rows are permuted
+        start = b.parameters()  # any head with the right names and shapes
+        outcomes = [FleetDevice(d).train(start, fleet, OPTIONS) for d in (a, b)]
+        assert [o.samples for o in outcomes] == [len(FleetDevice(d).replay()) for d in (a, b)]
+        total = sum(o.samples for o in outcomes)
+        averaged = {
+            name: sum(o.parameters[name] * (o.samples / total) for o in outcomes).astype(np.float32) for name in start
+        }
+        for device in (a, b):
+            result = FleetDevice(device).adopt(averaged, fleet, version=7)
+            assert result.promoted, result.reason
+            assert adopted_version(device.meta) == 7
+            assert set(device.classes) == set(fleet)
+        assert b.classes == fleet and a.classes == ["red", "green", "blue", "teal", "purple"]  # a keeps its order
+        # Both devices give each class name the same probability, whatever order they met the names in.
+        pa, pb = a.predict_proba(x[:10]), b.predict_proba(x[:10])
+        for name in fleet:
+            np.testing.assert_allclose(pa[:, a.classes.index(name)], pb[:, b.classes.index(name)], atol=1e-5)
+
+
+def test_a_device_refuses_a_garbage_fleet_head_and_keeps_its_own(bundle: Bundle, tmp_path: Path) -> None:
+    x, y = make_dataset(300, seed=5)
+    with Adapter(bundle, tmp_path / "d") as adapter:
+        adapter.learn(x, y)
+        own = adapter.parameters()
+        garbage = {k: np.random.default_rng(1).normal(0, 5, v.shape).astype(np.float32) for k, v in own.items()}
+        garbage.update({k: own[k] for k in ("head.feature_mean", "head.feature_scale")})
+        result = FleetDevice(adapter).adopt(garbage, list(CLASSES), version=3)
+        assert not result.promoted and "would fall" in result.reason
+        assert adopted_version(adapter.meta) == 3
+        for name, value in own.items():
+            np.testing.assert_array_equal(adapter.parameters()[name], value)
+
+
+def test_a_device_with_no_data_does_not_train(bundle: Bundle, tmp_path: Path) -> None:
+    with Adapter(bundle, tmp_path / "empty") as adapter:
+        with pytest.raises(EdgeftError, match="has learned nothing yet"):
+            FleetDevice(adapter).train(adapter.parameters(), list(CLASSES), OPTIONS)

@@ -1,0 +1,153 @@
+"""A real federation on loopback: one SuperLink and three SuperNodes as separate processes, started by the
+``edgeft fleet`` commands, run by ``edgeft fleet run`` (Flower's deployment engine, insecure on 127.0.0.1 only)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import CLASSES, CLI, make_dataset
+
+from edgeft.bundle import Bundle
+from edgeft.fleet.device import adopted_version
+from edgeft.fleet.store import GlobalStore
+from edgeft.runtime import guard
+from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.history import read_lines
+
+pytest.importorskip("flwr", reason="the fleet extra is not installed (pip install 'edgeft[fleet]')")
+pytestmark = pytest.mark.fleet
+
+ROUNDS = 2
+DEVICE_CLASSES = [(0, 1), (1, 2), (0, 2)]  # non-IID: each device sees two of the three classes
+RUN_TIMEOUT = 900
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log.open("wb") as handle:
+        return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """End each started process group (the Flower process and the SuperExec children it spawned)."""
+    for process in processes:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the SuperLink exited early:\n{log.read_text()[-3000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    pytest.fail(f"the SuperLink did not listen on port {port} within {seconds} s")
+
+
+@pytest.fixture()
+def devices(bundle_dir: Path, tmp_path: Path) -> Iterator[list[tuple[Path, Path]]]:
+    """Three device states that learned from two classes each, and an inbox with one new arrival each."""
+    x, y = make_dataset(900, seed=11)
+    made = []
+    for i, keep in enumerate(DEVICE_CLASSES):
+        mask = np.isin(y, keep)
+        xs, ys = x[mask], y[mask]
+        state, inbox = tmp_path / f"state{i}", tmp_path / f"inbox{i}"
+        with Adapter(bundle_dir, state) as adapter:
+            adapter.learn(xs[:240], ys[:240])
+        inbox.mkdir()
+        np.savez(inbox / "arrival.npz", x=xs[240:300], y=np.array(CLASSES)[ys[240:300]])
+        made.append((state, inbox))
+    yield made
+
+
+def test_three_devices_federate_and_adopt_the_same_global_head(
+    bundle_dir: Path, tmp_path: Path, devices: list[tuple[Path, Path]]
+) -> None:
+    port = _free_port()
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr")}
+    (tmp_path / "flwr").mkdir()
+    (tmp_path / "flwr" / "config.toml").write_text(
+        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    out = tmp_path / "fleet"
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        link_log = tmp_path / "superlink.log"
+        processes.append(_start([*CLI, "fleet", "server", "--port", str(port), "--insecure"], link_log, env))
+        _wait_for_port(port, processes[0], link_log)
+        for i, (state, inbox) in enumerate(devices):
+            args = [*CLI, "fleet", "device", str(bundle_dir), "--state", str(state), "--inbox", str(inbox)]
+            args += ["--superlink", f"127.0.0.1:{port}", "--port", str(_free_port()), "--insecure", "--threads", "1"]
+            processes.append(_start(args, tmp_path / f"supernode{i}.log", env))
+        run = subprocess.run(
+            [*CLI, "fleet", "run", str(bundle_dir), "--out", str(out), "--rounds", str(ROUNDS), "--min-devices", "3"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=RUN_TIMEOUT,
+        )
+    finally:
+        _stop(processes)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert f"[ROUND {ROUNDS}/{ROUNDS}]" in log, log[-4000:]
+
+    store = GlobalStore(out, Bundle.load(bundle_dir))
+    assert store.versions() == list(range(1, ROUNDS + 1)), log[-4000:]
+    assert store.registry() == list(CLASSES)
+    final = store.load(ROUNDS)
+    first = store.load(1)
+    # One normaliser for the fleet, pooled from the devices' moments, kept in every round.
+    assert np.abs(final.parameters["head.feature_mean"]).max() > 0
+    np.testing.assert_array_equal(final.parameters["head.feature_mean"], first.parameters["head.feature_mean"])
+
+    policy = guard.GuardPolicy()
+    for state, inbox in devices:
+        assert [p.name for p in (inbox / "done").iterdir()] == ["arrival.npz"]  # the new arrival was learned
+        rows = [row for row in read_lines(state / "metrics.jsonl") if row.get("adopted")]
+        assert [row["origin"] for row in rows] == [f"fleet global head {v}" for v in range(1, ROUNDS + 1)]
+        for row in rows:  # each adoption was judged by the guard on the device's own holdout
+            judged = row["guard"]
+            expected = guard.decide(
+                policy, judged["current_accuracy"], judged["candidate_accuracy"], judged["holdout_samples"]
+            )
+            assert row["promoted"] == expected.promoted, row
+        assert rows[-1]["guard"]["holdout_samples"] >= policy.min_holdout  # a real judgement, not a free pass
+        with Adapter(bundle_dir, state) as adapter:
+            assert adopted_version(adapter.meta) == ROUNDS  # every device ends on the same global head version
+            if rows[-1]["promoted"]:
+                assert adapter.meta["head_version"] == adapter.version
+                for name, value in final.parameters.items():
+                    np.testing.assert_allclose(adapter.parameters()[name], value, atol=1e-6)
+            else:
+                assert adapter.meta["head_version"] < adapter.version
