@@ -18,7 +18,7 @@ from edgeft.fleet.alignment import device_view, row_order, to_device, to_global
 from edgeft.fleet.normaliser import Moments, moments
 from edgeft.runtime.adapter import Adapter, LearnResult
 from edgeft.runtime.inbox import Inbox
-from edgeft.runtime.replay import ReplayBuffer, balanced_order
+from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.schedule import learning_rates
 from edgeft.runtime.trainer import HeadTrainer, Parameters, steps_per_fit
 from edgeft.runtime.watch import StopFlag, watch
@@ -104,8 +104,7 @@ class FleetDevice:
         except ValueError as exc:
             raise EdgeftError(f"the fleet's head does not fit bundle {bundle.path}: {exc}") from None
         rng = np.random.default_rng(options.seed)
-        shuffled = balanced_order(replay.labels, rng)
-        features, labels = replay.features[shuffled], replay.labels[shuffled]
+        features, labels = replay.features, replay.labels  # a class-balanced reservoir already; fit shuffles
         schedule = learning_rates(
             "constant", options.lr, steps_per_fit(len(labels), options.epochs, options.batch_size)
         )
