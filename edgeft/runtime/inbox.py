@@ -18,6 +18,7 @@ import numpy as np
 from edgeft.bundle import sha256_file
 from edgeft.errors import DataError
 from edgeft.runtime.atomic import fsync_directory, write_atomic, write_bytes_atomic
+from edgeft.runtime.faults import crash_point
 
 DONE_DIR = "done"
 QUARANTINE_DIR = "quarantine"
@@ -96,17 +97,23 @@ class Inbox:
         return self._move(entry, self.root / DONE_DIR)
 
     def quarantine(self, entry: Path, reason: str) -> Path:
-        """Move an unusable entry to ``quarantine/`` and write why beside it."""
-        target = self._move(entry, self.root / QUARANTINE_DIR)
+        """Write why beside the entry's place in ``quarantine/``, then move it there.
+
+        Reason first: a crash or a full disk in between leaves the entry in the inbox (quarantined again next time),
+        never a quarantined entry without its reason.
+        """
+        folder = self.root / QUARANTINE_DIR
+        target = _free_name(folder, entry.name)
         write_bytes_atomic(target.with_name(target.name + ".reason.txt"), (reason.rstrip() + "\n").encode())
-        return target
+        return self._move(entry, folder, target)
 
     def keep_pending(self, entry: Path, x: np.ndarray, y: np.ndarray) -> Path:
         """Write samples that cannot be learned yet to ``pending/NAME.npz`` (same name each time: idempotent)."""
         return write_pending(self.root / PENDING_DIR, entry.name, x, y)
 
-    def _move(self, entry: Path, folder: Path) -> Path:
-        target = _free_name(folder, entry.name)
+    def _move(self, entry: Path, folder: Path, target: Path | None = None) -> Path:
+        target = target or _free_name(folder, entry.name)
+        crash_point("move")
         os.replace(entry, target)
         fsync_directory(folder)
         fsync_directory(self.root)

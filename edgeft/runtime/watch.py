@@ -19,6 +19,7 @@ import numpy as np
 
 from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter, LearnResult
+from edgeft.runtime.faults import crash_point
 from edgeft.runtime.inbox import Inbox, fingerprint
 from edgeft.runtime.sources import read_path
 
@@ -48,6 +49,7 @@ class StopFlag:
 
     def check(self, _done: int = 0) -> None:
         """A progress callback: raise Interrupted once a stop was requested."""
+        crash_point("tick")
         if self.requested:
             raise Interrupted(self.signal_name)
 
