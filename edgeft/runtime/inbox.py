@@ -32,16 +32,22 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") or name.endswith(TEMPORARY_SUFFIXES)
 
 
-def fingerprint(path: Path) -> str:
-    """sha256 of a file, or of a folder's relative file names and contents; symlinks are refused."""
+def _refuse_special(path: Path) -> None:
+    """Symbolic links (they may point out of the inbox) and pipes, sockets or devices (reading may block forever)."""
     if path.is_symlink():
         raise DataError(f"{path}: is a symbolic link; edgeft reads only regular files in the inbox")
+    if not path.is_file() and not path.is_dir():
+        raise DataError(f"{path}: is not a regular file or folder (a pipe, socket or device); edgeft does not read it")
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 of a file, or of a folder's relative file names and contents; links and special files are refused."""
+    _refuse_special(path)
     if path.is_file():
         return sha256_file(path)
     digest = hashlib.sha256()
     for item in sorted(path.rglob("*")):
-        if item.is_symlink():
-            raise DataError(f"{item}: is a symbolic link; edgeft reads only regular files in the inbox")
+        _refuse_special(item)
         if item.is_file():
             digest.update(item.relative_to(path).as_posix().encode() + b"\0" + sha256_file(item).encode() + b"\n")
     return digest.hexdigest()
