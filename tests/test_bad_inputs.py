@@ -14,7 +14,7 @@ import struct
 import subprocess
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -25,9 +25,10 @@ from PIL import Image
 
 from edgeft.bundle import Bundle
 from edgeft.runtime.adapter import Adapter
-from edgeft.runtime.history import read_lines
+from edgeft.runtime.guard import GuardPolicy
+from edgeft.runtime.history import JOURNAL_FILE, read_lines
 from edgeft.runtime.inbox import Inbox
-from edgeft.runtime.watch import StopFlag, watch
+from edgeft.runtime.watch import StopFlag, WatchSummary, watch
 
 Builder = Callable[[Path, Path], str]  # (inbox, a folder outside it) -> the entry's name
 
@@ -280,29 +281,39 @@ CORPUS: dict[str, tuple[Builder, str]] = {
 
 
 def _inbox_with(tmp_path: Path, builders: list[Builder]) -> tuple[Path, list[str]]:
-    """An inbox holding the built entries (oldest first) and then one good file, ``good.npz``."""
+    """An inbox holding the built entries (oldest first) and then one good file, ``good.npz`` (new samples each time)."""
     inbox, outside = tmp_path / "inbox", tmp_path / "outside"
     inbox.mkdir()
     outside.mkdir()
     names = [build(inbox, outside) for build in builders]
     for age, name in enumerate(reversed(names), start=1):
         os.utime(inbox / name, (1e9 - age, 1e9 - age), follow_symlinks=False)
-    _npz(inbox / "good.npz", 30)
+    x, y = make_dataset(30, seed=zlib.crc32(tmp_path.name.encode()))
+    with (inbox / "good.npz").open("wb") as handle:
+        np.savez(handle, x=x, y=np.array(CLASSES)[y])
     return inbox, names
 
 
-def _watch_once(bundle: Bundle, state: Path, inbox: Path) -> tuple[object, list[tuple[str, dict]]]:
+@pytest.fixture(scope="module")
+def adapter(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Adapter]:
+    """One learner for the whole corpus (opening ONNX Runtime sessions per case would dominate the run time).
+
+    Its promotion guard is off: whether a good file improves the head is not what these tests are about.
+    """
+    policy = GuardPolicy(enabled=False)
+    with Adapter(Bundle.load(bundle_dir), tmp_path_factory.mktemp("state"), policy=policy) as shared:
+        yield shared
+
+
+def _watch_once(adapter: Adapter, inbox: Path) -> tuple[WatchSummary, list[tuple[str, dict]], list[dict]]:
+    """Run the watch loop over the inbox once; its summary, events and the journal lines it added."""
     seen: list[tuple[str, dict]] = []
-    with Adapter(bundle, state) as adapter:
-        summary = watch(
-            adapter,
-            Inbox(inbox),
-            emit=lambda e, **f: seen.append((e, f)),
-            stop=StopFlag(),
-            poll_seconds=0.01,
-            once=True,
-        )
-    return summary, seen
+    journal = adapter.store.root / JOURNAL_FILE
+    before = len(list(read_lines(journal)))
+    summary = watch(
+        adapter, Inbox(inbox), emit=lambda e, **f: seen.append((e, f)), stop=StopFlag(), poll_seconds=0.01, once=True
+    )
+    return summary, seen, list(read_lines(journal))[before:]
 
 
 def test_the_corpus_is_large() -> None:
@@ -311,11 +322,11 @@ def test_the_corpus_is_large() -> None:
 
 @pytest.mark.parametrize("case", list(CORPUS))
 def test_bad_entry_is_quarantined_with_its_reason_and_the_rest_learned(
-    case: str, bundle: Bundle, tmp_path: Path
+    case: str, adapter: Adapter, tmp_path: Path
 ) -> None:
     build, fragment = CORPUS[case]
     inbox, (name,) = _inbox_with(tmp_path, [build])
-    summary, seen = _watch_once(bundle, tmp_path / "state", inbox)
+    summary, seen, journaled = _watch_once(adapter, inbox)
 
     assert (summary.quarantined, summary.learned, summary.errors) == (1, 1, 0), seen
     quarantined = inbox / "quarantine" / name
@@ -324,7 +335,7 @@ def test_bad_entry_is_quarantined_with_its_reason_and_the_rest_learned(
     assert reason.count("\n") == 1 and reason.endswith("\n")
     assert str(inbox / name) in reason and fragment in reason, reason
     assert [e for e, _ in seen] == ["watching", "quarantined", "learned", "stopped"]
-    assert [r["name"] for r in read_lines(tmp_path / "state" / "journal.jsonl")] == ["good.npz"]
+    assert [r["name"] for r in journaled] == ["good.npz"]
     assert (inbox / "done" / "good.npz").is_file()
     assert not (tmp_path / "outside" / "pwned").exists()  # no pickle was ever unpickled
 
@@ -338,22 +349,23 @@ def test_bad_entry_is_quarantined_with_its_reason_and_the_rest_learned(
     ids=["unknown-name", "index-beyond-capacity"],
 )
 def test_labels_beyond_the_head_wait_in_pending_and_the_rest_is_learned(
-    labels: np.ndarray, unknown: list[str], bundle: Bundle, tmp_path: Path
+    labels: np.ndarray, unknown: list[str], adapter: Adapter, tmp_path: Path
 ) -> None:
-    inbox, _ = _inbox_with(tmp_path, [_arrays("more.npz", y=labels)])
-    summary, seen = _watch_once(bundle, tmp_path / "state", inbox)
+    inbox, _ = _inbox_with(tmp_path, [_arrays(f"more-{unknown[0]}.npz", y=labels)])
+    received = adapter.meta.get("samples_received", 0)
+    summary, seen, journaled = _watch_once(adapter, inbox)
     assert (summary.quarantined, summary.learned, summary.pending_samples) == (0, 2, 2), seen
-    with np.load(inbox / "pending" / "more.npz.npz", allow_pickle=False) as kept:
+    with np.load(inbox / "pending" / f"more-{unknown[0]}.npz.npz", allow_pickle=False) as kept:
         assert kept["y"].tolist() == unknown * 2
-    journal = {r["name"]: r["samples"] for r in read_lines(tmp_path / "state" / "journal.jsonl")}
-    assert journal == {"more.npz": 6, "good.npz": 30}  # the entry's record counts what it held
-    assert Adapter(bundle, tmp_path / "state").meta["samples_received"] == 4 + 30
+    # The entry's journal line counts what it held; the head received only the samples that fit.
+    assert {r["name"]: r["samples"] for r in journaled} == {f"more-{unknown[0]}.npz": 6, "good.npz": 30}
+    assert adapter.meta["samples_received"] == received + 4 + 30
 
 
-def test_inputs_with_unknown_labels_are_checked_before_they_are_kept_pending(bundle: Bundle, tmp_path: Path) -> None:
+def test_inputs_with_unknown_labels_are_checked_before_they_are_kept_pending(adapter: Adapter, tmp_path: Path) -> None:
     labels = np.array(["red", "violet"] * 3)
     inbox, _ = _inbox_with(tmp_path, [_arrays("bad.npz", x=np.full((6, 3, 8, 8), np.nan, np.float32), y=labels)])
-    summary, seen = _watch_once(bundle, tmp_path / "state", inbox)
+    summary, seen, _ = _watch_once(adapter, inbox)
     assert (summary.quarantined, summary.learned, summary.pending_samples) == (1, 1, 0), seen
     assert list((inbox / "pending").iterdir()) == []
 
