@@ -227,3 +227,22 @@ def test_a_second_adapt_on_the_same_state_is_refused_until_the_first_is_killed(
     third = run_cli("adapt", bundle_dir, "-s", state, "--data", data, "--json")
     assert third.returncode == 0 and json.loads(third.stdout)["version"] == 1, third.stderr
     assert (state / "lock").read_text() != str(first.pid)
+
+
+@pytest.mark.parametrize("point", ["rename:1", "move:1"])
+def test_a_kill_while_quarantining_never_leaves_an_entry_without_its_reason(
+    point: str, bundle_dir: Path, tmp_path: Path
+) -> None:
+    state, inbox = tmp_path / "state", tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "bad.npz").write_bytes(b"not a zip archive")
+    args = [*CLI, "adapt", str(bundle_dir), "-s", str(state), "--watch", str(inbox), "--once", "--json"]
+    killed = subprocess.run(
+        args, capture_output=True, timeout=SUBPROCESS_TIMEOUT, env={**os.environ, "EDGEFT_CRASH_AT": point}
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert (inbox / "bad.npz").is_file() and not (inbox / "quarantine" / "bad.npz").exists()  # not moved yet
+    done = subprocess.run(args, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (inbox / "quarantine").iterdir()) == ["bad.npz", "bad.npz.reason.txt"]
+    assert "bad.npz: not a readable .npz file" in (inbox / "quarantine" / "bad.npz.reason.txt").read_text()

@@ -85,6 +85,8 @@ class Inbox:
             raise DataError(f"inbox {self.root} does not exist or is not a directory")
         for name in RESERVED:
             (self.root / name).mkdir(exist_ok=True)
+            for stale in (self.root / name).glob(".*.tmp"):  # temp files of atomic writes a crash cut short
+                stale.unlink(missing_ok=True)
 
     def ready(self) -> list[Path]:
         """Complete entries waiting to be learned, oldest first."""
