@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgeft.errors import EdgeftError
@@ -114,6 +114,11 @@ class Manifest:
         files = data["files"]
         if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
             raise TypeError("'files' must map relative paths to sha256 strings")
+        if not isinstance(data["classes"], list) or not all(isinstance(c, str) for c in data["classes"]):
+            raise TypeError("'classes' must be a list of names")
+        shape = data["input"]["shape"]
+        if not isinstance(shape, list) or not all(isinstance(d, (int, str)) for d in shape):
+            raise TypeError("'input.shape' must be a list of sizes (numbers or axis names)")
         return cls(
             format_version=data["format_version"],
             producer=data["producer"],
@@ -127,6 +132,17 @@ class Manifest:
             validation=data["validation"],
             files=data["files"],
         )
+
+
+def _check_listing(root: Path, manifest_path: Path, listed: set[str]) -> None:
+    """Every listed file lies inside the bundle, and every file in it is listed (so nothing unverified is opened)."""
+    for rel in sorted(listed):
+        if PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
+            raise EdgeftError(f"{manifest_path} lists {rel!r}, a path outside the bundle")
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and path.name != MANIFEST_FILE and rel not in listed:
+            raise EdgeftError(f"bundle file {path} is not listed in {MANIFEST_FILE}, so it cannot be verified")
 
 
 def sha256_file(path: Path) -> str:
@@ -185,13 +201,14 @@ class Bundle:
             raise EdgeftError(
                 f"{manifest_path} has bundle format {manifest.format_version}; this edgeft reads format {FORMAT_VERSION}"
             )
+        for required in (BACKBONE_FILE, HEAD_FILE, *(f"{TRAIN_DIR}/{n}" for n in TRAIN_ARTIFACTS)):
+            if required not in manifest.files:
+                raise EdgeftError(f"{manifest_path} does not list the required file {required}")
+        _check_listing(root, manifest_path, set(manifest.files))
         for rel, expected in manifest.files.items():
             file = root / rel
             if not file.is_file():
                 raise EdgeftError(f"bundle file {file} is missing")
             if sha256_file(file) != expected:
                 raise EdgeftError(f"bundle file {file} is corrupt: its sha256 does not match the manifest")
-        for required in (BACKBONE_FILE, HEAD_FILE, *(f"{TRAIN_DIR}/{n}" for n in TRAIN_ARTIFACTS)):
-            if required not in manifest.files:
-                raise EdgeftError(f"{manifest_path} does not list the required file {required}")
         return cls(root, manifest, hashlib.sha256(raw).hexdigest())

@@ -156,6 +156,10 @@ class Adapter:
             self._parameters = checkpoint_parameters(self._checkpoint())
         return self._parameters
 
+    def check_inputs(self, x: np.ndarray, origin: str = "input") -> np.ndarray:
+        """``x`` as float32 of the bundle's input shape, or a DataError naming ``origin`` (wrong shape, NaN, ...)."""
+        return self._features.check(np.asarray(x), origin)
+
     def embed(self, x: np.ndarray, origin: str = "input", progress: Progress | None = None) -> np.ndarray:
         """Backbone features of raw inputs ``x`` (checked against the bundle's input spec)."""
         return self._features.embed(self._features.check(np.asarray(x), origin), progress)

@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgeft.runtime.adapter import Adapter, LearnResult, Progress
 from edgeft.runtime.inbox import PENDING_DIR, fingerprint, write_pending
-from edgeft.runtime.sources import Samples, read_json_lines, read_path
+from edgeft.runtime.sources import Samples, concatenated, read_json_lines, read_path
 
 STDIN = "-"
 
@@ -68,9 +66,9 @@ def learn_arrival(
     """Learn an arrival's samples whose labels fit; park the others in ``STATE/pending/``."""
     if not arrival.samples:
         return OneShotResult(None, arrival.skipped, 0, None, [])
-    x = np.concatenate([s.x for s in arrival.samples])
-    y = np.concatenate([np.asarray(s.y) for s in arrival.samples])
     origin = ", ".join(i["name"] for i in arrival.inputs)
+    x, y = concatenated(arrival.samples, origin)
+    x = adapter.check_inputs(x, origin)  # before any of it is parked as pending
     encoded = adapter.encode(y, origin)
     pending_path = None
     if not encoded.fits.all():

@@ -7,6 +7,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from edgeft.errors import EdgeftError
+from edgeft.runtime.faults import crash_point
+
+
+class WriteError(EdgeftError, OSError):
+    """A file could not be written (a full disk, a file size limit, no permission); the old file stays."""
+
 
 def fsync_directory(directory: Path) -> None:
     """Make a rename or creation inside ``directory`` durable."""
@@ -29,7 +36,8 @@ def fsync_file(path: Path) -> None:
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Let ``write`` fill a temp file beside ``path``, make it durable, then atomically put it in place.
 
-    A crash at any moment leaves either the old ``path`` or the new one, never a torn file.
+    A crash at any moment leaves either the old ``path`` or the new one, never a torn file. A failed write
+    raises WriteError naming ``path`` and leaves the old file in place.
     """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -37,7 +45,11 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         fsync_file(tmp)
+        crash_point("rename")
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"{path}: cannot write it ({exc.strerror or exc}); the previous file stays") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -44,7 +44,8 @@ class FeatureExtractor:
             )
         if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
             raise DataError(f"{origin}: inputs have dtype {x.dtype}, expected real numbers")
-        x = x.astype(np.float32, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf, refused below
+            x = x.astype(np.float32, copy=False)
         if not np.isfinite(x).all():
             raise DataError(f"{origin}: inputs contain NaN or infinite values")
         return x

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgeft.runtime.faults import crash_point
 from edgeft.runtime.store import StateStore, Version
 
 JOURNAL_FILE = "journal.jsonl"
@@ -42,6 +43,7 @@ def append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     data = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode()
+    crash_point("append")
     with path.open("ab+") as handle:
         if handle.tell() > 0:
             handle.seek(-1, os.SEEK_END)

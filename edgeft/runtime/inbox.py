@@ -18,6 +18,7 @@ import numpy as np
 from edgeft.bundle import sha256_file
 from edgeft.errors import DataError
 from edgeft.runtime.atomic import fsync_directory, write_atomic, write_bytes_atomic
+from edgeft.runtime.faults import crash_point
 
 DONE_DIR = "done"
 QUARANTINE_DIR = "quarantine"
@@ -31,16 +32,22 @@ def is_temporary(name: str) -> bool:
     return name.startswith(".") or name.endswith(TEMPORARY_SUFFIXES)
 
 
-def fingerprint(path: Path) -> str:
-    """sha256 of a file, or of a folder's relative file names and contents; symlinks are refused."""
+def _refuse_special(path: Path) -> None:
+    """Symbolic links (they may point out of the inbox) and pipes, sockets or devices (reading may block forever)."""
     if path.is_symlink():
         raise DataError(f"{path}: is a symbolic link; edgeft reads only regular files in the inbox")
+    if not path.is_file() and not path.is_dir():
+        raise DataError(f"{path}: is not a regular file or folder (a pipe, socket or device); edgeft does not read it")
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 of a file, or of a folder's relative file names and contents; links and special files are refused."""
+    _refuse_special(path)
     if path.is_file():
         return sha256_file(path)
     digest = hashlib.sha256()
     for item in sorted(path.rglob("*")):
-        if item.is_symlink():
-            raise DataError(f"{item}: is a symbolic link; edgeft reads only regular files in the inbox")
+        _refuse_special(item)
         if item.is_file():
             digest.update(item.relative_to(path).as_posix().encode() + b"\0" + sha256_file(item).encode() + b"\n")
     return digest.hexdigest()
@@ -78,6 +85,8 @@ class Inbox:
             raise DataError(f"inbox {self.root} does not exist or is not a directory")
         for name in RESERVED:
             (self.root / name).mkdir(exist_ok=True)
+            for stale in (self.root / name).glob(".*.tmp"):  # temp files of atomic writes a crash cut short
+                stale.unlink(missing_ok=True)
 
     def ready(self) -> list[Path]:
         """Complete entries waiting to be learned, oldest first."""
@@ -96,17 +105,23 @@ class Inbox:
         return self._move(entry, self.root / DONE_DIR)
 
     def quarantine(self, entry: Path, reason: str) -> Path:
-        """Move an unusable entry to ``quarantine/`` and write why beside it."""
-        target = self._move(entry, self.root / QUARANTINE_DIR)
+        """Write why beside the entry's place in ``quarantine/``, then move it there.
+
+        Reason first: a crash or a full disk in between leaves the entry in the inbox (quarantined again next time),
+        never a quarantined entry without its reason.
+        """
+        folder = self.root / QUARANTINE_DIR
+        target = _free_name(folder, entry.name)
         write_bytes_atomic(target.with_name(target.name + ".reason.txt"), (reason.rstrip() + "\n").encode())
-        return target
+        return self._move(entry, folder, target)
 
     def keep_pending(self, entry: Path, x: np.ndarray, y: np.ndarray) -> Path:
         """Write samples that cannot be learned yet to ``pending/NAME.npz`` (same name each time: idempotent)."""
         return write_pending(self.root / PENDING_DIR, entry.name, x, y)
 
-    def _move(self, entry: Path, folder: Path) -> Path:
-        target = _free_name(folder, entry.name)
+    def _move(self, entry: Path, folder: Path, target: Path | None = None) -> Path:
+        target = target or _free_name(folder, entry.name)
+        crash_point("move")
         os.replace(entry, target)
         fsync_directory(folder)
         fsync_directory(self.root)

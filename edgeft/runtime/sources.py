@@ -11,7 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tokenize
+import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -25,6 +28,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 ARRAY_SUFFIXES = frozenset({".npz", ".npy"})
 TEXT_SUFFIXES = frozenset({".csv", ".jsonl"})
 LABEL_COLUMN = "label"
+MAX_ARRAY_BYTES = 2**31  # one array in a data file, unpacked
+MAX_IMAGE_PIXELS = 50_000_000  # a 50-megapixel photo; larger declared sizes are refused before decoding
+MAX_LABEL_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -46,18 +52,60 @@ def _numpy_load_problem(exc: ValueError, kind: str) -> str:
     return f"not a readable {kind} file ({text})"
 
 
+def _check_npy_header(handle: IO[bytes], holds: int, path: Path, member: str = "") -> None:
+    """Refuse an array before numpy allocates it: object dtype, or more data declared than ``holds`` bytes."""
+    kind, inside = (".npz", f" (array '{member}')") if member else (".npy", "")
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(handle)
+        readers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, _, dtype = readers[version](handle)
+    except (ValueError, EOFError, SyntaxError, tokenize.TokenError, zlib.error, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable {kind} file{inside}: its header is corrupt ({type(exc).__name__})") from None
+    if dtype.hasobject:
+        raise DataError(f"{path}: holds object arrays (pickled Python objects), which edgeft never loads{inside}")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > MAX_ARRAY_BYTES:
+        raise DataError(f"{path}: an array of {declared} bytes{inside} is more than edgeft reads ({MAX_ARRAY_BYTES})")
+    if declared > holds:
+        raise DataError(
+            f"{path}: not a readable {kind} file{inside}: its header declares shape {list(shape)} ({declared} bytes) "
+            f"but it holds {holds} bytes"
+        )
+
+
+def _check_npz(path: Path) -> None:
+    """Look at every member's size and header without unpacking the data (a decompression bomb stays packed)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                raise DataError(f"{path}: member '{info.filename}' is not a .npy array; .npz files hold only those")
+            if info.file_size > MAX_ARRAY_BYTES:
+                raise DataError(
+                    f"{path}: member '{info.filename}' unpacks to {info.file_size} bytes, more than edgeft reads "
+                    f"({MAX_ARRAY_BYTES})"
+                )
+            with archive.open(info) as member:
+                _check_npy_header(member, info.file_size, path, info.filename[: -len(".npy")])
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
+        _check_npz(path)
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except ValueError as exc:
         raise DataError(f"{path}: {_numpy_load_problem(exc, '.npz')}") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
 
 
 def _load_npy(path: Path) -> np.ndarray:
     try:
+        with path.open("rb") as handle:
+            _check_npy_header(handle, path.stat().st_size, path)
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise DataError(f"{path}: {_numpy_load_problem(exc, '.npy')}") from None
@@ -76,6 +124,24 @@ def _with_channel_axis(x: np.ndarray, manifest: Manifest) -> np.ndarray:
 def _labels(y: np.ndarray, count: int, path: Path) -> np.ndarray:
     if y.ndim != 1 or len(y) != count:
         raise DataError(f"{path}: 'y' has shape {list(y.shape)}, expected one label per sample ({count})")
+    return _checked_names(y, str(path))
+
+
+def _checked_names(y: np.ndarray, origin: str) -> np.ndarray:
+    """Label names as text; refuse names that could pass for paths or break logs ('/', control characters, '..')."""
+    if y.dtype.kind == "S":
+        try:
+            y = np.char.decode(y, "ascii")
+        except UnicodeDecodeError:
+            raise DataError(f"{origin}: labels are bytes that are not ASCII text") from None
+    if y.dtype.kind != "U":
+        return y
+    for name in np.unique(y).tolist():
+        if name in (".", "..") or len(name) > MAX_LABEL_LENGTH or any(c in "/\\" or not c.isprintable() for c in name):
+            raise DataError(
+                f"{origin}: label {name[:40]!r} is not a usable class name (at most {MAX_LABEL_LENGTH} printable "
+                "characters, no '/' or '\\', not '.' or '..')"
+            )
     return y
 
 
@@ -138,15 +204,15 @@ def read_csv(path: Path, manifest: Manifest, need_labels: bool, label_column: st
             raise DataError(f"{path}: line {line} has a value that is not a number") from None
         if label_at is not None:
             labels.append(row[label_at].strip())
-    y = _label_array(labels) if label_at is not None else None
+    y = _label_array(labels, str(path)) if label_at is not None else None
     return Samples(_fit_input_shape(values, manifest, str(path)), y, str(path))
 
 
-def _label_array(labels: list) -> np.ndarray:
+def _label_array(labels: list, origin: str) -> np.ndarray:
     """Labels as integer indices when they all are, else as names."""
     if labels and all(isinstance(v, int) or (isinstance(v, str) and v.isdigit()) for v in labels):
         return np.array([int(v) for v in labels], np.int64)
-    return np.array([str(v) for v in labels])
+    return _checked_names(np.array([str(v) for v in labels]), origin)
 
 
 def read_json_lines(stream: IO[str], origin: str, manifest: Manifest, need_labels: bool) -> Samples:
@@ -174,7 +240,7 @@ def read_json_lines(stream: IO[str], origin: str, manifest: Manifest, need_label
     if ys and len(ys) != len(xs):
         raise DataError(f"{origin}: {len(xs) - len(ys)} of {len(xs)} lines have no label 'y'")
     x = _with_channel_axis(np.stack(xs), manifest)
-    return Samples(_fit_input_shape(x, manifest, origin), _label_array(ys) if ys else None, origin)
+    return Samples(_fit_input_shape(x, manifest, origin), _label_array(ys, origin) if ys else None, origin)
 
 
 def read_json_lines_file(path: Path, manifest: Manifest, need_labels: bool) -> Samples:
@@ -194,10 +260,22 @@ def read_image(path: Path, manifest: Manifest) -> np.ndarray:
     if not isinstance(height, int) or not isinstance(width, int):
         raise DataError(f"{path}: this bundle's input size is dynamic; feed arrays in .npz files")
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, by a lower limit
+            image = Image.open(path)
+        with image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"{path}: declares {image.width}x{image.height} pixels, more than edgeft decodes "
+                    f"({MAX_IMAGE_PIXELS}; a decompression bomb?)"
+                )
             pixels = image.convert(prep.color).resize((width, height), Image.Resampling.BILINEAR)
             array = np.asarray(pixels, dtype=np.float32)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        raise DataError(
+            f"{path}: declares more pixels than edgeft decodes ({MAX_IMAGE_PIXELS}; a decompression bomb?)"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({type(exc).__name__})") from None
     if array.ndim == 2:
         array = array[..., None]
@@ -217,8 +295,18 @@ def read_image_folders(root: Path, manifest: Manifest) -> Samples | None:
     if not images:
         return None
     x = np.stack([read_image(p, manifest) for p in images])
-    y = np.array([p.parent.name for p in images])
+    y = _checked_names(np.array([p.parent.name for p in images]), str(root))
     return Samples(x, y, str(root))
+
+
+def concatenated(samples: list[Samples], origin: str) -> tuple[np.ndarray, np.ndarray]:
+    """All inputs and labels of ``samples`` as two arrays; DataError if they differ in input shape or label kind."""
+    shapes = {s.x.shape[1:] for s in samples}
+    if len(shapes) > 1:
+        raise DataError(f"{origin}: inputs of different shapes {sorted(map(list, shapes))}; use one shape")
+    if len({np.asarray(s.y).dtype.kind == "U" for s in samples}) > 1:
+        raise DataError(f"{origin}: some labels are class names, others indices; use one kind")
+    return np.concatenate([s.x for s in samples]), np.concatenate([np.asarray(s.y) for s in samples])
 
 
 def read_path(path: str | Path, manifest: Manifest, need_labels: bool = True) -> list[Samples]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,8 +121,16 @@ class HeadTrainer:
         return last_epoch_loss
 
     def save(self, path: Path) -> None:
-        """Write the head parameters and optimizer state to ``path`` (an ORT checkpoint)."""
-        training_api().CheckpointState.save_checkpoint(self._state, str(path), include_optimizer_state=True)
+        """Write the head parameters and optimizer state to ``path`` (an ORT checkpoint), and read it back.
+
+        ONNX Runtime does not report a failed write (a full disk leaves a short file behind); reading it back does.
+        """
+        api = training_api()
+        api.CheckpointState.save_checkpoint(self._state, str(path), include_optimizer_state=True)
+        try:
+            api.CheckpointState.load_checkpoint(str(path))
+        except RuntimeError:
+            raise OSError(errno.EIO, "ONNX Runtime wrote an incomplete checkpoint (is the disk full?)", str(path)) from None
 
 
 class HeadPredictor:

@@ -19,8 +19,9 @@ import numpy as np
 
 from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter, LearnResult
+from edgeft.runtime.faults import crash_point
 from edgeft.runtime.inbox import Inbox, fingerprint
-from edgeft.runtime.sources import read_path
+from edgeft.runtime.sources import concatenated, read_path
 
 Event = Callable[..., None]
 MAX_BACKOFF_SECONDS = 60.0
@@ -48,6 +49,7 @@ class StopFlag:
 
     def check(self, _done: int = 0) -> None:
         """A progress callback: raise Interrupted once a stop was requested."""
+        crash_point("tick")
         if self.requested:
             raise Interrupted(self.signal_name)
 
@@ -65,11 +67,22 @@ class WatchSummary:
     versions: list[int] = field(default_factory=list)
 
 
-def _concatenated(entry: Path, adapter: Adapter) -> tuple[np.ndarray, np.ndarray]:
-    samples = read_path(entry, adapter.bundle.manifest, need_labels=True)
-    x = np.concatenate([s.x for s in samples])
-    y = np.concatenate([np.asarray(s.y) for s in samples])
-    return x, y
+def _read_entry(entry: Path, adapter: Adapter) -> tuple[np.ndarray, np.ndarray]:
+    """An entry's inputs (checked against the bundle) and labels; every problem is a DataError naming a file."""
+    try:
+        samples = read_path(entry, adapter.bundle.manifest, need_labels=True)
+    except OSError as exc:
+        raise DataError(f"{entry}: cannot be read ({exc.strerror or exc})") from None
+    x, y = concatenated(samples, str(entry))
+    return adapter.check_inputs(x, str(entry)), y
+
+
+def _fingerprint(entry: Path) -> str:
+    """The entry's sha256; an unreadable entry is a DataError (quarantined, not retried forever)."""
+    try:
+        return fingerprint(entry)
+    except OSError as exc:
+        raise DataError(f"{entry}: cannot be read ({exc.strerror or exc})") from None
 
 
 def learn_entry(
@@ -84,13 +97,13 @@ def learn_entry(
 ) -> LearnResult | None:
     """Learn one inbox entry (or skip, quarantine or park it); DataError never escapes, other errors do."""
     try:
-        digest = fingerprint(entry)
+        digest = _fingerprint(entry)
         if digest in consumed:
             inbox.done(entry)
             summary.skipped += 1
             emit("skipped", entry=entry.name, reason=f"already learned in version {consumed[digest]}")
             return None
-        x, y = _concatenated(entry, adapter)
+        x, y = _read_entry(entry, adapter)
         encoded = adapter.encode(y, str(entry))
         if not encoded.fits.all():
             parked = inbox.keep_pending(entry, x[~encoded.fits], y[~encoded.fits])
@@ -111,10 +124,11 @@ def learn_entry(
             x[encoded.fits], y[encoded.fits], origin=str(entry), inputs=inputs, progress=stop.check, **learn_options
         )
     except DataError as exc:
+        reason = " ".join(str(exc).split())  # one line, whatever the file name or message holds
         if entry.exists() or entry.is_symlink():
-            inbox.quarantine(entry, str(exc))
+            inbox.quarantine(entry, reason)
         summary.quarantined += 1
-        emit("quarantined", entry=entry.name, reason=str(exc))
+        emit("quarantined", entry=entry.name, reason=reason)
         return None
     consumed[digest] = result.version  # before the move: if moving fails, a retry skips the entry
     inbox.done(entry)
