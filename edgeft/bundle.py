@@ -2,8 +2,9 @@
 
 Layout::
 
-    manifest.json           format version, input, preprocessing, cut, head, classes, defaults, sha256 of files
-    backbone.onnx           the frozen part of the original model, inference only
+    manifest.json           format version, input, preprocessing, cut, head, classes, defaults, sha256 of files,
+                            and (int8 bundles only) how the backbone was quantised
+    backbone.onnx           the frozen part of the original model, inference only (float, or int8 QDQ)
     head.onnx               the head for inference, parameters as inputs (fed from a checkpoint)
     train/                  ORT training artifacts of the head: training/eval/optimizer models, checkpoint
 
@@ -103,10 +104,14 @@ class Manifest:
     defaults: Defaults
     validation: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        """The manifest as pretty, stable JSON."""
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        """The manifest as pretty, stable JSON; ``quantization`` is left out when empty (a float backbone)."""
+        data = asdict(self)
+        if not self.quantization:
+            del data["quantization"]
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
@@ -119,6 +124,8 @@ class Manifest:
         shape = data["input"]["shape"]
         if not isinstance(shape, list) or not all(isinstance(d, (int, str)) for d in shape):
             raise TypeError("'input.shape' must be a list of sizes (numbers or axis names)")
+        if not isinstance(data.get("quantization", {}), dict):
+            raise TypeError("'quantization' must be an object")
         return cls(
             format_version=data["format_version"],
             producer=data["producer"],
@@ -131,6 +138,7 @@ class Manifest:
             defaults=Defaults(**data["defaults"]),
             validation=data["validation"],
             files=data["files"],
+            quantization=data.get("quantization", {}),
         )
 
 

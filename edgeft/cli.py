@@ -164,6 +164,12 @@ def export(
     lr: Annotated[float, typer.Option(min=0.0, help="Default learning rate.")] = 1e-3,
     replay_per_class: Annotated[int, typer.Option(min=0, help="Default replay buffer size per class.")] = 200,
     seed: Annotated[int, typer.Option(help="Seed of the new head's initial weights.")] = 0,
+    quantize: Annotated[
+        str | None, typer.Option(help="Quantise the frozen backbone: int8 (static, needs --calibration).")
+    ] = None,
+    calibration: Annotated[
+        Path | None, typer.Option(help="--quantize: calibration samples (.npz/.csv/.jsonl, folder or image folders).")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -217,6 +223,8 @@ def export(
                 epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, replay_per_class=replay_per_class
             ),
             seed=seed,
+            quantize=quantize,
+            calibration=calibration,
             force=force,
         )
         m = bundle.manifest
@@ -228,6 +236,24 @@ def export(
             f"new head for {len(m.classes)} classes ({m.head.num_outputs} outputs, {m.head.kind}, {m.head.task}); "
             f"backbone matches the original (max abs diff {m.validation['cut_max_abs_diff']:.2g})"
         )
+        if m.quantization:
+            typer.echo(f"backbone quantised: {_quantization_summary(m.quantization)}")
+
+
+def _quantization_summary(record: dict) -> str:
+    """One line: scheme, size, calibration and how well the int8 features agree with the float ones."""
+    v = record["validation"]
+    probe = (
+        f", linear probe {v['probe_accuracy_int8']:.3f} (float {v['probe_accuracy_float']:.3f})"
+        if "probe_accuracy_int8" in v
+        else ""
+    )
+    return (
+        f"{record['scheme']} {record['format']}, {record['backbone_bytes'] / 1e6:.1f} MB "
+        f"(float {record['float_backbone']['bytes'] / 1e6:.1f} MB), calibrated on {record['calibration']['samples']} "
+        f"samples; on {v['held_out_samples']} held-out samples mean cosine {v['mean_cosine']:.4f} to the float "
+        f"features{probe}"
+    )
 
 
 def _export_source(model: Path | None, torch_factory: str | None, shape: list[int] | None):  # noqa: ANN202
@@ -549,6 +575,7 @@ def info(bundle: BundleArg, as_json: JsonOpt = False) -> None:
             f"classes     {', '.join(m.classes)}",
             f"validated   cut max abs diff {m.validation['cut_max_abs_diff']:.3g} "
             f"(atol {m.validation['cut_atol']}, rtol {m.validation['cut_rtol']})",
+            f"backbone    {_quantization_summary(m.quantization) if m.quantization else 'float'}",
             "files       " + "\n            ".join(f"{name}  {digest[:12]}..." for name, digest in m.files.items()),
         ]
         typer.echo("\n".join(lines))

@@ -37,6 +37,7 @@ from edgeft.export.artifacts import Training, check_artifacts_run, generate_head
 from edgeft.export.body import build_body
 from edgeft.export.graph import is_channels_last, real_inputs
 from edgeft.export.pooling import Pooling, choose_pooling, numpy_pool
+from edgeft.export.quantize import check_request, quantize_backbone, read_calibration
 from edgeft.export.sources import load_onnx
 from edgeft.export.surgery import (
     HeadCut,
@@ -88,6 +89,8 @@ def export_bundle(
     preprocessing: Preprocessing | dict[str, Any] | None = None,
     defaults: Defaults | None = None,
     seed: int = 0,
+    quantize: str | None = None,
+    calibration: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
     force: bool = False,
 ) -> Bundle:
     """Cut the head off ``model`` (an ONNX file, or a torch.nn.Module with ``example_input``), attach a new
@@ -97,13 +100,15 @@ def export_bundle(
     back from ``output``). ``pool`` turns N-D features into vectors; ``head`` is ``linear`` or ``mlp:H1,H2``;
     ``unfreeze_from`` / ``unfreeze_last`` make original layers before the cut trainable too; ``keep_head`` starts
     from the original classifier. ``classes`` names the outputs (or ``num_classes`` numbers them); ``max_classes``
-    reserves outputs for classes that do not exist yet. Raises EdgeftError with a clear message when the model
-    cannot be exported or the exported parts do not reproduce the original.
+    reserves outputs for classes that do not exist yet. ``quantize="int8"`` quantises the backbone with
+    ``calibration`` data (a path in a format ``adapt`` reads, an array ``x`` or ``(x, y)``). Raises EdgeftError
+    with a clear message when the model cannot be exported or the exported parts do not reproduce the original.
     """
     destination = Path(out)
     if destination.exists() and not force:
         raise EdgeftError(f"{destination} already exists; choose another output or pass --force to replace it")
     loss = _loss(task, loss)
+    check_request(quantize, calibration)
     hidden = _hidden_layers(head)
     if activation not in head_graph.ACTIVATIONS:
         raise EdgeftError(f"unknown activation '{activation}'; choose one of {', '.join(head_graph.ACTIVATIONS)}")
@@ -186,6 +191,10 @@ def export_bundle(
                     **checks.pop("record"),
                 },
             )
+            if quantize:
+                calibrated = read_calibration(calibration, manifest)
+                record = quantize_backbone(staging / BACKBONE_FILE, manifest.input.name, calibrated, seed, source_name)
+                manifest = replace(manifest, quantization=record)
             manifest = replace(manifest, files=hash_tree(staging))
             (staging / MANIFEST_FILE).write_text(manifest.to_json())
             if destination.is_dir():

@@ -1,0 +1,262 @@
+"""Static int8 quantisation of a bundle's frozen backbone, checked against the float backbone.
+
+ONNX Runtime's ``quant_pre_process`` then ``quantize_static`` (QDQ, uint8 activations calibrated by MinMax,
+symmetric int8 weights per output channel) rewrite ``backbone.onnx``; the head and training artifacts stay float.
+Part of the calibration data is held out: the float and int8 backbones embed it, and the export fails when
+their features disagree (mean cosine similarity, and a linear probe's accuracy when labels are given).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+from onnx import numpy_helper
+
+from edgeft.bundle import Manifest, sha256_file
+from edgeft.errors import EdgeftError
+
+SCHEMES = ("int8",)
+HELD_OUT_FRACTION = 0.25
+MAX_CALIBRATION = 256
+MAX_HELD_OUT = 256
+MIN_SAMPLES = 8
+BATCH = 16
+# The export fails below these: features of held-out samples must point the same way as the float ones, and a
+# linear probe on them may lose at most MAX_PROBE_DROP accuracy (checked with at least PROBE_MIN_SAMPLES).
+MIN_MEAN_COSINE = 0.9
+MAX_PROBE_DROP = 0.03
+PROBE_MIN_SAMPLES = 100
+PROBE_FOLDS = 5
+PROBE_RIDGE = 1.0
+# ORT 1.19 quantises a bias as round(bias / (input_scale * weight_scale)) cast to int32 with no range check; a
+# channel with near-zero weights overflows ("invalid value encountered in cast") into garbage. Such channels are
+# requantised with the smallest weight scale that keeps |quantised bias| near BIAS_LIMIT (headroom for the sums).
+BIAS_LIMIT = 2**30
+WEIGHT_QMAX = 127
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Inputs for calibration (float32, the backbone's input shape), their labels if known, and where from."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    origin: str
+
+
+def check_request(scheme: str | None, calibration: object) -> None:
+    """Refuse an unknown scheme, or a scheme without calibration data (and data without a scheme)."""
+    if scheme is None:
+        if calibration is not None:
+            raise EdgeftError("calibration data is only used with --quantize int8")
+        return
+    if scheme not in SCHEMES:
+        raise EdgeftError(f"unknown quantisation '{scheme}'; choose one of {', '.join(SCHEMES)}")
+    if calibration is None:
+        raise EdgeftError(f"--quantize {scheme} needs --calibration DATA (samples like the ones the device will see)")
+
+
+def read_calibration(source: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray], manifest: Manifest) -> Calibration:
+    """Calibration samples from a path (the formats ``adapt`` reads), an array ``x``, or ``(x, y)``."""
+    if isinstance(source, (str, Path)):
+        from edgeft.runtime.sources import read_path
+
+        samples = read_path(source, manifest, need_labels=False)
+        x = np.concatenate([s.x for s in samples])
+        labelled = all(s.y is not None for s in samples)
+        y = np.concatenate([np.asarray(s.y).astype(str) for s in samples]) if labelled else None
+        origin = str(source)
+    elif isinstance(source, tuple):
+        x, y, origin = np.asarray(source[0]), np.asarray(source[1]), "calibration arrays"
+    else:
+        x, y, origin = np.asarray(source), None, "calibration array"
+    expected = manifest.input.shape[1:]
+    if x.ndim != len(expected) + 1 or any(
+        isinstance(e, int) and e != g for e, g in zip(expected, x.shape[1:], strict=True)
+    ):
+        raise EdgeftError(f"{origin}: calibration inputs have shape {list(x.shape[1:])}, the backbone expects {expected}")
+    if len(x) < MIN_SAMPLES:
+        raise EdgeftError(f"{origin}: {len(x)} calibration samples; int8 calibration needs at least {MIN_SAMPLES}")
+    if y is not None and len(y) != len(x):
+        raise EdgeftError(f"{origin}: {len(y)} calibration labels for {len(x)} samples")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise EdgeftError(f"{origin}: calibration inputs have dtype {x.dtype}, expected real numbers")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise EdgeftError(f"{origin}: calibration inputs contain NaN or infinite values")
+    return Calibration(x, y, origin)
+
+
+def quantize_backbone(
+    backbone: Path, input_name: str, calibration: Calibration, seed: int, source: str
+) -> dict[str, Any]:
+    """Replace the float ``backbone`` file by its int8 version; return the manifest's ``quantization`` record.
+
+    Raises EdgeftError (naming ``source``, the original model) when ORT cannot quantise the graph, or (naming the
+    calibration data) when the int8 features disagree with the float ones.
+    """
+    order = np.random.default_rng(seed).permutation(len(calibration.x))
+    n_held = max(1, round(len(order) * HELD_OUT_FRACTION))
+    held, calib = order[:n_held][:MAX_HELD_OUT], order[n_held:][:MAX_CALIBRATION]
+    float_bytes, float_sha = backbone.stat().st_size, sha256_file(backbone)
+    with tempfile.TemporaryDirectory(prefix="edgeft-quantize-") as tmp:
+        prepared_path, quantized_path = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        try:
+            from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            quant_pre_process(str(backbone), str(prepared_path))
+            prepared = onnx.load(str(prepared_path))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
+                quantize_static(
+                    str(prepared_path),
+                    str(quantized_path),
+                    _Reader(input_name, calibration.x[calib]),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                )
+        except Exception as exc:  # onnxruntime's quantisation tools raise many exception types
+            raise EdgeftError(f"{source}: onnxruntime could not quantise the frozen part: {_first_line(exc)}") from None
+        quantized = onnx.load(str(quantized_path))
+        repaired = repair_int32_biases(quantized, prepared)
+        agreement = compare_features(backbone, quantized, input_name, calibration, held)
+        onnx.save(quantized, str(backbone))
+    return {
+        "scheme": "int8",
+        "tool": f"onnxruntime {onnxruntime.__version__} quant_pre_process + quantize_static",
+        "format": "QDQ",
+        "activations": "uint8, per tensor, asymmetric, MinMax calibration",
+        "weights": "int8, per output channel, symmetric",
+        "calibration": {"source": Path(calibration.origin).name, "samples": int(len(calib)), "seed": seed},
+        "repaired_bias_channels": repaired,
+        "float_backbone": {"bytes": float_bytes, "sha256": float_sha},
+        "backbone_bytes": backbone.stat().st_size,
+        "validation": agreement,
+    }
+
+
+class _Reader:
+    """ORT's CalibrationDataReader protocol over an array, BATCH samples at a time."""
+
+    def __init__(self, input_name: str, x: np.ndarray) -> None:
+        self._batches = iter([{input_name: x[i : i + BATCH]} for i in range(0, len(x), BATCH)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def repair_int32_biases(quantized: onnx.ModelProto, prepared: onnx.ModelProto) -> dict[str, int]:
+    """Requantise the weight channels whose int32 bias does not fit; return {node name: channels repaired}.
+
+    A repaired channel gets weight scale ``|bias| / (input_scale * BIAS_LIMIT)``: its bias becomes exact and its
+    (near-zero) weights are rounded on that coarser grid. ``quantized`` is changed in place.
+    """
+    inits = {i.name: i for i in quantized.graph.initializer}
+    producer = {o: n for n in quantized.graph.node for o in n.output}
+    floats = {n.name: n for n in prepared.graph.node if n.name}
+    float_inits = {i.name: i for i in prepared.graph.initializer}
+    repaired: dict[str, int] = {}
+    for node in quantized.graph.node:
+        original = floats.get(node.name)
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or original is None:
+            continue
+        x_dq, w_dq, b_dq = (producer.get(t) for t in node.input[:3])
+        if not all(d is not None and d.op_type == "DequantizeLinear" for d in (x_dq, w_dq, b_dq)):
+            continue
+        q_bias = inits[b_dq.input[0]]
+        if q_bias.data_type != onnx.TensorProto.INT32 or original.input[2] not in float_inits:
+            continue
+        bias = numpy_helper.to_array(float_inits[original.input[2]]).astype(np.float64)
+        input_scale = float(numpy_helper.to_array(inits[x_dq.input[1]]))
+        w_scale = numpy_helper.to_array(inits[w_dq.input[1]]).astype(np.float64)
+        needed = np.abs(bias) / (input_scale * BIAS_LIMIT)
+        bad = needed > w_scale
+        if not bad.any():
+            continue
+        new_scale = np.maximum(w_scale, needed).astype(np.float32)
+        weight = numpy_helper.to_array(float_inits[original.input[1]])
+        axis = next((a.i for a in w_dq.attribute if a.name == "axis"), 1) % weight.ndim
+        grid = new_scale.reshape([-1 if d == axis else 1 for d in range(weight.ndim)])
+        q_weight = np.clip(np.rint(weight / grid), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+        bias_scale = (input_scale * new_scale.astype(np.float64)).astype(np.float32)
+        q_bias_values = np.rint(bias / bias_scale).astype(np.int32)
+        _replace(inits[w_dq.input[0]], q_weight)
+        _replace(inits[w_dq.input[1]], new_scale)
+        _replace(q_bias, q_bias_values)
+        _replace(inits[b_dq.input[1]], bias_scale)
+        repaired[node.name] = int(bad.sum())
+    return repaired
+
+
+def _replace(tensor: onnx.TensorProto, values: np.ndarray) -> None:
+    tensor.CopyFrom(numpy_helper.from_array(values.reshape(tuple(tensor.dims)), tensor.name))
+
+
+def compare_features(
+    float_path: Path, quantized: onnx.ModelProto, input_name: str, calibration: Calibration, held: np.ndarray
+) -> dict[str, Any]:
+    """Embed the held-out samples with both backbones; raise EdgeftError when the int8 features disagree."""
+    x = calibration.x[held]
+    reference = _embed(str(float_path), input_name, x)
+    features = _embed(quantized.SerializeToString(), input_name, x)
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(features, axis=1)
+    cosine = np.sum(reference * features, axis=1) / np.maximum(norms, np.finfo(np.float32).tiny)
+    record: dict[str, Any] = {
+        "held_out_samples": int(len(x)),
+        "mean_cosine": round(float(cosine.mean()), 4),
+        "min_cosine": round(float(cosine.min()), 4),
+        "min_mean_cosine": MIN_MEAN_COSINE,
+    }
+    labels = calibration.y[held] if calibration.y is not None else None
+    if labels is not None and len(x) >= PROBE_MIN_SAMPLES and len(np.unique(labels)) > 1:
+        record.update(
+            probe_accuracy_float=round(probe_accuracy(reference, labels), 4),
+            probe_accuracy_int8=round(probe_accuracy(features, labels), 4),
+            max_probe_drop=MAX_PROBE_DROP,
+        )
+    low_cosine = record["mean_cosine"] < MIN_MEAN_COSINE
+    probe_drop = record.get("probe_accuracy_float", 0.0) - record.get("probe_accuracy_int8", 0.0)
+    if low_cosine or probe_drop > MAX_PROBE_DROP:
+        figures = ", ".join(f"{k} {v}" for k, v in record.items())
+        raise EdgeftError(
+            f"{calibration.origin}: the int8 backbone's features disagree with the float ones on held-out calibration "
+            f"samples ({figures}); the quantisation is not shipped"
+        )
+    return record
+
+
+def probe_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
+    """Cross-validated accuracy of a ridge-regression classifier on standardised features (PROBE_FOLDS folds)."""
+    classes, y = np.unique(labels, return_inverse=True)
+    targets = np.eye(len(classes))[y]
+    folds = np.arange(len(features)) % PROBE_FOLDS
+    correct = 0
+    for fold in range(PROBE_FOLDS):
+        train, test = folds != fold, folds == fold
+        mean, std = features[train].mean(0), features[train].std(0) + 1e-6
+        a, b = (features[train] - mean) / std, (features[test] - mean) / std
+        dual = np.linalg.solve(a @ a.T + PROBE_RIDGE * a.shape[1] * np.eye(len(a)), targets[train])
+        correct += int(np.sum((b @ (a.T @ dual)).argmax(1) == y[test]))
+    return correct / len(features)
+
+
+def _embed(model: str | bytes, input_name: str, x: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {input_name: x[i : i + 64]})[0] for i in range(0, len(x), 64)])
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

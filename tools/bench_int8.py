@@ -1,0 +1,159 @@
+"""int8 backbone against float, side by side in one run: adapt throughput, held-out accuracy, file size (issue 9).
+
+Bundles: ``artifacts/default`` (float EfficientNet-Lite0 backbone) and ``artifacts/default-int8`` (the same
+export with ``quantize="int8"``, calibrated on the demo stream; rebuild both with tools/build_default_bundle.py).
+Each round runs four contenders, in an order that alternates between rounds, on the same machine and threads:
+
+- float inference: the float ``backbone.onnx`` alone in an InferenceSession over the demo stream's 1,257
+  training scans, batch 64 (the runtime's embedding batch), after one warm-up batch: samples per second;
+- int8 inference: the same with the int8 backbone;
+- float adapt / int8 adapt: the main job as ``edgeft demo`` runs it: a fresh state, the real ``Adapter`` with
+  the bundle's defaults, one ``learn`` per stream chunk (embed, remember, train, guard, commit); throughput =
+  samples / wall time of the five ``learn`` calls; then the accuracy on the 540 held-out test scans.
+
+Goals: int8 adapt >= 1.4x float inference samples/s; int8 held-out accuracy within 1 point of float; int8
+backbone file >= 3x smaller. Speed ratios are taken within each round (the machine's load changes between
+rounds), then their median is reported; the load average is recorded before and after. Untimed references
+separate the features from the learning loop: both adapt runs again with the promotion guard off, and a
+converged logistic regression (scikit-learn, standardised features) on each backbone's features of the stream.
+Usage: ``python tools/bench_int8.py [--rounds 3] [--threads 2] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from edgeft.bundle import Bundle
+from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.features import EMBED_BATCH, session_options
+from edgeft.runtime.guard import GuardPolicy
+from edgeft.runtime.sources import Samples, read_path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLES = {"float": ROOT / "artifacts" / "default", "int8": ROOT / "artifacts" / "default-int8"}
+STREAM = ROOT / "artifacts" / "demo" / "stream"
+TEST = ROOT / "artifacts" / "demo" / "test.npz"
+CONTENDERS = ("float inference", "int8 inference", "float adapt", "int8 adapt")
+
+
+def inference_rate(bundle: Bundle, x: np.ndarray, threads: int) -> float:
+    """Samples per second of the bundle's backbone alone, in the runtime's batches."""
+    session = onnxruntime.InferenceSession(
+        str(bundle.backbone_path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+    )
+    name = bundle.manifest.input.name
+    session.run(None, {name: x[:EMBED_BATCH]})
+    start = time.perf_counter()
+    for i in range(0, len(x), EMBED_BATCH):
+        session.run(None, {name: x[i : i + EMBED_BATCH]})
+    return len(x) / (time.perf_counter() - start)
+
+
+def reference_probe(bundle: Bundle, train: tuple[np.ndarray, np.ndarray], test: Samples, threads: int) -> float:
+    """Held-out accuracy of a converged logistic regression on the bundle's features of the whole stream."""
+    with tempfile.TemporaryDirectory(prefix="edgeft-bench-int8-") as state:
+        with Adapter(bundle, state, ep="cpu", threads=threads) as adapter:
+            x_train, x_test = adapter.embed(train[0]), adapter.embed(test.x)
+    scaler = StandardScaler().fit(x_train)
+    probe = LogisticRegression(max_iter=3000).fit(scaler.transform(x_train), train[1].astype(np.int64))
+    return float(probe.score(scaler.transform(x_test), test.y.astype(np.int64)))
+
+
+def adapt(
+    bundle: Bundle, chunks: list[Samples], test: Samples, threads: int, guard: bool = True
+) -> tuple[float, float, list[bool]]:
+    """(samples per second over the stream's learn calls, held-out accuracy after the last chunk, promotions)."""
+    with tempfile.TemporaryDirectory(prefix="edgeft-bench-int8-") as state:
+        policy = GuardPolicy() if guard else GuardPolicy(holdout_fraction=0.0, enabled=False)
+        with Adapter(bundle, state, ep="cpu", threads=threads, policy=policy) as adapter:
+            start = time.perf_counter()
+            promoted = [adapter.learn(chunk.x, chunk.y, origin=chunk.origin).promoted for chunk in chunks]
+            elapsed = time.perf_counter() - start
+            accuracy = adapter.evaluate(test.x, test.y, test.origin)
+            return sum(len(c.x) for c in chunks) / elapsed, accuracy, promoted
+
+
+def run(rounds: int, threads: int) -> dict:
+    """All rounds; returns every measurement and the medians."""
+    bundles = {kind: Bundle.load(path) for kind, path in BUNDLES.items()}
+    manifest = bundles["float"].manifest
+    chunks = [s for p in sorted(STREAM.glob("*.npz")) for s in read_path(p, manifest)]
+    test = read_path(TEST, manifest)[0]
+    stream_x = np.concatenate([c.x for c in chunks]).astype(np.float32)
+    rates: dict[str, list[float]] = {c: [] for c in CONTENDERS}
+    accuracy: dict[str, list[float]] = {"float": [], "int8": []}
+    promoted: dict[str, list[bool]] = {}
+    load_before = os.getloadavg()
+    for r in range(rounds):
+        order = CONTENDERS if r % 2 == 0 else tuple(reversed(CONTENDERS))
+        for contender in order:
+            kind, what = contender.split()
+            if what == "inference":
+                rates[contender].append(inference_rate(bundles[kind], stream_x, threads))
+            else:
+                rate, acc, promoted[kind] = adapt(bundles[kind], chunks, test, threads)
+                rates[contender].append(rate)
+                accuracy[kind].append(acc)
+            print(f"round {r + 1} {contender}: {rates[contender][-1]:.1f} samples/s", flush=True)
+    load_after = os.getloadavg()
+    unguarded = {kind: adapt(bundles[kind], chunks, test, threads, guard=False)[1] for kind in bundles}
+    stream_y = np.concatenate([c.y for c in chunks])
+    probes = {kind: reference_probe(bundles[kind], (stream_x, stream_y), test, threads) for kind in bundles}
+    sizes = {kind: b.backbone_path.stat().st_size for kind, b in bundles.items()}
+    acc = {k: statistics.median(v) for k, v in accuracy.items()}
+
+    def paired(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+
+    return {
+        "rounds": rounds,
+        "threads": threads,
+        "samples": len(stream_x),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "samples_per_second": rates,
+        "median_samples_per_second": {c: statistics.median(v) for c, v in rates.items()},
+        "held_out_accuracy": accuracy,
+        "promoted_per_chunk": promoted,
+        "held_out_accuracy_guard_off": unguarded,
+        "reference_probe_accuracy": probes,
+        "backbone_bytes": sizes,
+        "goals": {
+            "int8 adapt / float inference (>= 1.4)": paired("int8 adapt", "float inference"),
+            "int8 - float held-out accuracy (>= -0.01)": acc["int8"] - acc["float"],
+            "float / int8 backbone bytes (>= 3)": sizes["float"] / sizes["int8"],
+        },
+        "also": {
+            "int8 inference / float inference": paired("int8 inference", "float inference"),
+            "int8 adapt / float adapt": paired("int8 adapt", "float adapt"),
+            "int8 adapt / int8 inference": paired("int8 adapt", "int8 inference"),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the four contenders (3)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every session (2)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    result = run(args.rounds, args.threads)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
