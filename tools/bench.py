@@ -49,9 +49,10 @@ def run_contender(python: str, name: str, extra: list[str], args: argparse.Names
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     """(scenario, contender, extra arguments) for one round."""
-    full = ["--limit", "128"] if args.quick else []
-    small = ["--warm-chunks", "1", "--limit", "32"] if args.quick else ["--warm-chunks", "4"]
-    one = ["--limit", "16" if args.quick else "128"]
+    # Five arrivals like the demo stream's, smaller (PyTorch runs at ~8 samples/s here): the same replay-to-new ratio.
+    full = ["--limit", "80", "--arrival", "16"] if args.quick else ["--limit", "480", "--arrival", "96"]
+    small = ["--warm-chunks", "1", "--limit", "32"] if args.quick else ["--warm-chunks", "4", "--limit", "128"]
+    one = ["--limit", "16" if args.quick else "32"]
     steps = [("batch 16", name, ["--batch", "16", *full]) for name in ("inference", "edgeft", "ort-whole", "torch")]
     steps.append(("batch 16", "edgeft-small", ["--batch", "16", "--arrival", "16", *small]))
     steps += [("batch 1", name, ["--batch", "1", *one]) for name in ("inference", "edgeft", "ort-whole", "torch")]
@@ -91,9 +92,15 @@ def cold_start(args: argparse.Namespace, python: str, tmp: Path) -> dict[str, fl
 
 def venv_size(tmp: Path) -> dict[str, object]:
     """MiB of a fresh ``python3.11 -m venv`` with ``pip install .`` (no extras), and its largest packages."""
-    venv = tmp / "venv"
+    venv, source = tmp / "venv", tmp / "source"  # a copy: pip's build leaves build/ in the source tree
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "edgeft"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], check=True, capture_output=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(source)], check=True, capture_output=True)
     total = int(subprocess.run(["du", "-sm", str(venv)], capture_output=True, text=True).stdout.split()[0])
     site = next((venv / "lib").glob("python*/site-packages"))
     sizes = subprocess.run(["du", "-sm", *map(str, site.iterdir())], capture_output=True, text=True).stdout
@@ -131,7 +138,9 @@ def render(runs: list[dict], extras: dict, args: argparse.Namespace) -> str:
     out += [
         "",
         f"- replay head steps on cached features: {med(replay, 'samples_per_s'):,.0f} samples/s "
-        f"({med(replay, 'steps_per_s'):,.0f} steps of 16/s); backbone rows per absorbed sample in edgeft adapt: "
+        f"({med(replay, 'steps_per_s'):,.0f} steps of 16/s) with the head's Module on "
+        f"{med(replay, 'head_threads'):.0f} thread, {med(replay, 'samples_per_s_at_threads'):,.0f} samples/s on "
+        f"{args.threads}; backbone rows per absorbed sample in edgeft adapt: "
         f"{med(edge, 'backbone_rows_per_sample'):.2f}",
     ]
     for name in ("edgeft", "ort-whole", "torch"):
@@ -170,12 +179,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--python", default=sys.executable, help="torch-free interpreter for edgeft and ORT")
     default_torch = "/work/venv-build/bin/python" if Path("/work/venv-build/bin/python").exists() else None
     parser.add_argument("--torch-python", default=default_torch, help="interpreter with torch (omit: no PyTorch)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch contender")
     parser.add_argument("--no-venv", action="store_true", help="skip the install-footprint measurement")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     parser.add_argument("--json", type=Path, help="write every raw result here")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.no_venv = 1, True
+    if args.no_torch:
+        args.torch_python = None
     return args
 
 
