@@ -2,8 +2,9 @@
 
 Every contender runs in its own process (torch-free venv for edgeft and ORT, ``--torch-python`` for PyTorch) on
 the same data (the default bundle's demo stream: raw 8x8 scans the backbone resizes to 224x224), with the same
-intra-op thread count; contenders alternate over ``--rounds`` rounds (order rotated each round) and the report
-gives medians and per-round ratios. Also measured: head steps on cached features, cold start to the first
+intra-op thread count; contenders alternate over ``--rounds`` rounds, in a fixed order that runs each
+pair compared by a goal close together in time (other jobs share the machine), and the report gives medians
+and per-round ratios. Also measured: head steps on cached features, cold start to the first
 committed version, checkpoint write time and size, and the runtime's install footprint.
 
 Usage: ``python tools/bench.py [--quick] [--rounds 3] [--threads 2] [--ep cpu] [--out report.md]``
@@ -62,12 +63,6 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     return steps
 
 
-def rotate(steps: list, k: int) -> list:
-    """The steps with their order rotated by ``k``, so no contender always runs first or last."""
-    k %= max(len(steps), 1)
-    return steps[k:] + steps[:k]
-
-
 def cold_start(args: argparse.Namespace, python: str, tmp: Path) -> dict[str, float]:
     """Seconds from spawning ``edgeft adapt`` (16 samples, fresh state) to its exit with version 1 committed."""
     x, y = stream_chunks()[0]
@@ -122,7 +117,10 @@ def render(runs: list[dict], extras: dict, args: argparse.Namespace) -> str:
             samples = sorted({(r["contender"], r["samples"]) for r in mine})
             out += [
                 "",
-                f"**{scenario}** (samples per contender: " + ", ".join(f"{c} {n}" for c, n in samples) + ")",
+                f"**{scenario}** (samples per contender: "
+                + ", ".join(f"{c} {n}" for c, n in samples)
+                + f"; 1-min load average after each run {min(r['load'] for r in mine):.1f}–"
+                + f"{max(r['load'] for r in mine):.1f})",
                 "",
                 *report.contender_table(mine, ORDER),
             ]
@@ -198,7 +196,7 @@ def main() -> None:
     runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.rounds):
-            for scenario, name, extra in rotate(plan(args), k):
+            for scenario, name, extra in plan(args):
                 result = run_contender(args.torch_python if name == "torch" else args.python, name, extra, args)
                 runs.append({**result, "scenario": scenario, "round": k, "load": os.getloadavg()[0]})
                 print(

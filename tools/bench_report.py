@@ -73,11 +73,11 @@ def goal_rows(runs: list[Result]) -> list[tuple[str, float, bool]]:
 
 
 def contender_table(runs: list[Result], order: Iterable[str]) -> list[str]:
-    """Markdown rows: contender, samples/s (median, min–max), ratio to the limit, peak RSS, rounds."""
-    rate, rss = medians(runs, "samples_per_s"), medians(runs, "peak_rss_mb")
+    """Markdown rows: contender, samples/s (median, min–max), ratio to the limit, CPU time, peak RSS, rounds."""
+    rate, rss, cpu = medians(runs, "samples_per_s"), medians(runs, "peak_rss_mb"), medians(runs, "cpu_ms_per_sample")
     lines = [
-        "| contender | samples/s (median) | min–max | × the limit (per round) | peak RSS MiB | rounds |",
-        "|---|---|---|---|---|---|",
+        "| contender | samples/s (median) | min–max | × the limit (per round) | CPU ms/sample | peak RSS MiB | rounds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in order:
         mine = [float(r["samples_per_s"]) for r in runs if r["contender"] == name]
@@ -86,6 +86,6 @@ def contender_table(runs: list[Result], order: Iterable[str]) -> list[str]:
         ratio = median(round_ratios(runs, "samples_per_s", name, "inference")) if "inference" in rate else float("nan")
         lines.append(
             f"| {LABELS.get(name, name)} | {rate[name]:.1f} | {min(mine):.1f}–{max(mine):.1f} | "
-            f"{ratio:.2f} | {rss[name]:.0f} | {len(mine)} |"
+            f"{ratio:.2f} | {cpu.get(name, float('nan')):.1f} | {rss[name]:.0f} | {len(mine)} |"
         )
     return lines
