@@ -11,7 +11,9 @@ from edgeft.bundle import Bundle
 from edgeft.errors import DataError
 from edgeft.runtime.ort import Placement
 
-EMBED_BATCH = 64
+# Samples per backbone run. Activations dominate memory: on EfficientNet-Lite0 at 224x224 the process peaks at
+# ~270 MiB with 16 and ~760 MiB with 64, for 6-10% more throughput at 64 (BENCHMARKS.md): 16 fits small devices.
+EMBED_BATCH = 16
 
 
 def session_options(threads: int | None) -> onnxruntime.SessionOptions:

@@ -15,6 +15,9 @@ from edgeft.runtime.ort import Placement, training_api
 from edgeft.runtime.schedule import Schedule
 
 Parameters = dict[str, np.ndarray]
+# The head's ops (a [batch, features] x [features, classes] GEMM and AdamW on its weights) are too small to split:
+# a second intra-op thread only adds synchronisation (replay steps ran 1.1-2.5x faster on one thread, BENCHMARKS.md).
+HEAD_TRAINING_THREADS = 1
 
 
 def checkpoint_parameters(checkpoint: Path) -> Parameters:
@@ -47,7 +50,10 @@ def feature_normaliser(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class HeadTrainer:
-    """ORT training of the head from one checkpoint onwards (the bundle's initial one or a state version)."""
+    """ORT training of the head from one checkpoint onwards (the bundle's initial one or a state version).
+
+    The training Module always runs on ``HEAD_TRAINING_THREADS`` intra-op threads, whatever ``threads`` says.
+    """
 
     def __init__(self, bundle: Bundle, checkpoint: Path, placement: Placement, threads: int | None = None) -> None:
         api = training_api()
@@ -57,7 +63,7 @@ class HeadTrainer:
             self._state,
             str(bundle.train_path("eval_model.onnx")),
             device=placement.training_device,
-            session_options=session_options(threads),
+            session_options=session_options(HEAD_TRAINING_THREADS),
         )
         self._optimizer = api.Optimizer(str(bundle.train_path("optimizer_model.onnx")), self._module)
         self._normaliser = bundle.manifest.head.normaliser

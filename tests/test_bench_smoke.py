@@ -1,0 +1,53 @@
+"""The benchmark's pure helpers (tools/bench_common.py, tools/bench_report.py): workload split, ratios, goals."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+
+import bench_common  # noqa: E402
+import bench_report  # noqa: E402
+
+
+def _chunks(*sizes: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    start = 0
+    chunks = []
+    for n in sizes:
+        chunks.append((np.arange(start, start + n), np.arange(start, start + n) % 10))
+        start += n
+    return chunks
+
+
+def test_split_keeps_chunks_cuts_limit_and_resplits() -> None:
+    chunks = _chunks(5, 4, 3)
+    assert [len(x) for x, _ in bench_common.split_arrivals(chunks, None, None)] == [5, 4, 3]
+    assert [len(x) for x, _ in bench_common.split_arrivals(chunks, 7, None)] == [5, 2]
+    resplit = bench_common.split_arrivals(chunks, None, 5)
+    assert [len(x) for x, _ in resplit] == [5, 5, 2]
+    assert np.concatenate([x for x, _ in resplit]).tolist() == list(range(12))
+
+
+def test_batches_cover_every_index_once() -> None:
+    got = bench_common.batches(35, 16, np.random.default_rng(0))
+    assert [len(b) for b in got] == [16, 16, 3]
+    assert sorted(np.concatenate(got).tolist()) == list(range(35))
+
+
+def test_ratios_are_taken_within_rounds_and_goals_judged() -> None:
+    runs = [
+        {"round": 0, "contender": "inference", "samples_per_s": 100.0, "peak_rss_mb": 200.0},
+        {"round": 0, "contender": "edgeft", "samples_per_s": 95.0, "peak_rss_mb": 230.0},
+        {"round": 1, "contender": "inference", "samples_per_s": 50.0, "peak_rss_mb": 200.0},
+        {"round": 1, "contender": "edgeft", "samples_per_s": 40.0, "peak_rss_mb": 220.0},
+    ]
+    assert bench_report.round_ratios(runs, "samples_per_s", "edgeft", "inference") == [0.95, 0.8]
+    goals = {text: (value, met) for text, value, met in bench_report.goal_rows(runs)}
+    assert goals["adapt ≥ 0.9× inference throughput"] == (0.875, False)
+    assert goals["adapt peak RSS ≤ 1.2× inference"][1] is True
+    assert "adapt ≥ 4× PyTorch" not in goals  # no PyTorch run: not judged
+    table = bench_report.contender_table(runs, ["inference", "edgeft"])
+    assert len(table) == 4 and "0.88" in table[3]
