@@ -85,8 +85,8 @@ def cold_start(args: argparse.Namespace, python: str, tmp: Path) -> dict[str, fl
     return {"adapt_s": seconds, "import_s": time.perf_counter() - start}
 
 
-def venv_size(tmp: Path) -> dict[str, object]:
-    """MiB of a fresh ``python3.11 -m venv`` with ``pip install .`` (no extras), and its largest packages."""
+def venv_size(tmp: Path, pip_options: tuple[str, ...] = ()) -> dict[str, object]:
+    """MiB of a fresh ``python3.11 -m venv`` with ``pip install [OPTIONS] .`` (no extras), and its largest packages."""
     venv, source = tmp / "venv", tmp / "source"  # a copy: pip's build leaves build/ in the source tree
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "edgeft"):
@@ -95,12 +95,14 @@ def venv_size(tmp: Path) -> dict[str, object]:
         else:
             shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(source)], check=True, capture_output=True)
+    command = [str(venv / "bin" / "pip"), "install", "-q", *pip_options, str(source)]
+    subprocess.run(command, check=True, capture_output=True)
     total = int(subprocess.run(["du", "-sm", str(venv)], capture_output=True, text=True).stdout.split()[0])
     site = next((venv / "lib").glob("python*/site-packages"))
     sizes = subprocess.run(["du", "-sm", *map(str, site.iterdir())], capture_output=True, text=True).stdout
     parts = sorted(((int(s), Path(p).name) for s, p in (line.split("\t") for line in sizes.splitlines())), reverse=True)
     shutil.rmtree(venv)
+    shutil.rmtree(source)
     return {"total_mb": total, "largest": [f"{name} {mb}" for mb, name in parts[:8]]}
 
 
@@ -165,6 +167,11 @@ def render(runs: list[dict], extras: dict, args: argparse.Namespace) -> str:
             f"- runtime venv (fresh venv + `pip install .`): {extras['venv']['total_mb']} MiB; largest: "
             + ", ".join(extras["venv"]["largest"])
         )
+    if "venv_no_compile" in extras:
+        out.append(
+            f"- runtime venv installed with `pip install --no-compile .` (no .pyc written for modules never "
+            f"imported): {extras['venv_no_compile']['total_mb']} MiB"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -208,6 +215,7 @@ def main() -> None:
             extras["cold"].append(cold_start(args, args.python, Path(tmp)))
         if not args.no_venv:
             extras["venv"] = venv_size(Path(tmp))
+            extras["venv_no_compile"] = venv_size(Path(tmp), ("--no-compile",))
     extras["load_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     extras["wall_s"] = time.perf_counter() - start
     text = render(runs, extras, args)
