@@ -63,6 +63,7 @@ def run_edgeft(args, warm: list[Arrival], arrivals: list[Arrival]) -> dict:  # n
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         adapter = Adapter(BUNDLE, Path(tmp) / "state", ep=args.ep, threads=args.threads)
+        adapter.consumed_inputs()  # opens the lock and the training session, as watch mode does at startup
         setup = time.perf_counter() - start
         for x, y in warm:
             adapter.learn(x, y)
