@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -51,3 +54,19 @@ def test_ratios_are_taken_within_rounds_and_goals_judged() -> None:
     assert "adapt ≥ 4× PyTorch" not in goals  # no PyTorch run: not judged
     table = bench_report.contender_table(runs, ["inference", "edgeft"])
     assert len(table) == 4 and "0.88" in table[3]
+
+
+def test_replay_contender_runs_against_the_current_runtime() -> None:
+    """The replay probe drives HeadTrainer directly: run it for real so an API change cannot break it unnoticed."""
+    tools = Path(__file__).resolve().parent.parent / "tools"
+    done = subprocess.run(
+        [sys.executable, str(tools / "bench_ort.py"), "replay", "--threads", "2", "--ep", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(tools.parent)},
+    )
+    assert done.returncode == 0, done.stderr
+    line = next(row for row in done.stdout.splitlines() if row.startswith("BENCH_RESULT "))
+    result = json.loads(line.removeprefix("BENCH_RESULT "))
+    assert result["contender"] == "replay" and result["samples_per_s"] > 0 and result["head_threads"] == 1

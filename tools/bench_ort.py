@@ -182,9 +182,13 @@ def _head_rate(bundle: Bundle, args, threads: int, feats: np.ndarray, labels: np
     trainer_module.HEAD_TRAINING_THREADS = threads  # bench-only: compare the pinned default with --threads
     trainer = HeadTrainer(bundle, bundle.train_path("checkpoint"), resolve_placement(args.ep), args.threads)
     d = bundle.manifest.defaults
-    trainer.fit(feats[:64], labels[:64], epochs=1, batch_size=d.batch_size, lr=d.lr, seed=0)  # warm-up
+
+    def constant(_step: int) -> float:  # the runtime's default schedule
+        return d.lr
+
+    trainer.fit(feats[:64], labels[:64], epochs=1, batch_size=d.batch_size, schedule=constant, seed=0)  # warm-up
     start = time.perf_counter()
-    trainer.fit(feats, labels, epochs=REPLAY_EPOCHS, batch_size=d.batch_size, lr=d.lr, seed=0)
+    trainer.fit(feats, labels, epochs=REPLAY_EPOCHS, batch_size=d.batch_size, schedule=constant, seed=0)
     rate = len(feats) * REPLAY_EPOCHS / (time.perf_counter() - start)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
