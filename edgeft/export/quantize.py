@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from onnx import numpy_helper
 
 from edgeft.bundle import Manifest, sha256_file
 from edgeft.errors import EdgeftError
+from edgeft.runtime.sources import Samples
 
 SCHEMES = ("int8",)
 HELD_OUT_FRACTION = 0.25
@@ -42,15 +42,6 @@ BIAS_LIMIT = 2**30
 WEIGHT_QMAX = 127
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """Inputs for calibration (float32, the backbone's input shape), their labels if known, and where from."""
-
-    x: np.ndarray
-    y: np.ndarray | None
-    origin: str
-
-
 def check_request(scheme: str | None, calibration: object) -> None:
     """Refuse an unknown scheme, or a scheme without calibration data (and data without a scheme)."""
     if scheme is None:
@@ -63,7 +54,7 @@ def check_request(scheme: str | None, calibration: object) -> None:
         raise EdgeftError(f"--quantize {scheme} needs --calibration DATA (samples like the ones the device will see)")
 
 
-def read_calibration(source: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray], manifest: Manifest) -> Calibration:
+def read_calibration(source: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray], manifest: Manifest) -> Samples:
     """Calibration samples from a path (the formats ``adapt`` reads), an array ``x``, or ``(x, y)``."""
     if isinstance(source, (str, Path)):
         from edgeft.runtime.sources import read_path
@@ -91,11 +82,11 @@ def read_calibration(source: str | Path | np.ndarray | tuple[np.ndarray, np.ndar
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
         raise EdgeftError(f"{origin}: calibration inputs contain NaN or infinite values")
-    return Calibration(x, y, origin)
+    return Samples(x, y, origin)
 
 
 def quantize_backbone(
-    backbone: Path, input_name: str, calibration: Calibration, seed: int, source: str
+    backbone: Path, input_name: str, calibration: Samples, seed: int, source: str
 ) -> dict[str, Any]:
     """Replace the float ``backbone`` file by its int8 version; return the manifest's ``quantization`` record.
 
@@ -205,7 +196,7 @@ def _replace(tensor: onnx.TensorProto, values: np.ndarray) -> None:
 
 
 def compare_features(
-    float_path: Path, quantized: onnx.ModelProto, input_name: str, calibration: Calibration, held: np.ndarray
+    float_path: Path, quantized: onnx.ModelProto, input_name: str, calibration: Samples, held: np.ndarray
 ) -> dict[str, Any]:
     """Embed the held-out samples with both backbones; raise EdgeftError when the int8 features disagree."""
     x = calibration.x[held]
