@@ -136,15 +136,21 @@ class HeadTrainer:
         try:
             api.CheckpointState.load_checkpoint(str(path))
         except RuntimeError:
-            raise OSError(errno.EIO, "ONNX Runtime wrote an incomplete checkpoint (is the disk full?)", str(path)) from None
+            raise OSError(
+                errno.EIO, "ONNX Runtime wrote an incomplete checkpoint (is the disk full?)", str(path)
+            ) from None
 
 
 class HeadPredictor:
     """``head.onnx`` in an InferenceSession, fed with any checkpoint's parameters."""
 
     def __init__(self, bundle: Bundle, placement: Placement, threads: int | None = None) -> None:
+        # One thread, like training: the head's ops are tiny, and a pool's spinning threads would compete with the
+        # backbone for the cores (``threads`` is kept for callers; the backbone session uses it).
         self._session = onnxruntime.InferenceSession(
-            str(bundle.head_path), sess_options=session_options(threads), providers=list(placement.providers)
+            str(bundle.head_path),
+            sess_options=session_options(HEAD_TRAINING_THREADS),
+            providers=list(placement.providers),
         )
         self._features_input = self._session.get_inputs()[0].name
 
