@@ -272,6 +272,7 @@ def test_cli_writes_a_report_with_eval_data(
     assert result.returncode == 0, result.stderr
     assert _snapshot(learned_state) == before  # the report only reads the state
     assert "4 arrivals (1 refused), version 4" in result.stdout and "eval data" in result.stdout
+    assert out.stat().st_mode & 0o777 == 0o644  # a report is for sharing
     page = _Page()
     page.feed(out.read_text(encoding="utf-8"))
     assert sum(int(row[1]) for row in page.tables["per-class"][1:]) == 90

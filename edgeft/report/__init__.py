@@ -17,7 +17,7 @@ from edgeft.report.collect import collect
 from edgeft.report.data import Report
 from edgeft.report.figure import render_png, require_matplotlib
 from edgeft.report.page import render_html
-from edgeft.runtime.atomic import write_bytes_atomic
+from edgeft.runtime.atomic import SHARED_FILE_MODE, write_bytes_atomic
 
 FORMATS = (".html", ".htm", ".png")
 
@@ -43,5 +43,5 @@ def write_report(
     report = collect(bundle, state, eval_path, ep=ep, threads=threads)
     png = render_png(report)
     data = png if out.suffix.lower() == ".png" else render_html(report, png).encode("utf-8")
-    write_bytes_atomic(out, data)
+    write_bytes_atomic(out, data, mode=SHARED_FILE_MODE)
     return report

@@ -56,6 +56,15 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     fsync_directory(path.parent)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``."""
-    write_atomic(path, lambda tmp: tmp.write_bytes(data))
+SHARED_FILE_MODE = 0o644  # files other users read: metrics for node_exporter, reports
+
+
+def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Atomically replace ``path`` with ``data``; with ``mode``, the file gets those permissions (else 0600)."""
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+        if mode is not None:
+            tmp.chmod(mode)
+
+    write_atomic(path, write)

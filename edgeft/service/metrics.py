@@ -11,10 +11,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edgeft.runtime.atomic import write_atomic
+from edgeft.runtime.atomic import SHARED_FILE_MODE, write_bytes_atomic
 from edgeft.runtime.inbox import QUARANTINE_DIR
 
-TEXTFILE_MODE = 0o644
 Sample = tuple[str, str, str, list[tuple[str, float]]]  # name, type, help, [(labels, value)]
 
 
@@ -103,10 +102,4 @@ def render(families: list[Sample]) -> str:
 def write_textfile(path: Path, state: Path, inbox: Path | None = None) -> None:
     """Write the metrics atomically (node_exporter must never read half a file), readable by other users."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = render(collect(state, inbox)).encode()
-
-    def write(tmp: Path) -> None:
-        tmp.write_bytes(data)
-        tmp.chmod(TEXTFILE_MODE)  # node_exporter runs as another user
-
-    write_atomic(path, write)
+    write_bytes_atomic(path, render(collect(state, inbox)).encode(), mode=SHARED_FILE_MODE)
