@@ -270,33 +270,12 @@ class Adapter:
             except ValueError as exc:
                 raise EdgeftError(f"{origin}: {exc}") from None
             decision = self._judge(None, current, trainer.parameters(), holdout, list(classes))
-            parent = self._version
-            number = (parent.number if parent else 0) + 1
-            if decision.promoted:
-                writers = {"ckpt": trainer.save, **self._unchanged_writers(parent, skip="ckpt")}
-            else:
-                self._keep_aside(trainer, number)
-                writers = self._unchanged_writers(parent)
-            meta = self._meta(
-                parent, number, decision.promoted, list(classes) if decision.promoted else self.classes, None, 0
-            )
-            meta["arrival"] = {
-                "origin": origin,
-                "inputs": [],
-                "samples": 0,
-                "adopted": True,
-                "guard": decision.to_dict(),
-                "promoted": decision.promoted,
-                "new_classes": list(classes[len(self.classes) :]) if decision.promoted else [],
-            }
-            self._version = self.store.commit(writers, meta, parent)
+            promoted_writers = {"ckpt": trainer.save, **self._unchanged_writers(self._version, skip="ckpt")}
+            arrival = {"origin": origin, "inputs": [], "samples": 0, "adopted": True}
+            meta = self._commit(trainer, decision, promoted_writers, list(classes), None, 0, arrival)
         except BaseException:
             self._forget_uncommitted()
             raise
-        if not decision.promoted:
-            self._forget_uncommitted()
-        self._parameters = None
-        self._record()
         return LearnResult(
             samples=0,
             trained=0,
@@ -304,11 +283,11 @@ class Adapter:
             replayed=0,
             epochs=0,
             loss=None,
-            version=self._version.number,
+            version=self.version,
             promoted=decision.promoted,
             reason=decision.reason,
             prequential_accuracy=None,
-            holdout_accuracy=decision.candidate_accuracy if decision.promoted else decision.current_accuracy,
+            holdout_accuracy=decision.holdout_accuracy,
             new_classes=meta["arrival"]["new_classes"],
         )
 
@@ -361,22 +340,12 @@ class Adapter:
                 seed=int(rng.integers(2**31)),
                 progress=progress,
             )
-        candidate = trainer.parameters()
-        decision = self._judge(loss, current, candidate, holdout, encoded.classes)
-        number = (parent.number if parent else 0) + 1
+        decision = self._judge(loss, current, trainer.parameters(), holdout, encoded.classes)
         if decision.promoted:
             replay.add(train_f, train_y, rng)
             holdout.add(features[to_holdout], labels[to_holdout], rng)
-            writers = {"ckpt": trainer.save, "replay.npz": replay.save, "holdout.npz": holdout.save}
-            classes = encoded.classes
-        else:
-            self._keep_aside(trainer, number)
-            writers = self._unchanged_writers(parent)
-            classes = self.classes
-        meta = self._meta(
-            parent, number, decision.promoted, classes, labels if decision.promoted else None, len(labels)
-        )
-        meta["arrival"] = {
+        promoted_writers = {"ckpt": trainer.save, "replay.npz": replay.save, "holdout.npz": holdout.save}
+        arrival = {
             "origin": origin,
             "inputs": inputs,
             "samples": len(labels),
@@ -389,16 +358,9 @@ class Adapter:
             "schedule": self.schedule,
             "loss": loss,
             "prequential": prequential,
-            "guard": decision.to_dict(),
-            "promoted": decision.promoted,
-            "new_classes": encoded.classes[known_before:] if decision.promoted else [],
             "seconds": round(time.monotonic() - started, 3),
         }
-        self._version = self.store.commit(writers, meta, parent)
-        if not decision.promoted:
-            self._forget_uncommitted()  # the next arrival trains from the head that stayed current
-        self._parameters = None
-        self._record()
+        meta = self._commit(trainer, decision, promoted_writers, encoded.classes, labels, len(labels), arrival)
         return LearnResult(
             samples=len(labels),
             trained=int(len(train_y)),
@@ -406,13 +368,47 @@ class Adapter:
             replayed=replayed,
             epochs=epochs,
             loss=loss,
-            version=self._version.number,
+            version=self.version,
             promoted=decision.promoted,
             reason=decision.reason,
             prequential_accuracy=prequential["accuracy"],
-            holdout_accuracy=decision.candidate_accuracy if decision.promoted else decision.current_accuracy,
+            holdout_accuracy=decision.holdout_accuracy,
             new_classes=meta["arrival"]["new_classes"],
         )
+
+    def _commit(
+        self,
+        trainer: HeadTrainer,
+        decision: guard.Decision,
+        promoted_writers: dict[str, Callable[[Path], None]],
+        classes: list[str],
+        labels: np.ndarray | None,
+        received: int,
+        arrival: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Commit the candidate (``promoted_writers``, label map ``classes``) if the guard promoted it; else keep it
+        aside and commit the unchanged head. Either way the arrival is recorded; returns the version's metadata."""
+        parent = self._version
+        number = (parent.number if parent else 0) + 1
+        if decision.promoted:
+            writers = promoted_writers
+        else:
+            self._keep_aside(trainer, number)
+            writers = self._unchanged_writers(parent)
+            classes, labels = self.classes, None
+        meta = self._meta(parent, number, decision.promoted, classes, labels, received)
+        meta["arrival"] = {
+            **arrival,
+            "guard": decision.to_dict(),
+            "promoted": decision.promoted,
+            "new_classes": classes[len(self.classes) :] if decision.promoted else [],
+        }
+        self._version = self.store.commit(writers, meta, parent)
+        if not decision.promoted:
+            self._forget_uncommitted()  # the next arrival trains from the head that stayed current
+        self._parameters = None
+        self._record()
+        return self._version.meta
 
     def _record(self) -> None:
         """Append the new version's log lines; the logs derive from committed versions, so a failure waits."""

@@ -41,6 +41,11 @@ class Decision:
     current_accuracy: float | None
     candidate_accuracy: float | None
 
+    @property
+    def holdout_accuracy(self) -> float | None:
+        """Holdout accuracy of the head that is current after this decision."""
+        return self.candidate_accuracy if self.promoted else self.current_accuracy
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -99,3 +104,9 @@ def decide(policy: GuardPolicy, current: np.ndarray | None, candidate: np.ndarra
         now,
         new,
     )
+
+
+def recorded_holdout_accuracy(arrival: dict[str, Any]) -> float | None:
+    """From an arrival recorded in version metadata: holdout accuracy of the head that became or stayed current."""
+    judged = arrival.get("guard", {})
+    return judged.get("candidate_accuracy" if arrival.get("promoted") else "current_accuracy")

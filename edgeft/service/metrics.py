@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.runtime.atomic import SHARED_FILE_MODE, write_bytes_atomic
+from edgeft.runtime.guard import recorded_holdout_accuracy
 from edgeft.runtime.inbox import QUARANTINE_DIR
 
 Sample = tuple[str, str, str, list[tuple[str, float]]]  # name, type, help, [(labels, value)]
@@ -30,9 +31,8 @@ def collect(state: Path, inbox: Path | None = None) -> list[Sample]:
     """The metric families for one state directory (and its inbox)."""
     meta = current_meta(state)
     arrival = meta.get("arrival", {})
-    judged = arrival.get("guard", {})
     updates = meta.get("updates", {})
-    holdout = judged.get("candidate_accuracy") if arrival.get("promoted") else judged.get("current_accuracy")
+    holdout = recorded_holdout_accuracy(arrival)
     created = meta.get("created")
     families: list[Sample] = [
         ("edgeft_version", "gauge", "Current committed state version.", [("", meta.get("version", 0))]),

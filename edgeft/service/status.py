@@ -8,6 +8,7 @@ from typing import Any
 
 from edgeft.errors import EdgeftError
 from edgeft.runtime.adapter import REJECTED_DIR
+from edgeft.runtime.guard import recorded_holdout_accuracy
 from edgeft.runtime.history import METRICS_FILE, read_lines
 from edgeft.runtime.inbox import PENDING_DIR
 from edgeft.runtime.store import LOCK_FILE
@@ -45,8 +46,6 @@ def collect_status(state: Path) -> dict[str, Any]:
         raise EdgeftError(f"state {state} is unreadable ({type(exc).__name__}: {exc})") from None
     recent = list(read_lines(state / METRICS_FILE))[-RECENT:]
     arrival = meta.get("arrival", {})
-    judged = arrival.get("guard", {})
-    promoted = arrival.get("promoted")
     return {
         "state": str(state),
         "version": meta.get("version"),
@@ -60,10 +59,10 @@ def collect_status(state: Path) -> dict[str, Any]:
         "last_arrival": {
             "origin": arrival.get("origin"),
             "samples": arrival.get("samples"),
-            "promoted": promoted,
-            "reason": judged.get("reason"),
+            "promoted": arrival.get("promoted"),
+            "reason": arrival.get("guard", {}).get("reason"),
             "prequential_accuracy": arrival.get("prequential", {}).get("accuracy"),
-            "holdout_accuracy": judged.get("candidate_accuracy" if promoted else "current_accuracy"),
+            "holdout_accuracy": recorded_holdout_accuracy(arrival),
         },
         "recent_prequential_accuracy": [r.get("prequential", {}).get("accuracy") for r in recent],
         "pending_files": len(list((state / PENDING_DIR).glob("*.npz"))),
