@@ -342,7 +342,9 @@ def adapt(
     as_json: JsonOpt = False,
 ) -> None:
     """Learn the head from new labelled data (--data now, or --watch an inbox) and commit versions to STATE."""
+    from edgeft.bundle import Bundle
     from edgeft.runtime.adapter import Adapter
+    from edgeft.runtime.sources import concatenated
 
     if (data is None) == (watch is None):
         raise typer.BadParameter("give exactly one of --data or --watch", param_hint="--data/--watch")
@@ -355,9 +357,10 @@ def adapt(
     )
     learn_options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
     with _reported():
-        fixed = _labelled(holdout, bundle) if holdout else None
+        loaded = Bundle.load(bundle)  # verified once, for the holdout's reader and the Adapter
+        fixed = concatenated(_load_samples(holdout, loaded, need_labels=True), str(holdout)) if holdout else None
         with Adapter(
-            bundle,
+            loaded,
             state,
             ep=ep,
             threads=threads,
@@ -376,13 +379,6 @@ def adapt(
                     from edgeft.service.metrics import write_textfile
 
                     write_textfile(metrics_file, adapter.store.root)
-
-
-def _labelled(path: Path, bundle: Path) -> tuple[np.ndarray, np.ndarray]:
-    from edgeft.bundle import Bundle
-
-    samples = _load_samples(path, Bundle.load(bundle), need_labels=True)
-    return np.concatenate([s.x for s in samples]), np.concatenate([np.asarray(s.y) for s in samples])
 
 
 def _adapt_once(adapter, data: list[str], relearn: bool, learn_options: dict, eval_data: Path | None, as_json: bool):  # noqa: ANN001, ANN202
