@@ -14,6 +14,17 @@ import onnxruntime
 from tiny_models import CHANNELS, SIZE
 
 CLASSES = ("red", "green", "blue")
+# Every file of an exported bundle besides manifest.json, as the manifest lists them.
+BUNDLE_FILES = frozenset(
+    {
+        "backbone.onnx",
+        "head.onnx",
+        "train/training_model.onnx",
+        "train/eval_model.onnx",
+        "train/optimizer_model.onnx",
+        "train/checkpoint",
+    }
+)
 CLI = [sys.executable, "-m", "edgeft.cli"]
 SUBPROCESS_TIMEOUT = 120
 

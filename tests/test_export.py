@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CLASSES, copy_tree, flip_byte, run_onnx, softmax
+from helpers import BUNDLE_FILES, CLASSES, copy_tree, flip_byte, run_onnx, softmax
 from onnx import numpy_helper
 from tiny_models import CHANNELS, HIDDEN, ORIGINAL_CLASSES, SIZE, classifier, save
 
@@ -19,14 +19,6 @@ from edgeft.export import export_bundle
 from edgeft.export.artifacts import check_trainable_set
 from edgeft.runtime.ort import training_api
 
-EXPECTED_FILES = {
-    "backbone.onnx",
-    "head.onnx",
-    "train/training_model.onnx",
-    "train/eval_model.onnx",
-    "train/optimizer_model.onnx",
-    "train/checkpoint",
-}
 HEAD_PARAMETERS = {"head.weight", "head.bias", "head.feature_mean", "head.feature_scale"}
 
 
@@ -49,9 +41,9 @@ def _rewrite_manifest(bundle: Path, **changes: object) -> None:
 
 
 def test_export_writes_every_file_with_matching_hashes(bundle_dir: Path, tiny_model: Path) -> None:
-    assert _files_under(bundle_dir) == EXPECTED_FILES | {MANIFEST_FILE}
+    assert _files_under(bundle_dir) == BUNDLE_FILES | {MANIFEST_FILE}
     manifest = json.loads((bundle_dir / MANIFEST_FILE).read_text())
-    assert set(manifest["files"]) == EXPECTED_FILES
+    assert set(manifest["files"]) == BUNDLE_FILES
     for rel, digest in manifest["files"].items():
         assert digest == _sha256(bundle_dir / rel), rel
     assert manifest["format_version"] == FORMAT_VERSION
@@ -75,7 +67,7 @@ def test_loaded_bundle_fingerprint_is_manifest_hash(bundle_dir: Path) -> None:
     assert loaded.manifest.classes == list(CLASSES)
 
 
-@pytest.mark.parametrize("rel", sorted(EXPECTED_FILES))
+@pytest.mark.parametrize("rel", sorted(BUNDLE_FILES))
 def test_load_detects_one_corrupt_byte(rel: str, bundle_dir: Path, tmp_path: Path) -> None:
     copy = copy_tree(bundle_dir, tmp_path / "b")
     flip_byte(copy / rel)
