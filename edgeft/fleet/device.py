@@ -82,12 +82,7 @@ class FleetDevice:
 
     def replay(self) -> ReplayBuffer:
         """The current version's latent replay buffer (empty before anything was learned)."""
-        head = self.adapter.bundle.manifest.head
-        version = self.adapter.store.current()
-        if version is None or "replay.npz" not in version.files:
-            return ReplayBuffer(head.feature_dim, head.num_outputs, 0)
-        per_class = self.adapter.bundle.manifest.defaults.replay_per_class
-        return ReplayBuffer.load(version.files["replay.npz"], head.feature_dim, head.num_outputs, per_class)
+        return self.adapter.replay_buffer()
 
     def train(self, global_head: Parameters, global_classes: list[str], options: TrainOptions) -> TrainOutcome:
         """Train a copy of the global head on the replay buffer (nothing is committed); ingest arrivals first."""

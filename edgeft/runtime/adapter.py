@@ -291,6 +291,10 @@ class Adapter:
             new_classes=meta["arrival"]["new_classes"],
         )
 
+    def replay_buffer(self) -> ReplayBuffer:
+        """The current version's latent replay buffer, as learning uses it (takes the writer lock)."""
+        return self._open()[1]
+
     def consumed_inputs(self) -> dict[str, int]:
         """sha256 -> version of every input the journal records as consumed (takes the writer lock)."""
         self._open()
