@@ -14,7 +14,7 @@ from tiny_models import CHANNELS, SIZE
 
 from edgeft.bundle import MANIFEST_FILE, Bundle
 from edgeft.errors import EdgeftError
-from edgeft.export import export_bundle
+from edgeft.export import export_bundle, float_prefix
 from edgeft.export.quantize import MAX_CALIBRATION, MIN_MEAN_COSINE
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.merge import merged_model
@@ -164,6 +164,9 @@ def test_quantisation_that_disagrees_fails_with_its_figures(model_path: Path, tm
         ({"quantize": "int8", "calibration": np.zeros((8, 3, 4, 4), np.float32)}, r"shape \[3, 4, 4\]"),
         ({"quantize": "int8", "calibration": np.zeros((4, 3, 8, 8), np.float32)}, "needs at least 8"),
         ({"quantize": "int8", "calibration": np.full((8, 3, 8, 8), "a")}, "dtype <U1, expected real numbers"),
+        ({"keep_float": 2}, "--keep-float is only used with --quantize int8"),
+        ({"quantize": "int8", "calibration": np.zeros((8, 3, 8, 8), np.float32), "keep_float": -1}, "not -1"),
+        ({"quantize": "int8", "calibration": np.zeros((8, 3, 8, 8), np.float32), "keep_float": "some"}, "not 'some'"),
     ],
 )
 def test_bad_quantisation_requests(kwargs: dict, message: str, model_path: Path, tmp_path: Path) -> None:
@@ -175,8 +178,9 @@ def test_cli_export_int8_and_info(model_path: Path, calibration: tuple, tmp_path
     data = tmp_path / "calibration.npz"
     np.savez(data, x=calibration[0], y=np.array(CLASSES)[calibration[1]])
     out = tmp_path / "bundle"
-    done = run_cli("export", model_path, "-o", out, "--classes", ",".join(CLASSES), "--quantize", "int8",
-                   "--calibration", data)
+    done = run_cli(
+        "export", model_path, "-o", out, "--classes", ",".join(CLASSES), "--quantize", "int8", "--calibration", data
+    )
     assert done.returncode == 0, done.stderr
     assert "backbone quantised: int8 QDQ" in done.stdout and "linear probe" in done.stdout
     shown = run_cli("info", out)
@@ -185,6 +189,21 @@ def test_cli_export_int8_and_info(model_path: Path, calibration: tuple, tmp_path
     missing = run_cli("export", model_path, "-o", tmp_path / "b2", "--classes", "a,b", "--quantize", "int8")
     assert missing.returncode == 1
     assert "needs --calibration" in one_error_line(missing.stderr)
+    wrong = run_cli(
+        "export",
+        model_path,
+        "-o",
+        tmp_path / "b3",
+        "--classes",
+        "a,b",
+        "--quantize",
+        "int8",
+        "--calibration",
+        data,
+        "--keep-float",
+        "two",
+    )
+    assert wrong.returncode == 2 and "takes auto or a number of layers, not 'two'" in wrong.stderr
 
 
 def test_shipped_int8_bundle_is_the_float_default_on_an_int8_backbone() -> None:
@@ -204,4 +223,128 @@ def test_shipped_int8_bundle_is_the_float_default_on_an_int8_backbone() -> None:
     (reference,) = run_onnx(float_bundle.backbone_path, {"image": x})
     (features,) = run_onnx(int8_bundle.backbone_path, {"image": x})
     cosine = np.sum(reference * features, 1) / np.linalg.norm(reference, axis=1) / np.linalg.norm(features, axis=1)
-    assert cosine.mean() >= MIN_MEAN_COSINE
+    assert cosine.mean() >= float_prefix.TARGET_MEAN_COSINE
+    layers = q.quantization["float_layers"]
+    assert layers["chosen"] == "auto" and layers["compute_share"] <= float_prefix.MAX_FLOAT_SHARE
+    assert layers["search"][0] == {"float_layers": 0, "mean_cosine": layers["search"][0]["mean_cosine"]}
+    assert (
+        layers["search"][0]["mean_cosine"]
+        < float_prefix.TARGET_MEAN_COSINE
+        <= q.quantization["validation"]["mean_cosine"]
+    )
+    float_weights = _float_weight_layers(onnx.load(str(int8_bundle.backbone_path)))
+    assert float_weights[: layers["count"]] == layers["weight_layers"]
+
+
+def _deep_model() -> onnx.ModelProto:
+    """conv1 → Clip(0, 6) → conv2 → Relu → conv3 → Relu → GlobalAveragePool → Flatten → Gemm(8→5).
+
+    conv1 is cheap (4% of the multiply-accumulates) and its ReLU6 bounds whatever its input does.
+    """
+    rng = np.random.default_rng(1)
+    shapes = {"conv1": (4, CHANNELS, 3, 3), "conv2": (16, 4, 3, 3), "conv3": (8, 16, 3, 3)}
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, s).astype(np.float32), f"{n}.w") for n, s in shapes.items()]
+    inits += [numpy_helper.from_array(rng.normal(0, 0.1, s[0]).astype(np.float32), f"{n}.b") for n, s in shapes.items()]
+    inits += [
+        numpy_helper.from_array(np.float32(0.0), "lo"),
+        numpy_helper.from_array(np.float32(6.0), "hi"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (5, 8)).astype(np.float32), "fc.w"),
+        numpy_helper.from_array(np.zeros(5, np.float32), "fc.b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "conv1.w", "conv1.b"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"], name="relu6"),
+        helper.make_node("Conv", ["r1", "conv2.w", "conv2.b"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "conv3.w", "conv3.b"], ["c3"], pads=[1, 1, 1, 1], name="conv3"),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+        helper.make_node("GlobalAveragePool", ["r3"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["features"], axis=1, name="flatten"),
+        helper.make_node("Gemm", ["features", "fc.w", "fc.b"], ["scores"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_deep",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", CHANNELS, SIZE, SIZE])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _float_weight_layers(backbone: onnx.ModelProto) -> list[str]:
+    """The Conv nodes whose weight is a float initializer (not the output of a DequantizeLinear)."""
+    floats = {i.name for i in backbone.graph.initializer if i.data_type == TensorProto.FLOAT}
+    return [n.name for n in backbone.graph.node if n.op_type == "Conv" and n.input[1] in floats]
+
+
+@pytest.fixture(scope="module")
+def deep_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("deep") / "deep.onnx"
+    onnx.save(_deep_model(), str(path))
+    return path
+
+
+def test_float_prefixes_count_weight_layers_and_their_compute(deep_path: Path) -> None:
+    found = float_prefix.prefixes(onnx.load(str(deep_path)))
+    assert [p.layers for p in found] == [0, 1, 2, 3, 4]  # conv1..3 and the Gemm
+    assert found[0].nodes == () and found[1].nodes == ("conv1", "relu6")
+    assert found[2].weight_layers == ("conv1", "conv2") and "conv3" not in found[2].nodes
+    conv = [SIZE * SIZE * out * inp * 9 for out, inp in ((4, CHANNELS), (16, 4), (8, 16))]
+    total = sum(conv) + 8 * 5
+    assert found[1].compute_share == pytest.approx(conv[0] / total)
+    assert found[4].compute_share == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("scores", "chosen", "tried"),
+    [
+        ([0.9 + 0.01 * k for k in range(13)], 10, [0, 1, 2, 4, 8, 12, 10, 9]),  # first hit at 12, bisected to 10
+        ([0.999] * 5, 0, [0]),
+        ([0.90, 0.97, 0.96, 0.94], 1, [0, 1, 2, 3]),  # none reaches the target: the best one
+    ],
+)
+def test_float_prefix_search_finds_the_shortest_prefix_that_reaches_the_target(
+    scores: list[float], chosen: int, tried: list[int]
+) -> None:
+    candidates = [float_prefix.Prefix(k, (), (), k / len(scores)) for k in range(len(scores))]
+    best, trace = float_prefix.search(candidates, lambda p: scores[p.layers], target=0.995)
+    assert best.layers == chosen
+    assert [t["float_layers"] for t in trace] == tried
+
+
+def test_auto_keeps_the_layer_that_quantises_badly_float(deep_path: Path, tmp_path: Path) -> None:
+    x, y = make_dataset(400, seed=5)
+    x[::8] *= 1e4  # outliers stretch the input's calibrated range: int8 inputs lose ordinary samples entirely
+    with pytest.raises(EdgeftError, match="disagree with the float ones"):
+        export_bundle(
+            deep_path, tmp_path / "all", classes=list(CLASSES), quantize="int8", calibration=(x, y), keep_float=0
+        )
+    bundle = export_bundle(deep_path, tmp_path / "auto", classes=list(CLASSES), quantize="int8", calibration=(x, y))
+    record = bundle.manifest.quantization
+    layers = record["float_layers"]
+    assert layers["chosen"] == "auto" and layers["count"] == 1 and layers["weight_layers"] == ["conv1"]
+    assert layers["search"][0]["mean_cosine"] < MIN_MEAN_COSINE
+    assert record["validation"]["mean_cosine"] >= float_prefix.TARGET_MEAN_COSINE
+    assert _float_weight_layers(onnx.load(str(bundle.backbone_path))) == ["conv1"]
+    (reference,) = run_onnx(
+        export_bundle(deep_path, tmp_path / "float", classes=list(CLASSES)).backbone_path, {"image": x[1:64:8]}
+    )
+    (features,) = run_onnx(bundle.backbone_path, {"image": x[1:64:8]})
+    np.testing.assert_allclose(features, reference, atol=0.05 * np.abs(reference).max())
+
+
+def test_keep_float_fixed_number_of_layers(deep_path: Path, calibration: tuple, tmp_path: Path) -> None:
+    bundle = export_bundle(
+        deep_path, tmp_path / "b", classes=list(CLASSES), quantize="int8", calibration=calibration, keep_float=2
+    )
+    layers = bundle.manifest.quantization["float_layers"]
+    assert (layers["chosen"], layers["count"], layers["search"]) == ("fixed", 2, [])
+    assert _float_weight_layers(onnx.load(str(bundle.backbone_path))) == ["conv1", "conv2"]
+    with pytest.raises(EdgeftError, match="cannot keep 4 weight layers float: the frozen part has 3"):
+        export_bundle(
+            deep_path, tmp_path / "c", classes=list(CLASSES), quantize="int8", calibration=calibration, keep_float=4
+        )
+    assert not (tmp_path / "c").exists()

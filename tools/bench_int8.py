@@ -14,8 +14,10 @@ Each round runs four contenders, in an order that alternates between rounds, on 
 Goals: int8 adapt >= 1.4x float inference samples/s; int8 held-out accuracy within 1 point of float; int8
 backbone file >= 3x smaller. Speed ratios are taken within each round (the machine's load changes between
 rounds), then their median is reported; the load average is recorded before and after. Untimed references
-separate the features from the learning loop: both adapt runs again with the promotion guard off, and a
-converged logistic regression (scikit-learn, standardised features) on each backbone's features of the stream.
+separate the features from the learning loop: both adapt runs again with the promotion guard off; a converged
+logistic regression (scikit-learn, standardised features) on each backbone's features of the stream, scored on
+the test scans; and the same probe's int8-minus-float accuracy over all 1,797 scans by repeated 5-fold
+cross-validation (the gap to expect from the features, beyond the one split the main job sees).
 Usage: ``python tools/bench_int8.py [--rounds 3] [--threads 2] [--json out.json]``.
 """
 
@@ -32,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import RepeatedStratifiedKFold
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from edgeft.bundle import Bundle
@@ -45,6 +49,7 @@ BUNDLES = {"float": ROOT / "artifacts" / "default", "int8": ROOT / "artifacts" /
 STREAM = ROOT / "artifacts" / "demo" / "stream"
 TEST = ROOT / "artifacts" / "demo" / "test.npz"
 CONTENDERS = ("float inference", "int8 inference", "float adapt", "int8 adapt")
+CV_FOLDS, CV_REPEATS = 5, 3
 
 
 def inference_rate(bundle: Bundle, x: np.ndarray, threads: int) -> float:
@@ -60,14 +65,33 @@ def inference_rate(bundle: Bundle, x: np.ndarray, threads: int) -> float:
     return len(x) / (time.perf_counter() - start)
 
 
-def reference_probe(bundle: Bundle, train: tuple[np.ndarray, np.ndarray], test: Samples, threads: int) -> float:
-    """Held-out accuracy of a converged logistic regression on the bundle's features of the whole stream."""
+def embedded(bundle: Bundle, xs: list[np.ndarray], threads: int) -> list[np.ndarray]:
+    """The bundle's backbone features of each array, through the runtime's Adapter.embed."""
     with tempfile.TemporaryDirectory(prefix="edgeft-bench-int8-") as state:
         with Adapter(bundle, state, ep="cpu", threads=threads) as adapter:
-            x_train, x_test = adapter.embed(train[0]), adapter.embed(test.x)
-    scaler = StandardScaler().fit(x_train)
-    probe = LogisticRegression(max_iter=3000).fit(scaler.transform(x_train), train[1].astype(np.int64))
-    return float(probe.score(scaler.transform(x_test), test.y.astype(np.int64)))
+            return [adapter.embed(x) for x in xs]
+
+
+def probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> float:
+    """Held-out accuracy of a converged logistic regression on standardised features."""
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(x_train, y_train)
+    return float(model.score(x_test, y_test))
+
+
+def cross_validated_gap(features: dict[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
+    """int8 minus float probe accuracy over all scans, 5-fold stratified CV repeated 3 times, paired per fold:
+    the gap to expect on a fresh split, with its standard error (the main job sees one split only)."""
+    folds = RepeatedStratifiedKFold(n_splits=CV_FOLDS, n_repeats=CV_REPEATS, random_state=0).split(features["float"], y)
+    gaps = [
+        probe(features["int8"][a], y[a], features["int8"][b], y[b])
+        - probe(features["float"][a], y[a], features["float"][b], y[b])
+        for a, b in folds
+    ]
+    return {
+        "mean": float(np.mean(gaps)),
+        "standard_error": float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))),
+        "folds": len(gaps),
+    }
 
 
 def adapt(
@@ -108,8 +132,13 @@ def run(rounds: int, threads: int) -> dict:
             print(f"round {r + 1} {contender}: {rates[contender][-1]:.1f} samples/s", flush=True)
     load_after = os.getloadavg()
     unguarded = {kind: adapt(bundles[kind], chunks, test, threads, guard=False)[1] for kind in bundles}
-    stream_y = np.concatenate([c.y for c in chunks])
-    probes = {kind: reference_probe(bundles[kind], (stream_x, stream_y), test, threads) for kind in bundles}
+    stream_y = np.concatenate([c.y for c in chunks]).astype(np.int64)
+    test_y = test.y.astype(np.int64)
+    features = {kind: embedded(bundles[kind], [stream_x, test.x], threads) for kind in bundles}
+    probes = {kind: probe(f[0], stream_y, f[1], test_y) for kind, f in features.items()}
+    cv_gap = cross_validated_gap(
+        {k: np.concatenate(f) for k, f in features.items()}, np.concatenate([stream_y, test_y])
+    )
     sizes = {kind: b.backbone_path.stat().st_size for kind, b in bundles.items()}
     acc = {k: statistics.median(v) for k, v in accuracy.items()}
 
@@ -128,6 +157,7 @@ def run(rounds: int, threads: int) -> dict:
         "promoted_per_chunk": promoted,
         "held_out_accuracy_guard_off": unguarded,
         "reference_probe_accuracy": probes,
+        "cross_validated_probe_gap": cv_gap,
         "backbone_bytes": sizes,
         "goals": {
             "int8 adapt / float inference (>= 1.4)": paired("int8 adapt", "float inference"),

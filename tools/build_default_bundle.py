@@ -11,8 +11,9 @@ the device runtime never does. Steps:
    training part becomes a demo stream of arriving chunks (``artifacts/demo/stream/chunk_NN.npz``), the rest
    the held-out test set (``artifacts/demo/test.npz``); a few test images are also written as PNG files
    (``artifacts/demo/images/LABEL/*.png``) to show image input.
-4. The same export with ``quantize="int8"``, calibrated on the demo stream (never the test set):
-   ``artifacts/default-int8``, the same head and training artifacts on an int8 backbone.
+4. The same export with ``quantize="int8"``, calibrated on the demo stream (never the test set), the first
+   weight layers kept float by the exporter's search (``keep_float="auto"``): ``artifacts/default-int8``, the
+   same head and training artifacts on an int8 backbone.
 
 Pixel values are stored as uint8 0..255 (the scans' 0..16 scaled by 255/16), shape [N, 1, 8, 8].
 Usage: ``python tools/build_default_bundle.py [--out artifacts] [--chunks 5] [--variants float,int8]``.

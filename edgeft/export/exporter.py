@@ -32,6 +32,7 @@ from edgeft.bundle import (
     sha256_file,
 )
 from edgeft.errors import EdgeftError
+from edgeft.export import float_prefix
 from edgeft.export import head as head_graph
 from edgeft.export.artifacts import Training, check_artifacts_run, generate_head_artifacts
 from edgeft.export.body import build_body
@@ -91,6 +92,7 @@ def export_bundle(
     seed: int = 0,
     quantize: str | None = None,
     calibration: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
+    keep_float: int | str | None = None,
     force: bool = False,
 ) -> Bundle:
     """Cut the head off ``model`` (an ONNX file, or a torch.nn.Module with ``example_input``), attach a new
@@ -101,14 +103,16 @@ def export_bundle(
     ``unfreeze_from`` / ``unfreeze_last`` make original layers before the cut trainable too; ``keep_head`` starts
     from the original classifier. ``classes`` names the outputs (or ``num_classes`` numbers them); ``max_classes``
     reserves outputs for classes that do not exist yet. ``quantize="int8"`` quantises the backbone with
-    ``calibration`` data (a path in a format ``adapt`` reads, an array ``x`` or ``(x, y)``). Raises EdgeftError
+    ``calibration`` data (a path in a format ``adapt`` reads, an array ``x`` or ``(x, y)``), keeping ``keep_float``
+    weight layers from the input float (a number, or ``"auto"``, the default: as few as bring the int8 features
+    close to the float ones; see edgeft.export.float_prefix). Raises EdgeftError
     with a clear message when the model cannot be exported or the exported parts do not reproduce the original.
     """
     destination = Path(out)
     if destination.exists() and not force:
         raise EdgeftError(f"{destination} already exists; choose another output or pass --force to replace it")
     loss = _loss(task, loss)
-    check_request(quantize, calibration)
+    check_request(quantize, calibration, keep_float)
     hidden = _hidden_layers(head)
     if activation not in head_graph.ACTIVATIONS:
         raise EdgeftError(f"unknown activation '{activation}'; choose one of {', '.join(head_graph.ACTIVATIONS)}")
@@ -193,7 +197,14 @@ def export_bundle(
             )
             if quantize:
                 calibrated = read_calibration(calibration, manifest)
-                record = quantize_backbone(staging / BACKBONE_FILE, manifest.input.name, calibrated, seed, source_name)
+                record = quantize_backbone(
+                    staging / BACKBONE_FILE,
+                    manifest.input.name,
+                    calibrated,
+                    seed,
+                    source_name,
+                    keep_float=float_prefix.AUTO if keep_float is None else keep_float,
+                )
                 manifest = replace(manifest, quantization=record)
             manifest = replace(manifest, files=hash_tree(staging))
             (staging / MANIFEST_FILE).write_text(manifest.to_json())

@@ -2,8 +2,9 @@
 
 ONNX Runtime's ``quant_pre_process`` then ``quantize_static`` (QDQ, uint8 activations calibrated by MinMax,
 symmetric int8 weights per output channel) rewrite ``backbone.onnx``; the head and training artifacts stay float.
-Part of the calibration data is held out: the float and int8 backbones embed it, and the export fails when
-their features disagree (mean cosine similarity, and a linear probe's accuracy when labels are given).
+Part of the calibration data is held out: the float and int8 backbones embed it, the first weight layers stay
+float as far as needed to bring the features close (float_prefix), and the export fails when the features still
+disagree (mean cosine similarity, and a linear probe's accuracy when labels are given).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from onnx import numpy_helper
 
 from edgeft.bundle import Manifest, sha256_file
 from edgeft.errors import EdgeftError
+from edgeft.export import float_prefix
 from edgeft.runtime.sources import Samples
 
 SCHEMES = ("int8",)
@@ -42,12 +44,18 @@ BIAS_LIMIT = 2**30
 WEIGHT_QMAX = 127
 
 
-def check_request(scheme: str | None, calibration: object) -> None:
-    """Refuse an unknown scheme, or a scheme without calibration data (and data without a scheme)."""
+def check_request(scheme: str | None, calibration: object, keep_float: object = None) -> None:
+    """Refuse an unknown scheme, a scheme without calibration data, calibration or float layers without a scheme,
+    and a ``keep_float`` that is neither "auto" nor a number of layers."""
     if scheme is None:
-        if calibration is not None:
-            raise EdgeftError("calibration data is only used with --quantize int8")
+        for value, option in ((calibration, "calibration data"), (keep_float, "--keep-float")):
+            if value is not None:
+                raise EdgeftError(f"{option} is only used with --quantize int8")
         return
+    if keep_float not in (None, float_prefix.AUTO) and (
+        isinstance(keep_float, bool) or not isinstance(keep_float, int) or keep_float < 0
+    ):
+        raise EdgeftError(f"--keep-float takes '{float_prefix.AUTO}' or a number of layers >= 0, not {keep_float!r}")
     if scheme not in SCHEMES:
         raise EdgeftError(f"unknown quantisation '{scheme}'; choose one of {', '.join(SCHEMES)}")
     if calibration is None:
@@ -72,7 +80,9 @@ def read_calibration(source: str | Path | np.ndarray | tuple[np.ndarray, np.ndar
     if x.ndim != len(expected) + 1 or any(
         isinstance(e, int) and e != g for e, g in zip(expected, x.shape[1:], strict=True)
     ):
-        raise EdgeftError(f"{origin}: calibration inputs have shape {list(x.shape[1:])}, the backbone expects {expected}")
+        raise EdgeftError(
+            f"{origin}: calibration inputs have shape {list(x.shape[1:])}, the backbone expects {expected}"
+        )
     if len(x) < MIN_SAMPLES:
         raise EdgeftError(f"{origin}: {len(x)} calibration samples; int8 calibration needs at least {MIN_SAMPLES}")
     if y is not None and len(y) != len(x):
@@ -86,44 +96,53 @@ def read_calibration(source: str | Path | np.ndarray | tuple[np.ndarray, np.ndar
 
 
 def quantize_backbone(
-    backbone: Path, input_name: str, calibration: Samples, seed: int, source: str
+    backbone: Path,
+    input_name: str,
+    calibration: Samples,
+    seed: int,
+    source: str,
+    keep_float: int | str = float_prefix.AUTO,
 ) -> dict[str, Any]:
     """Replace the float ``backbone`` file by its int8 version; return the manifest's ``quantization`` record.
 
-    Raises EdgeftError (naming ``source``, the original model) when ORT cannot quantise the graph, or (naming the
-    calibration data) when the int8 features disagree with the float ones.
+    ``keep_float``: how many weight layers from the input stay float (0: all int8), or ``"auto"``: the fewest that
+    bring the held-out features' mean cosine to float_prefix.TARGET_MEAN_COSINE within MAX_FLOAT_SHARE of the
+    compute (float_prefix.search). Raises EdgeftError (naming ``source``, the original model) when ORT cannot
+    quantise the graph or ``keep_float`` exceeds its weight layers, or (naming the calibration data) when the int8
+    features disagree with the float ones.
     """
     order = np.random.default_rng(seed).permutation(len(calibration.x))
     n_held = max(1, round(len(order) * HELD_OUT_FRACTION))
     held, calib = order[:n_held][:MAX_HELD_OUT], order[n_held:][:MAX_CALIBRATION]
     float_bytes, float_sha = backbone.stat().st_size, sha256_file(backbone)
+    reference = _embed(str(backbone), input_name, calibration.x[held])
     with tempfile.TemporaryDirectory(prefix="edgeft-quantize-") as tmp:
-        prepared_path, quantized_path = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-        try:
-            from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-            from onnxruntime.quantization.shape_inference import quant_pre_process
+        prepared_path = Path(tmp) / "prepared.onnx"
+        prepared = _prepare(backbone, prepared_path, source)
+        candidates = float_prefix.prefixes(prepared)
+        features: dict[int, np.ndarray] = {}  # held-out features per candidate; only the last model is kept
+        last: dict[str, Any] = {}
 
-            quant_pre_process(str(backbone), str(prepared_path))
-            prepared = onnx.load(str(prepared_path))
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
-                quantize_static(
-                    str(prepared_path),
-                    str(quantized_path),
-                    _Reader(input_name, calibration.x[calib]),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-                )
-        except Exception as exc:  # onnxruntime's quantisation tools raise many exception types
-            raise EdgeftError(f"{source}: onnxruntime could not quantise the frozen part: {_first_line(exc)}") from None
-        quantized = onnx.load(str(quantized_path))
-        repaired = repair_int32_biases(quantized, prepared)
-        agreement = compare_features(backbone, quantized, input_name, calibration, held)
-        onnx.save(quantized, str(backbone))
+        def build(prefix: float_prefix.Prefix) -> None:
+            """Quantise with ``prefix`` float, repair the biases, embed the held-out samples."""
+            model = _quantize(prepared_path, input_name, calibration.x[calib], prefix.nodes, Path(tmp), source)
+            last.update(layers=prefix.layers, model=model, repaired=repair_int32_biases(model, prepared))
+            features[prefix.layers] = _embed(model.SerializeToString(), input_name, calibration.x[held])
+
+        def held_out_cosine(prefix: float_prefix.Prefix) -> float:
+            build(prefix)
+            return float(_cosines(reference, features[prefix.layers]).mean())
+
+        if keep_float == float_prefix.AUTO:
+            affordable = [p for p in candidates if p.compute_share <= float_prefix.MAX_FLOAT_SHARE]
+            chosen, trace = float_prefix.search(affordable, held_out_cosine)
+        else:
+            chosen, trace = _fixed_prefix(candidates, keep_float, source), []
+        if last.get("layers") != chosen.layers:
+            build(chosen)
+        quantized, repaired = last["model"], last["repaired"]
+    agreement = compare_features(reference, features[chosen.layers], calibration, held)
+    onnx.save(quantized, str(backbone))
     return {
         "scheme": "int8",
         "tool": f"onnxruntime {onnxruntime.__version__} quant_pre_process + quantize_static",
@@ -131,11 +150,71 @@ def quantize_backbone(
         "activations": "uint8, per tensor, asymmetric, MinMax calibration",
         "weights": "int8, per output channel, symmetric",
         "calibration": {"source": Path(calibration.origin).name, "samples": int(len(calib)), "seed": seed},
+        "float_layers": {
+            "count": chosen.layers,
+            "chosen": "auto" if keep_float == float_prefix.AUTO else "fixed",
+            "weight_layers": list(chosen.weight_layers),
+            "compute_share": round(chosen.compute_share, 4),
+            "target_mean_cosine": float_prefix.TARGET_MEAN_COSINE,
+            "max_compute_share": float_prefix.MAX_FLOAT_SHARE,
+            "search": trace,
+        },
         "repaired_bias_channels": repaired,
         "float_backbone": {"bytes": float_bytes, "sha256": float_sha},
         "backbone_bytes": backbone.stat().st_size,
         "validation": agreement,
     }
+
+
+def _prepare(backbone: Path, prepared_path: Path, source: str) -> onnx.ModelProto:
+    """ORT's quant_pre_process (shape inference, graph optimisation), with every node named; saved and returned."""
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(backbone), str(prepared_path))
+    except Exception as exc:  # onnxruntime's quantisation tools raise many exception types
+        raise EdgeftError(f"{source}: onnxruntime could not prepare the frozen part: {_first_line(exc)}") from None
+    prepared = onnx.load(str(prepared_path))
+    float_prefix.name_nodes(prepared)
+    onnx.save(prepared, str(prepared_path))
+    return prepared
+
+
+def _quantize(
+    prepared_path: Path, input_name: str, x: np.ndarray, keep_float: tuple[str, ...], tmp: Path, source: str
+) -> onnx.ModelProto:
+    """ORT's quantize_static on the prepared graph, leaving the ``keep_float`` nodes float."""
+    quantized_path = tmp / "int8.onnx"
+    try:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
+            quantize_static(
+                str(prepared_path),
+                str(quantized_path),
+                _Reader(input_name, x),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=list(keep_float),
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+    except Exception as exc:  # onnxruntime's quantisation tools raise many exception types
+        raise EdgeftError(f"{source}: onnxruntime could not quantise the frozen part: {_first_line(exc)}") from None
+    return onnx.load(str(quantized_path))
+
+
+def _fixed_prefix(candidates: list[float_prefix.Prefix], keep_float: int | str, source: str) -> float_prefix.Prefix:
+    """The prefix of ``keep_float`` weight layers (check_request has checked it is a number >= 0)."""
+    assert isinstance(keep_float, int)
+    if keep_float >= len(candidates):
+        raise EdgeftError(
+            f"{source}: cannot keep {keep_float} weight layers float: the frozen part has {len(candidates) - 1}"
+        )
+    return candidates[keep_float]
 
 
 class _Reader:
@@ -196,22 +275,19 @@ def _replace(tensor: onnx.TensorProto, values: np.ndarray) -> None:
 
 
 def compare_features(
-    float_path: Path, quantized: onnx.ModelProto, input_name: str, calibration: Samples, held: np.ndarray
+    reference: np.ndarray, features: np.ndarray, calibration: Samples, held: np.ndarray
 ) -> dict[str, Any]:
-    """Embed the held-out samples with both backbones; raise EdgeftError when the int8 features disagree."""
-    x = calibration.x[held]
-    reference = _embed(str(float_path), input_name, x)
-    features = _embed(quantized.SerializeToString(), input_name, x)
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(features, axis=1)
-    cosine = np.sum(reference * features, axis=1) / np.maximum(norms, np.finfo(np.float32).tiny)
+    """The agreement record of the int8 and float (``reference``) features of the ``held`` calibration samples;
+    raise EdgeftError when they disagree."""
+    cosine = _cosines(reference, features)
     record: dict[str, Any] = {
-        "held_out_samples": int(len(x)),
+        "held_out_samples": int(len(held)),
         "mean_cosine": round(float(cosine.mean()), 4),
         "min_cosine": round(float(cosine.min()), 4),
         "min_mean_cosine": MIN_MEAN_COSINE,
     }
     labels = calibration.y[held] if calibration.y is not None else None
-    if labels is not None and len(x) >= PROBE_MIN_SAMPLES and len(np.unique(labels)) > 1:
+    if labels is not None and len(held) >= PROBE_MIN_SAMPLES and len(np.unique(labels)) > 1:
         record.update(
             probe_accuracy_float=round(probe_accuracy(reference, labels), 4),
             probe_accuracy_int8=round(probe_accuracy(features, labels), 4),
@@ -241,6 +317,11 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
         dual = np.linalg.solve(a @ a.T + PROBE_RIDGE * a.shape[1] * np.eye(len(a)), targets[train])
         correct += int(np.sum((b @ (a.T @ dual)).argmax(1) == y[test]))
     return correct / len(features)
+
+
+def _cosines(reference: np.ndarray, features: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(features, axis=1)
+    return np.sum(reference * features, axis=1) / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
 def _embed(model: str | bytes, input_name: str, x: np.ndarray) -> np.ndarray:

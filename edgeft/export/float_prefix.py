@@ -1,0 +1,133 @@
+"""Which of an int8 backbone's first weight layers stay float: the candidates, their cost, and the search.
+
+Layers near the input see the raw signal at full resolution: on many vision backbones quantising them costs the
+most feature accuracy for the least compute (EfficientNet-Lite0 on the demo digits: BENCHMARKS.md). A prefix of
+``k`` weight layers (Conv, Gemm or MatMul nodes whose weight is an initializer) is every node before the
+``(k+1)``-th of them in topological order, input preprocessing included; those nodes are left out of the
+quantisation. Its cost is its share of the weight layers' multiply-accumulates, from the inferred shapes (a
+dimension that shape inference left symbolic counts as 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+AUTO = "auto"
+# The search keeps the fewest leading weight layers float whose int8 features reach this mean cosine similarity to
+# the float features on held-out calibration samples, spending at most MAX_FLOAT_SHARE of the compute on them.
+TARGET_MEAN_COSINE = 0.995
+MAX_FLOAT_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """The first ``layers`` weight layers and every node before the next one, kept float."""
+
+    layers: int
+    nodes: tuple[str, ...]
+    weight_layers: tuple[str, ...]
+    compute_share: float
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give every unnamed node a unique name, so that it can be left out of the quantisation by name."""
+    taken = {n.name for n in model.graph.node}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = next(
+                name for k in range(len(taken) + 1) if (name := f"edgeft_{node.op_type}_{index}_{k}") not in taken
+            )
+            taken.add(node.name)
+
+
+def prefixes(model: onnx.ModelProto) -> list[Prefix]:
+    """Every prefix, from none (all int8) to all weight layers, with its share of the multiply-accumulates."""
+    initializers = {i.name: i for i in model.graph.initializer}
+    graph = onnx.shape_inference.infer_shapes(model).graph  # keeps the shapes already inferred
+    shapes = {v.name: v.type.tensor_type.shape for v in (*graph.value_info, *graph.output)}
+    nodes: list[str] = []
+    weights: list[str] = []
+    costs: list[int] = []
+    ends: list[int] = []  # ends[k - 1]: how many nodes come before the (k+1)-th weight layer
+    for node in model.graph.node:
+        weight = _weight(node, initializers)
+        if weight is not None:
+            if weights:
+                ends.append(len(nodes))
+            weights.append(node.name)
+            costs.append(_multiply_accumulates(node, weight, shapes.get(node.output[0])))
+        nodes.append(node.name)
+    ends.append(len(nodes))
+    total = max(sum(costs), 1)
+    found = [Prefix(0, (), (), 0.0)]
+    for k in range(1, len(weights) + 1):
+        found.append(Prefix(k, tuple(nodes[: ends[k - 1]]), tuple(weights[:k]), sum(costs[:k]) / total))
+    return found
+
+
+def search(
+    candidates: list[Prefix], mean_cosine: Callable[[Prefix], float], target: float = TARGET_MEAN_COSINE
+) -> tuple[Prefix, list[dict[str, Any]]]:
+    """The shortest candidate whose ``mean_cosine`` reaches ``target`` (or the best one when none does), and the trace.
+
+    Tries 0, 1, 2, 4, ... layers up to the last candidate, then bisects between the last miss and the first hit,
+    so a deep backbone costs about 2·log2(candidates) quantisations.
+    """
+    scores: dict[int, float] = {}
+    trace: list[dict[str, Any]] = []
+
+    def reaches(index: int) -> bool:
+        if index not in scores:
+            scores[index] = mean_cosine(candidates[index])
+            trace.append({"float_layers": candidates[index].layers, "mean_cosine": round(scores[index], 4)})
+        return scores[index] >= target
+
+    last = len(candidates) - 1
+    if reaches(0):
+        return candidates[0], trace
+    miss, hit, step = 0, None, 1
+    while hit is None and miss < last:
+        index = min(step, last)
+        if reaches(index):
+            hit = index
+        else:
+            miss, step = index, step * 2
+    if hit is None:
+        best = max(scores, key=lambda i: (scores[i], -i))
+        return candidates[best], trace
+    while hit - miss > 1:
+        middle = (miss + hit) // 2
+        if reaches(middle):
+            hit = middle
+        else:
+            miss = middle
+    return candidates[hit], trace
+
+
+def _weight(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
+    """The weight initializer of a Conv, Gemm or MatMul node (its second input), or None."""
+    if node.op_type not in WEIGHT_OPS or len(node.input) < 2:
+        return None
+    weight = initializers.get(node.input[1])
+    return weight if weight is not None and len(weight.dims) >= 2 else None
+
+
+def _multiply_accumulates(node: onnx.NodeProto, weight: onnx.TensorProto, shape: Any) -> int:
+    """Output elements per sample times the weights each one uses (Conv: C/group·kh·kw; Gemm/MatMul: K)."""
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in shape.dim] if shape else []
+    per_sample = int(np.prod(dims[1:])) if len(dims) > 1 else 1
+    weight_count = int(np.prod(weight.dims))
+    if node.op_type == "Conv":
+        outputs = weight.dims[0]
+    elif node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        outputs = weight.dims[0] if trans_b else weight.dims[-1]
+    else:
+        outputs = weight.dims[-1]
+    return per_sample * weight_count // max(outputs, 1)
