@@ -70,3 +70,15 @@ def test_replay_contender_runs_against_the_current_runtime() -> None:
     line = next(row for row in done.stdout.splitlines() if row.startswith("BENCH_RESULT "))
     result = json.loads(line.removeprefix("BENCH_RESULT "))
     assert result["contender"] == "replay" and result["samples_per_s"] > 0 and result["head_threads"] == 1
+
+
+def test_int8_cross_validated_gap_pairs_folds_of_the_same_split() -> None:
+    import bench_int8
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    features = rng.normal(0, 1, (120, 6)) + np.eye(3, 6)[y] * 3
+    same = bench_int8.cross_validated_gap({"float": features, "int8": features.copy()}, y)
+    assert same == {"mean": 0.0, "standard_error": 0.0, "folds": bench_int8.CV_FOLDS * bench_int8.CV_REPEATS}
+    noisy = bench_int8.cross_validated_gap({"float": features, "int8": rng.normal(0, 1, features.shape)}, y)
+    assert noisy["mean"] < -0.3  # features without the class signal lose most of the accuracy

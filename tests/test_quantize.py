@@ -348,3 +348,14 @@ def test_keep_float_fixed_number_of_layers(deep_path: Path, calibration: tuple, 
             deep_path, tmp_path / "c", classes=list(CLASSES), quantize="int8", calibration=calibration, keep_float=4
         )
     assert not (tmp_path / "c").exists()
+
+
+def test_unnamed_nodes_get_unique_names_so_they_can_stay_float() -> None:
+    model = _deep_model()
+    model.graph.node[1].name = ""  # relu6
+    model.graph.node[3].name = "edgeft_Relu_5_0"  # the name the unnamed Relu at index 5 would get first
+    model.graph.node[5].name = ""
+    float_prefix.name_nodes(model)
+    names = [n.name for n in model.graph.node]
+    assert len(set(names)) == len(names) and all(names)
+    assert names[0] == "conv1" and names[3] == "edgeft_Relu_5_0" and names[5] == "edgeft_Relu_5_1"

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 import pytest
 from tiny_models import save
-from zoo.exercise import adapt_predict_export
+from zoo.exercise import adapt_predict_export, inputs_for
 from zoo.onnx_families import FAMILIES
 
 from edgeft.bundle import Defaults
@@ -72,4 +72,23 @@ def test_family_exports_with_other_cut_head_or_unfreezing(family: str, tmp_path:
         backbone = {i.name for i in onnx.load(str(bundle.backbone_path)).graph.initializer}
         assert not unfrozen & backbone
         assert bundle.manifest.head.normaliser == {} and bundle.manifest.head.unfrozen
+    adapt_predict_export(bundle, tmp_path)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_exports_int8_with_its_first_weight_layer_float(family: str, tmp_path: Path) -> None:
+    path = save(FAMILIES[family](), tmp_path / f"{family}.onnx")
+    float_bundle = export_bundle(path, tmp_path / "float", classes=CLASSES, defaults=DEFAULTS)
+    x = inputs_for(float_bundle, seed=1)
+    bundle = export_bundle(
+        path, tmp_path / "b", classes=CLASSES, defaults=DEFAULTS, quantize="int8", calibration=x, keep_float=1
+    )
+    layers = bundle.manifest.quantization["float_layers"]
+    first = layers["weight_layers"][0]
+    backbone = onnx.load(str(bundle.backbone_path))
+    floats = {i.name for i in backbone.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    node = next(n for n in backbone.graph.node if n.name == first)
+    assert layers["count"] == 1 and node.input[1] in floats  # its weight is not dequantised
+    assert any(n.op_type == "DequantizeLinear" for n in backbone.graph.node)
+    assert bundle.manifest.quantization["validation"]["mean_cosine"] >= 0.99
     adapt_predict_export(bundle, tmp_path)

@@ -7,7 +7,10 @@ pair compared by a goal close together in time (other jobs share the machine), a
 and per-round ratios. Also measured: head steps on cached features, cold start to the first
 committed version, checkpoint write time and size, and the runtime's install footprint.
 
-Usage: ``python tools/bench.py [--quick] [--rounds 3] [--threads 2] [--ep cpu] [--out report.md]``
+With ``--int8``, ``tools/bench_int8.py`` also runs (same rounds and threads): the int8 default bundle against the
+float one, adapt throughput, main-job accuracy and backbone size.
+
+Usage: ``python tools/bench.py [--quick] [--rounds 3] [--threads 2] [--ep cpu] [--int8] [--out report.md]``
 (run it with the torch-free venv's python; ``--torch-python`` defaults to /work/venv-build/bin/python).
 """
 
@@ -129,6 +132,9 @@ def render(runs: list[dict], extras: dict, args: argparse.Namespace) -> str:
     main = [r for r in runs if r["scenario"] == "batch 16"]
     out += ["", "| goal (batch 16, median of per-round ratios) | measured | met |", "|---|---|---|"]
     out += [f"| {text} | {value:.2f} | {'yes' if ok else 'no'} |" for text, value, ok in report.goal_rows(main)]
+    if "int8" in extras:
+        out += ["", "| int8 goal (tools/bench_int8.py, same thresholds) | measured |", "|---|---|"]
+        out += [f"| {text} | {value:.3f} |" for text, value in extras["int8"]["goals"].items()]
     replay = [r for r in runs if r["contender"] == "replay"]
     edge = [r for r in main if r["contender"] == "edgeft"]
 
@@ -186,6 +192,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--torch-python", default=default_torch, help="interpreter with torch (omit: no PyTorch)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch contender")
     parser.add_argument("--no-venv", action="store_true", help="skip the install-footprint measurement")
+    parser.add_argument(
+        "--int8", action="store_true", help="also compare the int8 default bundle with the float one (bench_int8.py)"
+    )
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     parser.add_argument("--json", type=Path, help="write every raw result here")
     args = parser.parse_args()
@@ -216,6 +225,10 @@ def main() -> None:
         if not args.no_venv:
             extras["venv"] = venv_size(Path(tmp))
             extras["venv_no_compile"] = venv_size(Path(tmp), ("--no-compile",))
+    if args.int8:
+        import bench_int8
+
+        extras["int8"] = bench_int8.run(args.rounds, args.threads)
     extras["load_after"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
     extras["wall_s"] = time.perf_counter() - start
     text = render(runs, extras, args)
