@@ -173,8 +173,9 @@ def export(
     keep_float: Annotated[
         str | None,
         typer.Option(
-            help="--quantize: weight layers from the input kept float: auto (as few as bring the int8 features "
-            "to mean cosine 0.995, within a quarter of the compute) or a number (0: all int8)."
+            help="--quantize: weight layers (Conv/Gemm/MatMul) from the input kept float: auto, the default (as few "
+            "as bring the int8 features to mean cosine 0.995, within a quarter of the compute), or a number "
+            "(0: all int8)."
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
@@ -251,12 +252,15 @@ def export(
 
 def _keep_float(value: str | None) -> int | str | None:
     """--keep-float: None, "auto" or a whole number (export_bundle checks the range)."""
-    if value is None or value == "auto":
+    from edgeft.export.float_prefix import AUTO
+
+    if value is None or value == AUTO:
         return value
     try:
         return int(value)
     except ValueError:
-        raise typer.BadParameter(f"takes auto or a number of layers, not '{value}'", param_hint="--keep-float") from None
+        message = f"takes {AUTO} or a number of layers, not '{value}'"
+        raise typer.BadParameter(message, param_hint="--keep-float") from None
 
 
 def _quantization_summary(record: dict) -> str:
@@ -270,16 +274,17 @@ def _quantization_summary(record: dict) -> str:
     return (
         f"{record['scheme']} {record['format']}, {record['backbone_bytes'] / 1e6:.1f} MB "
         f"(float {record['float_backbone']['bytes'] / 1e6:.1f} MB), calibrated on {record['calibration']['samples']} "
-        f"samples{_float_layers(record.get('float_layers'))}; on {v['held_out_samples']} held-out samples mean cosine {v['mean_cosine']:.4f} to the float "
-        f"features{probe}"
+        f"samples{_float_layers(record.get('float_layers'))}; on {v['held_out_samples']} held-out samples "
+        f"mean cosine {v['mean_cosine']:.4f} to the float features{probe}"
     )
 
 
 def _float_layers(record: dict | None) -> str:
-    """", first 5 weight layers float (11% of the compute)", or nothing when all layers are int8."""
+    """Text like ', first 5 weight layers float (11% of the compute)'; nothing when all layers are int8."""
     if not record or not record["count"]:
         return ""
-    return f", first {record['count']} weight layers float ({record['compute_share']:.0%} of the compute)"
+    count, share = record["count"], record["compute_share"]
+    return f", first {count} weight layer{'' if count == 1 else 's'} float ({share:.0%} of the compute)"
 
 
 def _export_source(model: Path | None, torch_factory: str | None, shape: list[int] | None):  # noqa: ANN202

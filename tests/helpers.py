@@ -43,6 +43,16 @@ def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None) -> subproces
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=SUBPROCESS_TIMEOUT)
 
 
+def float_weight_layers(backbone: onnx.ModelProto) -> list[str]:
+    """The Conv, Gemm and MatMul nodes whose weight is a float initializer (not the output of a DequantizeLinear)."""
+    floats = {i.name for i in backbone.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    return [
+        n.name
+        for n in backbone.graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in floats
+    ]
+
+
 def copy_tree(src: Path, dst: Path) -> Path:
     """Copy a bundle (or state) directory so a test can damage the copy."""
     shutil.copytree(src, dst)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import CLASSES, make_dataset, one_error_line, run_cli, run_onnx
+from helpers import CLASSES, float_weight_layers, make_dataset, one_error_line, run_cli, run_onnx
 from onnx import TensorProto, helper, numpy_helper
 from tiny_models import CHANNELS, SIZE
 
@@ -150,9 +150,12 @@ def test_quantisation_that_disagrees_fails_with_its_figures(model_path: Path, tm
     x, _ = make_dataset(200, seed=3)
     x[::8] *= 1e4  # outliers stretch the calibrated ranges: ordinary samples quantise to nothing
     out = tmp_path / "broken"
-    with pytest.raises(EdgeftError, match=r"disagree with the float ones .*mean_cosine 0\.\d+.*not shipped"):
-        export_bundle(model_path, out, classes=list(CLASSES), quantize="int8", calibration=x)
-    assert not out.exists()
+    for keep_float, how in ((0, r"--keep-float 0"), (None, r"--keep-float auto tried 0 float layers, at most 25%")):
+        with pytest.raises(
+            EdgeftError, match=rf"disagree with the float ones .*mean_cosine 0\.\d+.*\({how}.*not shipped"
+        ):
+            export_bundle(model_path, out, classes=list(CLASSES), quantize="int8", calibration=x, keep_float=keep_float)
+        assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -164,9 +167,12 @@ def test_quantisation_that_disagrees_fails_with_its_figures(model_path: Path, tm
         ({"quantize": "int8", "calibration": np.zeros((8, 3, 4, 4), np.float32)}, r"shape \[3, 4, 4\]"),
         ({"quantize": "int8", "calibration": np.zeros((4, 3, 8, 8), np.float32)}, "needs at least 8"),
         ({"quantize": "int8", "calibration": np.full((8, 3, 8, 8), "a")}, "dtype <U1, expected real numbers"),
-        ({"keep_float": 2}, "--keep-float is only used with --quantize int8"),
+        ({"keep_float": 2}, "--keep-float N is only used with --quantize int8"),
+        ({"quantize": "int4", "calibration": np.zeros((8, 3, 8, 8), np.float32), "keep_float": -1}, "'int4'"),
         ({"quantize": "int8", "calibration": np.zeros((8, 3, 8, 8), np.float32), "keep_float": -1}, "not -1"),
         ({"quantize": "int8", "calibration": np.zeros((8, 3, 8, 8), np.float32), "keep_float": "some"}, "not 'some'"),
+        ({"quantize": "int8", "calibration": np.zeros((8, 3, 8, 8), np.float32), "keep_float": 1.0}, "not 1.0"),
+        ({"quantize": "int8", "calibration": np.zeros((8, 3, 8, 8), np.float32), "keep_float": True}, "not True"),
     ],
 )
 def test_bad_quantisation_requests(kwargs: dict, message: str, model_path: Path, tmp_path: Path) -> None:
@@ -226,14 +232,13 @@ def test_shipped_int8_bundle_is_the_float_default_on_an_int8_backbone() -> None:
     assert cosine.mean() >= float_prefix.TARGET_MEAN_COSINE
     layers = q.quantization["float_layers"]
     assert layers["chosen"] == "auto" and layers["compute_share"] <= float_prefix.MAX_FLOAT_SHARE
-    assert layers["search"][0] == {"float_layers": 0, "mean_cosine": layers["search"][0]["mean_cosine"]}
     assert (
         layers["search"][0]["mean_cosine"]
         < float_prefix.TARGET_MEAN_COSINE
         <= q.quantization["validation"]["mean_cosine"]
     )
-    float_weights = _float_weight_layers(onnx.load(str(int8_bundle.backbone_path)))
-    assert float_weights[: layers["count"]] == layers["weight_layers"]
+    float_weights = float_weight_layers(onnx.load(str(int8_bundle.backbone_path)))
+    assert float_weights == layers["weight_layers"] and len(float_weights) == layers["count"] > 0
 
 
 def _deep_model() -> onnx.ModelProto:
@@ -274,12 +279,6 @@ def _deep_model() -> onnx.ModelProto:
     return model
 
 
-def _float_weight_layers(backbone: onnx.ModelProto) -> list[str]:
-    """The Conv nodes whose weight is a float initializer (not the output of a DequantizeLinear)."""
-    floats = {i.name for i in backbone.graph.initializer if i.data_type == TensorProto.FLOAT}
-    return [n.name for n in backbone.graph.node if n.op_type == "Conv" and n.input[1] in floats]
-
-
 @pytest.fixture(scope="module")
 def deep_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("deep") / "deep.onnx"
@@ -287,15 +286,50 @@ def deep_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _prefixes(model: onnx.ModelProto, shape: tuple[int, ...] = (1, CHANNELS, SIZE, SIZE)) -> list[float_prefix.Prefix]:
+    shapes = float_prefix.output_shapes(model, "image", np.zeros(shape, np.float32))
+    return float_prefix.prefixes(model, shapes)
+
+
 def test_float_prefixes_count_weight_layers_and_their_compute(deep_path: Path) -> None:
-    found = float_prefix.prefixes(onnx.load(str(deep_path)))
+    found = _prefixes(onnx.load(str(deep_path)))
     assert [p.layers for p in found] == [0, 1, 2, 3, 4]  # conv1..3 and the Gemm
     assert found[0].nodes == () and found[1].nodes == ("conv1", "relu6")
     assert found[2].weight_layers == ("conv1", "conv2") and "conv3" not in found[2].nodes
     conv = [SIZE * SIZE * out * inp * 9 for out, inp in ((4, CHANNELS), (16, 4), (8, 16))]
     total = sum(conv) + 8 * 5
-    assert found[1].compute_share == pytest.approx(conv[0] / total)
-    assert found[4].compute_share == pytest.approx(1.0)
+    assert [p.compute_share for p in found] == pytest.approx(np.cumsum([0, *conv, 40]) / total)
+
+
+def test_compute_shares_of_grouped_conv_matmul_and_gemm_with_dynamic_height_and_width() -> None:
+    """Depthwise Conv(4 groups, 3x3) → GlobalAveragePool → Flatten → MatMul [4, 6] → Gemm [6, 5] (transB=0), on an
+    input whose height and width are symbolic: shares come from the real output shapes of one run."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 1, (4, 1, 3, 3)).astype(np.float32), "dw.w"),
+        numpy_helper.from_array(rng.normal(0, 1, (4, 6)).astype(np.float32), "mm.w"),
+        numpy_helper.from_array(rng.normal(0, 1, (6, 5)).astype(np.float32), "fc.w"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "dw.w"], ["dw"], group=4, pads=[1, 1, 1, 1], name="dw"),
+        helper.make_node("GlobalAveragePool", ["dw"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flat"),
+        helper.make_node("MatMul", ["flat", "mm.w"], ["mm"], name="mm"),
+        helper.make_node("Gemm", ["mm", "fc.w"], ["out"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mixed",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 4, "H", "W"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 5])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    costs = [16 * 16 * 4 * 9, 4 * 6, 6 * 5]  # depthwise: each output uses 1 channel x 3 x 3 weights
+    found = _prefixes(model, (1, 4, 16, 16))
+    assert [p.weight_layers[-1:] for p in found] == [(), ("dw",), ("mm",), ("fc",)]
+    assert [p.compute_share for p in found] == pytest.approx(np.cumsum([0, *costs]) / sum(costs))
 
 
 @pytest.mark.parametrize(
@@ -328,7 +362,7 @@ def test_auto_keeps_the_layer_that_quantises_badly_float(deep_path: Path, tmp_pa
     assert layers["chosen"] == "auto" and layers["count"] == 1 and layers["weight_layers"] == ["conv1"]
     assert layers["search"][0]["mean_cosine"] < MIN_MEAN_COSINE
     assert record["validation"]["mean_cosine"] >= float_prefix.TARGET_MEAN_COSINE
-    assert _float_weight_layers(onnx.load(str(bundle.backbone_path))) == ["conv1"]
+    assert float_weight_layers(onnx.load(str(bundle.backbone_path))) == ["conv1"]
     (reference,) = run_onnx(
         export_bundle(deep_path, tmp_path / "float", classes=list(CLASSES)).backbone_path, {"image": x[1:64:8]}
     )
@@ -338,14 +372,21 @@ def test_auto_keeps_the_layer_that_quantises_badly_float(deep_path: Path, tmp_pa
 
 def test_keep_float_fixed_number_of_layers(deep_path: Path, calibration: tuple, tmp_path: Path) -> None:
     bundle = export_bundle(
-        deep_path, tmp_path / "b", classes=list(CLASSES), quantize="int8", calibration=calibration, keep_float=2
+        deep_path,
+        tmp_path / "b",
+        classes=list(CLASSES),
+        quantize="int8",
+        calibration=calibration,
+        keep_float=np.int64(2),
     )
     layers = bundle.manifest.quantization["float_layers"]
     assert (layers["chosen"], layers["count"], layers["search"]) == ("fixed", 2, [])
-    assert _float_weight_layers(onnx.load(str(bundle.backbone_path))) == ["conv1", "conv2"]
-    with pytest.raises(EdgeftError, match="cannot keep 4 weight layers float: the frozen part has 3"):
+    assert float_weight_layers(onnx.load(str(bundle.backbone_path))) == ["conv1", "conv2"]
+    with pytest.raises(
+        EdgeftError, match="--keep-float 3 would leave nothing int8: the frozen part has 3 weight layers"
+    ):
         export_bundle(
-            deep_path, tmp_path / "c", classes=list(CLASSES), quantize="int8", calibration=calibration, keep_float=4
+            deep_path, tmp_path / "c", classes=list(CLASSES), quantize="int8", calibration=calibration, keep_float=3
         )
     assert not (tmp_path / "c").exists()
 
@@ -359,3 +400,146 @@ def test_unnamed_nodes_get_unique_names_so_they_can_stay_float() -> None:
     names = [n.name for n in model.graph.node]
     assert len(set(names)) == len(names) and all(names)
     assert names[0] == "conv1" and names[3] == "edgeft_Relu_5_0" and names[5] == "edgeft_Relu_5_1"
+
+
+def _chain_model(unnamed: str | None = None) -> onnx.ModelProto:
+    """conv1..conv8 with no activation between them (1x1, 3→3 channels, then 3x3 3→32), Clip(0, 6), then the
+    expensive conv9 (3x3, 32→32) → Relu → GlobalAveragePool → Flatten → Gemm(32→5). conv1..conv8 hold 9% of the
+    backbone's multiply-accumulates, conv9 91%. ``unnamed``: a node whose name is left empty."""
+    rng = np.random.default_rng(2)
+    shapes = {f"conv{i}": (3, 3, 1, 1) for i in range(1, 8)} | {"conv8": (32, 3, 3, 3), "conv9": (32, 32, 3, 3)}
+    # conv8's weights are large so that ordinary samples, like the outliers, mostly saturate the Clip: then conv9
+    # sees inputs of one scale and its int8 output range fits both.
+    scale = {"conv8": 10.0}
+    inits = [
+        numpy_helper.from_array((rng.normal(0, 0.5, s) * scale.get(n, 1.0)).astype(np.float32), f"{n}.w")
+        for n, s in shapes.items()
+    ]
+    inits += [
+        numpy_helper.from_array(np.float32(0.0), "lo"),
+        numpy_helper.from_array(np.float32(6.0), "hi"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (5, 32)).astype(np.float32), "fc.w"),
+        numpy_helper.from_array(np.zeros(5, np.float32), "fc.b"),
+    ]
+    nodes, previous = [], "image"
+    for name, shape in shapes.items():
+        pads = [shape[2] // 2] * 4
+        nodes.append(helper.make_node("Conv", [previous, f"{name}.w"], [name], pads=pads, name=name))
+        previous = name
+        if name == "conv8":
+            nodes.append(helper.make_node("Clip", ["conv8", "lo", "hi"], ["clip"], name="clip"))
+            previous = "clip"
+    nodes += [
+        helper.make_node("Relu", ["conv9"], ["relu"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["features"], axis=1, name="flatten"),
+        helper.make_node("Gemm", ["features", "fc.w", "fc.b"], ["scores"], transB=1, name="fc"),
+    ]
+    for node in nodes:
+        if node.name == unnamed:
+            node.name = ""
+    graph = helper.make_graph(
+        nodes,
+        "tiny_chain",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", CHANNELS, SIZE, SIZE])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _outlier_calibration() -> np.ndarray:
+    """400 samples; every 8th is scaled by 1e4, so a quantised tensor before a Clip loses the ordinary samples."""
+    x, _ = make_dataset(400, seed=5)
+    x[::8] *= 1e4
+    return x
+
+
+def test_auto_search_doubles_bisects_and_stays_under_the_compute_cap(tmp_path: Path) -> None:
+    source = tmp_path / "chain.onnx"
+    onnx.save(_chain_model(), str(source))
+    bundle = export_bundle(
+        source, tmp_path / "b", classes=list(CLASSES), quantize="int8", calibration=_outlier_calibration()
+    )
+    record = bundle.manifest.quantization
+    layers = record["float_layers"]
+    tried = [t["float_layers"] for t in layers["search"]]
+    # Every prefix before the Clip quantises a stretched tensor (miss); 8 is the first hit, found by doubling to 8
+    # and bisecting 4..8 (6 and 7 miss); 9 (conv9, 91% of the compute) is never tried. The search ends on a miss,
+    # so the shipped backbone is the rebuilt 8-layer one.
+    assert tried == [0, 1, 2, 4, 8, 6, 7]
+    cosines = {t["float_layers"]: t["mean_cosine"] for t in layers["search"]}
+    assert (
+        max(cosines[k] for k in (0, 1, 2, 4, 6, 7)) < MIN_MEAN_COSINE <= float_prefix.TARGET_MEAN_COSINE <= cosines[8]
+    )
+    assert layers["count"] == 8 and layers["compute_share"] < float_prefix.MAX_FLOAT_SHARE
+    assert float_weight_layers(onnx.load(str(bundle.backbone_path))) == [f"conv{i}" for i in range(1, 9)]
+    assert record["validation"]["mean_cosine"] == pytest.approx(cosines[8], abs=1e-4)
+
+
+def test_unnamed_node_after_the_float_prefix_is_still_quantised(tmp_path: Path) -> None:
+    source = tmp_path / "chain.onnx"
+    onnx.save(_chain_model(unnamed="conv9"), str(source))
+    bundle = export_bundle(
+        source, tmp_path / "b", classes=list(CLASSES), quantize="int8", calibration=_outlier_calibration(), keep_float=8
+    )
+    backbone = onnx.load(str(bundle.backbone_path))
+    assert float_weight_layers(backbone) == [f"conv{i}" for i in range(1, 9)]  # the unnamed conv9 is int8
+    assert any(n.op_type == "Conv" and n.name.startswith("edgeft_Conv_") for n in backbone.graph.node)
+
+
+def test_backbone_without_weight_layers_is_refused_for_int8(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["image"], ["relu"], name="relu"),
+            helper.make_node("GlobalAveragePool", ["relu"], ["pool"], name="pool"),
+            helper.make_node("Flatten", ["pool"], ["features"], axis=1, name="flatten"),
+            helper.make_node("Gemm", ["features", "fc.w"], ["scores"], transB=1, name="fc"),
+        ],
+        "no_weights",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", CHANNELS, SIZE, SIZE])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])],
+        initializer=[numpy_helper.from_array(np.ones((5, CHANNELS), np.float32), "fc.w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    source = tmp_path / "plain.onnx"
+    onnx.save(model, str(source))
+    with pytest.raises(
+        EdgeftError, match=r"plain\.onnx: the frozen part has no layer with weights .* without --quantize"
+    ):
+        export_bundle(
+            source, tmp_path / "b", classes=list(CLASSES), quantize="int8", calibration=make_dataset(40, 1)[0]
+        )
+    assert export_bundle(source, tmp_path / "f", classes=list(CLASSES), keep_float="auto").manifest.quantization == {}
+
+
+def test_cli_keep_float_reaches_the_export_and_info(
+    deep_path: Path, calibration: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "calibration.npz"
+    np.savez(data, x=calibration[0])
+    out = tmp_path / "bundle"
+    done = run_cli(
+        "export",
+        deep_path,
+        "-o",
+        out,
+        "--classes",
+        "a,b",
+        "--quantize",
+        "int8",
+        "--calibration",
+        data,
+        "--keep-float",
+        "1",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "first 1 weight layer float (" in done.stdout
+    assert "first 1 weight layer float (" in run_cli("info", out).stdout
+    assert float_weight_layers(onnx.load(str(out / "backbone.onnx"))) == ["conv1"]
+    monkeypatch.setenv("EDGEFT_EXPORT_KEEP_FLOAT", "auto")  # e.g. from a config shared with int8 exports
+    plain = run_cli("export", deep_path, "-o", tmp_path / "float", "--classes", "a,b")
+    assert plain.returncode == 0, plain.stderr

@@ -32,7 +32,6 @@ from edgeft.bundle import (
     sha256_file,
 )
 from edgeft.errors import EdgeftError
-from edgeft.export import float_prefix
 from edgeft.export import head as head_graph
 from edgeft.export.artifacts import Training, check_artifacts_run, generate_head_artifacts
 from edgeft.export.body import build_body
@@ -203,7 +202,7 @@ def export_bundle(
                     calibrated,
                     seed,
                     source_name,
-                    keep_float=float_prefix.AUTO if keep_float is None else keep_float,
+                    keep_float=keep_float,
                 )
                 manifest = replace(manifest, quantization=record)
             manifest = replace(manifest, files=hash_tree(staging))

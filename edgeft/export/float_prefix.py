@@ -2,10 +2,10 @@
 
 Layers near the input see the raw signal at full resolution: on many vision backbones quantising them costs the
 most feature accuracy for the least compute (EfficientNet-Lite0 on the demo digits: BENCHMARKS.md). A prefix of
-``k`` weight layers (Conv, Gemm or MatMul nodes whose weight is an initializer) is every node before the
-``(k+1)``-th of them in topological order, input preprocessing included; those nodes are left out of the
-quantisation. Its cost is its share of the weight layers' multiply-accumulates, from the inferred shapes (a
-dimension that shape inference left symbolic counts as 1).
+``k`` weight layers (Conv, Gemm or MatMul nodes whose weight is an initializer, counted in the graph as ORT's
+``quant_pre_process`` left it: batch norms fused, constants folded) is every node before the ``(k+1)``-th of
+them in topological order, input preprocessing included; those nodes are left out of the quantisation. Its cost
+is its share of the weight layers' multiply-accumulates per sample, from the output shapes of one real run.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime
+from onnx import helper
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 AUTO = "auto"
@@ -23,6 +25,8 @@ AUTO = "auto"
 # the float features on held-out calibration samples, spending at most MAX_FLOAT_SHARE of the compute on them.
 TARGET_MEAN_COSINE = 0.995
 MAX_FLOAT_SHARE = 0.25
+# When no candidate reaches the target: the shortest one within this of the best cosine found.
+NEAR_BEST = 1e-3
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,33 @@ def name_nodes(model: onnx.ModelProto) -> None:
             taken.add(node.name)
 
 
-def prefixes(model: onnx.ModelProto) -> list[Prefix]:
-    """Every prefix, from none (all int8) to all weight layers, with its share of the multiply-accumulates."""
+def weight_layers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The Conv, Gemm and MatMul nodes whose weight (second input) is an initializer, in graph order."""
     initializers = {i.name: i for i in model.graph.initializer}
-    graph = onnx.shape_inference.infer_shapes(model).graph  # keeps the shapes already inferred
-    shapes = {v.name: v.type.tensor_type.shape for v in (*graph.value_info, *graph.output)}
+    return [n for n in model.graph.node if _weight(n, initializers) is not None]
+
+
+def output_shapes(model: onnx.ModelProto, input_name: str, sample: np.ndarray) -> dict[str, tuple[int, ...]]:
+    """The shape of every weight layer's output when ``model`` runs on ``sample`` (one real run, so symbolic
+    dimensions such as a dynamic height and width get their actual sizes)."""
+    names = [n.output[0] for n in weight_layers(model)]
+    if not names:
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(
+        helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in outputs
+    )
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = session.run(names, {input_name: sample})
+    return {name: tuple(value.shape) for name, value in zip(names, values, strict=True)}
+
+
+def prefixes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> list[Prefix]:
+    """Every prefix, from none (all int8) to all weight layers, with its share of the multiply-accumulates;
+    ``shapes``: the weight layers' output shapes (output_shapes)."""
+    initializers = {i.name: i for i in model.graph.initializer}
     nodes: list[str] = []
     weights: list[str] = []
     costs: list[int] = []
@@ -61,7 +87,7 @@ def prefixes(model: onnx.ModelProto) -> list[Prefix]:
             if weights:
                 ends.append(len(nodes))
             weights.append(node.name)
-            costs.append(_multiply_accumulates(node, weight, shapes.get(node.output[0])))
+            costs.append(_multiply_accumulates(node, weight, shapes[node.output[0]]))
         nodes.append(node.name)
     ends.append(len(nodes))
     total = max(sum(costs), 1)
@@ -74,10 +100,12 @@ def prefixes(model: onnx.ModelProto) -> list[Prefix]:
 def search(
     candidates: list[Prefix], mean_cosine: Callable[[Prefix], float], target: float = TARGET_MEAN_COSINE
 ) -> tuple[Prefix, list[dict[str, Any]]]:
-    """The shortest candidate whose ``mean_cosine`` reaches ``target`` (or the best one when none does), and the trace.
+    """A short candidate whose ``mean_cosine`` reaches ``target``, and the trace of what was tried.
 
     Tries 0, 1, 2, 4, ... layers up to the last candidate, then bisects between the last miss and the first hit,
-    so a deep backbone costs about 2·log2(candidates) quantisations.
+    so a deep backbone costs about 2·log2(candidates) quantisations. That finds the shortest hit when the cosine
+    grows with the number of float layers, as it does on the backbones measured; otherwise a short one. When
+    no candidate tried reaches ``target``: the shortest one tried within NEAR_BEST of the best cosine.
     """
     scores: dict[int, float] = {}
     trace: list[dict[str, Any]] = []
@@ -85,7 +113,7 @@ def search(
     def reaches(index: int) -> bool:
         if index not in scores:
             scores[index] = mean_cosine(candidates[index])
-            trace.append({"float_layers": candidates[index].layers, "mean_cosine": round(scores[index], 4)})
+            trace.append({"float_layers": candidates[index].layers, "mean_cosine": round(scores[index], 5)})
         return scores[index] >= target
 
     last = len(candidates) - 1
@@ -99,8 +127,8 @@ def search(
         else:
             miss, step = index, step * 2
     if hit is None:
-        best = max(scores, key=lambda i: (scores[i], -i))
-        return candidates[best], trace
+        best = max(scores.values())
+        return candidates[min(i for i, score in scores.items() if score >= best - NEAR_BEST)], trace
     while hit - miss > 1:
         middle = (miss + hit) // 2
         if reaches(middle):
@@ -118,10 +146,9 @@ def _weight(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> 
     return weight if weight is not None and len(weight.dims) >= 2 else None
 
 
-def _multiply_accumulates(node: onnx.NodeProto, weight: onnx.TensorProto, shape: Any) -> int:
+def _multiply_accumulates(node: onnx.NodeProto, weight: onnx.TensorProto, shape: tuple[int, ...]) -> int:
     """Output elements per sample times the weights each one uses (Conv: C/group·kh·kw; Gemm/MatMul: K)."""
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in shape.dim] if shape else []
-    per_sample = int(np.prod(dims[1:])) if len(dims) > 1 else 1
+    per_sample = int(np.prod(shape[1:])) if len(shape) > 1 else 1
     weight_count = int(np.prod(weight.dims))
     if node.op_type == "Conv":
         outputs = weight.dims[0]

@@ -9,6 +9,7 @@ disagree (mean cosine similarity, and a linear probe's accuracy when labels are 
 
 from __future__ import annotations
 
+import operator
 import tempfile
 import warnings
 from pathlib import Path
@@ -45,21 +46,32 @@ WEIGHT_QMAX = 127
 
 
 def check_request(scheme: str | None, calibration: object, keep_float: object = None) -> None:
-    """Refuse an unknown scheme, a scheme without calibration data, calibration or float layers without a scheme,
-    and a ``keep_float`` that is neither "auto" nor a number of layers."""
+    """Refuse an unknown scheme, a scheme without calibration data, calibration data or a number of float layers
+    without a scheme (``"auto"``, the default, is ignored then), and a ``keep_float`` that is not a layer count."""
     if scheme is None:
-        for value, option in ((calibration, "calibration data"), (keep_float, "--keep-float")):
-            if value is not None:
-                raise EdgeftError(f"{option} is only used with --quantize int8")
+        if calibration is not None:
+            raise EdgeftError("calibration data is only used with --quantize int8")
+        if keep_float not in (None, float_prefix.AUTO):
+            raise EdgeftError("--keep-float N is only used with --quantize int8")
         return
-    if keep_float not in (None, float_prefix.AUTO) and (
-        isinstance(keep_float, bool) or not isinstance(keep_float, int) or keep_float < 0
-    ):
-        raise EdgeftError(f"--keep-float takes '{float_prefix.AUTO}' or a number of layers >= 0, not {keep_float!r}")
     if scheme not in SCHEMES:
         raise EdgeftError(f"unknown quantisation '{scheme}'; choose one of {', '.join(SCHEMES)}")
     if calibration is None:
         raise EdgeftError(f"--quantize {scheme} needs --calibration DATA (samples like the ones the device will see)")
+    float_layers(keep_float)
+
+
+def float_layers(keep_float: object) -> int | str:
+    """``keep_float`` as "auto" (also for None) or a whole number >= 0; EdgeftError otherwise."""
+    if keep_float is None or keep_float == float_prefix.AUTO:
+        return float_prefix.AUTO
+    try:
+        count = operator.index(keep_float)  # ints and numpy integers; not floats or strings
+    except TypeError:
+        count = -1
+    if isinstance(keep_float, bool) or count < 0:
+        raise EdgeftError(f"--keep-float takes '{float_prefix.AUTO}' or a number of layers >= 0, not {keep_float!r}")
+    return count
 
 
 def read_calibration(source: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray], manifest: Manifest) -> Samples:
@@ -105,9 +117,9 @@ def quantize_backbone(
 ) -> dict[str, Any]:
     """Replace the float ``backbone`` file by its int8 version; return the manifest's ``quantization`` record.
 
-    ``keep_float``: how many weight layers from the input stay float (0: all int8), or ``"auto"``: the fewest that
-    bring the held-out features' mean cosine to float_prefix.TARGET_MEAN_COSINE within MAX_FLOAT_SHARE of the
-    compute (float_prefix.search). Raises EdgeftError (naming ``source``, the original model) when ORT cannot
+    ``keep_float``: how many weight layers from the input stay float (0: all int8; fewer than all), or ``"auto"``:
+    as few as bring the held-out features' mean cosine to float_prefix.TARGET_MEAN_COSINE within MAX_FLOAT_SHARE
+    of the compute (float_prefix.search). Raises EdgeftError (naming ``source``, the original model) when ORT cannot
     quantise the graph or ``keep_float`` exceeds its weight layers, or (naming the calibration data) when the int8
     features disagree with the float ones.
     """
@@ -119,7 +131,7 @@ def quantize_backbone(
     with tempfile.TemporaryDirectory(prefix="edgeft-quantize-") as tmp:
         prepared_path = Path(tmp) / "prepared.onnx"
         prepared = _prepare(backbone, prepared_path, source)
-        candidates = float_prefix.prefixes(prepared)
+        candidates = _candidates(prepared, input_name, calibration.x[:1], source)
         features: dict[int, np.ndarray] = {}  # held-out features per candidate; only the last model is kept
         last: dict[str, Any] = {}
 
@@ -133,15 +145,23 @@ def quantize_backbone(
             build(prefix)
             return float(_cosines(reference, features[prefix.layers]).mean())
 
-        if keep_float == float_prefix.AUTO:
+        request = float_layers(keep_float)
+        if isinstance(request, int):
+            chosen, trace = _fixed_prefix(candidates, request, source), []
+            how = f"--keep-float {request}"
+        else:
             affordable = [p for p in candidates if p.compute_share <= float_prefix.MAX_FLOAT_SHARE]
             chosen, trace = float_prefix.search(affordable, held_out_cosine)
-        else:
-            chosen, trace = _fixed_prefix(candidates, keep_float, source), []
+            how = (
+                f"--keep-float auto tried {', '.join(str(t['float_layers']) for t in trace)} float layers, at most "
+                f"{float_prefix.MAX_FLOAT_SHARE:.0%} of the compute; --keep-float N sets the number"
+            )
         if last.get("layers") != chosen.layers:
             build(chosen)
         quantized, repaired = last["model"], last["repaired"]
-    agreement = compare_features(reference, features[chosen.layers], calibration, held)
+    agreement = compare_features(
+        reference, features[chosen.layers], calibration, held, f"with the first {_layers(chosen.layers)} float ({how})"
+    )
     onnx.save(quantized, str(backbone))
     return {
         "scheme": "int8",
@@ -152,7 +172,7 @@ def quantize_backbone(
         "calibration": {"source": Path(calibration.origin).name, "samples": int(len(calib)), "seed": seed},
         "float_layers": {
             "count": chosen.layers,
-            "chosen": "auto" if keep_float == float_prefix.AUTO else "fixed",
+            "chosen": "fixed" if isinstance(request, int) else "auto",
             "weight_layers": list(chosen.weight_layers),
             "compute_share": round(chosen.compute_share, 4),
             "target_mean_cosine": float_prefix.TARGET_MEAN_COSINE,
@@ -207,14 +227,36 @@ def _quantize(
     return onnx.load(str(quantized_path))
 
 
-def _fixed_prefix(candidates: list[float_prefix.Prefix], keep_float: int | str, source: str) -> float_prefix.Prefix:
-    """The prefix of ``keep_float`` weight layers (check_request has checked it is a number >= 0)."""
-    assert isinstance(keep_float, int)
-    if keep_float >= len(candidates):
+def _candidates(
+    prepared: onnx.ModelProto, input_name: str, sample: np.ndarray, source: str
+) -> list[float_prefix.Prefix]:
+    """float_prefix.prefixes of the prepared graph; EdgeftError when it has no weight layer to quantise."""
+    try:
+        shapes = float_prefix.output_shapes(prepared, input_name, sample)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise EdgeftError(f"{source}: could not run the prepared frozen part: {_first_line(exc)}") from None
+    candidates = float_prefix.prefixes(prepared, shapes)
+    if len(candidates) == 1:
         raise EdgeftError(
-            f"{source}: cannot keep {keep_float} weight layers float: the frozen part has {len(candidates) - 1}"
+            f"{source}: the frozen part has no layer with weights (Conv, Gemm or MatMul with a constant weight) to "
+            "quantise; export it without --quantize"
+        )
+    return candidates
+
+
+def _fixed_prefix(candidates: list[float_prefix.Prefix], keep_float: int, source: str) -> float_prefix.Prefix:
+    """The prefix of ``keep_float`` weight layers; EdgeftError unless some weight layer stays int8."""
+    layers = len(candidates) - 1
+    if keep_float >= layers:
+        raise EdgeftError(
+            f"{source}: --keep-float {keep_float} would leave nothing int8: the frozen part has {_layers(layers)} "
+            f"(Conv, Gemm or MatMul with a constant weight, after ORT's graph optimisation); keep at most {layers - 1}"
         )
     return candidates[keep_float]
+
+
+def _layers(count: int) -> str:
+    return f"{count} weight layer{'' if count == 1 else 's'}"
 
 
 class _Reader:
@@ -275,10 +317,10 @@ def _replace(tensor: onnx.TensorProto, values: np.ndarray) -> None:
 
 
 def compare_features(
-    reference: np.ndarray, features: np.ndarray, calibration: Samples, held: np.ndarray
+    reference: np.ndarray, features: np.ndarray, calibration: Samples, held: np.ndarray, how: str = ""
 ) -> dict[str, Any]:
     """The agreement record of the int8 and float (``reference``) features of the ``held`` calibration samples;
-    raise EdgeftError when they disagree."""
+    raise EdgeftError when they disagree (``how``: what was quantised, for the message)."""
     cosine = _cosines(reference, features)
     record: dict[str, Any] = {
         "held_out_samples": int(len(held)),
@@ -299,7 +341,7 @@ def compare_features(
         figures = ", ".join(f"{k} {v}" for k, v in record.items())
         raise EdgeftError(
             f"{calibration.origin}: the int8 backbone's features disagree with the float ones on held-out calibration "
-            f"samples ({figures}); the quantisation is not shipped"
+            f"samples ({figures}){' ' + how if how else ''}; the quantisation is not shipped"
         )
     return record
 
