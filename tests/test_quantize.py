@@ -15,9 +15,10 @@ from tiny_models import CHANNELS, SIZE
 from edgeft.bundle import MANIFEST_FILE, Bundle
 from edgeft.errors import EdgeftError
 from edgeft.export import export_bundle, float_prefix
-from edgeft.export.quantize import MAX_CALIBRATION, MIN_MEAN_COSINE
+from edgeft.export.quantize import MAX_CALIBRATION, MAX_PROBE_DROP, MIN_MEAN_COSINE, compare_features
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.merge import merged_model
+from edgeft.runtime.sources import Samples
 
 FEATURES = 4
 DEAD_BIAS = 0.5
@@ -543,3 +544,17 @@ def test_cli_keep_float_reaches_the_export_and_info(
     monkeypatch.setenv("EDGEFT_EXPORT_KEEP_FLOAT", "auto")  # e.g. from a config shared with int8 exports
     plain = run_cli("export", deep_path, "-o", tmp_path / "float", "--classes", "a,b")
     assert plain.returncode == 0, plain.stderr
+
+
+def test_probe_check_catches_features_that_keep_their_direction_but_lose_the_classes() -> None:
+    """A large shared offset keeps the cosine near 1 although the int8 features no longer separate the classes."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.array(["a", "b", "c"]), 40)
+    offset = np.full((120, 6), 50.0)
+    reference = offset + np.eye(3, 6)[np.repeat(np.arange(3), 40)] * 3 + rng.normal(0, 0.3, (120, 6))
+    lost_classes = offset + rng.normal(0, 0.3, (120, 6))
+    calibration = Samples(np.zeros((120, 1), np.float32), labels, "cal.npz")
+    with pytest.raises(EdgeftError, match=r"cal\.npz: .*mean_cosine 0\.99\d*.*probe_samples_lost \d+.*not shipped"):
+        compare_features(reference, lost_classes, calibration, np.arange(120))
+    record = compare_features(reference, reference + rng.normal(0, 0.01, (120, 6)), calibration, np.arange(120))
+    assert record["probe_accuracy_int8"] >= record["probe_accuracy_float"] - MAX_PROBE_DROP

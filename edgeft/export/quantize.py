@@ -23,6 +23,7 @@ from onnx import numpy_helper
 from edgeft.bundle import Manifest, sha256_file
 from edgeft.errors import EdgeftError
 from edgeft.export import float_prefix
+from edgeft.runtime.guard import significantly_worse
 from edgeft.runtime.sources import Samples
 
 SCHEMES = ("int8",)
@@ -32,7 +33,8 @@ MAX_HELD_OUT = 256
 MIN_SAMPLES = 8
 BATCH = 16
 # The export fails below these: features of held-out samples must point the same way as the float ones, and a
-# linear probe on them may lose at most MAX_PROBE_DROP accuracy (checked with at least PROBE_MIN_SAMPLES).
+# linear probe on them may not lose more than MAX_PROBE_DROP accuracy significantly (a sign test over the samples
+# the float and int8 probes disagree on, as the promotion guard does; checked with at least PROBE_MIN_SAMPLES).
 MIN_MEAN_COSINE = 0.9
 MAX_PROBE_DROP = 0.03
 PROBE_MIN_SAMPLES = 100
@@ -329,15 +331,20 @@ def compare_features(
         "min_mean_cosine": MIN_MEAN_COSINE,
     }
     labels = calibration.y[held] if calibration.y is not None else None
+    probe_lost = False
     if labels is not None and len(held) >= PROBE_MIN_SAMPLES and len(np.unique(labels)) > 1:
+        right_float, right_int8 = probe_correct(reference, labels), probe_correct(features, labels)
+        lost, won = int((right_float & ~right_int8).sum()), int((~right_float & right_int8).sum())
         record.update(
-            probe_accuracy_float=round(probe_accuracy(reference, labels), 4),
-            probe_accuracy_int8=round(probe_accuracy(features, labels), 4),
+            probe_accuracy_float=round(float(right_float.mean()), 4),
+            probe_accuracy_int8=round(float(right_int8.mean()), 4),
+            probe_samples_lost=lost,
+            probe_samples_won=won,
             max_probe_drop=MAX_PROBE_DROP,
         )
-    low_cosine = record["mean_cosine"] < MIN_MEAN_COSINE
-    probe_drop = record.get("probe_accuracy_float", 0.0) - record.get("probe_accuracy_int8", 0.0)
-    if low_cosine or probe_drop > MAX_PROBE_DROP:
+        drop = right_float.mean() - right_int8.mean()
+        probe_lost = bool(drop > MAX_PROBE_DROP and significantly_worse(lost, won))
+    if record["mean_cosine"] < MIN_MEAN_COSINE or probe_lost:
         figures = ", ".join(f"{k} {v}" for k, v in record.items())
         raise EdgeftError(
             f"{calibration.origin}: the int8 backbone's features disagree with the float ones on held-out calibration "
@@ -346,19 +353,20 @@ def compare_features(
     return record
 
 
-def probe_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
-    """Cross-validated accuracy of a ridge-regression classifier on standardised features (PROBE_FOLDS folds)."""
+def probe_correct(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per sample, whether a ridge-regression classifier on standardised features, trained on the other folds
+    (PROBE_FOLDS), classifies it right."""
     classes, y = np.unique(labels, return_inverse=True)
     targets = np.eye(len(classes))[y]
     folds = np.arange(len(features)) % PROBE_FOLDS
-    correct = 0
+    correct = np.zeros(len(features), bool)
     for fold in range(PROBE_FOLDS):
         train, test = folds != fold, folds == fold
         mean, std = features[train].mean(0), features[train].std(0) + 1e-6
         a, b = (features[train] - mean) / std, (features[test] - mean) / std
         dual = np.linalg.solve(a @ a.T + PROBE_RIDGE * a.shape[1] * np.eye(len(a)), targets[train])
-        correct += int(np.sum((b @ (a.T @ dual)).argmax(1) == y[test]))
-    return correct / len(features)
+        correct[test] = (b @ (a.T @ dual)).argmax(1) == y[test]
+    return correct
 
 
 def _cosines(reference: np.ndarray, features: np.ndarray) -> np.ndarray:

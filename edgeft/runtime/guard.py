@@ -93,8 +93,7 @@ def decide(policy: GuardPolicy, current: np.ndarray | None, candidate: np.ndarra
         return Decision(True, f"holdout too small to judge ({samples} < {policy.min_holdout})", samples, None, None)
     now, new = float(current.mean()), float(candidate.mean())
     lost, won = int((current & ~candidate).sum()), int((~current & candidate).sum())
-    significant = lost - won > SIGN_TEST_Z * np.sqrt(lost + won)
-    if new >= now - policy.tolerance or not significant:
+    if new >= now - policy.tolerance or not significantly_worse(lost, won):
         return Decision(True, f"holdout accuracy {now:.3f} -> {new:.3f}", samples, now, new)
     return Decision(
         False,
@@ -104,6 +103,11 @@ def decide(policy: GuardPolicy, current: np.ndarray | None, candidate: np.ndarra
         now,
         new,
     )
+
+
+def significantly_worse(lost: int, won: int) -> bool:
+    """One-sided sign test over the samples two predictors disagree on: the second loses clearly more than it wins."""
+    return lost - won > SIGN_TEST_Z * np.sqrt(lost + won)
 
 
 def recorded_holdout_accuracy(arrival: dict[str, Any]) -> float | None:
