@@ -21,7 +21,28 @@ from edgeft.runtime.merge import merged_model
 from edgeft.runtime.sources import Samples
 
 FEATURES = 4
+INT8_OPTIONS = ("--classes", "a,b", "--quantize", "int8", "--calibration")  # then the calibration file
 DEAD_BIAS = 0.5
+
+
+def _graph_model(
+    name: str,
+    nodes: list[onnx.NodeProto],
+    initializers: list[onnx.TensorProto],
+    input_shape: tuple[int | str, ...] = ("N", CHANNELS, SIZE, SIZE),
+    output: str = "scores",
+) -> onnx.ModelProto:
+    """An opset-17 model of ``nodes`` from float input ``image`` to ``output`` [N, 5]."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", 5])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
 
 
 def _model(dead_channel: bool = False) -> onnx.ModelProto:
@@ -48,16 +69,7 @@ def _model(dead_channel: bool = False) -> onnx.ModelProto:
         helper.make_node("Flatten", ["pool"], ["features"], axis=1, name="flatten"),
         helper.make_node("Gemm", ["features", "fc.w", "fc.b"], ["scores"], transB=1, name="fc"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_dead" if dead_channel else "tiny_quant",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", CHANNELS, SIZE, SIZE])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return _graph_model("tiny_dead" if dead_channel else "tiny_quant", nodes, inits)
 
 
 @pytest.fixture(scope="module")
@@ -196,20 +208,7 @@ def test_cli_export_int8_and_info(model_path: Path, calibration: tuple, tmp_path
     missing = run_cli("export", model_path, "-o", tmp_path / "b2", "--classes", "a,b", "--quantize", "int8")
     assert missing.returncode == 1
     assert "needs --calibration" in one_error_line(missing.stderr)
-    wrong = run_cli(
-        "export",
-        model_path,
-        "-o",
-        tmp_path / "b3",
-        "--classes",
-        "a,b",
-        "--quantize",
-        "int8",
-        "--calibration",
-        data,
-        "--keep-float",
-        "two",
-    )
+    wrong = run_cli("export", model_path, "-o", tmp_path / "b3", *INT8_OPTIONS, data, "--keep-float", "two")
     assert wrong.returncode == 2 and "takes auto or a number of layers, not 'two'" in wrong.stderr
 
 
@@ -268,16 +267,7 @@ def _deep_model() -> onnx.ModelProto:
         helper.make_node("Flatten", ["pool"], ["features"], axis=1, name="flatten"),
         helper.make_node("Gemm", ["features", "fc.w", "fc.b"], ["scores"], transB=1, name="fc"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny_deep",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", CHANNELS, SIZE, SIZE])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return _graph_model("tiny_deep", nodes, inits)
 
 
 @pytest.fixture(scope="module")
@@ -318,15 +308,7 @@ def test_compute_shares_of_grouped_conv_matmul_and_gemm_with_dynamic_height_and_
         helper.make_node("MatMul", ["flat", "mm.w"], ["mm"], name="mm"),
         helper.make_node("Gemm", ["mm", "fc.w"], ["out"], name="fc"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "mixed",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 4, "H", "W"])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 5])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = _graph_model("mixed", nodes, inits, input_shape=("N", 4, "H", "W"), output="out")
     costs = [16 * 16 * 4 * 9, 4 * 6, 6 * 5]  # depthwise: each output uses 1 channel x 3 x 3 weights
     found = _prefixes(model, (1, 4, 16, 16))
     assert [p.weight_layers[-1:] for p in found] == [(), ("dw",), ("mm",), ("fc",)]
@@ -439,16 +421,7 @@ def _chain_model(unnamed: str | None = None) -> onnx.ModelProto:
     for node in nodes:
         if node.name == unnamed:
             node.name = ""
-    graph = helper.make_graph(
-        nodes,
-        "tiny_chain",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", CHANNELS, SIZE, SIZE])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+    return _graph_model("tiny_chain", nodes, inits)
 
 
 def _outlier_calibration() -> np.ndarray:
@@ -492,20 +465,13 @@ def test_unnamed_node_after_the_float_prefix_is_still_quantised(tmp_path: Path) 
 
 
 def test_backbone_without_weight_layers_is_refused_for_int8(tmp_path: Path) -> None:
-    graph = helper.make_graph(
-        [
-            helper.make_node("Relu", ["image"], ["relu"], name="relu"),
-            helper.make_node("GlobalAveragePool", ["relu"], ["pool"], name="pool"),
-            helper.make_node("Flatten", ["pool"], ["features"], axis=1, name="flatten"),
-            helper.make_node("Gemm", ["features", "fc.w"], ["scores"], transB=1, name="fc"),
-        ],
-        "no_weights",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", CHANNELS, SIZE, SIZE])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 5])],
-        initializer=[numpy_helper.from_array(np.ones((5, CHANNELS), np.float32), "fc.w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    nodes = [
+        helper.make_node("Relu", ["image"], ["relu"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["relu"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["features"], axis=1, name="flatten"),
+        helper.make_node("Gemm", ["features", "fc.w"], ["scores"], transB=1, name="fc"),
+    ]
+    model = _graph_model("no_weights", nodes, [numpy_helper.from_array(np.ones((5, CHANNELS), np.float32), "fc.w")])
     source = tmp_path / "plain.onnx"
     onnx.save(model, str(source))
     with pytest.raises(
@@ -523,20 +489,7 @@ def test_cli_keep_float_reaches_the_export_and_info(
     data = tmp_path / "calibration.npz"
     np.savez(data, x=calibration[0])
     out = tmp_path / "bundle"
-    done = run_cli(
-        "export",
-        deep_path,
-        "-o",
-        out,
-        "--classes",
-        "a,b",
-        "--quantize",
-        "int8",
-        "--calibration",
-        data,
-        "--keep-float",
-        "1",
-    )
+    done = run_cli("export", deep_path, "-o", out, *INT8_OPTIONS, data, "--keep-float", "1")
     assert done.returncode == 0, done.stderr
     assert "first 1 weight layer float (" in done.stdout
     assert "first 1 weight layer float (" in run_cli("info", out).stdout
