@@ -35,7 +35,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from edgeft.bundle import Defaults, Preprocessing
+from edgeft.bundle import Bundle, Defaults, Preprocessing
 from edgeft.export import export_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,9 +82,10 @@ def write_demo_data(demo_dir: Path, chunks: int) -> None:
             Image.fromarray(x_test[index, 0], mode="L").save(folder / f"test_{index:03d}_{k}.png")
 
 
-def export_default(classifier: Path, out: Path, **quantization: object) -> None:
-    """The default bundle: EfficientNet-Lite0 features, a new 10-class head; optionally an int8 backbone."""
-    export_bundle(
+def export_default(classifier: Path, out: Path, seed: int = 0, **quantization: object) -> Bundle:
+    """The default bundle: EfficientNet-Lite0 features, a new 10-class head; optionally an int8 backbone.
+    ``seed``: the head's initial weights and the int8 calibration / held-out split (0 for the shipped bundles)."""
+    return export_bundle(
         classifier,
         out,
         classes=[str(d) for d in range(10)],
@@ -97,6 +98,7 @@ def export_default(classifier: Path, out: Path, **quantization: object) -> None:
             note="raw grey pixels 0..255; resize to 224x224, grey to RGB and (x-127)/128 run inside backbone.onnx",
         ),
         defaults=DEFAULTS,
+        seed=seed,
         force=True,
         **quantization,
     )
