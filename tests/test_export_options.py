@@ -30,7 +30,11 @@ def _original(model: onnx.ModelProto, tensor: str, x: np.ndarray, name: str = "i
 
 @pytest.mark.parametrize(
     ("pool", "reduce"),
-    [("avg", lambda t: t.mean(axis=(2, 3))), ("max", lambda t: t.max(axis=(2, 3))), ("flatten", lambda t: t.reshape(len(t), -1))],
+    [
+        ("avg", lambda t: t.mean(axis=(2, 3))),
+        ("max", lambda t: t.max(axis=(2, 3))),
+        ("flatten", lambda t: t.reshape(len(t), -1)),
+    ],
 )
 def test_pool_turns_feature_maps_into_vectors(pool: str, reduce, tiny_model: Path, tmp_path: Path) -> None:
     bundle = export_bundle(tiny_model, tmp_path / "b", num_classes=2, cut="relu", pool=pool)
@@ -82,12 +86,16 @@ def test_bad_options_are_explained(kwargs: dict, message: str, tiny_model: Path,
 
 def test_unfreeze_from_must_be_on_every_path(tmp_path: Path) -> None:
     path = save(FAMILIES["resnet"](), tmp_path / "r.onnx")
-    with pytest.raises(EdgeftError, match="not a tensor that every path.*candidates: stem, stem.bn, stem.relu, b1.add, b1.out, pool"):
+    with pytest.raises(
+        EdgeftError, match="not a tensor that every path.*candidates: stem, stem.bn, stem.relu, b1.add, b1.out, pool"
+    ):
         export_bundle(path, tmp_path / "b", num_classes=2, unfreeze_from="b1.relu1")
 
 
 def test_mlp_head_computes_what_it_says(tiny_model: Path, tmp_path: Path) -> None:
-    bundle = export_bundle(tiny_model, tmp_path / "b", num_classes=3, head="mlp:7,5", activation="gelu", dropout=0.3, seed=4)
+    bundle = export_bundle(
+        tiny_model, tmp_path / "b", num_classes=3, head="mlp:7,5", activation="gelu", dropout=0.3, seed=4
+    )
     head = bundle.manifest.head
     assert (head.kind, head.hidden, head.activation, head.dropout) == ("mlp", [7, 5], "gelu", 0.3)
     params = checkpoint_parameters(bundle.path / "train" / "checkpoint")
@@ -104,8 +112,12 @@ def test_mlp_head_computes_what_it_says(tiny_model: Path, tmp_path: Path) -> Non
     # Seeded: the same seed gives the same initial head, another seed another one.
     again = export_bundle(tiny_model, tmp_path / "c", num_classes=3, head="mlp:7,5", activation="gelu", seed=4)
     other = export_bundle(tiny_model, tmp_path / "d", num_classes=3, head="mlp:7,5", activation="gelu", seed=5)
-    np.testing.assert_array_equal(checkpoint_parameters(again.path / "train" / "checkpoint")["head.weight"], params["head.weight"])
-    assert not np.array_equal(checkpoint_parameters(other.path / "train" / "checkpoint")["head.weight"], params["head.weight"])
+    np.testing.assert_array_equal(
+        checkpoint_parameters(again.path / "train" / "checkpoint")["head.weight"], params["head.weight"]
+    )
+    assert not np.array_equal(
+        checkpoint_parameters(other.path / "train" / "checkpoint")["head.weight"], params["head.weight"]
+    )
 
 
 def _train(bundle_path: Path, features: np.ndarray, targets: np.ndarray, lr: float = 0.05) -> tuple[float, float]:
@@ -118,7 +130,9 @@ def _train(bundle_path: Path, features: np.ndarray, targets: np.ndarray, lr: flo
     return first, later
 
 
-@pytest.mark.parametrize(("task", "loss"), [("multilabel", "bce_with_logits"), ("regression", "mse"), ("regression", "l1")])
+@pytest.mark.parametrize(
+    ("task", "loss"), [("multilabel", "bce_with_logits"), ("regression", "mse"), ("regression", "l1")]
+)
 def test_tasks_train_with_their_loss(task: str, loss: str, tiny_model: Path, tmp_path: Path) -> None:
     names = ["x", "y", "z"]
     bundle = export_bundle(tiny_model, tmp_path / "b", classes=names, task=task, loss=loss)
@@ -132,20 +146,31 @@ def test_tasks_train_with_their_loss(task: str, loss: str, tiny_model: Path, tmp
 
 
 def test_single_regression_target_and_label(tiny_model: Path, tmp_path: Path) -> None:
-    assert export_bundle(tiny_model, tmp_path / "r", classes=["price"], task="regression").manifest.head.num_outputs == 1
-    assert export_bundle(tiny_model, tmp_path / "m", classes=["cat"], task="multilabel").manifest.head.loss == "bce_with_logits"
+    assert (
+        export_bundle(tiny_model, tmp_path / "r", classes=["price"], task="regression").manifest.head.num_outputs == 1
+    )
+    assert (
+        export_bundle(tiny_model, tmp_path / "m", classes=["cat"], task="multilabel").manifest.head.loss
+        == "bce_with_logits"
+    )
     with pytest.raises(EdgeftError, match="fixed set of targets"):
         export_bundle(tiny_model, tmp_path / "x", classes=["a"], max_classes=4, task="regression")
 
 
-@pytest.mark.parametrize(("optimizer", "decay", "op"), [("adamw", 0.05, "AdamWOptimizer"), ("sgd", 0.0, "SGDOptimizerV2")])
-def test_optimizer_and_weight_decay_are_in_the_artifacts(optimizer: str, decay: float, op: str, tiny_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("optimizer", "decay", "op"), [("adamw", 0.05, "AdamWOptimizer"), ("sgd", 0.0, "SGDOptimizerV2")]
+)
+def test_optimizer_and_weight_decay_are_in_the_artifacts(
+    optimizer: str, decay: float, op: str, tiny_model: Path, tmp_path: Path
+) -> None:
     bundle = export_bundle(tiny_model, tmp_path / "b", num_classes=3, optimizer=optimizer, weight_decay=decay)
     assert (bundle.manifest.head.optimizer, bundle.manifest.head.weight_decay) == (optimizer, decay)
     graph = onnx.load(str(bundle.train_path("optimizer_model.onnx"))).graph
     (node,) = [n for n in graph.node if n.op_type == op]
     if optimizer == "adamw":
-        assert helper.get_attribute_value(next(a for a in node.attribute if a.name == "weight_decay")) == pytest.approx(decay)
+        assert helper.get_attribute_value(next(a for a in node.attribute if a.name == "weight_decay")) == pytest.approx(
+            decay
+        )
     rng = np.random.default_rng(0)
     features = rng.normal(size=(48, HIDDEN)).astype(np.float32)
     first, later = _train(bundle.path, features, (features @ rng.normal(size=(HIDDEN, 3))).argmax(1))
@@ -219,12 +244,28 @@ def test_list_cuts_shows_cut_points_with_shapes(tmp_path: Path) -> None:
 
 def test_cli_export_with_new_options(tiny_model: Path, tmp_path: Path) -> None:
     done = run_cli(
-        "export", tiny_model, "-o", tmp_path / "b", "--num-classes", "3", "--cut", "relu", "--pool", "avg",
-        "--head", "mlp:8", "--task", "multilabel", "--optimizer", "sgd",
+        "export",
+        tiny_model,
+        "-o",
+        tmp_path / "b",
+        "--num-classes",
+        "3",
+        "--cut",
+        "relu",
+        "--pool",
+        "avg",
+        "--head",
+        "mlp:8",
+        "--task",
+        "multilabel",
+        "--optimizer",
+        "sgd",
     )
     assert done.returncode == 0, done.stderr
     info = run_cli("info", tmp_path / "b")
-    assert "mlp 6 -> 3 (multilabel)" in info.stdout and "bce_with_logits, sgd" in info.stdout and "pool avg" in info.stdout
+    assert (
+        "mlp 6 -> 3 (multilabel)" in info.stdout and "bce_with_logits, sgd" in info.stdout and "pool avg" in info.stdout
+    )
     bad = run_cli("export", tiny_model, "-o", tmp_path / "c", "--num-classes", "3", "--pool", "avg")
     assert bad.returncode == 1 and "already a vector" in one_error_line(bad.stderr)
 
@@ -259,7 +300,9 @@ def test_external_data_is_loaded(tmp_path: Path) -> None:
     model = classifier()
     path = tmp_path / "ext" / "m.onnx"
     path.parent.mkdir()
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data", size_threshold=0)
+    onnx.save(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data", size_threshold=0
+    )
     bundle = export_bundle(path, tmp_path / "b", num_classes=2)
     assert bundle.manifest.head.feature_dim == HIDDEN
     (path.parent / "m.data").unlink()
@@ -267,14 +310,18 @@ def test_external_data_is_loaded(tmp_path: Path) -> None:
         export_bundle(path, tmp_path / "c", num_classes=2)
 
 
-def test_models_over_the_protobuf_limit_are_refused(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_models_over_the_protobuf_limit_are_refused(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     size = tiny_model.stat().st_size
     monkeypatch.setattr(sources_module, "PROTOBUF_LIMIT", size - 1)
     with pytest.raises(EdgeftError, match=r"GiB with its external data; edgeft exports models up to 2 GiB"):
         export_bundle(tiny_model, tmp_path / "b", num_classes=2)
 
 
-def test_validation_catches_a_backbone_that_differs(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_validation_catches_a_backbone_that_differs(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from edgeft.export import exporter
 
     real = exporter.extract_backbone

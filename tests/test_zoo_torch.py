@@ -31,7 +31,10 @@ def _export(family: str, out: Path, **options: object):  # noqa: ANN202
 def test_torch_family_exports_adapts_predicts(family: str, tmp_path: Path) -> None:
     bundle = _export(family, tmp_path / "b")
     manifest = bundle.manifest
-    assert manifest.input.shape[0] == "batch" and manifest.validation["cut_max_abs_diff"] <= manifest.validation["cut_atol"]
+    assert (
+        manifest.input.shape[0] == "batch"
+        and manifest.validation["cut_max_abs_diff"] <= manifest.validation["cut_atol"]
+    )
     assert "(torch)" in manifest.source["file"]
     # The backbone equals the torch model's own penultimate activations.
     factory, shape = FAMILIES[family]
@@ -64,12 +67,22 @@ def test_torch_keep_head_reproduces_logits(tmp_path: Path) -> None:
 
 def test_cli_exports_a_torch_factory(tmp_path: Path) -> None:
     done = run_cli(
-        "export", "--torch", "zoo.torch_families:mlp", "--input-shape", "1,10", "-o", tmp_path / "b",
-        "--classes", "a,b", cwd=TESTS_DIR,
+        "export",
+        "--torch",
+        "zoo.torch_families:mlp",
+        "--input-shape",
+        "1,10",
+        "-o",
+        tmp_path / "b",
+        "--classes",
+        "a,b",
+        cwd=TESTS_DIR,
     )
     assert done.returncode == 0, done.stderr
     assert "(12 features)" in done.stdout
     cuts = run_cli("export", "--torch", "zoo.torch_families:mlp", "--input-shape", "1,10", "--list-cuts", cwd=TESTS_DIR)
     assert cuts.returncode == 0 and "<- head found here" in cuts.stdout
-    bad = run_cli("export", "--torch", "zoo.torch_families:nothing", "--input-shape", "1,10", "-o", tmp_path / "c", cwd=TESTS_DIR)
+    bad = run_cli(
+        "export", "--torch", "zoo.torch_families:nothing", "--input-shape", "1,10", "-o", tmp_path / "c", cwd=TESTS_DIR
+    )
     assert bad.returncode == 1 and "has no callable 'nothing'" in bad.stderr

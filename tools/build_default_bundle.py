@@ -121,7 +121,9 @@ def main() -> None:
         export_default(classifier, args.out / VARIANTS["float"])
     write_demo_data(args.out / "demo", args.chunks)
     if "int8" in variants:
-        export_default(classifier, args.out / VARIANTS["int8"], quantize="int8", calibration=args.out / "demo" / "stream")
+        export_default(
+            classifier, args.out / VARIANTS["int8"], quantize="int8", calibration=args.out / "demo" / "stream"
+        )
     built = ", ".join(str(args.out / VARIANTS[v]) for v in VARIANTS if v in variants)
     print(f"wrote {built} and {args.out / 'demo'}")
 

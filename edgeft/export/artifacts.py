@@ -140,5 +140,7 @@ def check_artifacts_run(directory: Path, features: np.ndarray, labels: np.ndarra
         module.eval()
         _loss, logits = module(features, labels)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise EdgeftError(f"the training artifacts in {directory} do not run in onnxruntime: {str(exc).splitlines()[0]}") from None
+        raise EdgeftError(
+            f"the training artifacts in {directory} do not run in onnxruntime: {str(exc).splitlines()[0]}"
+        ) from None
     return logits

@@ -17,9 +17,7 @@ BODY_OUTPUT = "edgeft.body.pooled"
 MIN_BODY_OPSET = 13  # Dropout's training_mode input and ReduceMean's forms need at least this
 
 
-def build_body(
-    model: onnx.ModelProto, freeze: str, cut: str, freeze_shape: Sequence[int], pooling: Pooling
-) -> Body:
+def build_body(model: onnx.ModelProto, freeze: str, cut: str, freeze_shape: Sequence[int], pooling: Pooling) -> Body:
     """Nodes from the flat ``features`` (reshaped to ``freeze_shape``) through the original layers to the pooled cut.
 
     Float initializers with more than one value become trainable parameters; the rest (BatchNorm running

@@ -289,7 +289,9 @@ def _split(
     input_spec = _input_spec(plain, source)
     sample = _sample_input(input_spec, input_shape, seed)
     wanted = [t for t in (cut, freeze, head_cut.linear.logits_tensor if head_cut.linear else None) if t]
-    reference = dict(zip(wanted, _run(with_extra_outputs(original, wanted), {input_spec.name: sample}, wanted, source), strict=True))
+    reference = dict(
+        zip(wanted, _run(with_extra_outputs(original, wanted), {input_spec.name: sample}, wanted, source), strict=True)
+    )
     pooling = choose_pooling(pool or head_cut.pool, reference[cut].shape[1:], is_channels_last(original, cut), cut)
     if freeze:
         flat = Pooling("flatten", reference[freeze].shape[1:], False)
@@ -327,7 +329,9 @@ def _kept_head(head_cut: HeadCut, pool: str, hidden: tuple[int, ...], capacity: 
     if pool not in ("none", "flatten", head_cut.pool):
         raise EdgeftError(f"--keep-head: the original head pools with {head_cut.pool}, not {pool}")
     if capacity != linear.weight.shape[0]:
-        raise EdgeftError(f"--keep-head: the original head has {linear.weight.shape[0]} outputs, the new one {capacity}")
+        raise EdgeftError(
+            f"--keep-head: the original head has {linear.weight.shape[0]} outputs, the new one {capacity}"
+        )
     bias = linear.bias if linear.bias is not None else np.zeros(linear.weight.shape[0], np.float32)
     return linear.weight, bias.reshape(-1)
 
@@ -374,16 +378,22 @@ def _validate_artifacts(directory: Path, features: np.ndarray, checks: dict[str,
     logits = check_artifacts_run(directory, features, labels)
     diff = float(np.max(np.abs(logits - checks["logits"])))
     if not np.allclose(logits, checks["logits"], atol=LOGITS_ATOL, rtol=LOGITS_RTOL):
-        raise EdgeftError(f"{directory}: the training artifacts' logits differ from head.onnx's (max abs diff {diff:.3g})")
+        raise EdgeftError(
+            f"{directory}: the training artifacts' logits differ from head.onnx's (max abs diff {diff:.3g})"
+        )
     checks["record"]["artifacts_max_abs_diff"] = diff
 
 
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: list[str] | None, source: Path) -> list[np.ndarray]:
+def _run(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], outputs: list[str] | None, source: Path
+) -> list[np.ndarray]:
     try:
         session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         return session.run(outputs, feeds)
     except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs and shapes
-        raise EdgeftError(f"{source}: could not run the model to validate the export: {str(exc).splitlines()[0]}") from None
+        raise EdgeftError(
+            f"{source}: could not run the model to validate the export: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def _creation_time() -> str:
@@ -414,7 +424,9 @@ def _class_names(
     elif task == "regression":
         raise EdgeftError("--max-classes reserves classes; a regression head has a fixed set of targets")
     elif max_classes < max(least, len(names)):
-        raise EdgeftError(f"--max-classes {max_classes} must be at least {least} and at least the {len(names)} classes given")
+        raise EdgeftError(
+            f"--max-classes {max_classes} must be at least {least} and at least the {len(names)} classes given"
+        )
     return names
 
 

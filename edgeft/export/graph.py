@@ -8,8 +8,16 @@ import onnx
 WEIGHT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # Ops that produce channels-first feature maps; walking back through elementwise ops to one of these says NCHW.
 CHANNELS_FIRST_OPS = frozenset(
-    {"Conv", "ConvTranspose", "BatchNormalization", "MaxPool", "AveragePool", "InstanceNormalization",
-     "GlobalAveragePool", "GlobalMaxPool"}
+    {
+        "Conv",
+        "ConvTranspose",
+        "BatchNormalization",
+        "MaxPool",
+        "AveragePool",
+        "InstanceNormalization",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+    }
 )
 # Ops that produce channels-last tensors ([N, T, D] token sequences, NHWC after a Transpose).
 CHANNELS_LAST_OPS = frozenset({"LayerNormalization", "MatMul", "Gemm", "Transpose", "Softmax", "Attention"})

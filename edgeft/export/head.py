@@ -166,7 +166,9 @@ def training_head(spec: HeadSpec, parameters: dict[str, np.ndarray]) -> onnx.Mod
     """The head with its parameters as initializers, the input to ORT artifact generation."""
     features, logits = _io(spec)
     initializers = [numpy_helper.from_array(parameters[name], name) for name in spec.trainable + spec.frozen]
-    graph = helper.make_graph(_nodes(spec, training=True), "edgeft_head", [features], [logits], initializer=initializers)
+    graph = helper.make_graph(
+        _nodes(spec, training=True), "edgeft_head", [features], [logits], initializer=initializers
+    )
     return _model(graph, spec.opset)
 
 

@@ -43,11 +43,15 @@ def choose_pooling(kind: str | None, shape: Sequence[int], channels_last: bool, 
     if kind not in POOLS:
         raise EdgeftError(f"unknown pooling '{kind}'; choose one of {', '.join(POOLS)}")
     if len(shape) == 1 and kind not in ("none", "flatten"):
-        raise EdgeftError(f"--pool {kind} needs an N-D feature tensor, but '{tensor}' is already a vector {list(shape)}")
+        raise EdgeftError(
+            f"--pool {kind} needs an N-D feature tensor, but '{tensor}' is already a vector {list(shape)}"
+        )
     if len(shape) > 1 and kind == "none":
         raise EdgeftError(f"'{tensor}' has per-sample shape {list(shape)}; choose --pool avg, max, cls or flatten")
     if kind == "cls" and not (channels_last and len(shape) == 2):
-        raise EdgeftError(f"--pool cls takes the first token of a [batch, tokens, dim] tensor; '{tensor}' is {list(shape)}")
+        raise EdgeftError(
+            f"--pool cls takes the first token of a [batch, tokens, dim] tensor; '{tensor}' is {list(shape)}"
+        )
     return Pooling("none" if len(shape) == 1 else kind, shape, channels_last)
 
 
@@ -56,7 +60,9 @@ def _reduce_mean(tensor: str, out: str, axes: list[int], opset: int, name: str) 
         return [helper.make_node("ReduceMean", [tensor], [out], axes=axes, keepdims=0, name=name)]
     axes_name = name + ".axes"
     return [
-        helper.make_node("Constant", [], [axes_name], value=numpy_helper.from_array(np.array(axes, np.int64)), name=axes_name),
+        helper.make_node(
+            "Constant", [], [axes_name], value=numpy_helper.from_array(np.array(axes, np.int64)), name=axes_name
+        ),
         helper.make_node("ReduceMean", [tensor, axes_name], [out], keepdims=0, name=name),
     ]
 

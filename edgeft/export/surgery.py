@@ -164,7 +164,9 @@ def freeze_line(model: onnx.ModelProto, cut: str, unfreeze_from: str | None, unf
     inputs = {i.name for i in real_inputs(model)}
     if unfreeze_from is not None:
         if unfreeze_from in inputs:
-            raise EdgeftError(f"cannot unfreeze from '{unfreeze_from}': it is a model input, nothing would remain frozen")
+            raise EdgeftError(
+                f"cannot unfreeze from '{unfreeze_from}': it is a model input, nothing would remain frozen"
+            )
         if unfreeze_from not in points:
             raise EdgeftError(
                 f"cannot unfreeze from '{unfreeze_from}': it is not a tensor that every path to the cut '{cut}' passes "
@@ -173,12 +175,16 @@ def freeze_line(model: onnx.ModelProto, cut: str, unfreeze_from: str | None, unf
         return unfreeze_from
     layers = weight_layers(model, cut)
     if not 1 <= unfreeze_last <= len(layers):
-        raise EdgeftError(f"--unfreeze-last {unfreeze_last}: the cut '{cut}' depends on {len(layers)} layers with weights")
+        raise EdgeftError(
+            f"--unfreeze-last {unfreeze_last}: the cut '{cut}' depends on {len(layers)} layers with weights"
+        )
     first = list(model.graph.node).index(layers[-unfreeze_last])
     made_by = producers(model.graph)
     before = [p for p in points if made_by[p] < first]
     if not before:
-        raise EdgeftError(f"--unfreeze-last {unfreeze_last} would unfreeze the whole model; nothing would remain frozen")
+        raise EdgeftError(
+            f"--unfreeze-last {unfreeze_last} would unfreeze the whole model; nothing would remain frozen"
+        )
     return before[-1]
 
 

@@ -63,8 +63,14 @@ def torch_to_onnx(module: Any, example_input: Any, path: Path) -> None:
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *names)}
     try:
         torch.onnx.export(
-            module, (example,), str(path), input_names=[INPUT_NAME], output_names=names,
-            dynamic_axes=axes, opset_version=TORCH_OPSET, dynamo=False,
+            module,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_axes=axes,
+            opset_version=TORCH_OPSET,
+            dynamo=False,
         )
     except Exception as exc:  # torch raises many exception types from tracing and export
         raise EdgeftError(f"torch.onnx.export failed for {type(module).__name__}: {str(exc).splitlines()[0]}") from None

@@ -66,4 +66,3 @@ class ReplayBuffer:
             raise EdgeftError(f"{path} does not match this bundle's features or classes")
         buffer.features, buffer.labels, buffer.seen = features.astype(np.float32), labels.astype(np.int64), seen
         return buffer
-

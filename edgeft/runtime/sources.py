@@ -63,7 +63,9 @@ def _check_npy_header(handle: IO[bytes], holds: int, path: Path, member: str = "
             raise ValueError(f"unsupported .npy format version {version}")
         shape, _, dtype = readers[version](handle)
     except (ValueError, EOFError, SyntaxError, tokenize.TokenError, zlib.error, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable {kind} file{inside}: its header is corrupt ({type(exc).__name__})") from None
+        raise DataError(
+            f"{path}: not a readable {kind} file{inside}: its header is corrupt ({type(exc).__name__})"
+        ) from None
     if dtype.hasobject:
         raise DataError(f"{path}: holds object arrays (pickled Python objects), which edgeft never loads{inside}")
     declared = int(np.prod(shape, dtype=object)) * dtype.itemsize

@@ -22,12 +22,16 @@ class Graph:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
 
-    def param(self, name: str, shape: tuple[int, ...], scale: float | None = None, value: np.ndarray | None = None) -> str:
+    def param(
+        self, name: str, shape: tuple[int, ...], scale: float | None = None, value: np.ndarray | None = None
+    ) -> str:
         """A seeded initializer (He-scaled normal unless ``value`` is given)."""
         if value is None:
             fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
             value = self.rng.normal(0, scale or np.sqrt(2.0 / max(fan_in, 1)), shape)
-        self.inits.append(numpy_helper.from_array(np.asarray(value, np.float32 if value.dtype.kind == "f" else value.dtype), name))
+        self.inits.append(
+            numpy_helper.from_array(np.asarray(value, np.float32 if value.dtype.kind == "f" else value.dtype), name)
+        )
         return name
 
     def op(self, op: str, inputs: list[str], name: str, **attrs: object) -> str:
@@ -35,7 +39,9 @@ class Graph:
         self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
         return name
 
-    def conv(self, x: str, cin: int, cout: int, name: str, k: int = 3, group: int = 1, stride: int = 1, dims: int = 2) -> str:
+    def conv(
+        self, x: str, cin: int, cout: int, name: str, k: int = 3, group: int = 1, stride: int = 1, dims: int = 2
+    ) -> str:
         """Conv (no bias) with 'same' padding."""
         w = self.param(f"{name}.w", (cout, cin // group, *([k] * dims)))
         return self.op("Conv", [x, w], name, pads=[k // 2] * (2 * dims), group=group, strides=[stride] * dims)
@@ -100,7 +106,12 @@ def mobilenet_v2() -> onnx.ModelProto:
     y = g.bn(g.conv(y, 16, 8, "ir.project", k=1), 8, "ir.bn3")
     x = g.op("Add", [x, y], "ir.add")
     x = g.op("Flatten", [g.op("GlobalAveragePool", [x], "pool")], "features", axis=1)
-    g.op("Gemm", [g.op("Dropout", [x], "dropout"), g.param("fc.w", (CLASSES, 8)), g.param("fc.b", (CLASSES,), 0.1)], "y", transB=1)
+    g.op(
+        "Gemm",
+        [g.op("Dropout", [x], "dropout"), g.param("fc.w", (CLASSES, 8)), g.param("fc.b", (CLASSES,), 0.1)],
+        "y",
+        transB=1,
+    )
     return g.model(IMAGE, "y", ["N", CLASSES])
 
 
@@ -110,8 +121,15 @@ def efficientnet() -> onnx.ModelProto:
     x = g.silu(g.bn(g.conv("x", 3, 8, "stem"), 8, "stem.bn"), "stem.silu")
     y = g.silu(g.bn(g.conv(x, 8, 8, "mb.dw", group=8), 8, "mb.bn1"), "mb.silu")
     s = g.op("GlobalAveragePool", [y], "se.pool")
-    s = g.silu(g.op("Conv", [s, g.param("se.reduce.w", (2, 8, 1, 1)), g.param("se.reduce.b", (2,), 0.1)], "se.reduce"), "se.silu")
-    s = g.op("Sigmoid", [g.op("Conv", [s, g.param("se.expand.w", (8, 2, 1, 1)), g.param("se.expand.b", (8,), 0.1)], "se.expand")], "se.gate")
+    s = g.silu(
+        g.op("Conv", [s, g.param("se.reduce.w", (2, 8, 1, 1)), g.param("se.reduce.b", (2,), 0.1)], "se.reduce"),
+        "se.silu",
+    )
+    s = g.op(
+        "Sigmoid",
+        [g.op("Conv", [s, g.param("se.expand.w", (8, 2, 1, 1)), g.param("se.expand.b", (8,), 0.1)], "se.expand")],
+        "se.gate",
+    )
     y = g.bn(g.conv(g.op("Mul", [y, s], "se.scale"), 8, 12, "mb.project", k=1), 12, "mb.bn2")
     x = g.silu(g.bn(g.conv(y, 12, 16, "top", k=1), 16, "top.bn"), "top.silu")
     x = g.op("Flatten", [g.op("GlobalAveragePool", [x], "pool")], "features", axis=1)
@@ -129,7 +147,11 @@ def squeezenet() -> onnx.ModelProto:
     e3 = g.op("Relu", [g.conv(sq, 4, 8, "fire.e3")], "fire.e3.relu")
     x = g.op("Concat", [e1, e3], "fire.out", axis=1)
     x = g.op("Dropout", [x], "dropout")
-    x = g.op("Relu", [g.op("Conv", [x, g.param("cls.w", (CLASSES, 16, 1, 1)), g.param("cls.b", (CLASSES,), 0.1)], "cls.conv")], "cls.relu")
+    x = g.op(
+        "Relu",
+        [g.op("Conv", [x, g.param("cls.w", (CLASSES, 16, 1, 1)), g.param("cls.b", (CLASSES,), 0.1)], "cls.conv")],
+        "cls.relu",
+    )
     g.op("Flatten", [g.op("GlobalAveragePool", [x], "cls.pool")], "y", axis=1)
     return g.model(IMAGE, "y", ["N", CLASSES])
 
@@ -140,10 +162,19 @@ TOKENS, FEATURES, DIM = 6, 5, 8
 def transformer() -> onnx.ModelProto:
     """Token embedding, one pre-norm encoder layer (LayerNorm, single-head attention, GELU MLP), mean pool, Gemm."""
     g = Graph(5)
-    x = g.op("Add", [g.op("MatMul", ["x", g.param("embed.w", (FEATURES, DIM))], "embed.mm"), g.param("pos", (TOKENS, DIM), 0.1)], "embed")
+    x = g.op(
+        "Add",
+        [g.op("MatMul", ["x", g.param("embed.w", (FEATURES, DIM))], "embed.mm"), g.param("pos", (TOKENS, DIM), 0.1)],
+        "embed",
+    )
 
     def layer_norm(t: str, name: str) -> str:
-        return g.op("LayerNormalization", [t, g.param(f"{name}.g", (DIM,), value=np.ones(DIM)), g.param(f"{name}.b", (DIM,), value=np.zeros(DIM))], name, axis=-1)
+        return g.op(
+            "LayerNormalization",
+            [t, g.param(f"{name}.g", (DIM,), value=np.ones(DIM)), g.param(f"{name}.b", (DIM,), value=np.zeros(DIM))],
+            name,
+            axis=-1,
+        )
 
     h = layer_norm(x, "ln1")
     q = g.op("MatMul", [h, g.param("q.w", (DIM, DIM))], "q")
@@ -154,7 +185,9 @@ def transformer() -> onnx.ModelProto:
     attn = g.op("MatMul", [g.op("Softmax", [scaled], "attn", axis=-1), v], "attn.out")
     x = g.op("Add", [x, g.op("MatMul", [attn, g.param("o.w", (DIM, DIM))], "o")], "res1")
     h = layer_norm(x, "ln2")
-    h = g.op("Add", [g.op("MatMul", [h, g.param("mlp1.w", (DIM, 16))], "mlp1.mm"), g.param("mlp1.b", (16,), 0.1)], "mlp1")
+    h = g.op(
+        "Add", [g.op("MatMul", [h, g.param("mlp1.w", (DIM, 16))], "mlp1.mm"), g.param("mlp1.b", (16,), 0.1)], "mlp1"
+    )
     erf = g.op("Erf", [g.op("Div", [h, g.param("sqrt2", (), value=np.array(np.sqrt(2.0)))], "gelu.div")], "gelu.erf")
     gate = g.op("Add", [erf, g.param("one", (), value=np.array(1.0))], "gelu.gate")
     h = g.op("Mul", [g.op("Mul", [h, gate], "gelu.xg"), g.param("half", (), value=np.array(0.5))], "gelu")
