@@ -117,6 +117,7 @@ def _csv_ints(text: str | None, name: str) -> list[int] | None:
 
 @app.command()
 def export(
+    ctx: typer.Context,
     model: Annotated[Path | None, typer.Argument(help="Pretrained ONNX model (or use --torch).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Bundle directory to write.")] = None,
     list_cuts: Annotated[
@@ -175,7 +176,7 @@ def export(
         typer.Option(
             help="--quantize: weight layers (Conv/Gemm/MatMul) from the input kept float: auto, the default (as few "
             "as bring the int8 features to mean cosine 0.995, within a quarter of the compute), or a number "
-            "(0: all int8)."
+            "(0: all int8; fewer than the backbone's weight layers)."
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
@@ -186,6 +187,9 @@ def export(
     from edgeft.export import export_bundle
 
     shape = _csv_ints(input_shape, "--input-shape")
+    if quantize is None:  # int8-only options set in a config file or the environment do not apply to float exports
+        calibration = _from_command_line(ctx, "calibration", calibration)
+        keep_float = _from_command_line(ctx, "keep_float", keep_float)
     float_layers = _keep_float(keep_float)
     if (model is None) == (torch_factory is None):
         raise typer.BadParameter("give an ONNX MODEL or --torch package.module:factory (one of them)")
@@ -248,6 +252,12 @@ def export(
         )
         if m.quantization:
             typer.echo(f"backbone quantised: {_quantization_summary(m.quantization)}")
+
+
+def _from_command_line(ctx: typer.Context, name: str, value: object) -> object:
+    """``value`` if the option was given on the command line, else None."""
+    source = ctx.get_parameter_source(name)
+    return value if source is not None and source.name == "COMMANDLINE" else None
 
 
 def _keep_float(value: str | None) -> int | str | None:

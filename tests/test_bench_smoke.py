@@ -79,6 +79,6 @@ def test_int8_cross_validated_gap_pairs_folds_of_the_same_split() -> None:
     y = np.repeat(np.arange(3), 40)
     features = rng.normal(0, 1, (120, 6)) + np.eye(3, 6)[y] * 3
     same = bench_int8.cross_validated_gap({"float": features, "int8": features.copy()}, y)
-    assert same == {"mean": 0.0, "standard_error": 0.0, "folds": bench_int8.CV_FOLDS * bench_int8.CV_REPEATS}
+    assert same == {"mean": 0.0, "corrected_standard_error": 0.0, "folds": bench_int8.CV_FOLDS * bench_int8.CV_REPEATS}
     noisy = bench_int8.cross_validated_gap({"float": features, "int8": rng.normal(0, 1, features.shape)}, y)
     assert noisy["mean"] < -0.3  # features without the class signal lose most of the accuracy

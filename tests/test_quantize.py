@@ -15,7 +15,7 @@ from tiny_models import CHANNELS, SIZE
 from edgeft.bundle import MANIFEST_FILE, Bundle
 from edgeft.errors import EdgeftError
 from edgeft.export import export_bundle, float_prefix
-from edgeft.export.quantize import MAX_CALIBRATION, MAX_PROBE_DROP, MIN_MEAN_COSINE, compare_features
+from edgeft.export.quantize import MAX_CALIBRATION, MAX_PROBE_DROP, MIN_MEAN_COSINE, compare_features, probe_fails
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.merge import merged_model
 from edgeft.runtime.sources import Samples
@@ -320,7 +320,8 @@ def test_compute_shares_of_grouped_conv_matmul_and_gemm_with_dynamic_height_and_
     [
         ([0.9 + 0.01 * k for k in range(13)], 10, [0, 1, 2, 4, 8, 12, 10, 9]),  # first hit at 12, bisected to 10
         ([0.999] * 5, 0, [0]),
-        ([0.90, 0.97, 0.96, 0.94], 1, [0, 1, 2, 3]),  # none reaches the target: the best one
+        ([0.90, 0.97, 0.9705, 0.94], 1, [0, 1, 2, 3]),  # none reaches it: the shortest within 0.001 of the best
+        ([0.90, 0.95, 0.9705, 0.94], 2, [0, 1, 2, 3]),
     ],
 )
 def test_float_prefix_search_finds_the_shortest_prefix_that_reaches_the_target(
@@ -494,9 +495,12 @@ def test_cli_keep_float_reaches_the_export_and_info(
     assert "first 1 weight layer float (" in done.stdout
     assert "first 1 weight layer float (" in run_cli("info", out).stdout
     assert float_weight_layers(onnx.load(str(out / "backbone.onnx"))) == ["conv1"]
-    monkeypatch.setenv("EDGEFT_EXPORT_KEEP_FLOAT", "auto")  # e.g. from a config shared with int8 exports
-    plain = run_cli("export", deep_path, "-o", tmp_path / "float", "--classes", "a,b")
-    assert plain.returncode == 0, plain.stderr
+    for value in ("auto", "2"):  # e.g. from a config shared with int8 exports: ignored by a float export
+        monkeypatch.setenv("EDGEFT_EXPORT_KEEP_FLOAT", value)
+        plain = run_cli("export", deep_path, "-o", tmp_path / f"float{value}", "--classes", "a,b")
+        assert plain.returncode == 0, plain.stderr
+    given = run_cli("export", deep_path, "-o", tmp_path / "float", "--classes", "a,b", "--keep-float", "2")
+    assert given.returncode == 1 and "--keep-float N is only used with --quantize int8" in given.stderr
 
 
 def test_probe_check_catches_features_that_keep_their_direction_but_lose_the_classes() -> None:
@@ -511,3 +515,59 @@ def test_probe_check_catches_features_that_keep_their_direction_but_lose_the_cla
         compare_features(reference, lost_classes, calibration, np.arange(120))
     record = compare_features(reference, reference + rng.normal(0, 0.01, (120, 6)), calibration, np.arange(120))
     assert record["probe_accuracy_int8"] >= record["probe_accuracy_float"] - MAX_PROBE_DROP
+
+
+@pytest.mark.parametrize(
+    ("lost", "won", "fails"),
+    [
+        (4, 0, False),  # 4 of 100 lost: not significant (4 - 0 <= 2·sqrt(4))
+        (5, 0, True),  # 5 of 100 lost, none won: significant
+        (15, 10, False),  # 5 points lost, but within chance
+        (3, 0, False),  # exactly MAX_PROBE_DROP: allowed
+        (26, 20, False),  # 6 points, not significant ...
+        (27, 20, True),  # ... but more than twice MAX_PROBE_DROP fails anyway
+    ],
+)
+def test_probe_check_needs_a_significant_loss_or_a_large_one(lost: int, won: int, fails: bool) -> None:
+    assert probe_fails(lost, won, 100) is fails
+
+
+def test_compute_shares_count_every_output_element_whatever_the_layout() -> None:
+    """Tokens [N, T, D] flattened to [N*T, D] before one MatMul, kept 3-D for the next: equal costs."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 1, (8, 8)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 1, (8, 8)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.array([-1, 8], np.int64), "flat"),
+        numpy_helper.from_array(np.array([-1, 4, 8], np.int64), "tokens"),
+        numpy_helper.from_array(rng.normal(0, 1, (32, 5)).astype(np.float32), "fc.w"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["image", "flat"], ["rows"], name="rows"),
+        helper.make_node("MatMul", ["rows", "w1"], ["m1"], name="m1"),
+        helper.make_node("Reshape", ["m1", "tokens"], ["t1"], name="t1"),
+        helper.make_node("MatMul", ["t1", "w2"], ["m2"], name="m2"),
+        helper.make_node("Flatten", ["m2"], ["f"], name="f"),
+        helper.make_node("MatMul", ["f", "fc.w"], ["scores"], name="fc"),
+    ]
+    model = _graph_model("tokens", nodes, inits, input_shape=("N", 4, 8))
+    found = _prefixes(model, (1, 4, 8))
+    assert [p.weight_layers[-1:] for p in found] == [(), ("m1",), ("m2",), ("fc",)]
+    costs = [4 * 8 * 8, 4 * 8 * 8, 32 * 5]
+    assert [p.compute_share for p in found] == pytest.approx(np.cumsum([0, *costs]) / sum(costs))
+
+
+def test_output_shapes_do_not_assume_float_outputs() -> None:
+    """A weight layer computing in int64 (e.g. after a Cast): its output keeps its own type."""
+    inits = [
+        numpy_helper.from_array(np.arange(12, dtype=np.int64).reshape(3, 4), "w"),
+        numpy_helper.from_array(np.ones((4, 5), np.float32), "fc.w"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["image"], ["ints"], to=TensorProto.INT64, name="cast"),
+        helper.make_node("MatMul", ["ints", "w"], ["mm"], name="mm"),
+        helper.make_node("Cast", ["mm"], ["floats"], to=TensorProto.FLOAT, name="back"),
+        helper.make_node("MatMul", ["floats", "fc.w"], ["scores"], name="fc"),
+    ]
+    model = _graph_model("ints", nodes, inits, input_shape=("N", 3))
+    assert float_prefix.output_shapes(model, "image", np.ones((1, 3), np.float32)) == {"mm": (1, 4), "scores": (1, 5)}

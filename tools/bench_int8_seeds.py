@@ -7,7 +7,7 @@ Then runs the main job on each (as ``tools/bench_int8.py`` does, guard on) and p
 number of float layers the search kept, and the held-out cosine. Untimed.
 
 Needs the classifier ONNX that ``tools/build_default_bundle.py`` writes to ``build/`` (build extra), and
-scikit-learn (dev extra). Usage: ``python tools/bench_int8_seeds.py [--seeds 1,2,3] [--threads 2]``.
+scikit-learn (dev extra). Usage: ``python tools/bench_int8_seeds.py [--seeds 1,2,3] [--threads 2] [--json seeds.json]``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ import tempfile
 from pathlib import Path
 
 import bench_int8
-from build_default_bundle import ROOT, export_default
+from build_default_bundle import CLASSIFIER, export_default
 
 from edgeft.bundle import Bundle
 from edgeft.runtime.sources import read_path
-
-CLASSIFIER = ROOT / "build" / "efficientnet_lite0_digits_classifier.onnx"
 
 
 def main_job(bundle: Bundle, threads: int) -> float:
@@ -37,9 +35,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3", help="export seeds, comma-separated (1,2,3)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads (2)")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     if not CLASSIFIER.exists():
         parser.error(f"{CLASSIFIER} is missing: run tools/build_default_bundle.py first (build extra)")
+    rows = []
     with tempfile.TemporaryDirectory(prefix="edgeft-int8-seeds-") as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):
             float_bundle = export_default(CLASSIFIER, Path(tmp) / f"float{seed}", seed=seed)
@@ -55,6 +55,9 @@ def main() -> None:
                 "mean_cosine": record["validation"]["mean_cosine"],
             }
             print(json.dumps(row), flush=True)
+            rows.append(row)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from edgeft.export import export_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORT_SCRIPT = ROOT / "tools" / "export_efficientnet_lite0.py"
+CLASSIFIER = ROOT / "build" / "efficientnet_lite0_digits_classifier.onnx"
 SOURCE_DATE_EPOCH = "1767225600"  # 2026-01-01T00:00:00Z: a fixed manifest timestamp makes rebuilds identical
 TEST_FRACTION = 0.3
 SPLIT_SEED = 0
@@ -55,11 +56,10 @@ def digits_uint8() -> tuple[np.ndarray, np.ndarray]:
     return x, digits.target.astype(np.int64)
 
 
-def export_classifier(build_dir: Path) -> Path:
-    """Run the EfficientNet-Lite0 export script; return the ONNX classifier's path."""
-    out = build_dir / "efficientnet_lite0_digits_classifier.onnx"
-    subprocess.run([sys.executable, str(EXPORT_SCRIPT), "--out", str(out)], check=True)
-    return out
+def export_classifier() -> Path:
+    """Run the EfficientNet-Lite0 export script; return the ONNX classifier's path (CLASSIFIER)."""
+    subprocess.run([sys.executable, str(EXPORT_SCRIPT), "--out", str(CLASSIFIER)], check=True)
+    return CLASSIFIER
 
 
 def write_demo_data(demo_dir: Path, chunks: int) -> None:
@@ -116,7 +116,7 @@ def main() -> None:
     if variants - set(VARIANTS):
         parser.error(f"--variants takes a comma-separated subset of {','.join(VARIANTS)}")
     os.environ.setdefault("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
-    classifier = export_classifier(ROOT / "build")
+    classifier = export_classifier()
     if "float" in variants:
         export_default(classifier, args.out / VARIANTS["float"])
     write_demo_data(args.out / "demo", args.chunks)

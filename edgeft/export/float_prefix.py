@@ -4,7 +4,9 @@ Layers near the input see the raw signal at full resolution: on many vision back
 most feature accuracy for the least compute (EfficientNet-Lite0 on the demo digits: BENCHMARKS.md). A prefix of
 ``k`` weight layers (Conv, Gemm or MatMul nodes whose weight is an initializer, counted in the graph as ORT's
 ``quant_pre_process`` left it: batch norms fused, constants folded) is every node before the ``(k+1)``-th of
-them in topological order, input preprocessing included; those nodes are left out of the quantisation. Its cost
+them in topological order, input preprocessing included; those nodes are left out of the quantisation.
+(ConvTranspose and a MatMul whose constant is its first input are not counted as weight layers: they are
+quantised, or kept float inside a prefix, like any other node, and their compute is left out of the shares.) Its cost
 is its share of the weight layers' multiply-accumulates per sample, from the output shapes of one real run.
 """
 
@@ -17,7 +19,8 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime
-from onnx import helper
+
+from edgeft.export.surgery import with_extra_outputs
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 AUTO = "auto"
@@ -57,17 +60,12 @@ def weight_layers(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 
 def output_shapes(model: onnx.ModelProto, input_name: str, sample: np.ndarray) -> dict[str, tuple[int, ...]]:
-    """The shape of every weight layer's output when ``model`` runs on ``sample`` (one real run, so symbolic
-    dimensions such as a dynamic height and width get their actual sizes)."""
+    """The shape of every weight layer's output when ``model`` runs on ``sample`` (one sample: one real run, so
+    symbolic dimensions such as a dynamic height and width get their actual sizes)."""
     names = [n.output[0] for n in weight_layers(model)]
     if not names:
         return {}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(
-        helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in outputs
-    )
+    probe = with_extra_outputs(model, names)
     session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     values = session.run(names, {input_name: sample})
     return {name: tuple(value.shape) for name, value in zip(names, values, strict=True)}
@@ -147,8 +145,9 @@ def _weight(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> 
 
 
 def _multiply_accumulates(node: onnx.NodeProto, weight: onnx.TensorProto, shape: tuple[int, ...]) -> int:
-    """Output elements per sample times the weights each one uses (Conv: C/group·kh·kw; Gemm/MatMul: K)."""
-    per_sample = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    """Output elements of a one-sample run (``shape``) times the weights each one uses (Conv: C/group·kh·kw;
+    Gemm/MatMul: K); counting every element, not a batch dimension, also fits [N*T, D] and [T, N, D] layouts."""
+    outputs_per_sample = int(np.prod(shape))
     weight_count = int(np.prod(weight.dims))
     if node.op_type == "Conv":
         outputs = weight.dims[0]
@@ -157,4 +156,4 @@ def _multiply_accumulates(node: onnx.NodeProto, weight: onnx.TensorProto, shape:
         outputs = weight.dims[0] if trans_b else weight.dims[-1]
     else:
         outputs = weight.dims[-1]
-    return per_sample * weight_count // max(outputs, 1)
+    return outputs_per_sample * weight_count // max(outputs, 1)

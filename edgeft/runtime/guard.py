@@ -107,7 +107,7 @@ def decide(policy: GuardPolicy, current: np.ndarray | None, candidate: np.ndarra
 
 def significantly_worse(lost: int, won: int) -> bool:
     """One-sided sign test over the samples two predictors disagree on: the second loses clearly more than it wins."""
-    return lost - won > SIGN_TEST_Z * np.sqrt(lost + won)
+    return bool(lost - won > SIGN_TEST_Z * np.sqrt(lost + won))
 
 
 def recorded_holdout_accuracy(arrival: dict[str, Any]) -> float | None:
