@@ -111,7 +111,7 @@ def export_bundle(
     if destination.exists() and not force:
         raise EdgeftError(f"{destination} already exists; choose another output or pass --force to replace it")
     loss = _loss(task, loss)
-    check_request(quantize, calibration, keep_float)
+    float_layers = check_request(quantize, calibration, keep_float)
     hidden = _hidden_layers(head)
     if activation not in head_graph.ACTIVATIONS:
         raise EdgeftError(f"unknown activation '{activation}'; choose one of {', '.join(head_graph.ACTIVATIONS)}")
@@ -202,7 +202,7 @@ def export_bundle(
                     calibrated,
                     seed,
                     source_name,
-                    keep_float=keep_float,
+                    keep_float=float_layers,
                 )
                 manifest = replace(manifest, quantization=record)
             manifest = replace(manifest, files=hash_tree(staging))

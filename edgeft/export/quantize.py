@@ -48,20 +48,21 @@ BIAS_LIMIT = 2**30
 WEIGHT_QMAX = 127
 
 
-def check_request(scheme: str | None, calibration: object, keep_float: object = None) -> None:
+def check_request(scheme: str | None, calibration: object, keep_float: object = None) -> int | str:
     """Refuse an unknown scheme, a scheme without calibration data, calibration data or a number of float layers
-    without a scheme (``"auto"``, the default, is ignored then), and a ``keep_float`` that is not a layer count."""
+    without a scheme (``"auto"``, the default, is ignored then), and a ``keep_float`` that is not a layer count.
+    Returns ``keep_float`` as quantize_backbone takes it (float_layers)."""
     if scheme is None:
         if calibration is not None:
             raise EdgeftError("calibration data is only used with --quantize int8")
         if float_layers(keep_float) != float_prefix.AUTO:
             raise EdgeftError("--keep-float N is only used with --quantize int8")
-        return
+        return float_prefix.AUTO
     if scheme not in SCHEMES:
         raise EdgeftError(f"unknown quantisation '{scheme}'; choose one of {', '.join(SCHEMES)}")
     if calibration is None:
         raise EdgeftError(f"--quantize {scheme} needs --calibration DATA (samples like the ones the device will see)")
-    float_layers(keep_float)
+    return float_layers(keep_float)
 
 
 def float_layers(keep_float: object) -> int | str:
@@ -120,11 +121,12 @@ def quantize_backbone(
 ) -> dict[str, Any]:
     """Replace the float ``backbone`` file by its int8 version; return the manifest's ``quantization`` record.
 
-    ``keep_float``: how many weight layers from the input stay float (0: all int8; fewer than all), or ``"auto"``:
-    as few as bring the held-out features' mean cosine to float_prefix.TARGET_MEAN_COSINE within MAX_FLOAT_SHARE
-    of the compute (float_prefix.search). Raises EdgeftError (naming ``source``, the original model) when ORT cannot
-    quantise the graph or ``keep_float`` exceeds its weight layers, or (naming the calibration data) when the int8
-    features disagree with the float ones.
+    ``keep_float`` (as check_request returns it): how many weight layers from the input stay float (0: all int8;
+    fewer than all), or ``"auto"``: as few as bring the held-out features' mean cosine to
+    float_prefix.TARGET_MEAN_COSINE within MAX_FLOAT_SHARE of the compute (float_prefix.search). Raises
+    EdgeftError (naming ``source``, the original model) when ORT cannot quantise the graph, the graph has no weight
+    layer, or ``keep_float`` would leave none int8; or (naming the calibration data) when the int8 features
+    disagree with the float ones.
     """
     order = np.random.default_rng(seed).permutation(len(calibration.x))
     n_held = max(1, round(len(order) * HELD_OUT_FRACTION))
@@ -148,10 +150,9 @@ def quantize_backbone(
             build(prefix)
             return float(_cosines(reference, features[prefix.layers]).mean())
 
-        request = float_layers(keep_float)
-        if isinstance(request, int):
-            chosen, trace = _fixed_prefix(candidates, request, source), []
-            how = f"--keep-float {request}"
+        if isinstance(keep_float, int):
+            chosen, trace = _fixed_prefix(candidates, keep_float, source), []
+            how = f"--keep-float {keep_float}"
         else:
             affordable = [p for p in candidates if p.compute_share <= float_prefix.MAX_FLOAT_SHARE]
             chosen, trace = float_prefix.search(affordable, held_out_cosine)
@@ -162,13 +163,8 @@ def quantize_backbone(
         if last.get("layers") != chosen.layers:
             build(chosen)
         quantized, repaired = last["model"], last["repaired"]
-    agreement = compare_features(
-        reference,
-        features[chosen.layers],
-        calibration,
-        held,
-        f"with {f'the first {_layers(chosen.layers)} float' if chosen.layers else 'every weight layer int8'} ({how})",
-    )
+    kept = f"the first {_layers(chosen.layers)} float" if chosen.layers else "every weight layer int8"
+    agreement = compare_features(reference, features[chosen.layers], calibration, held, f"with {kept} ({how})")
     onnx.save(quantized, str(backbone))
     return {
         "scheme": "int8",
@@ -179,7 +175,7 @@ def quantize_backbone(
         "calibration": {"source": Path(calibration.origin).name, "samples": int(len(calib)), "seed": seed},
         "float_layers": {
             "count": chosen.layers,
-            "chosen": "fixed" if isinstance(request, int) else "auto",
+            "chosen": "fixed" if isinstance(keep_float, int) else "auto",
             "weight_layers": list(chosen.weight_layers),
             "compute_share": round(chosen.compute_share, 4),
             "target_mean_cosine": float_prefix.TARGET_MEAN_COSINE,
