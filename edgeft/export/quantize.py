@@ -23,7 +23,7 @@ from onnx import numpy_helper
 from edgeft.bundle import Manifest, sha256_file
 from edgeft.errors import EdgeftError
 from edgeft.export import float_prefix
-from edgeft.runtime.guard import significantly_worse
+from edgeft.runtime.guard import lost_and_won, significantly_worse
 from edgeft.runtime.sources import Samples
 
 SCHEMES = ("int8",)
@@ -335,7 +335,7 @@ def compare_features(
     probe_lost = False
     if labels is not None and len(held) >= PROBE_MIN_SAMPLES and len(np.unique(labels)) > 1:
         right_float, right_int8 = probe_correct(reference, labels), probe_correct(features, labels)
-        lost, won = int((right_float & ~right_int8).sum()), int((~right_float & right_int8).sum())
+        lost, won = lost_and_won(right_float, right_int8)
         record.update(
             probe_accuracy_float=round(float(right_float.mean()), 4),
             probe_accuracy_int8=round(float(right_int8.mean()), 4),

@@ -92,7 +92,7 @@ def decide(policy: GuardPolicy, current: np.ndarray | None, candidate: np.ndarra
     if current is None or candidate is None or samples < policy.min_holdout:
         return Decision(True, f"holdout too small to judge ({samples} < {policy.min_holdout})", samples, None, None)
     now, new = float(current.mean()), float(candidate.mean())
-    lost, won = int((current & ~candidate).sum()), int((~current & candidate).sum())
+    lost, won = lost_and_won(current, candidate)
     if new >= now - policy.tolerance or not significantly_worse(lost, won):
         return Decision(True, f"holdout accuracy {now:.3f} -> {new:.3f}", samples, now, new)
     return Decision(
@@ -103,6 +103,11 @@ def decide(policy: GuardPolicy, current: np.ndarray | None, candidate: np.ndarra
         now,
         new,
     )
+
+
+def lost_and_won(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
+    """Per-sample correctness of two predictors: (samples only ``before`` gets right, samples only ``after`` does)."""
+    return int((before & ~after).sum()), int((~before & after).sum())
 
 
 def significantly_worse(lost: int, won: int) -> bool:
