@@ -29,6 +29,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from edgeft.bundle import Bundle
+from edgeft.bundle import Bundle, Manifest
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.features import EMBED_BATCH, session_options
 from edgeft.runtime.guard import GuardPolicy
@@ -50,6 +51,22 @@ STREAM = ROOT / "artifacts" / "demo" / "stream"
 TEST = ROOT / "artifacts" / "demo" / "test.npz"
 CONTENDERS = ("float inference", "int8 inference", "float adapt", "int8 adapt")
 CV_FOLDS, CV_REPEATS = 5, 3
+
+
+def demo_data(manifest: Manifest) -> tuple[list[Samples], Samples]:
+    """The demo stream's chunks in order, and the held-out test scans, read as ``adapt`` reads them."""
+    chunks = [s for p in sorted(STREAM.glob("*.npz")) for s in read_path(p, manifest)]
+    return chunks, read_path(TEST, manifest)[0]
+
+
+def print_rows(rows: Iterable[dict], json_path: Path | None) -> None:
+    """Print each result row as a JSON line as it comes; also write them all to ``json_path`` when given."""
+    done = []
+    for row in rows:
+        print(json.dumps(row), flush=True)
+        done.append(row)
+    if json_path:
+        json_path.write_text(json.dumps(done, indent=1) + "\n")
 
 
 def inference_rate(bundle: Bundle, x: np.ndarray, threads: int) -> float:
@@ -114,8 +131,7 @@ def run(rounds: int, threads: int) -> dict:
     """All rounds; returns every measurement and the medians."""
     bundles = {kind: Bundle.load(path) for kind, path in BUNDLES.items()}
     manifest = bundles["float"].manifest
-    chunks = [s for p in sorted(STREAM.glob("*.npz")) for s in read_path(p, manifest)]
-    test = read_path(TEST, manifest)[0]
+    chunks, test = demo_data(manifest)
     stream_x = np.concatenate([c.x for c in chunks]).astype(np.float32)
     rates: dict[str, list[float]] = {c: [] for c in CONTENDERS}
     accuracy: dict[str, list[float]] = {"float": [], "int8": []}

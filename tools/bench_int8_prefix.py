@@ -14,7 +14,6 @@ Needs the classifier ONNX that ``tools/build_default_bundle.py`` writes to ``bui
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -24,7 +23,6 @@ import numpy as np
 from build_default_bundle import CLASSIFIER, export_default
 
 from edgeft.bundle import Bundle
-from edgeft.runtime.sources import read_path
 
 
 def main() -> None:
@@ -44,29 +42,26 @@ def main() -> None:
                 CLASSIFIER, Path(tmp) / f"int8-{k}", quantize="int8", calibration=bench_int8.STREAM, keep_float=k
             )
         manifest = bundles["float"].manifest
-        stream = [s.x for p in sorted(bench_int8.STREAM.glob("*.npz")) for s in read_path(p, manifest)]
-        x = np.concatenate(stream).astype(np.float32)
+        chunks, _ = bench_int8.demo_data(manifest)
+        x = np.concatenate([c.x for c in chunks]).astype(np.float32)
         ratios: dict[str, list[float]] = {str(k): [] for k in counts}
         for r in range(args.rounds):
             order = list(bundles) if r % 2 == 0 else list(reversed(bundles))
             rates = {name: bench_int8.inference_rate(bundles[name], x, args.threads) for name in order}
             for k in ratios:
                 ratios[k].append(rates[k] / rates["float"])
-        rows = []
-        for k in counts:
-            layers = bundles[str(k)].manifest.quantization["float_layers"]
-            validation = bundles[str(k)].manifest.quantization["validation"]
-            row = {
-                "keep_float": k,
-                "compute_share": layers["compute_share"],
-                "mean_cosine": validation["mean_cosine"],
-                "int8_over_float_inference": round(statistics.median(ratios[str(k)]), 2),
-                "per_round": [round(v, 2) for v in ratios[str(k)]],
-            }
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        records = {k: bundles[str(k)].manifest.quantization for k in counts}
+    rows = [
+        {
+            "keep_float": k,
+            "compute_share": records[k]["float_layers"]["compute_share"],
+            "mean_cosine": records[k]["validation"]["mean_cosine"],
+            "int8_over_float_inference": round(statistics.median(ratios[str(k)]), 2),
+            "per_round": [round(v, 2) for v in ratios[str(k)]],
+        }
+        for k in counts
+    ]
+    bench_int8.print_rows(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -13,22 +13,38 @@ scikit-learn (dev extra). Usage: ``python tools/bench_int8_seeds.py [--seeds 1,2
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import bench_int8
 from build_default_bundle import CLASSIFIER, export_default
 
 from edgeft.bundle import Bundle
-from edgeft.runtime.sources import read_path
 
 
 def main_job(bundle: Bundle, threads: int) -> float:
     """Test accuracy after the five demo chunks, one ``learn`` each."""
-    chunks = [s for p in sorted(bench_int8.STREAM.glob("*.npz")) for s in read_path(p, bundle.manifest)]
-    test = read_path(bench_int8.TEST, bundle.manifest)[0]
+    chunks, test = bench_int8.demo_data(bundle.manifest)
     return bench_int8.adapt(bundle, chunks, test, threads)[1]
+
+
+def rows(seeds: list[int], threads: int) -> Iterator[dict]:
+    """One result row per seed, as each is measured."""
+    with tempfile.TemporaryDirectory(prefix="edgeft-int8-seeds-") as tmp:
+        for seed in seeds:
+            float_bundle = export_default(CLASSIFIER, Path(tmp) / f"float{seed}", seed=seed)
+            int8_bundle = export_default(
+                CLASSIFIER, Path(tmp) / f"int8{seed}", seed=seed, quantize="int8", calibration=bench_int8.STREAM
+            )
+            record = int8_bundle.manifest.quantization
+            yield {
+                "seed": seed,
+                "float": round(main_job(float_bundle, threads), 4),
+                "int8": round(main_job(int8_bundle, threads), 4),
+                "float_layers": record["float_layers"]["count"],
+                "mean_cosine": record["validation"]["mean_cosine"],
+            }
 
 
 def main() -> None:
@@ -39,25 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     if not CLASSIFIER.exists():
         parser.error(f"{CLASSIFIER} is missing: run tools/build_default_bundle.py first (build extra)")
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="edgeft-int8-seeds-") as tmp:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            float_bundle = export_default(CLASSIFIER, Path(tmp) / f"float{seed}", seed=seed)
-            int8_bundle = export_default(
-                CLASSIFIER, Path(tmp) / f"int8{seed}", seed=seed, quantize="int8", calibration=bench_int8.STREAM
-            )
-            record = int8_bundle.manifest.quantization
-            row = {
-                "seed": seed,
-                "float": round(main_job(float_bundle, args.threads), 4),
-                "int8": round(main_job(int8_bundle, args.threads), 4),
-                "float_layers": record["float_layers"]["count"],
-                "mean_cosine": record["validation"]["mean_cosine"],
-            }
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    bench_int8.print_rows(rows([int(s) for s in args.seeds.split(",")], args.threads), args.json)
 
 
 if __name__ == "__main__":
