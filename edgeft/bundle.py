@@ -6,7 +6,11 @@ Layout::
                             and (int8 bundles only) how the backbone was quantised
     backbone.onnx           the frozen part of the original model, inference only (float, or int8 QDQ)
     head.onnx               the head for inference, parameters as inputs (fed from a checkpoint)
-    train/                  ORT training artifacts of the head: training/eval/optimizer models, checkpoint
+    train/train_step.onnx   the portable train step (standard ONNX ops only: forward, loss, backward, optimizer)
+    train/initial_head.npz  the head's starting parameters (edgeft.head_state format)
+    train/*                 optionally, ORT training artifacts: training/eval/optimizer models, checkpoint
+
+``head.trainers`` says which of the two a bundle carries (bundles made before the portable step: ORT only).
 
 Loading verifies every file's sha256 before anything is handed to onnxruntime.
 """
@@ -27,6 +31,10 @@ BACKBONE_FILE = "backbone.onnx"
 HEAD_FILE = "head.onnx"
 TRAIN_DIR = "train"
 TRAIN_ARTIFACTS = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
+TRAIN_STEP_FILE = "train_step.onnx"
+INITIAL_HEAD_FILE = "initial_head.npz"
+PORTABLE_FILES = (TRAIN_STEP_FILE, INITIAL_HEAD_FILE)
+TRAINER_FILES = {"onnx": PORTABLE_FILES, "ort": TRAIN_ARTIFACTS}
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,9 @@ class HeadInfo:
     when the head must see the original features (unfrozen layers, or the original head kept). ``task`` is
     ``classification`` (labels: int64 class indices [N]), ``multilabel`` (float32 0/1 matrix [N, num_outputs])
     or ``regression`` (float32 targets [N, num_outputs]). ``unfrozen`` lists the original nodes moved into the
-    trainable part; their parameters are in ``trainable`` too.
+    trainable part; their parameters are in ``trainable`` too. ``trainers`` lists the training backends whose
+    files the bundle carries: ``onnx`` (the portable train step) and/or ``ort`` (ORT training artifacts).
+    ``momentum`` is SGD's heavy-ball momentum (portable trainer only).
     """
 
     kind: str
@@ -76,6 +86,8 @@ class HeadInfo:
     pool: str = "none"
     weight_decay: float = 0.0
     unfrozen: list[str] = field(default_factory=list)
+    trainers: list[str] = field(default_factory=lambda: ["ort"])
+    momentum: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -188,7 +200,7 @@ class Bundle:
         return self.path / HEAD_FILE
 
     def train_path(self, name: str) -> Path:
-        """Path of one ORT training artifact (training_model.onnx, eval_model.onnx, ...)."""
+        """Path of one training file (train_step.onnx, initial_head.npz, or an ORT artifact)."""
         return self.path / TRAIN_DIR / name
 
     @classmethod
@@ -209,7 +221,11 @@ class Bundle:
             raise EdgeftError(
                 f"{manifest_path} has bundle format {manifest.format_version}; this edgeft reads format {FORMAT_VERSION}"
             )
-        for required in (BACKBONE_FILE, HEAD_FILE, *(f"{TRAIN_DIR}/{n}" for n in TRAIN_ARTIFACTS)):
+        unknown = sorted(set(manifest.head.trainers) - set(TRAINER_FILES))
+        if unknown or not manifest.head.trainers:
+            raise EdgeftError(f"{manifest_path} names unknown trainers {unknown} (known: onnx, ort)")
+        trainer_files = [f"{TRAIN_DIR}/{n}" for t in manifest.head.trainers for n in TRAINER_FILES[t]]
+        for required in (BACKBONE_FILE, HEAD_FILE, *trainer_files):
             if required not in manifest.files:
                 raise EdgeftError(f"{manifest_path} does not list the required file {required}")
         _check_listing(root, manifest_path, set(manifest.files))

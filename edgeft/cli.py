@@ -44,7 +44,22 @@ _output = {"quiet": False, "verbose": False}
 
 BundleArg = Annotated[Path, typer.Argument(help="Bundle directory (from edgeft export).")]
 StateOpt = Annotated[Path, typer.Option("--state", "-s", help="State directory of this device (created if missing).")]
-EpOpt = Annotated[str, typer.Option("--ep", help="Execution provider: auto, cpu, cuda or any provider name.")]
+EpOpt = Annotated[
+    str,
+    typer.Option(
+        "--provider",
+        "--ep",
+        help="Execution provider(s) for the backbone and the train step: auto, cpu, cuda, any provider name the "
+        "installed onnxruntime offers, or a comma-separated list in order of preference.",
+    ),
+]
+TrainerOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (the portable ONNX trainer when the bundle carries it), onnx (plain onnxruntime, any CPU or "
+        "provider) or ort (ONNX Runtime training: pip install 'edgeft[ort]', x86_64, Python <= 3.12)."
+    ),
+]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads (default: ORT's choice).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
@@ -154,6 +169,16 @@ def export(
     loss: Annotated[str | None, typer.Option(help="regression: mse (default) or l1.")] = None,
     optimizer: Annotated[str, typer.Option(help="adamw or sgd.")] = "adamw",
     weight_decay: Annotated[float, typer.Option(min=0.0, help="AdamW weight decay, fixed in the artifacts.")] = 0.0,
+    momentum: Annotated[
+        float, typer.Option(min=0.0, max=0.999, help="sgd: heavy-ball momentum (portable trainer only).")
+    ] = 0.0,
+    ort_artifacts: Annotated[
+        bool | None,
+        typer.Option(
+            "--ort-artifacts/--no-ort-artifacts",
+            help="Also write ONNX Runtime training artifacts (--trainer ort); default: when ORT training is installed.",
+        ),
+    ] = None,
     color: Annotated[
         str | None, typer.Option(help="Image files: L or RGB (default from the input's channels).")
     ] = None,
@@ -231,6 +256,8 @@ def export(
             loss=loss,
             optimizer=optimizer,
             weight_decay=weight_decay,
+            momentum=momentum,
+            ort_artifacts=ort_artifacts,
             preprocessing={k: v for k, v in image_options.items() if v is not None},
             defaults=Defaults(
                 epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, replay_per_class=replay_per_class
@@ -379,6 +406,7 @@ def adapt(
         Path | None, typer.Option(help="Prometheus textfile to rewrite atomically after every update.")
     ] = None,
     ep: EpOpt = "auto",
+    trainer: TrainerOpt = "auto",
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -410,6 +438,7 @@ def adapt(
             policy=policy,
             holdout=fixed,
             schedule=schedule,
+            trainer=trainer,
         ) as adapter:
             if watch is not None:
                 logs = {"format": log_format, "file": log_file, "metrics": metrics_file}
@@ -449,6 +478,7 @@ def _adapt_once(adapter, data: list[str], relearn: bool, learn_options: dict, ev
         "skipped": outcome.skipped,
         "pending": outcome.pending,
         "provider": adapter.placement.name,
+        "trainer": adapter.trainer_kind,
         "accuracy_before": before,
         "accuracy_after": after,
     }
@@ -605,7 +635,9 @@ def info(bundle: BundleArg, as_json: JsonOpt = False) -> None:
             f"cut         '{m.source['cut_tensor']}' -> features '{m.feature.name}' [{m.head.feature_dim}]"
             + (f"; unfrozen from '{m.source['freeze_tensor']}'" if m.source.get("freeze_tensor") else ""),
             f"head        {m.head.kind} {m.head.feature_dim} -> {m.head.num_outputs} ({m.head.task}), "
-            f"trainable {m.head.trainable}, {m.head.loss}, {m.head.optimizer} (weight decay {m.head.weight_decay:g})"
+            f"trainable {m.head.trainable}, {m.head.loss}, {m.head.optimizer} (weight decay {m.head.weight_decay:g}"
+            + (f", momentum {m.head.momentum:g})" if m.head.momentum else ")"),
+            f"trainers    {', '.join(m.head.trainers)}"
             + (f", pool {m.head.pool}" if m.head.pool != "none" else "")
             + (f", hidden {m.head.hidden} {m.head.activation} dropout {m.head.dropout:g}" if m.head.hidden else ""),
             f"defaults    epochs {m.defaults.epochs}, batch {m.defaults.batch_size}, lr {m.defaults.lr}, seed {m.defaults.seed}",
@@ -664,6 +696,7 @@ def demo(
     ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per arriving chunk (default: bundle's).")] = None,
     ep: EpOpt = "auto",
+    trainer: TrainerOpt = "auto",
     threads: ThreadsOpt = None,
 ) -> None:
     """The main job: adapt the shipped default bundle on the demo stream, report held-out accuracy."""
@@ -679,7 +712,7 @@ def demo(
             raise EdgeftError(f"the demo needs {root} from the edgeft source tree (install with pip install -e .)")
         workdir = Path(tempfile.mkdtemp(prefix="edgeft-demo-")) if state is None else state
         try:
-            with Adapter(bundle_dir, workdir, ep=ep, threads=threads) as adapter:
+            with Adapter(bundle_dir, workdir, ep=ep, threads=threads, trainer=trainer) as adapter:
                 if adapter.version:
                     raise EdgeftError(f"{workdir} already holds a learned head; give the demo a fresh --state")
                 manifest = adapter.bundle.manifest

@@ -11,20 +11,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime
+import pytest
 from tiny_models import CHANNELS, SIZE
 
+from edgeft.bundle import TRAIN_ARTIFACTS, TRAIN_STEP_FILE, Bundle
+from edgeft.export.artifacts import ort_training_installed
+from edgeft.head_state import HeadState
+
 CLASSES = ("red", "green", "blue")
-# Every file of an exported bundle besides manifest.json, as the manifest lists them.
+# Every file of an exported bundle besides manifest.json, as the manifest lists them: the ORT training
+# artifacts are there when ORT training is installed (export's default).
+ORT_ARTIFACTS = frozenset(f"train/{name}" for name in TRAIN_ARTIFACTS)
 BUNDLE_FILES = frozenset(
-    {
-        "backbone.onnx",
-        "head.onnx",
-        "train/training_model.onnx",
-        "train/eval_model.onnx",
-        "train/optimizer_model.onnx",
-        "train/checkpoint",
-    }
+    {"backbone.onnx", "head.onnx", "train/train_step.onnx", "train/initial_head.npz"}
+    | (ORT_ARTIFACTS if ort_training_installed() else set())
 )
+needs_ort = pytest.mark.skipif(not ort_training_installed(), reason="needs ONNX Runtime training (edgeft[ort])")
 CLI = [sys.executable, "-m", "edgeft.cli"]
 SUBPROCESS_TIMEOUT = 120
 
@@ -95,3 +97,14 @@ def one_error_line(stderr: str) -> str:
     assert len(lines) == 1, stderr
     assert lines[0].startswith("edgeft: error: "), stderr
     return lines[0]
+
+
+def initial_parameters(bundle_path: Path) -> dict[str, np.ndarray]:
+    """The starting head parameters an exported bundle carries (backend-neutral head state)."""
+    return HeadState.load(bundle_path / "train" / "initial_head.npz").parameters
+
+
+def trained_by_step(bundle: Bundle) -> set[str]:
+    """Parameters the bundle's portable train step updates (its ``new.*`` outputs that are parameters)."""
+    outputs = {o.name for o in onnx.load(str(bundle.train_path(TRAIN_STEP_FILE))).graph.output}
+    return {name for name in initial_parameters(bundle.path) if "new." + name in outputs}

@@ -124,7 +124,7 @@ def test_guard_refuses_a_flood_of_mislabelled_data(bundle: Bundle, state_dir: Pa
         assert flood.version == 3 and adapter.meta["head_version"] == 2
         for name, value in before.items():
             np.testing.assert_array_equal(adapter.parameters()[name], value, err_msg=name)
-        assert (state_dir / "rejected" / "000003.ckpt").is_file()
+        assert (state_dir / "rejected" / "000003.head.npz").is_file()
         assert adapter.meta["samples_accepted"] == 240 and adapter.meta["samples_received"] == 640
         recovered = adapter.learn(*make_dataset(60, seed=13))
         assert recovered.promoted and recovered.version == 4

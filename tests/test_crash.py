@@ -133,7 +133,7 @@ def _intact_at_version_1(bundle_dir: Path, state: Path) -> None:
     current = StateStore(state, Bundle.load(bundle_dir).fingerprint).current()  # verifies every file's sha256
     assert current is not None and current.number == 1
     assert sorted(p.name for p in (state / "versions").iterdir()) == [
-        "000001.ckpt",
+        "000001.head.npz",
         "000001.holdout.npz",
         "000001.json",
         "000001.replay.npz",
@@ -154,7 +154,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one_and_exits_1(bundle
     )
     assert done.returncode == 1, done.stderr
     line = one_error_line(done.stderr)
-    assert f"{state / 'versions' / '000002.ckpt'}: cannot write it" in line and "the previous file stays" in line
+    assert f"{state / 'versions' / '000002.head.npz'}: cannot write it" in line and "the previous file stays" in line
     _intact_at_version_1(bundle_dir, state)
     # Space again: the same data is learned (nothing of it was journaled).
     again = run_cli("adapt", bundle_dir, "-s", state, "--data", more, "--no-guard", "--json")
@@ -194,7 +194,7 @@ def test_full_disk_in_watch_mode_commits_nothing_and_retries(bundle_dir: Path, t
         if process.stderr:
             process.stderr.close()
     assert [e["event"] for e in errors] == ["error"] * 3  # the same entry, tried again and again
-    assert all(str(state / "versions" / "000002.ckpt") in e["reason"] for e in errors), errors
+    assert all(str(state / "versions" / "000002.head.npz") in e["reason"] for e in errors), errors
     assert (inbox / "b.npz").is_file() and not any((inbox / "done").iterdir())
     _intact_at_version_1(bundle_dir, state)
     drained = subprocess.run([*args, "--once"], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)

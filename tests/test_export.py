@@ -9,7 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import BUNDLE_FILES, CLASSES, copy_tree, flip_byte, run_onnx, softmax
+from helpers import (
+    BUNDLE_FILES,
+    CLASSES,
+    copy_tree,
+    flip_byte,
+    initial_parameters,
+    needs_ort,
+    run_onnx,
+    softmax,
+    trained_by_step,
+)
 from onnx import numpy_helper
 from tiny_models import CHANNELS, HIDDEN, ORIGINAL_CLASSES, SIZE, classifier, save
 
@@ -134,6 +144,17 @@ def test_load_rejects_manifest_whose_files_is_not_a_mapping(bundle_dir: Path, tm
         Bundle.load(copy)
 
 
+def test_train_step_trains_exactly_the_head(bundle: Bundle) -> None:
+    assert bundle.manifest.head.trainers[0] == "onnx"
+    assert trained_by_step(bundle) == {"head.weight", "head.bias"}
+    params = initial_parameters(bundle.path)
+    assert set(params) == HEAD_PARAMETERS
+    assert params["head.weight"].shape == (len(CLASSES), HIDDEN) and params["head.bias"].shape == (len(CLASSES),)
+    np.testing.assert_array_equal(params["head.feature_mean"], np.zeros(HIDDEN, np.float32))
+    np.testing.assert_array_equal(params["head.feature_scale"], np.ones(HIDDEN, np.float32))
+
+
+@needs_ort
 def test_checkpoint_trains_exactly_the_head(bundle_dir: Path) -> None:
     checkpoint = bundle_dir / "train" / "checkpoint"
     check_trainable_set(checkpoint, {"head.weight", "head.bias"})
@@ -151,8 +172,7 @@ def test_checkpoint_trains_exactly_the_head(bundle_dir: Path) -> None:
 
 
 def test_inference_head_applies_checkpoint_parameters(bundle_dir: Path) -> None:
-    state = training_api().CheckpointState.load_checkpoint(str(bundle_dir / "train" / "checkpoint"))
-    params = {name: p.data.copy() for name, p in state.parameters}
+    params = initial_parameters(bundle_dir)
     rng = np.random.default_rng(0)
     params["head.feature_mean"] = rng.normal(size=HIDDEN).astype(np.float32)
     params["head.feature_scale"] = rng.uniform(0.5, 2, HIDDEN).astype(np.float32)

@@ -19,10 +19,10 @@ from helpers import CLASSES, SUBPROCESS_TIMEOUT, flip_byte, softmax
 from edgeft.bundle import Bundle, Defaults
 from edgeft.errors import DataError, EdgeftError
 from edgeft.export import export_bundle
+from edgeft.head_state import HeadState
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.merge import write_merged_model
-from edgeft.runtime.trainer import checkpoint_parameters
 
 PARAMETER_NAMES = {"head.weight", "head.bias", "head.feature_mean", "head.feature_scale"}
 
@@ -35,7 +35,7 @@ def _versions(state: Path) -> list[int]:
     names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
     numbers = sorted({int(n[:6]) for n in names if n[:6].isdigit()})
     for number in numbers:
-        assert {f"{number:06d}.ckpt", f"{number:06d}.json"} <= set(names), names
+        assert {f"{number:06d}.head.npz", f"{number:06d}.json"} <= set(names), names
     return numbers
 
 
@@ -98,7 +98,7 @@ def test_learning_continues_from_last_checkpoint(bundle: Bundle, state_dir: Path
     with Adapter(bundle, state_dir) as first:
         first_result = first.learn(x[:60], y[:60], epochs=3)
         committed = first.parameters()
-    _assert_same_parameters(committed, checkpoint_parameters(state_dir / "versions" / "000001.ckpt"))
+    _assert_same_parameters(committed, HeadState.load(state_dir / "versions" / "000001.head.npz").parameters)
 
     with Adapter(bundle, state_dir) as second:
         assert second.version == 1
@@ -269,7 +269,7 @@ def test_diverged_learning_leaves_the_committed_head_in_use(bundle: Bundle, stat
         assert (diverged.version, diverged.promoted) == (1, False) and "diverged" in diverged.reason
         np.testing.assert_allclose(adapter.predict_proba(x[:8]), initial, atol=1e-6)
         assert adapter.meta["head_version"] == 0 and adapter.meta["samples_accepted"] == 0
-        assert (state_dir / "rejected" / "000001.ckpt").is_file()
+        assert (state_dir / "rejected" / "000001.head.npz").is_file()
         healthy = adapter.learn(x[:30], y[:30], epochs=2, lr=0.05)
         assert (healthy.version, healthy.promoted) == (2, True)
     np.testing.assert_allclose(Adapter(bundle, state_dir).predict_proba(x[:8]), adapter.predict_proba(x[:8]))
@@ -355,9 +355,9 @@ def test_corrupt_state_is_refused(bundle: Bundle, state_dir: Path, train_data: D
     x, y = train_data
     with Adapter(bundle, state_dir) as adapter:
         adapter.learn(x[:12], y[:12], epochs=1)
-    checkpoint = state_dir / "versions" / "000001.ckpt"
+    checkpoint = state_dir / "versions" / "000001.head.npz"
     flip_byte(checkpoint)
-    with pytest.raises(EdgeftError, match="000001.ckpt is corrupt"):
+    with pytest.raises(EdgeftError, match="000001.head.npz is corrupt"):
         Adapter(bundle, state_dir)
     flip_byte(checkpoint)
     assert Adapter(bundle, state_dir).version == 1

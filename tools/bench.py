@@ -66,7 +66,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, list[str]]]:
     return steps
 
 
-def cold_start(args: argparse.Namespace, python: str, tmp: Path) -> dict[str, float]:
+def cold_start(args: argparse.Namespace, python: str, tmp: Path, extra: tuple[str, ...] = ()) -> dict[str, float]:
     """Seconds from spawning ``edgeft adapt`` (16 samples, fresh state) to its exit with version 1 committed."""
     x, y = stream_chunks()[0]
     data = tmp / "first16.npz"
@@ -75,7 +75,7 @@ def cold_start(args: argparse.Namespace, python: str, tmp: Path) -> dict[str, fl
     shutil.rmtree(state, ignore_errors=True)
     code = "import sys; from edgeft.cli import run; sys.argv[0] = 'edgeft'; run()"
     cmd = [python, "-c", code, "adapt", str(BUNDLE), "--data", str(data), "--state", str(state)]
-    cmd += ["--threads", str(args.threads), "--ep", args.ep]
+    cmd += ["--threads", str(args.threads), "--ep", args.ep, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, env=env)
@@ -88,8 +88,8 @@ def cold_start(args: argparse.Namespace, python: str, tmp: Path) -> dict[str, fl
     return {"adapt_s": seconds, "import_s": time.perf_counter() - start}
 
 
-def venv_size(tmp: Path, pip_options: tuple[str, ...] = ()) -> dict[str, object]:
-    """MiB of a fresh ``python3.11 -m venv`` with ``pip install [OPTIONS] .`` (no extras), and its largest packages."""
+def venv_size(tmp: Path, pip_options: tuple[str, ...] = (), extras: str = "") -> dict[str, object]:
+    """MiB of a fresh venv of this Python with ``pip install [OPTIONS] .[EXTRAS]``, and its largest packages."""
     venv, source = tmp / "venv", tmp / "source"  # a copy: pip's build leaves build/ in the source tree
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "edgeft"):
@@ -98,7 +98,13 @@ def venv_size(tmp: Path, pip_options: tuple[str, ...] = ()) -> dict[str, object]
         else:
             shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    command = [str(venv / "bin" / "pip"), "install", "-q", *pip_options, str(source)]
+    command = [
+        str(venv / "bin" / "pip"),
+        "install",
+        "-q",
+        *pip_options,
+        f"{source}[{extras}]" if extras else str(source),
+    ]
     subprocess.run(command, check=True, capture_output=True)
     total = int(subprocess.run(["du", "-sm", str(venv)], capture_output=True, text=True).stdout.split()[0])
     site = next((venv / "lib").glob("python*/site-packages"))

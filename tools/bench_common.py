@@ -72,6 +72,7 @@ def common_args(description: str, contenders: list[str]) -> argparse.Namespace:
     parser.add_argument("--arrival", type=int, help="re-split the stream into arrivals of this many samples")
     parser.add_argument("--warm-chunks", type=int, default=0, help="learn the first K chunks untimed first")
     parser.add_argument("--ep", default="cpu", help="cpu or cuda")
+    parser.add_argument("--trainer", default="onnx", choices=["onnx", "ort"], help="edgeft and replay contenders")
     parser.add_argument("--opt-level", default="all", choices=["all", "extended", "basic"], help="inference only")
     parser.add_argument("--dump", type=Path, help="write the features of the first 4 samples here (.npy)")
     return parser.parse_args()

@@ -29,7 +29,7 @@ from edgeft.fleet.device import FleetDevice, TrainOptions
 from edgeft.fleet.normaliser import pooled_normaliser
 from edgeft.fleet.records import from_record, to_record
 from edgeft.runtime.adapter import Adapter
-from edgeft.runtime.trainer import checkpoint_parameters
+from edgeft.runtime.trainer import stored_state
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "artifacts" / "default"
@@ -86,7 +86,7 @@ def main() -> None:
             local = [_accuracy(a, test_f, test_y) for a in adapters]
             fleet = [FleetDevice(a) for a in adapters]
             classes = list(adapters[0].bundle.manifest.classes)
-            head = checkpoint_parameters(adapters[0].bundle.train_path("checkpoint"))
+            head = stored_state(adapters[0].bundle, None).parameters
             head["head.feature_mean"], head["head.feature_scale"] = pooled_normaliser(
                 [d.report().moments for d in fleet]
             )

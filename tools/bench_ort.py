@@ -5,7 +5,8 @@
   bundle's defaults (10 head epochs over new + replayed features, batch 16, one committed version per call).
 - ``ort-whole``: ORT training artifacts over the whole graph (backbone + a new 10-class Gemm head, every backbone
   parameter frozen), generated at setup; one epoch over each arrival, batch ``--batch``; a checkpoint per arrival.
-- ``replay``: head steps of the bundle's ``HeadTrainer`` on cached features (no backbone), batch 16.
+- ``replay``: head steps of the bundle's trainer (``--trainer onnx``: the portable train step; ``ort``: ORT
+  training's Module) on cached features (no backbone), batch 16.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from bench_common import BUNDLE, Arrival, batches, common_args, emit, timed_run,
 import edgeft  # noqa: F401  (first: keeps torch out of the process)
 from edgeft.bundle import Bundle
 from edgeft.runtime import features as features_module
-from edgeft.runtime import trainer as trainer_module
+from edgeft.runtime import onnx_trainer, ort_trainer
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.features import session_options
 from edgeft.runtime.ort import resolve_placement, training_api, training_artifacts
-from edgeft.runtime.trainer import HeadTrainer
+from edgeft.runtime.trainer import HEAD_STATE_FILE, choose_trainer, open_trainer
 
 CONTENDERS = ["inference", "edgeft", "ort-whole", "replay"]
 REPLAY_SAMPLES, REPLAY_EPOCHS = 2000, 10
@@ -62,7 +63,7 @@ def run_edgeft(args, warm: list[Arrival], arrivals: list[Arrival]) -> dict:  # n
     features_module.EMBED_BATCH = args.batch
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        adapter = Adapter(BUNDLE, Path(tmp) / "state", ep=args.ep, threads=args.threads)
+        adapter = Adapter(BUNDLE, Path(tmp) / "state", ep=args.ep, threads=args.threads, trainer=args.trainer)
         adapter.consumed_inputs()  # opens the lock and the training session, as watch mode does at startup
         setup = time.perf_counter() - start
         for x, y in warm:
@@ -94,7 +95,7 @@ def run_edgeft(args, warm: list[Arrival], arrivals: list[Arrival]) -> dict:  # n
             backbone_rows_per_sample=rows[0] / result["samples"],
             replayed_per_arrival_mean=float(np.mean(replayed)),
             commit_s_median=float(np.median(commit_s)),
-            checkpoint_bytes=version.checkpoint.stat().st_size,
+            checkpoint_bytes=version.files[HEAD_STATE_FILE].stat().st_size,
             replay_bytes=version.files["replay.npz"].stat().st_size,
             version=version.number,
         )
@@ -178,9 +179,10 @@ def run_ort_whole(args, warm: list[Arrival], arrivals: list[Arrival]) -> dict:  
 
 
 def _head_rate(bundle: Bundle, args, threads: int, feats: np.ndarray, labels: np.ndarray) -> tuple[float, float]:  # noqa: ANN001
-    """(samples/s, save seconds) of 10 epochs of ``HeadTrainer.fit`` with its Module on ``threads`` threads."""
-    trainer_module.HEAD_TRAINING_THREADS = threads  # bench-only: compare the pinned default with --threads
-    trainer = HeadTrainer(bundle, bundle.train_path("checkpoint"), resolve_placement(args.ep), args.threads)
+    """(samples/s, save seconds) of 10 epochs of the trainer's ``fit`` with its session on ``threads`` threads."""
+    module = onnx_trainer if args.trainer == "onnx" else ort_trainer
+    module.HEAD_TRAINING_THREADS = threads  # bench-only: compare the pinned default with --threads
+    trainer = open_trainer(bundle, None, resolve_placement(args.ep), choose_trainer(bundle, args.trainer))
     d = bundle.manifest.defaults
 
     def constant(_step: int) -> float:  # the runtime's default schedule
@@ -192,7 +194,8 @@ def _head_rate(bundle: Bundle, args, threads: int, feats: np.ndarray, labels: np
     rate = len(feats) * REPLAY_EPOCHS / (time.perf_counter() - start)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        trainer.save(Path(tmp) / "ckpt")
+        for kind, write in trainer.writers().items():
+            write(Path(tmp) / kind)
         return rate, time.perf_counter() - start
 
 
@@ -205,7 +208,8 @@ def run_replay(args, warm: list[Arrival], arrivals: list[Arrival]) -> dict:  # n
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((REPLAY_SAMPLES, bundle.manifest.head.feature_dim)).astype(np.float32)
     labels = rng.integers(0, len(bundle.manifest.classes), REPLAY_SAMPLES)
-    pinned = trainer_module.HEAD_TRAINING_THREADS
+    module = onnx_trainer if args.trainer == "onnx" else ort_trainer
+    pinned = module.HEAD_TRAINING_THREADS
     rates: dict[int, list[float]] = {pinned: [], args.threads: []}
     saves = []
     for _ in range(3):
@@ -213,7 +217,7 @@ def run_replay(args, warm: list[Arrival], arrivals: list[Arrival]) -> dict:  # n
             rate, save_s = _head_rate(bundle, args, threads, feats, labels)
             rates[threads].append(rate)
             saves.append(save_s)
-    trainer_module.HEAD_TRAINING_THREADS = pinned
+    module.HEAD_TRAINING_THREADS = pinned
     rate = float(np.median(rates[pinned]))
     return {
         "samples": REPLAY_SAMPLES * REPLAY_EPOCHS,
@@ -221,6 +225,7 @@ def run_replay(args, warm: list[Arrival], arrivals: list[Arrival]) -> dict:  # n
         "steps_per_s": rate / bundle.manifest.defaults.batch_size,
         "samples_per_s_at_threads": float(np.median(rates[args.threads])),
         "head_threads": pinned,
+        "trainer": args.trainer,
         "head_save_s": float(np.median(saves)),
     }
 

@@ -6,7 +6,9 @@ the device runtime never does. Steps:
 1. ``tools/export_efficientnet_lite0.py`` exports Google's pretrained EfficientNet-Lite0 ImageNet classifier
    to ONNX, with the preprocessing for 8x8 grey digit scans inside the graph (resize to 224, grey to RGB,
    normalisation).
-2. ``edgeft.export_bundle`` cuts its ImageNet head off and attaches a new 10-class head: ``artifacts/default``.
+2. ``edgeft.export_bundle`` cuts its ImageNet head off and attaches a new 10-class head: ``artifacts/default``,
+   with both trainers' files (the portable train step and ORT training artifacts, hence ``edgeft[ort]`` in the
+   build extra).
 3. scikit-learn's UCI handwritten digits (1,797 real 8x8 scans) are split 70/30, stratified, seed 0: the
    training part becomes a demo stream of arriving chunks (``artifacts/demo/stream/chunk_NN.npz``), the rest
    the held-out test set (``artifacts/demo/test.npz``); a few test images are also written as PNG files
@@ -99,6 +101,7 @@ def export_default(classifier: Path, out: Path, seed: int = 0, **quantization: o
         ),
         defaults=DEFAULTS,
         seed=seed,
+        ort_artifacts=True,  # both trainers: the portable train step and ORT training's artifacts
         force=True,
         **quantization,
     )

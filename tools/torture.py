@@ -37,7 +37,7 @@ from edgeft.runtime.history import JOURNAL_FILE, METRICS_FILE, read_lines
 from edgeft.runtime.inbox import DONE_DIR, PENDING_DIR, QUARANTINE_DIR
 from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.store import StateStore
-from edgeft.runtime.trainer import checkpoint_parameters, parameters_finite
+from edgeft.runtime.trainer import parameters_finite, stored_state
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ("red", "green", "blue")
@@ -170,7 +170,7 @@ def _check_versions(store: StateStore, bundle: Bundle, problems: list[str]) -> d
     for number in store.retained():
         try:
             version = store.load(number)
-            parameters = checkpoint_parameters(version.checkpoint)
+            parameters = stored_state(bundle, version.files).parameters
             replay = ReplayBuffer.load(version.files["replay.npz"], head.feature_dim, head.num_outputs, 10**6)
         except (EdgeftError, KeyError, RuntimeError) as exc:
             problems.append(f"version {number} does not load whole: {type(exc).__name__}: {exc}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgeft import _ort_shell
 from edgeft.bundle import TRAIN_ARTIFACTS
 from edgeft.errors import EdgeftError
 from edgeft.export.head import LOGITS_OUTPUT, MAX_IR_VERSION
@@ -48,8 +49,6 @@ def generate_head_artifacts(head: onnx.ModelProto, directory: Path, training: Tr
         raise EdgeftError(f"unknown loss '{training.loss}'; choose one of {', '.join(LOSSES)}")
     if training.optimizer not in OPTIMIZERS:
         raise EdgeftError(f"unknown optimizer '{training.optimizer}'; choose adamw or sgd")
-    if training.optimizer == "sgd" and training.weight_decay:
-        raise EdgeftError("ORT's SGD optimizer has no weight decay; use --optimizer adamw or --weight-decay 0")
     optimizer = (
         onnxblock().optim.AdamW(weight_decay=training.weight_decay)
         if training.optimizer == "adamw"
@@ -82,6 +81,11 @@ def generate_head_artifacts(head: onnx.ModelProto, directory: Path, training: Tr
         if name.endswith(".onnx"):
             _restamp_ir_version(directory / name)
     check_trainable_set(directory / "checkpoint", set(training.trainable))
+
+
+def ort_training_installed() -> bool:
+    """True when ONNX Runtime training (the ``edgeft[ort]`` extra) can be imported."""
+    return _ort_shell.install()
 
 
 def onnxblock() -> types.ModuleType:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -20,8 +21,10 @@ from edgeft.bundle import (
     BACKBONE_FILE,
     FORMAT_VERSION,
     HEAD_FILE,
+    INITIAL_HEAD_FILE,
     MANIFEST_FILE,
     TRAIN_DIR,
+    TRAIN_STEP_FILE,
     Bundle,
     Defaults,
     HeadInfo,
@@ -33,7 +36,7 @@ from edgeft.bundle import (
 )
 from edgeft.errors import EdgeftError
 from edgeft.export import head as head_graph
-from edgeft.export.artifacts import Training, check_artifacts_run, generate_head_artifacts
+from edgeft.export.artifacts import Training, check_artifacts_run, generate_head_artifacts, ort_training_installed
 from edgeft.export.body import build_body
 from edgeft.export.graph import is_channels_last, real_inputs
 from edgeft.export.pooling import Pooling, choose_pooling, numpy_pool
@@ -49,6 +52,8 @@ from edgeft.export.surgery import (
     with_extra_outputs,
 )
 from edgeft.export.torch_source import torch_to_onnx
+from edgeft.export.train_step import Optimizer, build_train_step, check_train_step
+from edgeft.head_state import HeadState
 
 # The backbone must reproduce the original graph's tensor at the cut within this tolerance
 # (numpy.allclose semantics: |backbone - original| <= ATOL + RTOL * |original|).
@@ -86,6 +91,8 @@ def export_bundle(
     loss: str | None = None,
     optimizer: str = "adamw",
     weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    ort_artifacts: bool | None = None,
     preprocessing: Preprocessing | dict[str, Any] | None = None,
     defaults: Defaults | None = None,
     seed: int = 0,
@@ -104,7 +111,9 @@ def export_bundle(
     reserves outputs for classes that do not exist yet. ``quantize="int8"`` quantises the backbone with
     ``calibration`` data (a path in a format ``adapt`` reads, an array ``x`` or ``(x, y)``), keeping ``keep_float``
     weight layers from the input float (a number, or ``"auto"``, the default: as few as bring the int8 features
-    close to the float ones; see edgeft.export.float_prefix). Raises EdgeftError
+    close to the float ones; see edgeft.export.float_prefix). The bundle always carries the portable train step
+    (standard ONNX ops; ``momentum`` applies to SGD there); ``ort_artifacts`` adds ONNX Runtime training artifacts
+    too (None: when ORT training is installed). Raises EdgeftError
     with a clear message when the model cannot be exported or the exported parts do not reproduce the original.
     """
     destination = Path(out)
@@ -142,14 +151,32 @@ def export_bundle(
         inference = head_graph.inference_head(spec, parameters)
         checks = _validate_head(inference, parameters, parts, head_cut, keep is not None, source_path)
         training = Training(spec.trainable, spec.frozen, loss, optimizer, weight_decay)
+        with_ort = (ort_training_installed() and not momentum) if ort_artifacts is None else ort_artifacts
+        if optimizer == "sgd" and weight_decay:
+            raise EdgeftError("the SGD optimizer has no weight decay; use --optimizer adamw or --weight-decay 0")
+        if momentum and optimizer != "sgd":
+            raise EdgeftError("--momentum applies to --optimizer sgd (AdamW has its own moments)")
+        if momentum and with_ort:
+            raise EdgeftError(
+                "ORT training's SGD has no momentum: export with --no-ort-artifacts, or without --momentum"
+            )
+        step, trainers = _portable_step(spec, parameters, loss, Optimizer(optimizer, weight_decay, momentum), with_ort)
+        if step is not None:
+            diff = check_train_step(step, parameters, parts.features, checks["logits"], loss, spec.dropout)
+            checks["record"]["train_step_loss_diff"] = diff
         destination.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".edgeft-export-", dir=destination.parent) as tmp:
             staging = Path(tmp) / "bundle"
             staging.mkdir()
             onnx.save(parts.backbone, str(staging / BACKBONE_FILE))
             onnx.save(inference, str(staging / HEAD_FILE))
-            generate_head_artifacts(head_graph.training_head(spec, parameters), staging / TRAIN_DIR, training)
-            _validate_artifacts(staging / TRAIN_DIR, parts.features, checks, task, capacity)
+            (staging / TRAIN_DIR).mkdir()
+            if step is not None:
+                onnx.save(step, str(staging / TRAIN_DIR / TRAIN_STEP_FILE))
+                HeadState(parameters).save(staging / TRAIN_DIR / INITIAL_HEAD_FILE)
+            if with_ort:
+                generate_head_artifacts(head_graph.training_head(spec, parameters), staging / TRAIN_DIR, training)
+                _validate_artifacts(staging / TRAIN_DIR, parts.features, checks, task, capacity)
             manifest = Manifest(
                 format_version=FORMAT_VERSION,
                 producer={"name": "edgeft", "version": __version__, "created": _creation_time()},
@@ -182,6 +209,8 @@ def export_bundle(
                     pool=parts.pooling.kind,
                     weight_decay=weight_decay,
                     unfrozen=_unfrozen_nodes(parts.body),
+                    trainers=trainers,
+                    momentum=momentum,
                 ),
                 classes=class_names,
                 defaults=defaults or Defaults(),
@@ -213,6 +242,21 @@ def export_bundle(
                 destination.unlink()
             staging.rename(destination)
     return Bundle.load(destination)
+
+
+def _portable_step(
+    spec: head_graph.HeadSpec, parameters: dict[str, np.ndarray], loss: str, optimizer: Optimizer, with_ort: bool
+) -> tuple[onnx.ModelProto | None, list[str]]:
+    """The portable train step and the trainers the bundle will carry. A head the portable trainer cannot
+    differentiate still exports with ORT artifacts alone (``--trainer ort`` on the device); without them it fails."""
+    try:
+        step = build_train_step(spec, parameters, loss, optimizer)
+    except EdgeftError as exc:
+        if not with_ort:
+            raise EdgeftError(f"{exc} (install edgeft[ort] for ORT artifacts)") from None
+        warnings.warn(f"{exc}; the bundle carries ORT training artifacts only", stacklevel=3)
+        return None, ["ort"]
+    return step, ["onnx", "ort"] if with_ort else ["onnx"]
 
 
 @dataclass(frozen=True)

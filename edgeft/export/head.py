@@ -120,7 +120,7 @@ def _activation(kind: str, x: str, prefix: str) -> tuple[list[onnx.NodeProto], s
     ], out
 
 
-def _nodes(spec: HeadSpec, training: bool) -> list[onnx.NodeProto]:
+def forward_nodes(spec: HeadSpec, training: bool) -> list[onnx.NodeProto]:
     nodes: list[onnx.NodeProto] = []
     x = FEATURES_INPUT
     if spec.body:
@@ -167,7 +167,7 @@ def training_head(spec: HeadSpec, parameters: dict[str, np.ndarray]) -> onnx.Mod
     features, logits = _io(spec)
     initializers = [numpy_helper.from_array(parameters[name], name) for name in spec.trainable + spec.frozen]
     graph = helper.make_graph(
-        _nodes(spec, training=True), "edgeft_head", [features], [logits], initializer=initializers
+        forward_nodes(spec, training=True), "edgeft_head", [features], [logits], initializer=initializers
     )
     return _model(graph, spec.opset)
 
@@ -179,5 +179,7 @@ def inference_head(spec: HeadSpec, parameters: dict[str, np.ndarray]) -> onnx.Mo
         helper.make_tensor_value_info(name, TensorProto.FLOAT, list(parameters[name].shape))
         for name in spec.trainable + spec.frozen
     ]
-    graph = helper.make_graph(_nodes(spec, training=False), "edgeft_head_inference", [features, *params], [logits])
+    graph = helper.make_graph(
+        forward_nodes(spec, training=False), "edgeft_head_inference", [features, *params], [logits]
+    )
     return _model(graph, spec.opset)

@@ -9,6 +9,7 @@ disagree (mean cosine similarity, and a linear probe's accuracy when labels are 
 
 from __future__ import annotations
 
+import importlib.util
 import operator
 import tempfile
 import warnings
@@ -60,6 +61,8 @@ def check_request(scheme: str | None, calibration: object, keep_float: object = 
         return float_prefix.AUTO
     if scheme not in SCHEMES:
         raise EdgeftError(f"unknown quantisation '{scheme}'; choose one of {', '.join(SCHEMES)}")
+    if importlib.util.find_spec("sympy") is None:
+        raise EdgeftError("int8 export needs sympy (ORT's quantisation pre-processing): pip install 'edgeft[quantize]'")
     if calibration is None:
         raise EdgeftError(f"--quantize {scheme} needs --calibration DATA (samples like the ones the device will see)")
     return float_layers(keep_float)

@@ -20,7 +20,7 @@ from edgeft.runtime.adapter import Adapter, LearnResult
 from edgeft.runtime.inbox import Inbox
 from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.schedule import learning_rates
-from edgeft.runtime.trainer import HeadTrainer, Parameters, steps_per_fit
+from edgeft.runtime.trainer import Parameters, open_trainer, steps_per_fit
 from edgeft.runtime.watch import StopFlag, watch
 
 ORIGIN_PREFIX = "fleet global head "
@@ -93,7 +93,7 @@ class FleetDevice:
             )
         order = row_order(self.adapter.classes, global_classes, self.adapter.capacity)
         bundle = self.adapter.bundle
-        trainer = HeadTrainer(bundle, bundle.train_path("checkpoint"), self.adapter.placement, self.threads)
+        trainer = open_trainer(bundle, None, self.adapter.placement, self.adapter.trainer_kind)
         try:
             trainer.set_parameters(to_device(global_head, order))
         except ValueError as exc:

@@ -23,7 +23,7 @@ from edgeft.fleet.alignment import extend_registry
 from edgeft.fleet.normaliser import Moments, pooled_normaliser
 from edgeft.fleet.records import CONFIG, from_record, read_report, to_record
 from edgeft.fleet.store import GlobalStore
-from edgeft.runtime.trainer import Parameters, checkpoint_parameters
+from edgeft.runtime.trainer import Parameters, stored_state
 
 app = ServerApp()
 STRATEGIES = ("fedavg", "fedadam")
@@ -154,7 +154,7 @@ def _starting_head(bundle: Bundle, store: GlobalStore, parts: list[Moments]) -> 
     latest = store.latest()
     if latest is not None:
         return latest.parameters
-    head = checkpoint_parameters(bundle.train_path("checkpoint"))
+    head = stored_state(bundle, None).parameters
     names = bundle.manifest.head.normaliser
     pooled = pooled_normaliser(parts)
     if names and pooled is not None:

@@ -30,18 +30,24 @@ from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.schedule import learning_rates
 from edgeft.runtime.store import StateStore, Version
 from edgeft.runtime.trainer import (
+    HEAD_STATE_FILE,
+    ORT_CHECKPOINT_FILE,
+    TRAINERS,
     HeadPredictor,
-    HeadTrainer,
     Parameters,
-    checkpoint_parameters,
+    Trainer,
+    choose_trainer,
     feature_normaliser,
+    open_trainer,
     parameters_finite,
     steps_per_fit,
+    stored_state,
 )
 
 Progress = Callable[[int], None]
 REJECTED_DIR = "rejected"
 KEEP_REJECTED = 5
+HEAD_FILES = (HEAD_STATE_FILE, ORT_CHECKPOINT_FILE)  # a version's head, in either trainer's files
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,8 @@ class Adapter:
     ``replay_per_class`` overrides the bundle's replay buffer size (0 turns replay off); ``replay_mb`` caps its
     memory (features of every reserved class). ``policy`` sets the promotion guard; ``holdout`` is an optional
     fixed labelled holdout set (raw inputs, labels) used instead of holding out a share of each arrival.
+    ``trainer`` picks the training backend: ``auto`` (the portable ONNX trainer when the bundle carries it),
+    ``onnx`` or ``ort`` (ONNX Runtime training, the ``edgeft[ort]`` extra).
     Learning takes the state directory's lock (one writer at a time) and commits a version per call;
     prediction reads the current version and needs no lock.
     """
@@ -94,6 +102,7 @@ class Adapter:
         policy: guard.GuardPolicy | None = None,
         holdout: tuple[np.ndarray, np.ndarray] | None = None,
         schedule: str = "constant",
+        trainer: str = "auto",
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         task = self.bundle.manifest.head.task
@@ -103,12 +112,15 @@ class Adapter:
                 "so far (export with the default task)"
             )
         self.placement: Placement = resolve_placement(ep)
+        if trainer not in TRAINERS:
+            raise EdgeftError(f"unknown trainer '{trainer}'; choose one of {', '.join(TRAINERS)}")
+        self._trainer_choice = trainer
+        self._trainer_kind: str | None = None
         self.store = StateStore(state, self.bundle.fingerprint)
         self.history = History(self.store.root)
         self.policy = policy or guard.GuardPolicy()
         learning_rates(schedule, 1.0, 1)  # fail early on an unknown schedule
         self.schedule = schedule
-        self._threads = threads
         head = self.bundle.manifest.head
         per_class = self.bundle.manifest.defaults.replay_per_class if replay_per_class is None else replay_per_class
         if replay_mb is not None:
@@ -116,7 +128,7 @@ class Adapter:
         self._replay_per_class = per_class
         self._features = FeatureExtractor(self.bundle, self.placement, threads)
         self._predictor = HeadPredictor(self.bundle, self.placement, threads)
-        self._trainer: HeadTrainer | None = None
+        self._trainer: Trainer | None = None
         self._replay: ReplayBuffer | None = None
         self._holdout: ReplayBuffer | None = None
         self._version: Version | None = self.store.current()
@@ -130,6 +142,13 @@ class Adapter:
         if self._version is not None and "classes" in self._version.meta:
             return list(self._version.meta["classes"])
         return list(self.bundle.manifest.classes)
+
+    @property
+    def trainer_kind(self) -> str:
+        """The trainer learning uses, ``onnx`` or ``ort`` (resolved on first use: prediction needs none)."""
+        if self._trainer_kind is None:
+            self._trainer_kind = choose_trainer(self.bundle, self._trainer_choice)
+        return self._trainer_kind
 
     @property
     def capacity(self) -> int:
@@ -146,15 +165,12 @@ class Adapter:
         """The current version's metadata (empty before anything was learned)."""
         return dict(self._version.meta) if self._version else {}
 
-    def _checkpoint(self) -> Path:
-        return self._version.checkpoint if self._version else self.bundle.train_path("checkpoint")
-
     def parameters(self) -> Parameters:
         """The current head parameters (the bundle's initial head before anything was learned)."""
         if self._trainer is not None:
             return self._trainer.parameters()
         if self._parameters is None:
-            self._parameters = checkpoint_parameters(self._checkpoint())
+            self._parameters = stored_state(self.bundle, self._version.files if self._version else None).parameters
         return self._parameters
 
     def check_inputs(self, x: np.ndarray, origin: str = "input") -> np.ndarray:
@@ -270,7 +286,7 @@ class Adapter:
             except ValueError as exc:
                 raise EdgeftError(f"{origin}: {exc}") from None
             decision = self._judge(None, current, trainer.parameters(), holdout, list(classes))
-            promoted_writers = {"ckpt": trainer.save, **self._unchanged_writers(self._version, skip="ckpt")}
+            promoted_writers = {**self._unchanged_writers(self._version, skip=HEAD_FILES), **trainer.writers()}
             arrival = {"origin": origin, "inputs": [], "samples": 0, "adopted": True}
             meta = self._commit(trainer, decision, promoted_writers, list(classes), None, 0, arrival)
         except BaseException:
@@ -348,7 +364,7 @@ class Adapter:
         if decision.promoted:
             replay.add(train_f, train_y, rng)
             holdout.add(features[to_holdout], labels[to_holdout], rng)
-        promoted_writers = {"ckpt": trainer.save, "replay.npz": replay.save, "holdout.npz": holdout.save}
+        promoted_writers = {**trainer.writers(), "replay.npz": replay.save, "holdout.npz": holdout.save}
         arrival = {
             "origin": origin,
             "inputs": inputs,
@@ -382,7 +398,7 @@ class Adapter:
 
     def _commit(
         self,
-        trainer: HeadTrainer,
+        trainer: Trainer,
         decision: guard.Decision,
         promoted_writers: dict[str, Callable[[Path], None]],
         classes: list[str],
@@ -495,25 +511,29 @@ class Adapter:
             "head_version": number if promoted else previous.get("head_version", 0),
         }
 
-    def _unchanged_writers(self, parent: Version | None, skip: str = "") -> dict[str, Callable[[Path], None]]:
-        """Writers that copy the current version's files (but ``skip``) into the next version."""
-        sources = dict(parent.files) if parent else {"ckpt": self.bundle.train_path("checkpoint")}
-        sources.pop(skip, None)
+    def _unchanged_writers(
+        self, parent: Version | None, skip: tuple[str, ...] = ()
+    ) -> dict[str, Callable[[Path], None]]:
+        """Writers that copy the current version's files (but the kinds in ``skip``) into the next version; before
+        the first version, the bundle's starting head."""
+        sources = {kind: path for kind, path in (parent.files if parent else {}).items() if kind not in skip}
         writers: dict[str, Callable[[Path], None]] = {
             kind: (lambda dst, src=src: shutil.copyfile(src, dst)) for kind, src in sources.items()
         }
+        if parent is None and HEAD_STATE_FILE not in skip:
+            writers[HEAD_STATE_FILE] = stored_state(self.bundle, None).save
         if self._replay is not None and "replay.npz" not in writers:
             writers["replay.npz"] = self._replay.save
         if self._holdout is not None and "holdout.npz" not in writers:
             writers["holdout.npz"] = self._holdout.save
         return writers
 
-    def _keep_aside(self, trainer: HeadTrainer, number: int) -> None:
-        """Save a refused candidate head as ``rejected/NNNNNN.ckpt`` for inspection (the newest few are kept)."""
+    def _keep_aside(self, trainer: Trainer, number: int) -> None:
+        """Save a refused candidate head as ``rejected/NNNNNN.head.npz`` for inspection (the newest few are kept)."""
         folder = self.store.root / REJECTED_DIR
         folder.mkdir(exist_ok=True)
-        write_atomic(folder / f"{number:06d}.ckpt", trainer.save)
-        for old in sorted(folder.glob("*.ckpt"))[:-KEEP_REJECTED]:
+        write_atomic(folder / f"{number:06d}.{HEAD_STATE_FILE}", trainer.state().save)
+        for old in sorted(folder.glob(f"*.{HEAD_STATE_FILE}"))[:-KEEP_REJECTED]:
             old.unlink(missing_ok=True)
 
     def _forget_uncommitted(self) -> None:
@@ -521,13 +541,14 @@ class Adapter:
         self._trainer = self._replay = self._holdout = None
         self._parameters = None
 
-    def _open(self) -> tuple[HeadTrainer, ReplayBuffer, ReplayBuffer]:
+    def _open(self) -> tuple[Trainer, ReplayBuffer, ReplayBuffer]:
         """Take the lock, then load the current head, its replay buffer and holdout for training."""
         if self._trainer is None or self._replay is None or self._holdout is None:
             self.store.acquire()
             self._history_behind = True
             self._version = self.store.current()
-            self._trainer = HeadTrainer(self.bundle, self._checkpoint(), self.placement, self._threads)
+            files = self._version.files if self._version else None
+            self._trainer = open_trainer(self.bundle, files, self.placement, self.trainer_kind)
             self._replay = self._load_buffer("replay.npz", self._replay_per_class)
             self._holdout = self._load_buffer("holdout.npz", self.policy.holdout_per_class)
         if self._history_behind:

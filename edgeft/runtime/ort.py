@@ -1,8 +1,8 @@
-"""The one place that imports ONNX Runtime's training API, without pulling in torch.
+"""The one place that imports ONNX Runtime's training API (optional: ``edgeft[ort]``), without pulling in torch.
 
 ``edgeft._ort_shell`` (run by ``import edgeft``, before onnxruntime is imported) makes
 ``onnxruntime.training``'s submodules importable without the package ``__init__`` that imports torch.
-This module also turns a ``--ep`` choice into concrete execution providers.
+This module also turns a ``--provider`` choice into concrete execution providers.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ _TRAINING_PACKAGE = "onnxruntime.training"
 def _install_training_shell() -> None:
     if not _ort_shell.install():
         raise EdgeftError(
-            "ONNX Runtime training is not installed: install onnxruntime-training-cpu==1.19.2 "
-            "(or onnxruntime-training for CUDA) in place of plain onnxruntime"
+            "ONNX Runtime training is not installed: use the portable trainer (--trainer onnx, the default), or "
+            "pip install 'edgeft[ort]' (onnxruntime-training-cpu 1.19.2: x86_64, Python <= 3.12 only)"
         )
 
 
@@ -62,19 +62,22 @@ def available_providers() -> list[str]:
 
 
 def resolve_placement(ep: str = "auto") -> Placement:
-    """Turn ``auto``, ``cpu``, ``cuda`` or any provider name into a Placement, or fail clearly."""
+    """Turn ``auto``, ``cpu``, ``cuda``, any provider name or a comma-separated list of them (in order of
+    preference) into a Placement, with the CPU provider last as the fallback; or fail clearly."""
     available = available_providers()
-    wanted = ep.strip().lower()
-    if wanted == "auto":
-        wanted = "cuda" if "CUDAExecutionProvider" in available else "cpu"
-    matches = [p for p in available if wanted in (p.lower(), _short_name(p))]
-    if not matches:
-        offered = ", ".join(_short_name(p) for p in available)
-        raise EdgeftError(
-            f"execution provider '{ep}' is not offered by the installed onnxruntime build; "
-            f"available: {offered} (for CUDA install onnxruntime-training instead of onnxruntime-training-cpu)"
-        )
-    chosen = matches[0]
-    providers = (chosen,) if chosen == "CPUExecutionProvider" else (chosen, "CPUExecutionProvider")
-    training_device = "cuda" if chosen == "CUDAExecutionProvider" else "cpu"
+    wanted = [name.strip().lower() for name in ep.split(",") if name.strip()] or ["auto"]
+    if wanted == ["auto"]:
+        wanted = ["cuda" if "CUDAExecutionProvider" in available else "cpu"]
+    chosen: list[str] = []
+    for name in wanted:
+        matches = [p for p in available if name in (p.lower(), _short_name(p))]
+        if not matches:
+            offered = ", ".join(_short_name(p) for p in available)
+            raise EdgeftError(
+                f"execution provider '{name}' is not offered by the installed onnxruntime build; available: "
+                f"{offered} (other providers come with other onnxruntime packages, e.g. onnxruntime-gpu for cuda)"
+            )
+        chosen.extend(p for p in matches if p not in chosen)
+    providers = tuple(p for p in chosen if p != "CPUExecutionProvider") + ("CPUExecutionProvider",)
+    training_device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
     return Placement(providers=providers, training_device=training_device)

@@ -5,7 +5,8 @@ Layout::
     state/
       lock                      held (flock) by the one process allowed to learn; holds its pid
       CURRENT                   JSON pointer {"version": N}, replaced atomically after a commit
-      versions/000007.ckpt      ORT checkpoint: head parameters and optimizer state
+      versions/000007.head.npz  head state: parameters, optimizer state, step count (edgeft.head_state)
+      versions/000007.ckpt      only from the ORT trainer: its own checkpoint (keeps ORT's AdamW moments)
       versions/000007.replay.npz  latent replay buffer that belongs to this checkpoint
       versions/000007.json      metadata: bundle fingerprint, sha256 of each file above, counts, metrics
 
@@ -35,15 +36,11 @@ KEEP_VERSIONS = 5
 
 @dataclass(frozen=True)
 class Version:
-    """One committed head: its number, its files by kind (``ckpt``, ``replay.npz``) and metadata."""
+    """One committed head: its number, its files by kind (``head.npz``, ``replay.npz``, ...) and metadata."""
 
     number: int
     files: dict[str, Path]
     meta: dict[str, Any]
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.files["ckpt"]
 
 
 class StateStore:
@@ -132,7 +129,7 @@ class StateStore:
     ) -> Version:
         """Write a new version's files (kind -> writer) and metadata atomically, then make it current.
 
-        Requires the lock. ``writers`` must include ``ckpt``; ``parent`` is the current version (None at first).
+        Requires the lock. ``writers`` must include the head (``head.npz``); ``parent`` is the current version (None at first).
         """
         if self._lock_fd is None:
             raise RuntimeError("commit() needs acquire() first")

@@ -1,33 +1,131 @@
-"""The trainable head: ORT training Module and Optimizer over feature vectors, and head inference."""
+"""The trainer interface the Adapter and the fleet use, the choice between the two trainers, and head inference.
+
+Two trainers implement ``Trainer``: ``onnx`` (the portable train step in plain onnxruntime, any CPU or execution
+provider; ``edgeft.runtime.onnx_trainer``) and ``ort`` (ONNX Runtime training, the ``edgeft[ort]`` extra;
+``edgeft.runtime.ort_trainer``). Both read and write the backend-neutral head state (``edgeft.head_state``), so
+replay, the guard, the fleet and the state directory do not know which one runs.
+"""
 
 from __future__ import annotations
 
-import errno
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime
 
-from edgeft.bundle import Bundle
+from edgeft.bundle import INITIAL_HEAD_FILE, Bundle
+from edgeft.errors import EdgeftError
+from edgeft.head_state import HeadState
 from edgeft.runtime.features import session_options
-from edgeft.runtime.ort import Placement, training_api
+from edgeft.runtime.onnx_trainer import HEAD_STATE_FILE, HEAD_TRAINING_THREADS, OnnxTrainer, Parameters
+from edgeft.runtime.ort import Placement
 from edgeft.runtime.schedule import Schedule
 
-Parameters = dict[str, np.ndarray]
-# The head's ops (a [batch, features] x [features, classes] GEMM and AdamW on its weights) are too small to split:
-# a second intra-op thread only adds synchronisation (replay steps ran 1.1-2.5x faster on one thread, BENCHMARKS.md).
-HEAD_TRAINING_THREADS = 1
+TRAINERS = ("auto", "onnx", "ort")
+ORT_CHECKPOINT_FILE = "ckpt"
+_DESCRIBED = {"onnx": "portable train step (train/train_step.onnx)", "ort": "ORT training artifacts"}
 
 
-def checkpoint_parameters(checkpoint: Path) -> Parameters:
-    """Copies of every head parameter stored in an ORT checkpoint."""
-    state = training_api().CheckpointState.load_checkpoint(str(checkpoint))
-    return {name: param.data.copy() for name, param in state.parameters}
+class Trainer(Protocol):
+    """What learning needs of a trainer: train, read and replace parameters, and write its version files."""
+
+    name: str
+
+    def parameters(self) -> Parameters: ...
+
+    def set_parameters(self, parameters: Parameters) -> None: ...
+
+    def set_normaliser(self, mean: np.ndarray, scale: np.ndarray) -> None: ...
+
+    def fit(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        schedule: Schedule,
+        seed: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> float: ...
+
+    def state(self) -> HeadState: ...
+
+    def writers(self) -> dict[str, Callable[[Path], None]]: ...
+
+
+def choose_trainer(bundle: Bundle, wanted: str = "auto") -> str:
+    """``onnx`` or ``ort`` for ``wanted`` (``auto``: the portable trainer whenever the bundle carries it), or a
+    clear error when the bundle lacks that trainer's files or ORT training is not installed."""
+    choice = wanted.strip().lower()
+    if choice not in TRAINERS:
+        raise EdgeftError(f"unknown trainer '{wanted}'; choose one of {', '.join(TRAINERS)}")
+    carried = bundle.manifest.head.trainers
+    if choice == "auto":
+        choice = "onnx" if "onnx" in carried else "ort"
+    if choice not in carried:
+        advice = (
+            "re-export it with this edgeft to add the portable train step"
+            if choice == "onnx"
+            else "use --trainer onnx, or re-export it with --ort-artifacts"
+        )
+        raise EdgeftError(f"bundle {bundle.path} carries no {_DESCRIBED[choice]}; {advice}")
+    if choice == "ort":
+        from edgeft.runtime.ort import training_api
+
+        try:
+            training_api()
+        except EdgeftError as exc:
+            if "onnx" in carried:
+                raise
+            raise EdgeftError(
+                f"bundle {bundle.path} carries only ORT training artifacts (an older edgeft made it) and ONNX Runtime "
+                "training is not installed: re-export the bundle with this edgeft (it adds the portable train step), "
+                "or pip install 'edgeft[ort]' (x86_64, Python <= 3.12)"
+            ) from exc
+    return choice
+
+
+def stored_state(bundle: Bundle, files: Mapping[str, Path] | None) -> HeadState:
+    """The head state of a version (its files by kind), or the bundle's starting head when ``files`` is None.
+
+    A version written before the head-state format (an ORT checkpoint only) is read with ORT training.
+    """
+    if files:
+        if HEAD_STATE_FILE in files:
+            return HeadState.load(files[HEAD_STATE_FILE])
+        if ORT_CHECKPOINT_FILE in files:
+            return HeadState(_ort_parameters(files[ORT_CHECKPOINT_FILE]))
+        raise EdgeftError(f"state version files {sorted(map(str, files.values()))} hold no head")
+    if "onnx" in bundle.manifest.head.trainers:
+        return HeadState.load(bundle.train_path(INITIAL_HEAD_FILE))
+    return HeadState(_ort_parameters(bundle.train_path("checkpoint")))
+
+
+def _ort_parameters(checkpoint: Path) -> Parameters:
+    from edgeft.runtime.ort_trainer import checkpoint_parameters
+
+    return checkpoint_parameters(checkpoint)
+
+
+def open_trainer(bundle: Bundle, files: Mapping[str, Path] | None, placement: Placement, kind: str) -> Trainer:
+    """A ``kind`` trainer (from ``choose_trainer``) starting at a version's files, or at the bundle's head."""
+    if kind == "onnx":
+        return OnnxTrainer(bundle, stored_state(bundle, files), placement)
+    from edgeft.runtime.ort_trainer import OrtTrainer
+
+    if placement.name not in ("cpu", "cuda"):
+        raise EdgeftError(f"ORT training runs on CPU or CUDA only, not {placement.name}; use --trainer onnx")
+    if files and ORT_CHECKPOINT_FILE in files:
+        return OrtTrainer(bundle, files[ORT_CHECKPOINT_FILE], placement)  # its own moments carry over
+    start = stored_state(bundle, files) if files else bundle.train_path("checkpoint")
+    return OrtTrainer(bundle, start, placement)
 
 
 def steps_per_fit(samples: int, epochs: int, batch_size: int) -> int:
-    """Optimizer steps ``HeadTrainer.fit`` takes for ``samples`` samples."""
+    """Optimizer steps a trainer's ``fit`` takes for ``samples`` samples."""
     return epochs * -(-samples // batch_size)
 
 
@@ -47,98 +145,6 @@ def feature_normaliser(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     spread = float(features.var(axis=0).mean()) if len(features) > 1 else 1.0
     scale = 1.0 / np.sqrt(spread) if spread > 1e-12 else 1.0
     return mean.astype(np.float32), np.full(features.shape[1], scale, np.float32)
-
-
-class HeadTrainer:
-    """ORT training of the head from one checkpoint onwards (the bundle's initial one or a state version).
-
-    The training Module always runs on ``HEAD_TRAINING_THREADS`` intra-op threads, whatever ``threads`` says.
-    """
-
-    def __init__(self, bundle: Bundle, checkpoint: Path, placement: Placement, threads: int | None = None) -> None:
-        api = training_api()
-        self._state = api.CheckpointState.load_checkpoint(str(checkpoint))
-        self._module = api.Module(
-            str(bundle.train_path("training_model.onnx")),
-            self._state,
-            str(bundle.train_path("eval_model.onnx")),
-            device=placement.training_device,
-            session_options=session_options(HEAD_TRAINING_THREADS),
-        )
-        self._optimizer = api.Optimizer(str(bundle.train_path("optimizer_model.onnx")), self._module)
-        self._normaliser = bundle.manifest.head.normaliser
-        self._label_dtype = np.int64 if bundle.manifest.head.loss == "cross_entropy" else np.float32
-
-    def parameters(self) -> Parameters:
-        """Copies of the current head parameters."""
-        return {name: param.data.copy() for name, param in self._state.parameters}
-
-    def set_parameters(self, parameters: Parameters) -> None:
-        """Replace the head's parameters (all of them, same names and shapes) with ``parameters``."""
-        current = self.parameters()
-        if set(parameters) != set(current):
-            raise ValueError(f"parameters {sorted(parameters)} do not match the head's {sorted(current)}")
-        for name, value in parameters.items():
-            if value.shape != current[name].shape:
-                raise ValueError(f"parameter {name} has shape {value.shape}, the head's is {current[name].shape}")
-            self._state.parameters[name] = np.ascontiguousarray(value, dtype=current[name].dtype)
-
-    def set_normaliser(self, mean: np.ndarray, scale: np.ndarray) -> None:
-        """Fix the frozen feature standardisation (done once, before the first training step); some heads have none."""
-        if not self._normaliser:
-            return
-        self._state.parameters[self._normaliser["mean"]] = mean
-        self._state.parameters[self._normaliser["scale"]] = scale
-
-    def fit(
-        self,
-        features: np.ndarray,
-        labels: np.ndarray,
-        *,
-        epochs: int,
-        batch_size: int,
-        schedule: Schedule,
-        seed: int,
-        progress: Callable[[int], None] | None = None,
-    ) -> float:
-        """Train on shuffled mini-batches for ``epochs``, the learning rate of step k being ``schedule(k)``.
-
-        Returns the mean loss of the last epoch.
-        """
-        rng = np.random.default_rng(seed)
-        labels = labels.astype(self._label_dtype)  # class indices; float 0/1 matrices or targets for other losses
-        self._module.train()
-        last_epoch_loss = float("nan")
-        step = 0
-        for _ in range(epochs):
-            order = rng.permutation(len(features))
-            total = 0.0
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                loss, _logits = self._module(features[idx], labels[idx])
-                self._optimizer.set_learning_rate(schedule(step))
-                step += 1
-                self._optimizer.step()
-                self._module.lazy_reset_grad()
-                total += float(loss) * len(idx)
-            last_epoch_loss = total / max(len(order), 1)
-            if progress:
-                progress(1)
-        return last_epoch_loss
-
-    def save(self, path: Path) -> None:
-        """Write the head parameters and optimizer state to ``path`` (an ORT checkpoint), and read it back.
-
-        ONNX Runtime does not report a failed write (a full disk leaves a short file behind); reading it back does.
-        """
-        api = training_api()
-        api.CheckpointState.save_checkpoint(self._state, str(path), include_optimizer_state=True)
-        try:
-            api.CheckpointState.load_checkpoint(str(path))
-        except RuntimeError:
-            raise OSError(
-                errno.EIO, "ONNX Runtime wrote an incomplete checkpoint (is the disk full?)", str(path)
-            ) from None
 
 
 class HeadPredictor:

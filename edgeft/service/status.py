@@ -66,7 +66,7 @@ def collect_status(state: Path) -> dict[str, Any]:
         },
         "recent_prequential_accuracy": [r.get("prequential", {}).get("accuracy") for r in recent],
         "pending_files": len(list((state / PENDING_DIR).glob("*.npz"))),
-        "rejected_heads": len(list((state / REJECTED_DIR).glob("*.ckpt"))),
+        "rejected_heads": len(list((state / REJECTED_DIR).glob("*.head.npz"))),
         "learner": _learner(state),
     }
 

@@ -1,0 +1,133 @@
+"""The ORT trainer: the head trained by ONNX Runtime training's Module and Optimizer (``edgeft[ort]``, x86_64 only).
+
+It keeps ORT's own checkpoint beside the backend-neutral head state, so its AdamW moments carry over between its own
+versions; starting from a head state (one the portable trainer wrote) it begins with fresh optimizer state.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edgeft.bundle import Bundle
+from edgeft.head_state import HeadState
+from edgeft.runtime.features import session_options
+from edgeft.runtime.onnx_trainer import HEAD_STATE_FILE, HEAD_TRAINING_THREADS, Parameters
+from edgeft.runtime.ort import Placement, training_api
+from edgeft.runtime.schedule import Schedule
+
+ORT_CHECKPOINT_FILE = "ckpt"
+
+
+def checkpoint_parameters(checkpoint: Path) -> Parameters:
+    """Copies of every head parameter stored in an ORT checkpoint."""
+    state = training_api().CheckpointState.load_checkpoint(str(checkpoint))
+    return {name: param.data.copy() for name, param in state.parameters}
+
+
+class OrtTrainer:
+    """ORT training of the head from an ORT checkpoint (a state version's, or the bundle's) or from a head state.
+
+    The training Module always runs on ``HEAD_TRAINING_THREADS`` intra-op threads.
+    """
+
+    name = "ort"
+
+    def __init__(self, bundle: Bundle, start: Path | HeadState, placement: Placement) -> None:
+        api = training_api()
+        checkpoint = start if isinstance(start, Path) else bundle.train_path("checkpoint")
+        self._state = api.CheckpointState.load_checkpoint(str(checkpoint))
+        self._module = api.Module(
+            str(bundle.train_path("training_model.onnx")),
+            self._state,
+            str(bundle.train_path("eval_model.onnx")),
+            device=placement.training_device,
+            session_options=session_options(HEAD_TRAINING_THREADS),
+        )
+        self._optimizer = api.Optimizer(str(bundle.train_path("optimizer_model.onnx")), self._module)
+        self._normaliser = bundle.manifest.head.normaliser
+        self._label_dtype = np.int64 if bundle.manifest.head.loss == "cross_entropy" else np.float32
+        if isinstance(start, HeadState):
+            self.set_parameters(start.parameters)
+
+    def parameters(self) -> Parameters:
+        """Copies of the current head parameters."""
+        return {name: param.data.copy() for name, param in self._state.parameters}
+
+    def set_parameters(self, parameters: Parameters) -> None:
+        """Replace the head's parameters (all of them, same names and shapes) with ``parameters``."""
+        current = self.parameters()
+        if set(parameters) != set(current):
+            raise ValueError(f"parameters {sorted(parameters)} do not match the head's {sorted(current)}")
+        for name, value in parameters.items():
+            if value.shape != current[name].shape:
+                raise ValueError(f"parameter {name} has shape {value.shape}, the head's is {current[name].shape}")
+            self._state.parameters[name] = np.ascontiguousarray(value, dtype=current[name].dtype)
+
+    def set_normaliser(self, mean: np.ndarray, scale: np.ndarray) -> None:
+        """Fix the frozen feature standardisation (done once, before the first training step); some heads have none."""
+        if not self._normaliser:
+            return
+        self._state.parameters[self._normaliser["mean"]] = mean
+        self._state.parameters[self._normaliser["scale"]] = scale
+
+    def fit(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        schedule: Schedule,
+        seed: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> float:
+        """Train on shuffled mini-batches for ``epochs``, the learning rate of step k being ``schedule(k)``.
+
+        Returns the mean loss of the last epoch.
+        """
+        rng = np.random.default_rng(seed)
+        labels = labels.astype(self._label_dtype)  # class indices; float 0/1 matrices or targets for other losses
+        self._module.train()
+        last_epoch_loss = float("nan")
+        step = 0
+        for _ in range(epochs):
+            order = rng.permutation(len(features))
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                loss, _logits = self._module(features[idx], labels[idx])
+                self._optimizer.set_learning_rate(schedule(step))
+                step += 1
+                self._optimizer.step()
+                self._module.lazy_reset_grad()
+                total += float(loss) * len(idx)
+            last_epoch_loss = total / max(len(order), 1)
+            if progress:
+                progress(1)
+        return last_epoch_loss
+
+    def state(self) -> HeadState:
+        """The parameters as a backend-neutral head state (ORT does not expose its optimizer state: none kept)."""
+        return HeadState(self.parameters())
+
+    def writers(self) -> dict[str, Callable[[Path], None]]:
+        """The version files this trainer writes: the head state, and ORT's own checkpoint."""
+        return {HEAD_STATE_FILE: lambda path: self.state().save(path), ORT_CHECKPOINT_FILE: self.save}
+
+    def save(self, path: Path) -> None:
+        """Write the head parameters and optimizer state to ``path`` (an ORT checkpoint), and read it back.
+
+        ONNX Runtime does not report a failed write (a full disk leaves a short file behind); reading it back does.
+        """
+        api = training_api()
+        api.CheckpointState.save_checkpoint(self._state, str(path), include_optimizer_state=True)
+        try:
+            api.CheckpointState.load_checkpoint(str(path))
+        except RuntimeError:
+            raise OSError(
+                errno.EIO, "ONNX Runtime wrote an incomplete checkpoint (is the disk full?)", str(path)
+            ) from None
