@@ -24,6 +24,9 @@ from edgeft import __version__
 from edgeft.errors import EdgeftError
 from edgeft.fleet.cli import fleet
 from edgeft.runtime import guard
+from edgeft.runtime.attempts import MAX_ATTEMPTS
+from edgeft.runtime.budget import detect_budget
+from edgeft.runtime.limits import MAX_ARRIVAL_SAMPLES
 from edgeft.runtime.schedule import SCHEDULES
 
 app = typer.Typer(
@@ -378,6 +381,22 @@ def adapt(
     metrics_file: Annotated[
         Path | None, typer.Option(help="Prometheus textfile to rewrite atomically after every update.")
     ] = None,
+    memory_budget: Annotated[
+        str,
+        typer.Option(
+            help="Memory this process may use: a size (1500M, 1.5G) or auto (the cgroup's memory limit, else "
+            "RLIMIT_AS, else half of MemAvailable). Arrivals that would not fit are refused up front."
+        ),
+    ] = "auto",
+    max_arrival_samples: Annotated[
+        int, typer.Option(min=0, help="Most samples one arrival may hold; larger ones are refused (0: no cap).")
+    ] = MAX_ARRIVAL_SAMPLES,
+    max_attempts: Annotated[
+        int,
+        typer.Option(
+            min=1, help="With --watch: an entry that killed the learner (or failed alike) this often is quarantined."
+        ),
+    ] = MAX_ATTEMPTS,
     ep: EpOpt = "auto",
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -386,6 +405,7 @@ def adapt(
     from edgeft.bundle import Bundle
     from edgeft.runtime.adapter import Adapter
     from edgeft.runtime.sources import concatenated
+    from edgeft.runtime.watch import EntryPolicy
 
     if (data is None) == (watch is None):
         raise typer.BadParameter("give exactly one of --data or --watch", param_hint="--data/--watch")
@@ -397,6 +417,11 @@ def adapt(
         holdout_fraction=0.0 if holdout else holdout_fraction, tolerance=tolerance, enabled=not no_guard
     )
     learn_options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    try:
+        budget = detect_budget(memory_budget)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--memory-budget") from None
+    entries = EntryPolicy(budget, max_arrival_samples or None, max_attempts)
     with _reported():
         loaded = Bundle.load(bundle)  # verified once, for the holdout's reader and the Adapter
         fixed = concatenated(_load_samples(holdout, loaded, need_labels=True), str(holdout)) if holdout else None
@@ -413,20 +438,22 @@ def adapt(
         ) as adapter:
             if watch is not None:
                 logs = {"format": log_format, "file": log_file, "metrics": metrics_file}
-                _watch(adapter, watch, once, poll, learn_options, as_json, logs)
+                _watch(adapter, watch, once, poll, learn_options, as_json, logs, entries)
             else:
-                _adapt_once(adapter, data or [], relearn, learn_options, eval_data, as_json)
+                _adapt_once(adapter, data or [], relearn, learn_options, eval_data, as_json, entries.limits())
                 if metrics_file is not None:
                     from edgeft.service.metrics import write_textfile
 
                     write_textfile(metrics_file, adapter.store.root)
 
 
-def _adapt_once(adapter, data: list[str], relearn: bool, learn_options: dict, eval_data: Path | None, as_json: bool):  # noqa: ANN001, ANN202
+def _adapt_once(
+    adapter, data: list[str], relearn: bool, learn_options: dict, eval_data: Path | None, as_json: bool, limits
+):  # noqa: ANN001, ANN202
     from edgeft.progress import progress_bar
     from edgeft.runtime.arrivals import learn_arrival, read_arrival
 
-    arrival = read_arrival(adapter, data, sys.stdin.buffer, relearn)
+    arrival = read_arrival(adapter, data, sys.stdin.buffer, relearn, limits)
     held_out = _load_samples(eval_data, adapter.bundle, need_labels=True) if eval_data else []
     before = _accuracy(adapter, held_out)
     n_epochs = learn_options["epochs"] or adapter.bundle.manifest.defaults.epochs
@@ -480,7 +507,9 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _watch(adapter, inbox_dir: Path, once: bool, poll: float, learn_options: dict, as_json: bool, logs: dict) -> None:  # noqa: ANN001
+def _watch(
+    adapter, inbox_dir: Path, once: bool, poll: float, learn_options: dict, as_json: bool, logs: dict, entries
+) -> None:  # noqa: ANN001
     from edgeft.service.daemon import run_watch
     from edgeft.service.logs import event_logger
     from edgeft.service.notify import Notifier
@@ -494,6 +523,9 @@ def _watch(adapter, inbox_dir: Path, once: bool, poll: float, learn_options: dic
         state=str(adapter.store.root),
         provider=adapter.placement.name,
         guard=adapter.policy.__dict__,
+        memory_budget=entries.budget.describe(),
+        max_arrival_samples=entries.max_samples,
+        max_attempts=entries.max_attempts,
     )
     summary = run_watch(
         adapter,
@@ -504,6 +536,7 @@ def _watch(adapter, inbox_dir: Path, once: bool, poll: float, learn_options: dic
         once=once,
         poll_seconds=poll,
         learn_options=learn_options,
+        policy=entries,
     )
     if as_json:
         typer.echo(json.dumps(summary.__dict__))
