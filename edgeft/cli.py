@@ -39,6 +39,10 @@ app = typer.Typer(
 config_app = typer.Typer(help="Show the configuration a command would run with.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(fleet, name="fleet")
+inbox_app = typer.Typer(
+    help="See and steer a watch inbox: entries waiting, retrying and quarantined (with reasons).", no_args_is_help=True
+)
+app.add_typer(inbox_app, name="inbox")
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 70
@@ -50,6 +54,9 @@ StateOpt = Annotated[Path, typer.Option("--state", "-s", help="State directory o
 EpOpt = Annotated[str, typer.Option("--ep", help="Execution provider: auto, cpu, cuda or any provider name.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads (default: ORT's choice).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+InboxOpt = Annotated[
+    Path, typer.Option("--inbox", "-i", envvar="EDGEFT_INBOX", help="The inbox folder that adapt --watch learns from.")
+]
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
@@ -654,14 +661,41 @@ def info(bundle: BundleArg, as_json: JsonOpt = False) -> None:
 @app.command()
 def status(
     state: StateOpt,
+    inbox: Annotated[
+        Path | None, typer.Option(help="Also count the watch inbox's waiting, retrying and quarantined entries.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Summarise a device's state: versions, classes, counts, the last arrival, recent accuracy, the learner."""
     from edgeft.service.status import collect_status, format_status
 
     with _reported():
-        summary = collect_status(state)
+        summary = collect_status(state, inbox)
         typer.echo(json.dumps(summary) if as_json else format_status(summary))
+
+
+@inbox_app.command("list")
+def inbox_list(inbox: InboxOpt, as_json: JsonOpt = False) -> None:
+    """List the entries waiting, retrying (tried before without finishing) and quarantined, with reasons."""
+    from edgeft.service.queue import collect_inbox, format_inbox
+
+    with _reported():
+        listing = collect_inbox(inbox)
+        typer.echo(json.dumps(listing) if as_json else format_inbox(listing))
+
+
+@inbox_app.command("requeue")
+def inbox_requeue(
+    name: Annotated[str, typer.Argument(help="The entry's name in INBOX/quarantine/.")],
+    inbox: InboxOpt,
+    new_name: Annotated[str | None, typer.Option("--as", help="Put it back under this name (default: NAME).")] = None,
+) -> None:
+    """Move a quarantined entry back into the inbox, where it is learned with a fresh set of attempts."""
+    from edgeft.runtime.inbox import requeue
+
+    with _reported():
+        target = requeue(inbox, name, new_name)
+        typer.echo(f"requeued {name} as {target}; the watch learns it with fresh attempts")
 
 
 @config_app.command("show")

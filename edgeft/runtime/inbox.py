@@ -81,6 +81,19 @@ def _free_name(folder: Path, name: str) -> Path:
     return target
 
 
+def ready_entries(root: Path) -> list[Path]:
+    """Complete entries waiting in the inbox ``root``, oldest first; reads only."""
+    entries = []
+    for path in root.iterdir():
+        if path.name in RESERVED or is_temporary(path.name):
+            continue
+        try:
+            entries.append((path.lstat().st_mtime_ns, path.name, path))
+        except FileNotFoundError:  # renamed away meanwhile
+            continue
+    return [path for _, _, path in sorted(entries)]
+
+
 class Inbox:
     """The inbox folder and its ``done/``, ``quarantine/``, ``pending/`` and ``attempts/`` subfolders."""
 
@@ -96,15 +109,7 @@ class Inbox:
 
     def ready(self) -> list[Path]:
         """Complete entries waiting to be learned, oldest first."""
-        entries = []
-        for path in self.root.iterdir():
-            if path.name in RESERVED or is_temporary(path.name):
-                continue
-            try:
-                entries.append((path.lstat().st_mtime_ns, path.name, path))
-            except FileNotFoundError:  # renamed away meanwhile
-                continue
-        return [path for _, _, path in sorted(entries)]
+        return ready_entries(self.root)
 
     def done(self, entry: Path) -> Path:
         """Move a learned entry to ``done/``."""
@@ -124,40 +129,6 @@ class Inbox:
         write_bytes_atomic(target.with_name(target.name + REASON_SUFFIX), (reason.rstrip() + "\n").encode())
         return self._move(entry, folder, target)
 
-    def quarantined(self) -> list[Path]:
-        """Entries in ``quarantine/`` (not their reason or attempts files), by name."""
-        folder = self.root / QUARANTINE_DIR
-        return sorted(
-            path
-            for path in folder.iterdir()
-            if not path.name.endswith((REASON_SUFFIX, ATTEMPTS_SUFFIX)) and not is_temporary(path.name)
-        )
-
-    def requeue(self, name: str, new_name: str | None = None) -> Path:
-        """Move ``quarantine/NAME`` back into the inbox (as ``new_name``) for a fresh set of attempts.
-
-        The entry moves first, its reason and attempts files go after: a crash in between leaves a stale reason,
-        never an entry in quarantine without one.
-        """
-        folder = self.root / QUARANTINE_DIR
-        source = folder / name
-        if name in ("", ".", "..") or "/" in name or name.endswith((REASON_SUFFIX, ATTEMPTS_SUFFIX)):
-            raise DataError(f"'{name}' is not the name of an entry in {folder}")
-        if not (source.exists() or source.is_symlink()):
-            listed = ", ".join(p.name for p in self.quarantined()) or "none"
-            raise DataError(f"{source} does not exist (quarantined entries: {listed})")
-        target = self.root / (new_name or name)
-        if new_name is not None and (new_name in RESERVED or "/" in new_name or is_temporary(new_name)):
-            raise DataError(f"'{new_name}' cannot name an inbox entry (reserved, temporary or a path)")
-        if target.exists() or target.is_symlink():
-            raise DataError(f"{target} exists; requeue under another name with --as")
-        os.replace(source, target)
-        fsync_directory(self.root)
-        for suffix in (REASON_SUFFIX, ATTEMPTS_SUFFIX):
-            folder.joinpath(name + suffix).unlink(missing_ok=True)
-        fsync_directory(folder)
-        return target
-
     def keep_pending(self, entry: Path, x: np.ndarray, y: np.ndarray) -> Path:
         """Write samples that cannot be learned yet to ``pending/NAME.npz`` (same name each time: idempotent)."""
         return write_pending(self.root / PENDING_DIR, entry.name, x, y)
@@ -169,3 +140,41 @@ class Inbox:
         fsync_directory(folder)
         fsync_directory(self.root)
         return target
+
+
+def quarantined(root: Path) -> list[Path]:
+    """Entries in ``root/quarantine/`` (not their reason or attempts files), by name; reads only."""
+    folder = root / QUARANTINE_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if not path.name.endswith((REASON_SUFFIX, ATTEMPTS_SUFFIX)) and not is_temporary(path.name)
+    )
+
+
+def requeue(root: Path, name: str, new_name: str | None = None) -> Path:
+    """Move ``root/quarantine/NAME`` back into the inbox (as ``new_name``) for a fresh set of attempts.
+
+    Safe while a watch runs. The entry moves first, its reason and attempts files go after: a crash in between
+    leaves a stale reason, never an entry in quarantine without one.
+    """
+    folder = root / QUARANTINE_DIR
+    source = folder / name
+    if name in ("", ".", "..") or "/" in name or name.endswith((REASON_SUFFIX, ATTEMPTS_SUFFIX)):
+        raise DataError(f"'{name}' is not the name of an entry in {folder}")
+    if not (source.exists() or source.is_symlink()):
+        listed = ", ".join(p.name for p in quarantined(root)) or "none"
+        raise DataError(f"{source} does not exist (quarantined entries: {listed})")
+    target = root / (new_name or name)
+    if new_name is not None and (new_name in RESERVED or "/" in new_name or is_temporary(new_name)):
+        raise DataError(f"'{new_name}' cannot name an inbox entry (reserved, temporary or a path)")
+    if target.exists() or target.is_symlink():
+        raise DataError(f"{target} exists; requeue under another name with --as")
+    os.replace(source, target)
+    fsync_directory(root)
+    for suffix in (REASON_SUFFIX, ATTEMPTS_SUFFIX):
+        folder.joinpath(name + suffix).unlink(missing_ok=True)
+    fsync_directory(folder)
+    return target
