@@ -113,6 +113,12 @@ def memory_cgroup(limit: int) -> Iterator[Path | None]:
         folder.rmdir()
 
 
+def cgroup_available() -> bool:
+    """Whether a memory cgroup can be made here (root, a writable memory controller)."""
+    with memory_cgroup(64 * 2**20) as folder:
+        return folder is not None
+
+
 def in_limit(cgroup: Path | None, limit: int) -> Callable[[], None]:
     """For ``preexec_fn``: join ``cgroup``, or (without one) cap the address space at ``limit``."""
 
