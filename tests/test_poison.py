@@ -32,6 +32,7 @@ from edgeft.runtime.inbox import Inbox
 from edgeft.runtime.limits import ArrivalLimits
 from edgeft.runtime.sources import read_path
 from edgeft.runtime.watch import StopFlag, watch
+from edgeft.service.metrics import collect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import crash_loop  # noqa: E402
@@ -115,6 +116,16 @@ def test_an_arrival_over_the_sample_cap_is_refused_up_front(bundle_dir: Path, tm
     assert not (tmp_path / "state" / "CURRENT").exists()
     done = run_cli("adapt", bundle_dir, "-s", tmp_path / "state", "--data", data, "--max-arrival-samples", "40")
     assert done.returncode == 0, done.stderr
+
+
+def test_adapt_data_refuses_a_bomb_over_its_budget_with_one_clear_line(bundle_dir: Path, tmp_path: Path) -> None:
+    bomb = crash_loop.write_bomb(tmp_path / "bomb.npz", 256 * 2**20)
+    done = run_cli("adapt", bundle_dir, "-s", tmp_path / "state", "--data", bomb, "--memory-budget", "512M")
+    assert done.returncode == 1
+    line = one_error_line(done.stderr)
+    assert f"{bomb}: member 'x.npy' unpacks to 268435328 bytes, more than edgeft reads" in line
+    assert "within the memory budget, 512.0 MiB (--memory-budget); a decompression bomb?" in line
+    assert not (tmp_path / "state" / "CURRENT").exists()
 
 
 def _address_space(extra: int) -> Callable[[], None]:
@@ -232,6 +243,9 @@ def test_a_file_that_kills_the_learner_is_set_aside_after_three_deaths_and_the_r
     assert listed["quarantined"] == [{"name": "poison.npz", "reason": reason.strip(), "poison": True}]
     status = run_cli("status", "-s", state, "--inbox", inbox)
     assert "1 waiting, 0 retrying, 1 quarantined (1 as poison)" in status.stdout
+    metrics = {name: samples for name, _, _, samples in collect(state, inbox)}
+    assert metrics["edgeft_poisoned_files"] == [("", 1)] and metrics["edgeft_quarantined_files"] == [("", 1)]
+    assert metrics["edgeft_inbox_entries"] == [('state="waiting"', 1), ('state="retrying"', 0)]
 
     requeued = run_cli("inbox", "requeue", "poison.npz", "--inbox", inbox)  # after a fix: here, no more fault
     assert requeued.returncode == 0, requeued.stderr
