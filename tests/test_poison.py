@@ -315,3 +315,45 @@ def test_a_bomb_killed_by_the_oom_killer_is_set_aside_and_the_good_data_learned(
     detected = crash_loop.crash_loop(tmp_path / "detected", limit=400 * 2**20, bomb=600 * 2**20, bundle_dir=bundle_dir)
     assert detected.problems == [] and [s.status for s in detected.starts] == [0]
     assert "cgroup memory limit" in detected.bomb_reason
+
+
+def test_a_write_error_never_makes_an_entry_poison_nor_blocks_the_entries_behind_it(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Samples with unknown labels are parked in pending/; a file size limit makes that write fail for one entry."""
+    inbox, state = tmp_path / "inbox", tmp_path / "state"
+    inbox.mkdir()
+    x, y = make_dataset(400, seed=3)
+    labels = np.array(CLASSES)[y].astype("<U8")
+    labels[:300] = "violet"  # 300 x 768 bytes to park: more than the limit below
+    with (inbox / "mixed.npz").open("wb") as handle:
+        np.savez(handle, x=x, y=labels)
+    os.utime(inbox / "mixed.npz", (1e9, 1e9))
+    args = [*CLI, "adapt", str(bundle_dir), "-s", str(state), "--watch", str(inbox), "--poll", "0.05", "--json"]
+    limit = 128 * 1024  # above the tiny head's checkpoint, replay buffer and holdout, below the parked samples
+    process = subprocess.Popen(
+        [*args, "--no-guard"],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
+    try:
+        assert process.stderr is not None
+        events = [json.loads(process.stderr.readline())]
+        _npz(inbox / "good.npz", seed=4)  # arrives after the first failure
+        while sum(e["event"] == "error" for e in events) < 4:
+            events.append(json.loads(process.stderr.readline()))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=SUBPROCESS_TIMEOUT) == 0
+    finally:
+        process.kill()
+        process.wait()
+        if process.stderr:
+            process.stderr.close()
+    assert [(e["event"], e.get("entry")) for e in events if e["event"] == "learned"] == [("learned", "good.npz")]
+    assert {e.get("entry") for e in events if e["event"] == "error"} == {"mixed.npz"}
+    assert "pending" in next(e for e in events if e["event"] == "error")["reason"]
+    assert (inbox / "mixed.npz").is_file() and not any((inbox / "quarantine").iterdir())  # retried, never poison
+    record = Inbox(inbox).attempts.get("mixed.npz")
+    assert record is not None and record.unfinished == 0 and record.transient >= 4 and record.errors == []
+    assert _journal(state) == ["good.npz"]
