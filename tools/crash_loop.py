@@ -12,9 +12,10 @@ memory: the OOM killer ends the learner (cgroup; under RLIMIT_AS numpy raises Me
 ``--max-attempts`` deaths (or the same error as often), the bomb is set aside as poison. Either way every good
 file is learned exactly once, and nothing needs a person.
 
-Usage: ``PYTHONPATH=. python tools/crash_loop.py [--limit 1.5G] [--bomb 2G] [--budget auto] [--json]``
+Usage: ``PYTHONPATH=. python tools/crash_loop.py [--limit 1.5G] [--bomb 2G] [--budget auto] [--rlimit] [--json]``
 (exit status 1 if a good file is not learned exactly once, the bomb is not set aside, or more starts were needed
-than ``--max-starts``). Needs root and a writable memory cgroup for the cgroup limit.
+than ``--max-starts``). The learner runs with ``--threads 2``, as the shipped config has it. A cgroup limit needs root
+and a writable memory controller; ``--rlimit`` uses RLIMIT_AS even then.
 """
 
 from __future__ import annotations
@@ -85,10 +86,11 @@ def _own_memory_cgroup() -> Path | None:
 
 
 @contextmanager
-def memory_cgroup(limit: int) -> Iterator[Path | None]:
-    """A fresh child memory cgroup limited to ``limit`` bytes (swap included), or None where none can be made."""
+def memory_cgroup(limit: int, wanted: bool = True) -> Iterator[Path | None]:
+    """A fresh child memory cgroup limited to ``limit`` bytes (swap included), or None where none can be made (or
+    none is ``wanted``)."""
     parent = _own_memory_cgroup()
-    if parent is None or os.geteuid() != 0:
+    if not wanted or parent is None or os.geteuid() != 0:
         yield None
         return
     folder = parent / f"edgeft-crash-loop-{os.getpid()}"
@@ -179,6 +181,7 @@ def crash_loop(
     max_attempts: int = 3,
     max_starts: int = 8,
     bundle_dir: Path | None = None,
+    cgroup: bool = True,
 ) -> Outcome:
     """Run the scenario in ``workdir``; the outcome lists every problem found."""
     bundle = bundle_dir or tiny_bundle(workdir)
@@ -188,13 +191,13 @@ def crash_loop(
     os.utime(inbox / "bomb.npz", (1e9, 1e9))  # the oldest entry: first in the queue
     good = [write_good(inbox / "good-0.npz", seed=0).name]
     command = [sys.executable, "-m", "edgeft.cli", "adapt", str(bundle), "-s", str(state), "--watch", str(inbox)]
-    command += ["--once", "--json", "--memory-budget", budget, "--max-attempts", str(max_attempts)]
+    command += ["--once", "--json", "--threads", "2", "--memory-budget", budget, "--max-attempts", str(max_attempts)]
     if max_arrival_samples is not None:
         command += ["--max-arrival-samples", str(max_arrival_samples)]
-    with memory_cgroup(limit) as cgroup:
-        outcome = Outcome(format_size(limit), "cgroup" if cgroup else "RLIMIT_AS", format_size(bomb))
+    with memory_cgroup(limit, cgroup) as folder:
+        outcome = Outcome(format_size(limit), "cgroup" if folder else "RLIMIT_AS", format_size(bomb))
         for number in range(1, max_starts + 1):
-            start = _start(command, in_limit(cgroup, limit), log)
+            start = _start(command, in_limit(folder, limit), log)
             outcome.starts.append(start)
             if start.status == 0 and not any(p.is_file() for p in inbox.iterdir()):
                 break
@@ -220,6 +223,7 @@ def main() -> int:
     parser.add_argument("--max-arrival-samples", type=int, help="the learner's --max-arrival-samples")
     parser.add_argument("--max-attempts", type=int, default=3)
     parser.add_argument("--max-starts", type=int, default=8)
+    parser.add_argument("--rlimit", action="store_true", help="limit RLIMIT_AS even where a cgroup can be made")
     parser.add_argument("--workdir", type=Path, help="keep the bundle, state, inbox and event log here")
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
     args = parser.parse_args()
@@ -234,6 +238,7 @@ def main() -> int:
             max_arrival_samples=args.max_arrival_samples,
             max_attempts=args.max_attempts,
             max_starts=args.max_starts,
+            cgroup=not args.rlimit,
         )
     if args.json:
         print(json.dumps(asdict(outcome)))

@@ -38,6 +38,10 @@ class Attempts:
     transient: int = 0  # ended by a write error (a full disk, a permission): never makes an entry poison
     errors: list[str] = field(default_factory=list)  # ended by another exception: its type and message
 
+    def to_bytes(self) -> bytes:
+        """The record as stored: one JSON object."""
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
     def repeated_error(self) -> tuple[str, int]:
         """The most frequent error and how often it was raised (``("", 0)`` without errors)."""
         return Counter(self.errors).most_common(1)[0] if self.errors else ("", 0)
@@ -93,8 +97,7 @@ class AttemptLedger:
     def save(self, record: Attempts) -> None:
         """Write ``record`` durably (the ``attempt`` crash point comes just before its rename)."""
         record.errors = record.errors[-KEEP_ERRORS:]
-        data = json.dumps(asdict(record), sort_keys=True).encode()
-        write_bytes_atomic(self._path(record.name), data, point="attempt")
+        write_bytes_atomic(self._path(record.name), record.to_bytes(), point="attempt")
 
     def clear(self, name: str) -> None:
         """Forget entry ``name`` (it was learned, skipped or quarantined), durably."""

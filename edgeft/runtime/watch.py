@@ -13,11 +13,10 @@ quarantined as poison (edgeft/runtime/attempts.py).
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +179,7 @@ def _quarantine_poison(
     reason = poison_reason(entry, record, max_attempts)
     if record is None or reason is None:
         return False
-    inbox.quarantine(entry, reason, json.dumps(asdict(record), sort_keys=True).encode())
+    inbox.quarantine(entry, reason, record.to_bytes())
     inbox.attempts.clear(entry.name)
     summary.quarantined += 1
     summary.poisoned += 1
