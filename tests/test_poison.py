@@ -101,10 +101,24 @@ def test_the_array_cap_follows_the_budget(bundle: Bundle, tmp_path: Path) -> Non
     in_use = MemoryBudget(0, "test").in_use()
     roomy = ArrivalLimits(MemoryBudget(in_use + 2**28, "test"))
     assert len(read_path(tmp_path / "a.npz", bundle.manifest, limits=roomy)[0].x) == 40
-    tight = ArrivalLimits(MemoryBudget(int(in_use / 0.9) + 3 * 40 * 768, "a tight test budget"))
+    tight = ArrivalLimits(MemoryBudget(int((in_use + 2 * 40 * 768) / 0.9), "a tight test budget"))
     assert tight.array_bytes < 40 * 768
     with pytest.raises(DataError, match="more than edgeft reads .*memory budget.*a tight test budget"):
         read_path(tmp_path / "a.npz", bundle.manifest, limits=tight)
+
+
+def test_text_files_are_charged_by_their_size_before_they_are_parsed(bundle: Bundle, tmp_path: Path) -> None:
+    x, y = make_dataset(20, seed=1)
+    header = ",".join(f"v{i}" for i in range(x[0].size)) + ",label\n"
+    rows = "".join(",".join(map(str, r.ravel())) + f",{CLASSES[v]}\n" for r, v in zip(x, y, strict=True))
+    (tmp_path / "rows.csv").write_text(header + rows)
+    size = (tmp_path / "rows.csv").stat().st_size
+    in_use = MemoryBudget(0, "test").in_use()
+    tight = ArrivalLimits(MemoryBudget(int((in_use + 15 * size) / 0.9), "test"))  # less than 16 bytes per byte
+    with pytest.raises(DataError, match=f"{size} bytes of text needs about .* more than edgeft reads"):
+        read_path(tmp_path / "rows.csv", bundle.manifest, limits=tight)
+    roomy = ArrivalLimits(MemoryBudget(int((in_use + 32 * size) / 0.9), "test"))
+    assert len(read_path(tmp_path / "rows.csv", bundle.manifest, limits=roomy)[0].x) == 20
 
 
 def test_an_arrival_over_the_sample_cap_is_refused_up_front(bundle_dir: Path, tmp_path: Path) -> None:
