@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -26,8 +26,11 @@ from edgeft.fleet.cli import fleet
 from edgeft.runtime import guard
 from edgeft.runtime.attempts import MAX_ATTEMPTS
 from edgeft.runtime.budget import detect_budget
-from edgeft.runtime.limits import MAX_ARRIVAL_SAMPLES
+from edgeft.runtime.limits import MAX_ARRIVAL_SAMPLES, ArrivalLimits
 from edgeft.runtime.schedule import SCHEDULES
+
+if TYPE_CHECKING:
+    from edgeft.runtime.watch import EntryPolicy
 
 app = typer.Typer(
     help="Fine-tune a frozen model's new head on edge devices with ONNX Runtime training.",
@@ -454,9 +457,15 @@ def adapt(
                     write_textfile(metrics_file, adapter.store.root)
 
 
-def _adapt_once(
-    adapter, data: list[str], relearn: bool, learn_options: dict, eval_data: Path | None, as_json: bool, limits
-):  # noqa: ANN001, ANN202
+def _adapt_once(  # noqa: ANN202
+    adapter,  # noqa: ANN001
+    data: list[str],
+    relearn: bool,
+    learn_options: dict,
+    eval_data: Path | None,
+    as_json: bool,
+    limits: ArrivalLimits,
+):
     from edgeft.progress import progress_bar
     from edgeft.runtime.arrivals import learn_arrival, read_arrival
 
@@ -515,8 +524,15 @@ def _number(value: float | None) -> str:
 
 
 def _watch(
-    adapter, inbox_dir: Path, once: bool, poll: float, learn_options: dict, as_json: bool, logs: dict, entries
-) -> None:  # noqa: ANN001
+    adapter,  # noqa: ANN001
+    inbox_dir: Path,
+    once: bool,
+    poll: float,
+    learn_options: dict,
+    as_json: bool,
+    logs: dict,
+    entries: EntryPolicy,
+) -> None:
     from edgeft.service.daemon import run_watch
     from edgeft.service.logs import event_logger
     from edgeft.service.notify import Notifier
