@@ -24,7 +24,7 @@ from edgeft import __version__
 from edgeft.errors import EdgeftError
 from edgeft.fleet.cli import fleet
 from edgeft.runtime import guard
-from edgeft.runtime.attempts import MAX_ATTEMPTS
+from edgeft.runtime.attempts import KEEP_ERRORS, MAX_ATTEMPTS
 from edgeft.runtime.budget import detect_budget
 from edgeft.runtime.limits import MAX_ARRIVAL_SAMPLES, ArrivalLimits
 from edgeft.runtime.schedule import SCHEDULES
@@ -404,7 +404,9 @@ def adapt(
     max_attempts: Annotated[
         int,
         typer.Option(
-            min=1, help="With --watch: an entry that killed the learner (or failed alike) this often is quarantined."
+            min=1,
+            max=KEEP_ERRORS,
+            help="With --watch: an entry that killed the learner (or failed alike) this often is quarantined.",
         ),
     ] = MAX_ATTEMPTS,
     ep: EpOpt = "auto",

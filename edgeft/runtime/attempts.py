@@ -24,7 +24,7 @@ from edgeft.runtime.atomic import fsync_directory, write_bytes_atomic
 
 ATTEMPTS_DIR = "attempts"
 MAX_ATTEMPTS = 3
-KEEP_ERRORS = 10
+KEEP_ERRORS = 10  # errors kept per entry, so also the most attempts ``max_attempts`` may allow
 ERROR_CHARS = 300
 
 
