@@ -197,6 +197,19 @@ def test_an_attempt_is_counted_before_its_body_and_taken_back_only_when_it_ends(
     assert ledger.records() == []
 
 
+def test_an_attempt_whose_end_cannot_be_written_is_forgotten_not_counted_as_a_death(tmp_path: Path) -> None:
+    ledger = AttemptLedger(tmp_path / "attempts")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200, hard))  # the fresh record fits, one with an error does not
+    try:
+        with pytest.raises(ValueError), ledger.attempt("a.npz", "sha", abandoned=KeyboardInterrupt, transient=OSError):
+            assert ledger.get("a.npz") == Attempts("a.npz", "sha", unfinished=1)
+            raise ValueError("x" * 150)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert ledger.records() == []
+
+
 def test_an_entry_tried_before_waits_behind_the_fresh_ones(bundle: Bundle, tmp_path: Path) -> None:
     inbox_dir = tmp_path / "inbox"
     inbox_dir.mkdir()

@@ -144,5 +144,10 @@ class AttemptLedger:
             raise
 
     def _end(self, record: Attempts) -> None:
+        """Take the attempt back; if the record cannot be written (a full disk), forget it rather than let this
+        attempt count as a death (deleting needs no space)."""
         record.unfinished -= 1
-        self.save(record)
+        try:
+            self.save(record)
+        except OSError:
+            self.clear(record.name)
