@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -24,7 +24,13 @@ from edgeft import __version__
 from edgeft.errors import EdgeftError
 from edgeft.fleet.cli import fleet
 from edgeft.runtime import guard
+from edgeft.runtime.attempts import KEEP_ERRORS, MAX_ATTEMPTS
+from edgeft.runtime.budget import detect_budget
+from edgeft.runtime.limits import MAX_ARRIVAL_SAMPLES, ArrivalLimits
 from edgeft.runtime.schedule import SCHEDULES
+
+if TYPE_CHECKING:
+    from edgeft.runtime.watch import EntryPolicy
 
 app = typer.Typer(
     help="Fine-tune a frozen model's new head on edge devices with ONNX Runtime training.",
@@ -36,6 +42,10 @@ app = typer.Typer(
 config_app = typer.Typer(help="Show the configuration a command would run with.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(fleet, name="fleet")
+inbox_app = typer.Typer(
+    help="See and steer a watch inbox: entries waiting, retrying and quarantined (with reasons).", no_args_is_help=True
+)
+app.add_typer(inbox_app, name="inbox")
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 70
@@ -62,6 +72,9 @@ TrainerOpt = Annotated[
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads (default: ORT's choice).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+InboxOpt = Annotated[
+    Path, typer.Option("--inbox", "-i", envvar="EDGEFT_INBOX", help="The inbox folder that adapt --watch learns from.")
+]
 
 
 def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
@@ -405,6 +418,24 @@ def adapt(
     metrics_file: Annotated[
         Path | None, typer.Option(help="Prometheus textfile to rewrite atomically after every update.")
     ] = None,
+    memory_budget: Annotated[
+        str,
+        typer.Option(
+            help="Memory this process may use: a size (1500M, 1.5G) or auto (the cgroup's memory limit, else "
+            "RLIMIT_AS, else half of MemAvailable). Arrivals that would not fit are refused up front."
+        ),
+    ] = "auto",
+    max_arrival_samples: Annotated[
+        int, typer.Option(min=0, help="Most samples one arrival may hold; larger ones are refused (0: no cap).")
+    ] = MAX_ARRIVAL_SAMPLES,
+    max_attempts: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=KEEP_ERRORS,
+            help="With --watch: an entry that killed the learner (or failed alike) this often is quarantined.",
+        ),
+    ] = MAX_ATTEMPTS,
     ep: EpOpt = "auto",
     trainer: TrainerOpt = "auto",
     threads: ThreadsOpt = None,
@@ -414,6 +445,7 @@ def adapt(
     from edgeft.bundle import Bundle
     from edgeft.runtime.adapter import Adapter
     from edgeft.runtime.sources import concatenated
+    from edgeft.runtime.watch import EntryPolicy
 
     if (data is None) == (watch is None):
         raise typer.BadParameter("give exactly one of --data or --watch", param_hint="--data/--watch")
@@ -425,6 +457,11 @@ def adapt(
         holdout_fraction=0.0 if holdout else holdout_fraction, tolerance=tolerance, enabled=not no_guard
     )
     learn_options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    try:
+        budget = detect_budget(memory_budget)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--memory-budget") from None
+    entries = EntryPolicy(budget, max_arrival_samples or None, max_attempts)
     with _reported():
         loaded = Bundle.load(bundle)  # verified once, for the holdout's reader and the Adapter
         fixed = concatenated(_load_samples(holdout, loaded, need_labels=True), str(holdout)) if holdout else None
@@ -442,20 +479,28 @@ def adapt(
         ) as adapter:
             if watch is not None:
                 logs = {"format": log_format, "file": log_file, "metrics": metrics_file}
-                _watch(adapter, watch, once, poll, learn_options, as_json, logs)
+                _watch(adapter, watch, once, poll, learn_options, as_json, logs, entries)
             else:
-                _adapt_once(adapter, data or [], relearn, learn_options, eval_data, as_json)
+                _adapt_once(adapter, data or [], relearn, learn_options, eval_data, as_json, entries.limits())
                 if metrics_file is not None:
                     from edgeft.service.metrics import write_textfile
 
                     write_textfile(metrics_file, adapter.store.root)
 
 
-def _adapt_once(adapter, data: list[str], relearn: bool, learn_options: dict, eval_data: Path | None, as_json: bool):  # noqa: ANN001, ANN202
+def _adapt_once(  # noqa: ANN202
+    adapter,  # noqa: ANN001
+    data: list[str],
+    relearn: bool,
+    learn_options: dict,
+    eval_data: Path | None,
+    as_json: bool,
+    limits: ArrivalLimits,
+):
     from edgeft.progress import progress_bar
     from edgeft.runtime.arrivals import learn_arrival, read_arrival
 
-    arrival = read_arrival(adapter, data, sys.stdin.buffer, relearn)
+    arrival = read_arrival(adapter, data, sys.stdin.buffer, relearn, limits)
     held_out = _load_samples(eval_data, adapter.bundle, need_labels=True) if eval_data else []
     before = _accuracy(adapter, held_out)
     n_epochs = learn_options["epochs"] or adapter.bundle.manifest.defaults.epochs
@@ -510,7 +555,16 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _watch(adapter, inbox_dir: Path, once: bool, poll: float, learn_options: dict, as_json: bool, logs: dict) -> None:  # noqa: ANN001
+def _watch(
+    adapter,  # noqa: ANN001
+    inbox_dir: Path,
+    once: bool,
+    poll: float,
+    learn_options: dict,
+    as_json: bool,
+    logs: dict,
+    entries: EntryPolicy,
+) -> None:
     from edgeft.service.daemon import run_watch
     from edgeft.service.logs import event_logger
     from edgeft.service.notify import Notifier
@@ -524,6 +578,9 @@ def _watch(adapter, inbox_dir: Path, once: bool, poll: float, learn_options: dic
         state=str(adapter.store.root),
         provider=adapter.placement.name,
         guard=adapter.policy.__dict__,
+        memory_budget=entries.budget.describe(),
+        max_arrival_samples=entries.max_samples,
+        max_attempts=entries.max_attempts,
     )
     summary = run_watch(
         adapter,
@@ -534,6 +591,7 @@ def _watch(adapter, inbox_dir: Path, once: bool, poll: float, learn_options: dic
         once=once,
         poll_seconds=poll,
         learn_options=learn_options,
+        policy=entries,
     )
     if as_json:
         typer.echo(json.dumps(summary.__dict__))
@@ -653,14 +711,41 @@ def info(bundle: BundleArg, as_json: JsonOpt = False) -> None:
 @app.command()
 def status(
     state: StateOpt,
+    inbox: Annotated[
+        Path | None, typer.Option(help="Also count the watch inbox's waiting, retrying and quarantined entries.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Summarise a device's state: versions, classes, counts, the last arrival, recent accuracy, the learner."""
     from edgeft.service.status import collect_status, format_status
 
     with _reported():
-        summary = collect_status(state)
+        summary = collect_status(state, inbox)
         typer.echo(json.dumps(summary) if as_json else format_status(summary))
+
+
+@inbox_app.command("list")
+def inbox_list(inbox: InboxOpt, as_json: JsonOpt = False) -> None:
+    """List the entries waiting, retrying (tried before without finishing) and quarantined, with reasons."""
+    from edgeft.service.queue import collect_inbox, format_inbox
+
+    with _reported():
+        listing = collect_inbox(inbox)
+        typer.echo(json.dumps(listing) if as_json else format_inbox(listing))
+
+
+@inbox_app.command("requeue")
+def inbox_requeue(
+    name: Annotated[str, typer.Argument(help="The entry's name in INBOX/quarantine/.")],
+    inbox: InboxOpt,
+    new_name: Annotated[str | None, typer.Option("--as", help="Put it back under this name (default: NAME).")] = None,
+) -> None:
+    """Move a quarantined entry back into the inbox, where it is learned with a fresh set of attempts."""
+    from edgeft.runtime.inbox import requeue
+
+    with _reported():
+        target = requeue(inbox, name, new_name)
+        typer.echo(f"requeued {name} as {target}; the watch learns it with fresh attempts")
 
 
 @config_app.command("show")

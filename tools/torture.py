@@ -7,8 +7,10 @@ rename of a checkpoint/replay/metadata/CURRENT file, a journal append, an inbox 
 after a random delay. After every kill, with the process dead, the invariants are checked (``check``): the state
 loads and verifies; every retained version's checkpoint and replay buffer parse and belong together; every input is
 learned exactly once or still waits in the inbox (none lost, none double-counted, by the journal and the versions'
-metadata); bad files are never learned and always have a reason; the logs hold no line twice. A last clean run
-drains the inbox and the final check demands everything learned.
+metadata); bad files are never learned and always have a reason; the logs hold no line twice; every attempt record
+parses. Kills land on whatever entry is in progress, so a good file killed ``--max-attempts`` times is rightly set
+aside as poison (quarantined with its attempts record and a reason that says the learner died on it): that is
+counted, not a violation. A last clean run drains the inbox and the final check demands everything else learned.
 
 Usage: ``PYTHONPATH=. python tools/torture.py --kills 200 [--seed 0] [--workdir DIR] [--json]``
 (exit status 1 if any invariant was ever violated). tests/test_crash.py runs a short version of it.
@@ -32,9 +34,10 @@ import numpy as np
 
 from edgeft.bundle import Bundle, sha256_file
 from edgeft.errors import EdgeftError
+from edgeft.runtime.attempts import ATTEMPTS_DIR, AttemptLedger
 from edgeft.runtime.faults import ENV, POINTS
 from edgeft.runtime.history import JOURNAL_FILE, METRICS_FILE, read_lines
-from edgeft.runtime.inbox import DONE_DIR, PENDING_DIR, QUARANTINE_DIR
+from edgeft.runtime.inbox import ATTEMPTS_SUFFIX, DONE_DIR, PENDING_DIR, QUARANTINE_DIR
 from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.store import StateStore
 from edgeft.runtime.trainer import parameters_finite, stored_state
@@ -43,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ("red", "green", "blue")
 UNKNOWN_LABEL = "violet"  # beyond the tiny bundle's three outputs: such samples go to pending/
 # The N-th arrival at a crash point to die at, drawn from 1..MAX; about two arrivals are queued each cycle.
-MAX_COUNT = {"tick": 24, "rename": 10, "append": 4, "move": 2}
+MAX_COUNT = {"tick": 24, "rename": 10, "append": 4, "move": 2, "attempt": 6}
 WAIT_SECONDS = 60.0
 
 
@@ -65,6 +68,7 @@ class Report:
     kills: int = 0
     by: dict[str, int] = field(default_factory=dict)  # "POINT:N" (it killed itself there), "delay", "idle"
     files_fed: int = 0
+    set_aside: int = 0  # good files quarantined as poison: killed --max-attempts times while in progress
     versions: int = 0
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -208,7 +212,7 @@ def _check_file(fed: Fed, inbox: Path, consumed: dict[str, int], journaled: set[
             problems.append(f"{fed.name} is unreadable but was learned")
         if place == QUARANTINE_DIR and not (inbox / QUARANTINE_DIR / f"{fed.name}.reason.txt").is_file():
             problems.append(f"{fed.name} is quarantined without a reason file")
-    elif place == QUARANTINE_DIR:
+    elif place == QUARANTINE_DIR and not set_aside(inbox, fed.name):
         problems.append(f"{fed.name} is a good file but was quarantined")
     elif place == DONE_DIR and fed.sha256 not in journaled:
         problems.append(f"{fed.name} is in done/ but the journal does not hold it")
@@ -220,6 +224,13 @@ def _check_file(fed: Fed, inbox: Path, consumed: dict[str, int], journaled: set[
     if final and place == "":
         problems.append(f"{fed.name} is still in the inbox after the final run")
     return problems
+
+
+def set_aside(inbox: Path, name: str) -> bool:
+    """Whether ``name`` was quarantined as poison because the learner died on it (its record says so)."""
+    record = AttemptLedger.read(inbox / QUARANTINE_DIR / f"{name}{ATTEMPTS_SUFFIX}")
+    reason = inbox / QUARANTINE_DIR / f"{name}.reason.txt"
+    return record is not None and record.unfinished > 0 and reason.is_file() and "died" in reason.read_text()
 
 
 def check(bundle: Bundle, state: Path, inbox: Path, fed: list[Fed], final: bool = False) -> list[str]:
@@ -247,8 +258,14 @@ def check(bundle: Bundle, state: Path, inbox: Path, fed: list[Fed], final: bool 
         problems.append(
             f"version {current.number} counts {current.meta['samples_received']} samples, expected {expected}"
         )
-    if final and len(journal) != sum(f.kind != "bad" for f in fed):
-        problems.append(f"the journal holds {len(journal)} lines for {sum(f.kind != 'bad' for f in fed)} good files")
+    problems += [
+        f"attempt record {path.name} does not parse"
+        for path in (inbox / ATTEMPTS_DIR).glob("*.json")
+        if AttemptLedger.read(path) is None
+    ]
+    learnable = sum(f.kind != "bad" and not set_aside(inbox, f.name) for f in fed)
+    if final and len(journal) != learnable:
+        problems.append(f"the journal holds {len(journal)} lines for {learnable} good files not set aside")
     return problems
 
 
@@ -286,6 +303,7 @@ def torture(
     if not report.violations:
         report.violations += _final_run(bundle_path, bundle, state, inbox, log, feeder.fed)
     report.by, report.files_fed, report.fed = dict(points), len(feeder.fed), feeder.fed
+    report.set_aside = sum(f.kind != "bad" and set_aside(inbox, f.name) for f in feeder.fed)
     current = StateStore(state, bundle.fingerprint).current()
     report.versions = current.number if current else 0
     report.seconds = round(time.monotonic() - began, 1)
@@ -338,7 +356,8 @@ def main() -> int:
             by[key.partition(":")[0]] += count
         print(
             f"{report.kills} SIGKILLs ({', '.join(f'{p} {n}' for p, n in sorted(by.items()))}), "
-            f"{report.files_fed} files fed, {report.versions} versions committed, {report.seconds} s: "
+            f"{report.files_fed} files fed ({report.set_aside} good ones set aside as poison), "
+            f"{report.versions} versions committed, {report.seconds} s: "
             f"{len(report.violations)} invariant violations"
         )
         for problem in report.violations:

@@ -14,6 +14,7 @@ from typing import Any
 
 from edgeft.runtime.adapter import Adapter, LearnResult, Progress
 from edgeft.runtime.inbox import PENDING_DIR, fingerprint, write_pending
+from edgeft.runtime.limits import TEXT_COST, ArrivalLimits
 from edgeft.runtime.sources import Samples, concatenated, read_json_lines, read_path
 
 STDIN = "-"
@@ -39,8 +40,18 @@ class OneShotResult:
     overflow: list[str]
 
 
-def read_arrival(adapter: Adapter, paths: list[str], stdin: io.BufferedReader | None, relearn: bool) -> Arrival:
-    """Read every input (``-`` is JSON lines on stdin), skipping those already consumed unless ``relearn``."""
+def read_arrival(
+    adapter: Adapter,
+    paths: list[str],
+    stdin: io.BufferedReader | None,
+    relearn: bool,
+    limits: ArrivalLimits | None = None,
+) -> Arrival:
+    """Read every input (``-`` is JSON lines on stdin), skipping those already consumed unless ``relearn``.
+
+    ``limits`` bound the whole arrival (default: the detected memory budget, no sample cap).
+    """
+    limits = limits or ArrivalLimits.for_reading()
     consumed = {} if relearn else adapter.consumed_inputs()
     arrival = Arrival()
     manifest = adapter.bundle.manifest
@@ -48,9 +59,11 @@ def read_arrival(adapter: Adapter, paths: list[str], stdin: io.BufferedReader | 
         if name == STDIN:
             raw = stdin.read() if stdin is not None else b""
             digest = hashlib.sha256(raw).hexdigest()
-            found = [read_json_lines(io.StringIO(raw.decode("utf-8", errors="replace")), "stdin", manifest, True)]
+            limits.charge("stdin", TEXT_COST * len(raw), f"{len(raw)} bytes of text")
+            text = io.StringIO(raw.decode("utf-8", errors="replace"))
+            found = [read_json_lines(text, "stdin", manifest, True, limits)]
         else:
-            found = read_path(name, manifest, need_labels=True)
+            found = read_path(name, manifest, need_labels=True, limits=limits)
             digest = fingerprint(Path(name))
         if digest in consumed:
             arrival.skipped.append(f"{name} (already learned in version {consumed[digest]})")

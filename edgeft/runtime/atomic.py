@@ -33,11 +33,12 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], None], point: str = "rename") -> None:
     """Let ``write`` fill a temp file beside ``path``, make it durable, then atomically put it in place.
 
     A crash at any moment leaves either the old ``path`` or the new one, never a torn file. A failed write
-    raises WriteError naming ``path`` and leaves the old file in place.
+    raises WriteError naming ``path`` and leaves the old file in place. ``point`` names the crash point just
+    before the rename (edgeft/runtime/faults.py).
     """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -45,7 +46,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         fsync_file(tmp)
-        crash_point("rename")
+        crash_point(point)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -59,7 +60,7 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 SHARED_FILE_MODE = 0o644  # files other users read: metrics for node_exporter, reports
 
 
-def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None, point: str = "rename") -> None:
     """Atomically replace ``path`` with ``data``; with ``mode``, the file gets those permissions (else 0600)."""
 
     def write(tmp: Path) -> None:
@@ -67,4 +68,4 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None
         if mode is not None:
             tmp.chmod(mode)
 
-    write_atomic(path, write)
+    write_atomic(path, write, point)

@@ -3,8 +3,10 @@
 Producers write an entry under a temporary name (starting with ``.`` or ending in ``.tmp``/``.part``) and rename
 it when complete, so a half-written file is never read. An entry is a data file (.npz, .csv, .jsonl) or a
 folder (``LABEL/*.png`` image folders, or data files). After its arrival is committed it moves to ``done/``;
-an entry edgeft cannot use moves to ``quarantine/`` with ``NAME.reason.txt`` beside it; samples whose labels do
-not fit the head are written to ``pending/`` (move them back after adopting a bundle with more classes).
+an entry edgeft cannot use moves to ``quarantine/`` with ``NAME.reason.txt`` beside it (and, for a poison entry,
+``NAME.attempts.json``: what its attempts ran into); samples whose labels do not fit the head are written to
+``pending/`` (move them back after adopting a bundle with more classes). ``attempts/`` counts the attempts at
+entries not yet finished (edgeft/runtime/attempts.py). ``requeue`` moves a quarantined entry back.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import numpy as np
 from edgeft.bundle import sha256_file
 from edgeft.errors import DataError
 from edgeft.runtime.atomic import fsync_directory, write_atomic, write_bytes_atomic
+from edgeft.runtime.attempts import ATTEMPTS_DIR, AttemptLedger
 from edgeft.runtime.faults import crash_point
 
 DONE_DIR = "done"
 QUARANTINE_DIR = "quarantine"
 PENDING_DIR = "pending"
-RESERVED = frozenset({DONE_DIR, QUARANTINE_DIR, PENDING_DIR})
+RESERVED = frozenset({DONE_DIR, QUARANTINE_DIR, PENDING_DIR, ATTEMPTS_DIR})
+REASON_SUFFIX = ".reason.txt"
+ATTEMPTS_SUFFIX = ".attempts.json"
 TEMPORARY_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 
 
@@ -76,8 +81,21 @@ def _free_name(folder: Path, name: str) -> Path:
     return target
 
 
+def ready_entries(root: Path) -> list[Path]:
+    """Complete entries waiting in the inbox ``root``, oldest first; reads only."""
+    entries = []
+    for path in root.iterdir():
+        if path.name in RESERVED or is_temporary(path.name):
+            continue
+        try:
+            entries.append((path.lstat().st_mtime_ns, path.name, path))
+        except FileNotFoundError:  # renamed away meanwhile
+            continue
+    return [path for _, _, path in sorted(entries)]
+
+
 class Inbox:
-    """The inbox folder and its ``done/``, ``quarantine/`` and ``pending/`` subfolders."""
+    """The inbox folder and its ``done/``, ``quarantine/``, ``pending/`` and ``attempts/`` subfolders."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -87,32 +105,28 @@ class Inbox:
             (self.root / name).mkdir(exist_ok=True)
             for stale in (self.root / name).glob(".*.tmp"):  # temp files of atomic writes a crash cut short
                 stale.unlink(missing_ok=True)
+        self.attempts = AttemptLedger(self.root / ATTEMPTS_DIR)
 
     def ready(self) -> list[Path]:
         """Complete entries waiting to be learned, oldest first."""
-        entries = []
-        for path in self.root.iterdir():
-            if path.name in RESERVED or is_temporary(path.name):
-                continue
-            try:
-                entries.append((path.lstat().st_mtime_ns, path.name, path))
-            except FileNotFoundError:  # renamed away meanwhile
-                continue
-        return [path for _, _, path in sorted(entries)]
+        return ready_entries(self.root)
 
     def done(self, entry: Path) -> Path:
         """Move a learned entry to ``done/``."""
         return self._move(entry, self.root / DONE_DIR)
 
-    def quarantine(self, entry: Path, reason: str) -> Path:
-        """Write why beside the entry's place in ``quarantine/``, then move it there.
+    def quarantine(self, entry: Path, reason: str, attempts: bytes | None = None) -> Path:
+        """Write why (and ``attempts``, a poison entry's record) beside the entry's place in ``quarantine/``, then
+        move it there.
 
         Reason first: a crash or a full disk in between leaves the entry in the inbox (quarantined again next time),
         never a quarantined entry without its reason.
         """
         folder = self.root / QUARANTINE_DIR
         target = _free_name(folder, entry.name)
-        write_bytes_atomic(target.with_name(target.name + ".reason.txt"), (reason.rstrip() + "\n").encode())
+        if attempts is not None:
+            write_bytes_atomic(target.with_name(target.name + ATTEMPTS_SUFFIX), attempts)
+        write_bytes_atomic(target.with_name(target.name + REASON_SUFFIX), (reason.rstrip() + "\n").encode())
         return self._move(entry, folder, target)
 
     def keep_pending(self, entry: Path, x: np.ndarray, y: np.ndarray) -> Path:
@@ -126,3 +140,41 @@ class Inbox:
         fsync_directory(folder)
         fsync_directory(self.root)
         return target
+
+
+def quarantined(root: Path) -> list[Path]:
+    """Entries in ``root/quarantine/`` (not their reason or attempts files), by name; reads only."""
+    folder = root / QUARANTINE_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path
+        for path in folder.iterdir()
+        if not path.name.endswith((REASON_SUFFIX, ATTEMPTS_SUFFIX)) and not is_temporary(path.name)
+    )
+
+
+def requeue(root: Path, name: str, new_name: str | None = None) -> Path:
+    """Move ``root/quarantine/NAME`` back into the inbox (as ``new_name``) for a fresh set of attempts.
+
+    Safe while a watch runs. The entry moves first, its reason and attempts files go after: a crash in between
+    leaves a stale reason, never an entry in quarantine without one.
+    """
+    folder = root / QUARANTINE_DIR
+    source = folder / name
+    if name in ("", ".", "..") or "/" in name or name.endswith((REASON_SUFFIX, ATTEMPTS_SUFFIX)):
+        raise DataError(f"'{name}' is not the name of an entry in {folder}")
+    if not (source.exists() or source.is_symlink()):
+        listed = ", ".join(p.name for p in quarantined(root)) or "none"
+        raise DataError(f"{source} does not exist (quarantined entries: {listed})")
+    target = root / (new_name or name)
+    if new_name is not None and (new_name in RESERVED or "/" in new_name or is_temporary(new_name)):
+        raise DataError(f"'{new_name}' cannot name an inbox entry (reserved, temporary or a path)")
+    if target.exists() or target.is_symlink():
+        raise DataError(f"{target} exists; requeue under another name with --as")
+    os.replace(source, target)
+    fsync_directory(root)
+    for suffix in (REASON_SUFFIX, ATTEMPTS_SUFFIX):
+        folder.joinpath(name + suffix).unlink(missing_ok=True)
+    fsync_directory(folder)
+    return target

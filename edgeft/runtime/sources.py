@@ -3,7 +3,8 @@
 Image folders are ``LABEL/*.png|jpg``; images are converted, resized and normalised as the bundle's
 manifest says. CSV files have a header; the label column (default ``label``) holds names or indices and every
 other column is a number. JSON lines hold one object per line: ``{"x": [...], "y": label}``.
-Every problem raises DataError naming the file.
+Every problem raises DataError naming the file. What a read may cost is bounded by ``ArrivalLimits``: each file
+is charged before it is unpacked or parsed, so a decompression bomb is refused from its headers.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import numpy as np
 
 from edgeft.bundle import Manifest
 from edgeft.errors import DataError
+from edgeft.runtime.limits import COPIES, TEXT_COST, ArrivalLimits
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 ARRAY_SUFFIXES = frozenset({".npz", ".npy"})
 TEXT_SUFFIXES = frozenset({".csv", ".jsonl"})
 LABEL_COLUMN = "label"
-MAX_ARRAY_BYTES = 2**31  # one array in a data file, unpacked
 MAX_IMAGE_PIXELS = 50_000_000  # a 50-megapixel photo; larger declared sizes are refused before decoding
 MAX_LABEL_LENGTH = 200
 
@@ -52,8 +53,9 @@ def _numpy_load_problem(exc: ValueError, kind: str) -> str:
     return f"not a readable {kind} file ({text})"
 
 
-def _check_npy_header(handle: IO[bytes], holds: int, path: Path, member: str = "") -> None:
-    """Refuse an array before numpy allocates it: object dtype, or more data declared than ``holds`` bytes."""
+def _check_npy_header(handle: IO[bytes], holds: int, path: Path, limits: ArrivalLimits, member: str = "") -> None:
+    """Refuse an array before numpy allocates it: object dtype, more data declared than ``holds`` bytes, or more
+    than ``limits`` allow (``x``'s first axis counts as samples)."""
     kind, inside = (".npz", f" (array '{member}')") if member else (".npy", "")
     fmt = np.lib.format
     try:
@@ -68,34 +70,41 @@ def _check_npy_header(handle: IO[bytes], holds: int, path: Path, member: str = "
         ) from None
     if dtype.hasobject:
         raise DataError(f"{path}: holds object arrays (pickled Python objects), which edgeft never loads{inside}")
-    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if declared > MAX_ARRAY_BYTES:
-        raise DataError(f"{path}: an array of {declared} bytes{inside} is more than edgeft reads ({MAX_ARRAY_BYTES})")
+    elements = int(np.prod(shape, dtype=object))
+    declared = elements * dtype.itemsize
     if declared > holds:
         raise DataError(
             f"{path}: not a readable {kind} file{inside}: its header declares shape {list(shape)} ({declared} bytes) "
             f"but it holds {holds} bytes"
         )
+    if declared > limits.array_bytes:
+        raise DataError(
+            f"{path}: an array of {declared} bytes{inside} is more than edgeft reads ({limits.array_bytes}: "
+            f"{limits.why_array_bytes()})"
+        )
+    if member in ("", "x") and shape:
+        limits.count(str(path), int(shape[0]))
+    limits.charge(str(path), COPIES * max(declared, elements * 4), f"array '{member or 'x'}' {list(shape)} {dtype}")
 
 
-def _check_npz(path: Path) -> None:
+def _check_npz(path: Path, limits: ArrivalLimits) -> None:
     """Look at every member's size and header without unpacking the data (a decompression bomb stays packed)."""
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
                 raise DataError(f"{path}: member '{info.filename}' is not a .npy array; .npz files hold only those")
-            if info.file_size > MAX_ARRAY_BYTES:
+            if info.file_size > limits.array_bytes:
                 raise DataError(
                     f"{path}: member '{info.filename}' unpacks to {info.file_size} bytes, more than edgeft reads "
-                    f"({MAX_ARRAY_BYTES})"
+                    f"({limits.array_bytes}: {limits.why_array_bytes()})"
                 )
             with archive.open(info) as member:
-                _check_npy_header(member, info.file_size, path, info.filename[: -len(".npy")])
+                _check_npy_header(member, info.file_size, path, limits, info.filename[: -len(".npy")])
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def _load_npz(path: Path, limits: ArrivalLimits) -> dict[str, np.ndarray]:
     try:
-        _check_npz(path)
+        _check_npz(path, limits)
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except ValueError as exc:
@@ -104,10 +113,10 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
 
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, limits: ArrivalLimits) -> np.ndarray:
     try:
         with path.open("rb") as handle:
-            _check_npy_header(handle, path.stat().st_size, path)
+            _check_npy_header(handle, path.stat().st_size, path, limits)
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise DataError(f"{path}: {_numpy_load_problem(exc, '.npy')}") from None
@@ -147,13 +156,13 @@ def _checked_names(y: np.ndarray, origin: str) -> np.ndarray:
     return y
 
 
-def read_array_file(path: Path, manifest: Manifest, need_labels: bool) -> Samples:
+def read_array_file(path: Path, manifest: Manifest, need_labels: bool, limits: ArrivalLimits) -> Samples:
     """Samples from a .npz (``x``, optional ``y``) or a .npy (inputs only)."""
     if path.suffix.lower() == ".npy":
         if need_labels:
             raise DataError(f"{path}: a .npy file has no labels; use .npz with arrays 'x' and 'y'")
-        return Samples(_with_channel_axis(_load_npy(path), manifest), None, str(path))
-    arrays = _load_npz(path)
+        return Samples(_with_channel_axis(_load_npy(path, limits), manifest), None, str(path))
+    arrays = _load_npz(path, limits)
     if "x" not in arrays:
         raise DataError(f"{path}: missing array 'x' (found: {', '.join(arrays) or 'none'})")
     x = _with_channel_axis(arrays["x"], manifest)
@@ -176,16 +185,24 @@ def _fit_input_shape(x: np.ndarray, manifest: Manifest, origin: str) -> np.ndarr
     return x
 
 
-def _decoded_lines(path: Path) -> str:
+def _decoded_lines(path: Path, limits: ArrivalLimits) -> str:
+    """A text file's contents, charged to ``limits`` by its size before it is read."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    limits.charge(str(path), TEXT_COST * size, f"{size} bytes of text")
     try:
         return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
-def read_csv(path: Path, manifest: Manifest, need_labels: bool, label_column: str = LABEL_COLUMN) -> Samples:
+def read_csv(
+    path: Path, manifest: Manifest, need_labels: bool, limits: ArrivalLimits, label_column: str = LABEL_COLUMN
+) -> Samples:
     """Samples from a CSV file with a header: the label column, and numeric feature columns."""
-    rows = list(csv.reader(io.StringIO(_decoded_lines(path))))
+    rows = list(csv.reader(io.StringIO(_decoded_lines(path, limits))))
     if not rows or not rows[0]:
         raise DataError(f"{path}: empty CSV file (expected a header row)")
     header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
@@ -193,6 +210,7 @@ def read_csv(path: Path, manifest: Manifest, need_labels: bool, label_column: st
         raise DataError(f"{path}: no '{label_column}' column in the header ({', '.join(header)})")
     if not body:
         raise DataError(f"{path}: the CSV file has a header but no rows")
+    limits.count(str(path), len(body))
     label_at = header.index(label_column) if label_column in header else None
     values = np.empty((len(body), len(header) - (label_at is not None)), np.float32)
     labels = []
@@ -217,7 +235,9 @@ def _label_array(labels: list, origin: str) -> np.ndarray:
     return _checked_names(np.array([str(v) for v in labels]), origin)
 
 
-def read_json_lines(stream: IO[str], origin: str, manifest: Manifest, need_labels: bool) -> Samples:
+def read_json_lines(
+    stream: IO[str], origin: str, manifest: Manifest, need_labels: bool, limits: ArrivalLimits | None = None
+) -> Samples:
     """Samples from JSON lines ``{"x": [...], "y": label}`` (``y`` optional when labels are not needed)."""
     xs, ys = [], []
     for number, line in enumerate(stream, start=1):
@@ -241,13 +261,15 @@ def read_json_lines(stream: IO[str], origin: str, manifest: Manifest, need_label
         raise DataError(f'{origin}: no samples (expected JSON lines like {{"x": [...], "y": "cat"}})')
     if ys and len(ys) != len(xs):
         raise DataError(f"{origin}: {len(xs) - len(ys)} of {len(xs)} lines have no label 'y'")
+    if limits is not None:
+        limits.count(origin, len(xs))
     x = _with_channel_axis(np.stack(xs), manifest)
     return Samples(_fit_input_shape(x, manifest, origin), _label_array(ys, origin) if ys else None, origin)
 
 
-def read_json_lines_file(path: Path, manifest: Manifest, need_labels: bool) -> Samples:
+def read_json_lines_file(path: Path, manifest: Manifest, need_labels: bool, limits: ArrivalLimits) -> Samples:
     """Samples from a ``.jsonl`` file."""
-    return read_json_lines(io.StringIO(_decoded_lines(path)), str(path), manifest, need_labels)
+    return read_json_lines(io.StringIO(_decoded_lines(path, limits)), str(path), manifest, need_labels, limits)
 
 
 def read_image(path: Path, manifest: Manifest) -> np.ndarray:
@@ -285,7 +307,7 @@ def read_image(path: Path, manifest: Manifest) -> np.ndarray:
     return array.transpose(2, 0, 1) if prep.layout == "NCHW" else array
 
 
-def read_image_folders(root: Path, manifest: Manifest) -> Samples | None:
+def read_image_folders(root: Path, manifest: Manifest, limits: ArrivalLimits) -> Samples | None:
     """Samples from ``root/LABEL/*.png|jpg``, labelled by folder name; None if there are none."""
     images = sorted(
         p
@@ -296,6 +318,9 @@ def read_image_folders(root: Path, manifest: Manifest) -> Samples | None:
     )
     if not images:
         return None
+    limits.count(str(root), len(images))
+    sample_bytes = 4 * int(np.prod([d for d in manifest.input.shape[1:] if isinstance(d, int)]))
+    limits.charge(str(root), COPIES * sample_bytes * len(images), f"{len(images)} images")
     x = np.stack([read_image(p, manifest) for p in images])
     y = _checked_names(np.array([p.parent.name for p in images]), str(root))
     return Samples(x, y, str(root))
@@ -303,6 +328,8 @@ def read_image_folders(root: Path, manifest: Manifest) -> Samples | None:
 
 def concatenated(samples: list[Samples], origin: str) -> tuple[np.ndarray, np.ndarray]:
     """All inputs and labels of ``samples`` as two arrays; DataError if they differ in input shape or label kind."""
+    if len(samples) == 1:  # no copy: an arrival's inputs may be most of the memory budget
+        return samples[0].x, np.asarray(samples[0].y)
     shapes = {s.x.shape[1:] for s in samples}
     if len(shapes) > 1:
         raise DataError(f"{origin}: inputs of different shapes {sorted(map(list, shapes))}; use one shape")
@@ -311,19 +338,25 @@ def concatenated(samples: list[Samples], origin: str) -> tuple[np.ndarray, np.nd
     return np.concatenate([s.x for s in samples]), np.concatenate([np.asarray(s.y) for s in samples])
 
 
-def read_path(path: str | Path, manifest: Manifest, need_labels: bool = True) -> list[Samples]:
-    """All samples at ``path``: a .npz/.npy file, an image file, or a folder of .npz files and image folders."""
+def read_path(
+    path: str | Path, manifest: Manifest, need_labels: bool = True, limits: ArrivalLimits | None = None
+) -> list[Samples]:
+    """All samples at ``path``: a .npz/.npy file, an image file, or a folder of .npz files and image folders.
+
+    ``limits`` bounds what the whole read may cost (default: the detected memory budget, no sample cap).
+    """
+    limits = limits or ArrivalLimits.for_reading()
     root = Path(path)
     if not root.exists():
         raise DataError(f"{root}: no such file or directory")
     if root.is_file():
         suffix = root.suffix.lower()
         if suffix in ARRAY_SUFFIXES:
-            return [read_array_file(root, manifest, need_labels)]
+            return [read_array_file(root, manifest, need_labels, limits)]
         if suffix == ".csv":
-            return [read_csv(root, manifest, need_labels)]
+            return [read_csv(root, manifest, need_labels, limits)]
         if suffix == ".jsonl":
-            return [read_json_lines_file(root, manifest, need_labels)]
+            return [read_json_lines_file(root, manifest, need_labels, limits)]
         if suffix in IMAGE_SUFFIXES:
             if need_labels:
                 raise DataError(f"{root}: a single image has no label; put images in LABEL/ folders")
@@ -333,9 +366,9 @@ def read_path(path: str | Path, manifest: Manifest, need_labels: bool = True) ->
         sample
         for p in sorted(root.iterdir())
         if p.is_file() and p.suffix.lower() in {".npz", *TEXT_SUFFIXES}
-        for sample in read_path(p, manifest, need_labels)
+        for sample in read_path(p, manifest, need_labels, limits)
     ]
-    images = read_image_folders(root, manifest)
+    images = read_image_folders(root, manifest, limits)
     if images is not None:
         found.append(images)
     if not found:

@@ -4,6 +4,11 @@ Exactly once: an entry's sha256 goes into the committed version's metadata (and 
 same atomic step as the head it produced; the entry moves to ``done/`` only afterwards. After a crash, an entry
 still in the inbox whose sha256 the journal holds is moved to ``done/`` without being learned again.
 SIGTERM/SIGINT abandon the arrival in progress (nothing of it is committed; it stays in the inbox) and stop.
+
+No entry can stop the queue: each arrival is read within the memory budget and sample cap (``EntryPolicy``; too
+much is refused up front and quarantined), every attempt is counted durably before the entry is read, entries tried
+before wait behind fresh ones, and one that killed the learner or failed the same way ``max_attempts`` times is
+quarantined as poison (edgeft/runtime/attempts.py).
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ import numpy as np
 
 from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter, LearnResult
-from edgeft.runtime.faults import crash_point
+from edgeft.runtime.attempts import MAX_ATTEMPTS, poison_reason
+from edgeft.runtime.budget import MemoryBudget, detect_budget
+from edgeft.runtime.faults import crash_point, crash_reading
 from edgeft.runtime.inbox import Inbox, fingerprint
+from edgeft.runtime.limits import MAX_ARRIVAL_SAMPLES, ArrivalLimits
 from edgeft.runtime.sources import concatenated, read_path
 
 Event = Callable[..., None]
@@ -54,6 +62,19 @@ class StopFlag:
             raise Interrupted(self.signal_name)
 
 
+@dataclass(frozen=True)
+class EntryPolicy:
+    """What one entry may cost (memory budget, samples) and how many attempts it gets before it is poison."""
+
+    budget: MemoryBudget = field(default_factory=detect_budget)
+    max_samples: int | None = MAX_ARRIVAL_SAMPLES
+    max_attempts: int = MAX_ATTEMPTS
+
+    def limits(self) -> ArrivalLimits:
+        """Fresh limits for one arrival, from what the process holds now."""
+        return ArrivalLimits(self.budget, self.max_samples)
+
+
 @dataclass
 class WatchSummary:
     """What a watch run did."""
@@ -62,15 +83,16 @@ class WatchSummary:
     refused: int = 0
     skipped: int = 0
     quarantined: int = 0
+    poisoned: int = 0
     pending_samples: int = 0
     errors: int = 0
     versions: list[int] = field(default_factory=list)
 
 
-def _read_entry(entry: Path, adapter: Adapter) -> tuple[np.ndarray, np.ndarray]:
+def _read_entry(entry: Path, adapter: Adapter, limits: ArrivalLimits) -> tuple[np.ndarray, np.ndarray]:
     """An entry's inputs (checked against the bundle) and labels; every problem is a DataError naming a file."""
     try:
-        samples = read_path(entry, adapter.bundle.manifest, need_labels=True)
+        samples = read_path(entry, adapter.bundle.manifest, need_labels=True, limits=limits)
     except OSError as exc:
         raise DataError(f"{entry}: cannot be read ({exc.strerror or exc})") from None
     x, y = concatenated(samples, str(entry))
@@ -94,44 +116,41 @@ def learn_entry(
     emit: Event,
     learn_options: dict[str, Any],
     stop: StopFlag,
+    policy: EntryPolicy | None = None,
 ) -> LearnResult | None:
-    """Learn one inbox entry (or skip, quarantine or park it); DataError never escapes, other errors do."""
+    """Learn one inbox entry (or skip, quarantine or park it); DataError never escapes, other errors do.
+
+    The attempt is counted in the inbox's attempt records before the entry is read; an entry that is poison by
+    those records is quarantined without being read again.
+    """
+    policy = policy or EntryPolicy()
     try:
         digest = _fingerprint(entry)
         if digest in consumed:
             inbox.done(entry)
+            inbox.attempts.clear(entry.name)
             summary.skipped += 1
             emit("skipped", entry=entry.name, reason=f"already learned in version {consumed[digest]}")
             return None
-        x, y = _read_entry(entry, adapter)
-        encoded = adapter.encode(y, str(entry))
-        if not encoded.fits.all():
-            parked = inbox.keep_pending(entry, x[~encoded.fits], y[~encoded.fits])
-            summary.pending_samples += int((~encoded.fits).sum())
-            emit(
-                "pending",
-                entry=entry.name,
-                samples=int((~encoded.fits).sum()),
-                labels=encoded.overflow,
-                path=str(parked),
-                reason=f"labels {encoded.overflow[:5]} do not fit the head's {adapter.capacity} outputs",
-            )
-        if not encoded.fits.any():
-            inbox.done(entry)
+        if _quarantine_poison(inbox, entry, digest, summary, emit, policy.max_attempts):
             return None
-        inputs = [{"name": entry.name, "sha256": digest, "samples": int(len(x))}]
-        result = adapter.learn(
-            x[encoded.fits], y[encoded.fits], origin=str(entry), inputs=inputs, progress=stop.check, **learn_options
-        )
+        with inbox.attempts.attempt(entry.name, digest, abandoned=Interrupted, transient=OSError):
+            crash_reading(entry.name)
+            result = _learn(adapter, inbox, entry, digest, summary, emit, learn_options, stop, policy.limits())
     except DataError as exc:
         reason = " ".join(str(exc).split())  # one line, whatever the file name or message holds
         if entry.exists() or entry.is_symlink():
             inbox.quarantine(entry, reason)
+        inbox.attempts.clear(entry.name)
         summary.quarantined += 1
         emit("quarantined", entry=entry.name, reason=reason)
         return None
-    consumed[digest] = result.version  # before the move: if moving fails, a retry skips the entry
+    if result is not None:
+        consumed[digest] = result.version  # before the move: if moving fails, a retry skips the entry
     inbox.done(entry)
+    inbox.attempts.clear(entry.name)
+    if result is None:
+        return None
     summary.versions.append(result.version)
     if result.promoted:
         summary.learned += 1
@@ -152,6 +171,62 @@ def learn_entry(
     return result
 
 
+def _quarantine_poison(
+    inbox: Inbox, entry: Path, digest: str, summary: WatchSummary, emit: Event, max_attempts: int
+) -> bool:
+    """Quarantine ``entry`` if its attempt record makes it poison; whether it did."""
+    record = inbox.attempts.get(entry.name, digest)
+    reason = poison_reason(entry, record, max_attempts)
+    if record is None or reason is None:
+        return False
+    inbox.quarantine(entry, reason, record.to_bytes())
+    inbox.attempts.clear(entry.name)
+    summary.quarantined += 1
+    summary.poisoned += 1
+    emit(
+        "quarantined",
+        entry=entry.name,
+        reason=reason,
+        poison=True,
+        died=record.unfinished,
+        errors=len(record.errors),
+    )
+    return True
+
+
+def _learn(
+    adapter: Adapter,
+    inbox: Inbox,
+    entry: Path,
+    digest: str,
+    summary: WatchSummary,
+    emit: Event,
+    learn_options: dict[str, Any],
+    stop: StopFlag,
+    limits: ArrivalLimits,
+) -> LearnResult | None:
+    """Read and learn an entry whose attempt is counted; None when none of its labels fit (all parked)."""
+    x, y = _read_entry(entry, adapter, limits)
+    encoded = adapter.encode(y, str(entry))
+    if not encoded.fits.all():
+        parked = inbox.keep_pending(entry, x[~encoded.fits], y[~encoded.fits])
+        summary.pending_samples += int((~encoded.fits).sum())
+        emit(
+            "pending",
+            entry=entry.name,
+            samples=int((~encoded.fits).sum()),
+            labels=encoded.overflow,
+            path=str(parked),
+            reason=f"labels {encoded.overflow[:5]} do not fit the head's {adapter.capacity} outputs",
+        )
+    if not encoded.fits.any():
+        return None
+    if not encoded.fits.all():  # a copy only when some samples stay behind
+        x, y = x[encoded.fits], y[encoded.fits]
+    inputs = [{"name": entry.name, "sha256": digest, "samples": int(len(encoded.fits))}]
+    return adapter.learn(x, y, origin=str(entry), inputs=inputs, progress=stop.check, **learn_options)
+
+
 def watch(
     adapter: Adapter,
     inbox: Inbox,
@@ -162,23 +237,27 @@ def watch(
     once: bool = False,
     learn_options: dict[str, Any] | None = None,
     on_idle: Callable[[], None] | None = None,
+    policy: EntryPolicy | None = None,
 ) -> WatchSummary:
     """Learn inbox entries as they come until ``stop`` is set (or, with ``once``, until the inbox is empty).
 
     Write errors (a full disk, say) do not stop the loop: nothing was committed, the entry stays in the inbox and
-    is retried with growing back-off.
+    is retried with growing back-off, behind the entries that were not tried yet. Any other error is logged and
+    the next entry taken; an entry failing the same way ``policy.max_attempts`` times is quarantined.
     """
+    policy = policy or EntryPolicy()
     summary = WatchSummary()
     consumed = adapter.consumed_inputs()
+    inbox.attempts.prune({entry.name for entry in inbox.ready()})
     emit("watching", inbox=str(inbox.root), version=adapter.version, classes=len(adapter.classes))
     backoff = poll_seconds
     while not stop.requested:
         failed = False
-        for entry in inbox.ready():
+        for entry in inbox.attempts.ordered(inbox.ready()):
             if stop.requested:
                 break
             try:
-                learn_entry(adapter, inbox, entry, consumed, summary, emit, learn_options or {}, stop)
+                learn_entry(adapter, inbox, entry, consumed, summary, emit, learn_options or {}, stop, policy)
             except Interrupted:
                 emit("interrupted", entry=entry.name, reason="stop requested; nothing of this entry was committed")
                 break
@@ -187,6 +266,10 @@ def watch(
                 failed = True
                 emit("error", entry=entry.name, reason=f"{exc}; will retry in {backoff:.0f} s")
                 break
+            except Exception as exc:  # a bug or a resource the entry exhausts (MemoryError): counted against it
+                summary.errors += 1
+                failed = True
+                emit("error", entry=entry.name, reason=f"{type(exc).__name__}: {exc}; the next entry goes first")
         if once:
             break
         if on_idle:

@@ -7,7 +7,7 @@ from typing import Any
 
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.inbox import Inbox
-from edgeft.runtime.watch import StopFlag, WatchSummary, watch
+from edgeft.runtime.watch import EntryPolicy, StopFlag, WatchSummary, watch
 from edgeft.service.logs import EventLog
 from edgeft.service.metrics import write_textfile
 from edgeft.service.notify import Notifier
@@ -37,6 +37,7 @@ def run_watch(
     once: bool,
     poll_seconds: float,
     learn_options: dict[str, Any],
+    policy: EntryPolicy | None = None,
 ) -> WatchSummary:
     """Run the watch loop until SIGTERM/SIGINT (or, with ``once``, until the inbox is empty)."""
     inbox = Inbox(inbox_dir)
@@ -69,4 +70,5 @@ def run_watch(
         once=once,
         learn_options=learn_options,
         on_idle=notifier.watchdog,
+        policy=policy,
     )

@@ -14,6 +14,7 @@ from typing import Any
 from edgeft.runtime.atomic import SHARED_FILE_MODE, write_bytes_atomic
 from edgeft.runtime.guard import recorded_holdout_accuracy
 from edgeft.runtime.inbox import QUARANTINE_DIR
+from edgeft.service.queue import collect_inbox, counts
 
 Sample = tuple[str, str, str, list[tuple[str, float]]]  # name, type, help, [(labels, value)]
 
@@ -60,6 +61,21 @@ def collect(state: Path, inbox: Path | None = None) -> list[Sample]:
     if inbox is not None:
         quarantined = len(list((inbox / QUARANTINE_DIR).glob("*.reason.txt")))
         families.append(("edgeft_quarantined_files", "gauge", "Files in the inbox's quarantine.", [("", quarantined)]))
+        queue = counts(collect_inbox(inbox))
+        families += [
+            (
+                "edgeft_inbox_entries",
+                "gauge",
+                "Inbox entries waiting: never tried, or retrying after attempts that did not finish.",
+                [('state="waiting"', queue["waiting"]), ('state="retrying"', queue["retrying"])],
+            ),
+            (
+                "edgeft_poisoned_files",
+                "gauge",
+                "Quarantined files set aside for killing or failing the learner again and again.",
+                [("", queue["poison"])],
+            ),
+        ]
     if holdout is not None:
         families.append(("edgeft_holdout_accuracy", "gauge", "Holdout accuracy of the current head.", [("", holdout)]))
     prequential = arrival.get("prequential", {}).get("accuracy")

@@ -13,6 +13,7 @@ from edgeft.runtime.history import METRICS_FILE, read_lines
 from edgeft.runtime.inbox import PENDING_DIR
 from edgeft.runtime.store import LOCK_FILE
 from edgeft.service.metrics import current_meta
+from edgeft.service.queue import collect_inbox, counts
 
 RECENT = 5
 
@@ -34,12 +35,14 @@ def _learner(state: Path) -> dict[str, Any]:
     return {"pid": pid, "running": running}
 
 
-def collect_status(state: Path) -> dict[str, Any]:
-    """A summary of the state directory: versions, classes, counts, the last arrival, recent accuracy."""
+def collect_status(state: Path, inbox: Path | None = None) -> dict[str, Any]:
+    """A summary of the state directory (and, given, the inbox's entry counts): versions, classes, counts, the
+    last arrival, recent accuracy."""
+    queue = {"inbox": {"path": str(inbox), **counts(collect_inbox(inbox))}} if inbox is not None else {}
     if not (state / "CURRENT").is_file():
         if not state.is_dir():
             raise EdgeftError(f"state {state} does not exist")
-        return {"state": str(state), "version": 0, "learner": _learner(state)}
+        return {"state": str(state), "version": 0, "learner": _learner(state), **queue}
     try:
         meta = current_meta(state)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -68,6 +71,7 @@ def collect_status(state: Path) -> dict[str, Any]:
         "pending_files": len(list((state / PENDING_DIR).glob("*.npz"))),
         "rejected_heads": len(list((state / REJECTED_DIR).glob("*.head.npz"))),
         "learner": _learner(state),
+        **queue,
     }
 
 
@@ -75,12 +79,23 @@ def _figure(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _inbox_line(status: dict[str, Any]) -> list[str]:
+    queue = status.get("inbox")
+    if queue is None:
+        return []
+    return [
+        f"inbox       {queue['path']}: {queue['waiting']} waiting, {queue['retrying']} retrying, "
+        f"{queue['quarantined']} quarantined ({queue['poison']} as poison)"
+    ]
+
+
 def format_status(status: dict[str, Any]) -> str:
     """The summary as a few aligned lines."""
     learner = status["learner"]
     running = f"running (pid {learner['pid']})" if learner["running"] else "not running"
     if not status.get("version"):
-        return f"state       {status['state']}\nversion     0 (nothing learned yet)\nlearner     {running}"
+        lines = [f"state       {status['state']}", "version     0 (nothing learned yet)", f"learner     {running}"]
+        return "\n".join(lines + _inbox_line(status))
     last = status["last_arrival"]
     verdict = "promoted" if last["promoted"] else f"refused: {last['reason']}"
     updates = status["updates"]
@@ -98,5 +113,6 @@ def format_status(status: dict[str, Any]) -> str:
             f"recent      prequential accuracy of the last arrivals: {recent}",
             f"kept        {status['pending_files']} pending files, {status['rejected_heads']} refused heads",
             f"learner     {running}",
+            *_inbox_line(status),
         ]
     )
