@@ -57,7 +57,7 @@ def test_ratios_are_taken_within_rounds_and_goals_judged() -> None:
 
 
 def test_replay_contender_runs_against_the_current_runtime() -> None:
-    """The replay probe drives HeadTrainer directly: run it for real so an API change cannot break it unnoticed."""
+    """The replay probe drives the trainer directly: run it for real so an API change cannot break it unnoticed."""
     tools = Path(__file__).resolve().parent.parent / "tools"
     done = subprocess.run(
         [sys.executable, str(tools / "bench_ort.py"), "replay", "--threads", "2", "--ep", "cpu"],

