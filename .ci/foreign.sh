@@ -17,5 +17,7 @@ start=\$(date +%s)
 echo \"foreign $arch $suite: pip install .[dev] took \$((\$(date +%s) - start)) s; \$(du -sm /tmp/v | cut -f1) MiB venv\"
 /tmp/v/bin/python -c 'import onnxruntime, platform, sys; print(platform.machine(), sys.version.split()[0], \"onnxruntime\", onnxruntime.__version__)'
 PATH=/tmp/v/bin:\$PATH /tmp/v/bin/python tools/platform_smoke.py /tmp/smoke
-cd /tmp && cp -r \"\$OLDPWD/tests\" /tmp/tests && cp \"\$OLDPWD/pyproject.toml\" /tmp/ && /tmp/v/bin/pytest -q -p no:cacheprovider $tests
+# The tests run from a copy beside the shipped artifacts, so that they import the installed package, not the tree.
+cd /tmp && cp -r \"\$OLDPWD/tests\" \"\$OLDPWD/pyproject.toml\" /tmp/ && ln -s \"\$OLDPWD/artifacts\" /tmp/artifacts
+/tmp/v/bin/pytest -q -p no:cacheprovider $tests
 "

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_common import BUNDLE, Arrival, batches, common_args, emit, timed_run, workload
+from bench_common import BUNDLE, Arrival, batches, common_args, cpu_seconds, emit, timed_run, workload
 
 import edgeft  # noqa: F401  (first: keeps torch out of the process)
 from edgeft.bundle import Bundle
@@ -178,8 +178,9 @@ def run_ort_whole(args, warm: list[Arrival], arrivals: list[Arrival]) -> dict:  
     return result
 
 
-def _head_rate(bundle: Bundle, args, threads: int, feats: np.ndarray, labels: np.ndarray) -> tuple[float, float]:  # noqa: ANN001
-    """(samples/s, save seconds) of 10 epochs of the trainer's ``fit`` with its session on ``threads`` threads."""
+def _head_rate(bundle: Bundle, args, threads: int, feats: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:  # noqa: ANN001
+    """(samples/s, samples per CPU-second, save seconds) of 10 epochs of the trainer's ``fit`` with its session on
+    ``threads`` threads. CPU seconds are this process's: they hold still when other jobs share the cores."""
     module = onnx_trainer if args.trainer == "onnx" else ort_trainer
     module.HEAD_TRAINING_THREADS = threads  # bench-only: compare the pinned default with --threads
     trainer = open_trainer(bundle, None, resolve_placement(args.ep), choose_trainer(bundle, args.trainer))
@@ -189,14 +190,15 @@ def _head_rate(bundle: Bundle, args, threads: int, feats: np.ndarray, labels: np
         return d.lr
 
     trainer.fit(feats[:64], labels[:64], epochs=1, batch_size=d.batch_size, schedule=constant, seed=0)  # warm-up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     trainer.fit(feats, labels, epochs=REPLAY_EPOCHS, batch_size=d.batch_size, schedule=constant, seed=0)
     rate = len(feats) * REPLAY_EPOCHS / (time.perf_counter() - start)
+    cpu_rate = len(feats) * REPLAY_EPOCHS / (cpu_seconds() - cpu)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         for kind, write in trainer.writers().items():
             write(Path(tmp) / kind)
-        return rate, time.perf_counter() - start
+        return rate, cpu_rate, time.perf_counter() - start
 
 
 def run_replay(args, warm: list[Arrival], arrivals: list[Arrival]) -> dict:  # noqa: ANN001
@@ -211,12 +213,15 @@ def run_replay(args, warm: list[Arrival], arrivals: list[Arrival]) -> dict:  # n
     module = onnx_trainer if args.trainer == "onnx" else ort_trainer
     pinned = module.HEAD_TRAINING_THREADS
     rates: dict[int, list[float]] = {pinned: [], args.threads: []}
+    cpu_rates: list[float] = []
     saves = []
     for _ in range(3):
         for threads in rates:
-            rate, save_s = _head_rate(bundle, args, threads, feats, labels)
+            rate, cpu_rate, save_s = _head_rate(bundle, args, threads, feats, labels)
             rates[threads].append(rate)
             saves.append(save_s)
+            if threads == pinned:
+                cpu_rates.append(cpu_rate)
     module.HEAD_TRAINING_THREADS = pinned
     rate = float(np.median(rates[pinned]))
     return {
@@ -224,6 +229,7 @@ def run_replay(args, warm: list[Arrival], arrivals: list[Arrival]) -> dict:  # n
         "samples_per_s": rate,
         "steps_per_s": rate / bundle.manifest.defaults.batch_size,
         "samples_per_s_at_threads": float(np.median(rates[args.threads])),
+        "samples_per_cpu_s": float(np.median(cpu_rates)),
         "head_threads": pinned,
         "trainer": args.trainer,
         "head_save_s": float(np.median(saves)),

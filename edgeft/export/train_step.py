@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnxruntime
 from onnx import TensorProto, helper, shape_inference
 
 from edgeft.errors import EdgeftError
@@ -192,8 +193,6 @@ def check_train_step(
     """Run the step once at learning rate 0 in onnxruntime: no parameter may move, and (without dropout, which
     makes the training forward pass random) its loss must equal ``loss`` of head.onnx's ``logits``. Returns the
     absolute loss difference (0.0 with dropout)."""
-    import onnxruntime
-
     labels = np.zeros(len(features), np.int64) if loss == "cross_entropy" else np.zeros(logits.shape, np.float32)
     feeds = {
         FEATURES: features,
