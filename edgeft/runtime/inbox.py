@@ -53,10 +53,15 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+def pending_name(name: str) -> str:
+    """The file samples of entry ``name`` wait in: ``a.npz`` keeps its name, others get ``.npz`` added (``a.csv.npz``)."""
+    return name if name.endswith(".npz") else f"{name}.npz"
+
+
 def write_pending(folder: Path, name: str, x: np.ndarray, y: np.ndarray) -> Path:
-    """Atomically write samples (inputs and label names) to ``folder/NAME.npz``, readable as a data file again."""
+    """Atomically write samples (inputs and label names) to ``folder/pending_name(name)``, a data file again."""
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}.npz"
+    target = folder / pending_name(name)
 
     def save(tmp: Path) -> None:
         with tmp.open("wb") as handle:
@@ -116,7 +121,7 @@ class Inbox:
         return self._move(entry, folder, target)
 
     def keep_pending(self, entry: Path, x: np.ndarray, y: np.ndarray) -> Path:
-        """Write samples that cannot be learned yet to ``pending/NAME.npz`` (same name each time: idempotent)."""
+        """Write samples that cannot be learned yet to ``pending/`` (see pending_name; same name each time: idempotent)."""
         return write_pending(self.root / PENDING_DIR, entry.name, x, y)
 
     def _move(self, entry: Path, folder: Path, target: Path | None = None) -> Path:
