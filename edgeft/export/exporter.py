@@ -49,6 +49,7 @@ from edgeft.export.surgery import (
     with_extra_outputs,
 )
 from edgeft.export.torch_source import torch_to_onnx
+from edgeft.runtime.atomic import fsync_directory, fsync_tree, make_directory
 
 # The backbone must reproduce the original graph's tensor at the cut within this tolerance
 # (numpy.allclose semantics: |backbone - original| <= ATOL + RTOL * |original|).
@@ -142,7 +143,7 @@ def export_bundle(
         inference = head_graph.inference_head(spec, parameters)
         checks = _validate_head(inference, parameters, parts, head_cut, keep is not None, source_path)
         training = Training(spec.trainable, spec.frozen, loss, optimizer, weight_decay)
-        destination.parent.mkdir(parents=True, exist_ok=True)
+        make_directory(destination.parent)
         with tempfile.TemporaryDirectory(prefix=".edgeft-export-", dir=destination.parent) as tmp:
             staging = Path(tmp) / "bundle"
             staging.mkdir()
@@ -207,11 +208,13 @@ def export_bundle(
                 manifest = replace(manifest, quantization=record)
             manifest = replace(manifest, files=hash_tree(staging))
             (staging / MANIFEST_FILE).write_text(manifest.to_json())
+            fsync_tree(staging)  # durable before it gets its name: a power cut leaves no bundle or a whole one
             if destination.is_dir():
                 shutil.rmtree(destination)
             elif destination.exists():
                 destination.unlink()
             staging.rename(destination)
+            fsync_directory(destination.parent)
     return Bundle.load(destination)
 
 

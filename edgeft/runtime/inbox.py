@@ -17,7 +17,7 @@ import numpy as np
 
 from edgeft.bundle import sha256_file
 from edgeft.errors import DataError
-from edgeft.runtime.atomic import fsync_directory, write_atomic, write_bytes_atomic
+from edgeft.runtime.atomic import fsync_directory, make_directory, write_atomic, write_bytes_atomic
 from edgeft.runtime.faults import crash_point
 
 DONE_DIR = "done"
@@ -60,7 +60,7 @@ def pending_name(name: str) -> str:
 
 def write_pending(folder: Path, name: str, x: np.ndarray, y: np.ndarray) -> Path:
     """Atomically write samples (inputs and label names) to ``folder/pending_name(name)``, a data file again."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_directory(folder)
     target = folder / pending_name(name)
 
     def save(tmp: Path) -> None:
@@ -89,7 +89,7 @@ class Inbox:
         if not self.root.is_dir():
             raise DataError(f"inbox {self.root} does not exist or is not a directory")
         for name in RESERVED:
-            (self.root / name).mkdir(exist_ok=True)
+            make_directory(self.root / name)
             for stale in (self.root / name).glob(".*.tmp"):  # temp files of atomic writes a crash cut short
                 stale.unlink(missing_ok=True)
 
