@@ -4,7 +4,8 @@
 directory IMAGE (all of it durable), serves it at MOUNTPOINT and blocks. Unmounting it is the power cut: what was not
 durable is dropped (model.Model.cut, seeded by S) and IMAGE is replaced by what survived.
 
-With ``--cut-after K`` the power goes out at the K-th mutating operation (write, truncate, create, mkdir, mknod,
+With ``--cut-after K`` the power goes out at the K-th mutating operation (``--match TEXT``: the K-th on a path
+containing TEXT) (write, truncate, create, mkdir, mknod,
 symlink, unlink, rmdir, rename, fsync) of any process but the ``--spare`` ones: that operation reaches the volatile
 layer (an fsync does not complete), it is recorded in FILE as JSON, and every later mutating operation fails with
 EIO — nothing more reaches the disk. The harness then kills the process and unmounts.
@@ -38,9 +39,10 @@ class PowerCutFs(mfusepy.Operations):
     flag_nullpath_ok = True
     flag_nopath = True
 
-    def __init__(self, model: Model, cut_after: int, report: Path | None, spare: set[int]) -> None:
-        self.model, self.cut_after, self.report, self.spare = model, cut_after, report, spare
-        self.handles: dict[int, int] = {}
+    def __init__(self, model: Model, cut_after: int, report: Path | None, spare: set[int], match: str = "") -> None:
+        self.model, self.cut_after, self.report, self.spare, self.match = model, cut_after, report, spare, match
+        self.matched = 0
+        self.handles: dict[int, tuple[int, str]] = {}  # open file handle -> inode, path it was opened by
         self.counted = 0
         self.dead = False
         self._mutex = threading.Lock()
@@ -53,7 +55,8 @@ class PowerCutFs(mfusepy.Operations):
                 raise FsError(errno.EIO)
             if mfusepy.fuse_get_context()[2] not in self.spare:
                 self.counted += 1
-                if self.counted == self.cut_after:
+                self.matched += self.match in (path or "")
+                if self.matched == self.cut_after and self.match in (path or ""):
                     self.dead = True
                     if self.report:
                         self.report.write_text(json.dumps({"op": name, "path": path, "count": self.counted}))
@@ -61,13 +64,21 @@ class PowerCutFs(mfusepy.Operations):
                         raise FsError(errno.EIO)
             return action()
 
-    def _handle(self, ino: int) -> int:
+    def _handle(self, ino: int, path: str) -> int:
         number, self._next_handle = self._next_handle, self._next_handle + 1
-        self.handles[number] = ino
+        self.handles[number] = (ino, path)
         return number
 
     def _ino(self, path: str | None, fh: int | None) -> int:
-        return self.handles[fh] if fh else self.model.lookup(path or "/")
+        if fh:
+            return self.handles[fh][0]
+        if path is None:
+            raise FsError(errno.EBADF)
+        return self.model.lookup(path)
+
+    def _path(self, path: str | None, fh: int | None) -> str | None:
+        """The path an operation names, or the one its file was opened by (FUSE passes none for open files)."""
+        return path or (self.handles[fh][1] if fh in self.handles else None)
 
     # -- reading --------------------------------------------------------------------------------------------------
 
@@ -107,11 +118,11 @@ class PowerCutFs(mfusepy.Operations):
         if flags & os.O_TRUNC:
             self._mutate("truncate", path, lambda: self.model.truncate(ino, 0))
         with self._mutex:
-            return self._handle(ino)
+            return self._handle(ino, path)
 
     def opendir(self, path: str) -> int:
         with self._mutex:
-            return self._handle(self.model.lookup(path))
+            return self._handle(self.model.lookup(path), path)
 
     def release(self, path: str | None, fh: int) -> int:
         with self._mutex:
@@ -128,7 +139,7 @@ class PowerCutFs(mfusepy.Operations):
     def create(self, path: str, mode: int, flags: int = 0) -> int:
         ino = self._mutate("create", path, lambda: self.model.create(path, stat.S_IFREG, mode))
         with self._mutex:
-            return self._handle(ino)
+            return self._handle(ino, path)
 
     def mkdir(self, path: str, mode: int) -> int:
         self._mutate("mkdir", path, lambda: self.model.create(path, stat.S_IFDIR, mode))
@@ -157,14 +168,14 @@ class PowerCutFs(mfusepy.Operations):
         return 0
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
-        return self._mutate("write", path, lambda: self.model.write(self.handles[fh], offset, data))
+        return self._mutate("write", self._path(path, fh), lambda: self.model.write(self.handles[fh][0], offset, data))
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
-        self._mutate("truncate", path, lambda: self.model.truncate(self._ino(path, fh), length))
+        self._mutate("truncate", self._path(path, fh), lambda: self.model.truncate(self._ino(path, fh), length))
         return 0
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
-        self._mutate("fsync", path, lambda: self.model.fsync(self.handles[fh]))
+        self._mutate("fsync", self._path(path, fh), lambda: self.model.fsync(self.handles[fh][0]))
         return 0
 
     fsyncdir = fsync
@@ -173,25 +184,39 @@ class PowerCutFs(mfusepy.Operations):
         return 0
 
     def chmod(self, path: str | None, mode: int) -> int:
+        if path is None:  # fchmod: FUSE passes no handle here; edgeft never uses it
+            raise FsError(errno.ENOSYS)
         with self._mutex:
-            self.model.nodes[self.model.lookup(path or "/")].mode = stat.S_IMODE(mode)
+            self.model.nodes[self.model.lookup(path)].mode = stat.S_IMODE(mode)
         return 0
 
     def chown(self, path: str | None, uid: int, gid: int) -> int:
         return 0
 
     def utimens(self, path: str | None, times: tuple[int, int] | None = None) -> int:
+        if path is None:  # futimens: as for fchmod
+            raise FsError(errno.ENOSYS)
         with self._mutex:
-            node = self.model.nodes[self.model.lookup(path or "/")]
+            node = self.model.nodes[self.model.lookup(path)]
             node.mtime_ns = times[1] if times else node.mtime_ns
         return 0
 
 
-def serve(image: Path, mountpoint: Path, seed: int, cut_after: int, report: Path | None, spare: set[int]) -> dict:
+class _Fuse(mfusepy.FUSE):
+    """mfusepy's FUSE, but ``ftruncate`` reaches the operations with its file handle (mfusepy 3.1.1 drops it)."""
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        fh = fip.contents.fh if fip else None
+        return self.operations.truncate(None if path is None else path.decode(self.encoding, self.errors), length, fh)
+
+
+def serve(
+    image: Path, mountpoint: Path, seed: int, cut_after: int, report: Path | None, spare: set[int], match: str = ""
+) -> dict:
     """Mount IMAGE at MOUNTPOINT until unmounted, then cut the power and write what survived back to IMAGE."""
     model = Model.load(image)
-    operations = PowerCutFs(model, cut_after, report, spare | {os.getpid()})
-    mfusepy.FUSE(
+    operations = PowerCutFs(model, cut_after, report, spare | {os.getpid()}, match)
+    _Fuse(
         operations,
         str(mountpoint),
         foreground=True,
@@ -217,11 +242,12 @@ def main() -> None:
     parser.add_argument("mountpoint", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cut-after", type=int, default=0, help="cut the power at this mutating operation (0: never)")
+    parser.add_argument("--match", default="", help="count only operations on paths containing this")
     parser.add_argument("--report", type=Path, help="where to record the operation the power went out at")
     parser.add_argument("--spare", type=int, action="append", default=[], help="a pid whose operations never count")
     parser.add_argument("--counts", type=Path, help="write what the cut kept and lost here (JSON)")
     args = parser.parse_args()
-    counts = serve(args.image, args.mountpoint, args.seed, args.cut_after, args.report, set(args.spare))
+    counts = serve(args.image, args.mountpoint, args.seed, args.cut_after, args.report, set(args.spare), args.match)
     if args.counts:
         args.counts.write_text(json.dumps(counts))
 

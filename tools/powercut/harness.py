@@ -42,6 +42,8 @@ from powercut.exports import cut_export_inference, cut_exports  # noqa: E402
 CLI = [sys.executable, "-m", "edgeft.cli"]
 WAIT_SECONDS = 60.0
 IDLE_SECONDS = 1.0
+# Paths a third of the cuts aim at (the power goes out at the 1st to 6th operation on one): the delicate moments.
+TARGETS = ("journal.jsonl", "metrics.jsonl", "/done", "quarantine", "/pending", "CURRENT", ".replay.npz", ".ckpt")
 
 
 @dataclass
@@ -66,7 +68,8 @@ def where(op: dict) -> str:
     for fragment, name in (
         (QUARANTINE_DIR, "quarantine"),
         ("/pending", "pending"),
-        (f"/{DONE_DIR}/", "inbox move"),
+        (f"/{DONE_DIR}", "inbox move"),
+        ("/lock", "taking the lock"),
         (JOURNAL_FILE, "journal append"),
         ("metrics.jsonl", "metrics append"),
         (".replay.npz", "replay write"),
@@ -78,7 +81,8 @@ def where(op: dict) -> str:
     ):
         if fragment in path:
             return name
-    return f"other ({op.get('op')})"
+    directory = {"/state": "state directory fsync", "/inbox": "inbox directory fsync"}.get(path)
+    return directory or f"other ({op.get('op')} {path})"
 
 
 class Feeds:
@@ -183,9 +187,11 @@ def power_cuts(
     corpus_rate = max(1, -(-len(CORPUS) // max(1, cuts // 2)))
     cycle_ops = [60]  # mutating operations a whole cycle took (cycles that went idle): where to draw cuts from
     while report.cuts < cuts and not report.violations:
-        delay = float(rng.uniform(0.3, 3.0)) if rng.random() < 0.15 else 0.0
-        cut_after = 0 if delay else int(rng.integers(1, int(np.median(cycle_ops[-9:])) + 1))
-        mount = Mount.start(image, mountpoint, seed=int(rng.integers(2**31)), cut_after=cut_after)
+        roll = rng.random()
+        delay = float(rng.uniform(0.3, 3.0)) if roll < 0.15 else 0.0
+        match = str(rng.choice(TARGETS)) if roll > 0.67 else ""
+        cut_after = int(rng.integers(1, 7 if match else int(np.median(cycle_ops[-9:])) + 1)) if not delay else 0
+        mount = Mount.start(image, mountpoint, seed=int(rng.integers(2**31)), cut_after=cut_after, match=match)
         try:
             waiting = _waiting(mountpoint / "inbox", feeds)
             feeds.deliver(mountpoint / "inbox", 1 if waiting else 2, corpus_rate if rng.random() < 0.5 else 0)
@@ -200,7 +206,8 @@ def power_cuts(
             cycle_ops.append(counts["ops"])
         fed = feeds.feeder.fed
         problems = torture.check(bundle, state, inbox, fed) + check_corpus(inbox, state, feeds.corpus, final=False)
-        report.violations += [f"after cut {report.cuts} ({cause}, op {cut_after or '-'}): {p}" for p in problems]
+        at = f"op {cut_after} {match}".strip() if cut_after else "-"
+        report.violations += [f"after cut {report.cuts} ({cause}, {at}): {p}" for p in problems]
     if not report.violations:
         report.violations += _final(launcher, bundle_path, bundle, image, mountpoint, feeds, log, report, workdir)
     if export_cuts and not report.violations:

@@ -25,15 +25,16 @@ class Mount:
     counts: Path
 
     @classmethod
-    def start(cls, image: Path, mountpoint: Path, seed: int, cut_after: int = 0) -> Mount:
-        """Mount ``image``; with ``cut_after`` K > 0 the power goes out at the K-th mutating operation."""
+    def start(cls, image: Path, mountpoint: Path, seed: int, cut_after: int = 0, match: str = "") -> Mount:
+        """Mount ``image``; with ``cut_after`` K > 0 the power goes out at the K-th mutating operation (on a path
+        containing ``match``)."""
         mountpoint.mkdir(parents=True, exist_ok=True)
         report, counts = image.with_name("cut.json"), image.with_name("counts.json")
         report.unlink(missing_ok=True)
         counts.unlink(missing_ok=True)
         command = [sys.executable, "-m", "powercut.fusefs", str(image), str(mountpoint), "--seed", str(seed)]
         command += ["--cut-after", str(cut_after), "--report", str(report), "--counts", str(counts)]
-        command += ["--spare", str(os.getpid())]
+        command += ["--spare", str(os.getpid()), "--match", match]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TOOLS), os.environ.get("PYTHONPATH", "")])}
         process = subprocess.Popen(command, env=env, stderr=open(image.with_name("fuse.log"), "ab"))  # noqa: SIM115
         deadline = time.monotonic() + MOUNT_SECONDS
