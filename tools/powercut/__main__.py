@@ -34,7 +34,8 @@ def main() -> int:
         by = ", ".join(f"{k} {v}" for k, v in sorted(report.by.items()))
         print(
             f"{report.cuts} power cuts ({by}); {report.files_fed} files and {report.corpus_fed} bad-corpus entries fed, "
-            f"{report.versions} versions; dropped by the cuts: {report.lost}; head vs a run without cuts: "
+            f"{report.versions} versions, {report.samples_learned} of {report.samples_fed} samples learned; "
+            f"dropped by the cuts: {report.lost}; head vs a run without cuts: "
             f"max |diff| {report.head_max_diff}; {report.export_cuts} cuts each inside export and export-inference; "
             f"{report.seconds} s: {len(report.violations)} invariant violations"
         )

@@ -57,6 +57,8 @@ class Report:
     versions: int = 0
     lost: dict[str, int] = field(default_factory=dict)  # what the cuts dropped: metadata ops, writes, torn writes
     head_max_diff: float | None = None  # largest |probability difference| to a run without cuts
+    samples_fed: int = 0  # learnable samples in the good and mixed files fed
+    samples_learned: int = 0  # samples the final state says it received (each file counted once)
     export_cuts: int = 0  # cuts inside `export` and, as many again, inside `export-inference`
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -206,6 +208,8 @@ def power_cuts(
             cycle_ops.append(counts["ops"])
         fed = feeds.feeder.fed
         problems = torture.check(bundle, state, inbox, fed) + check_corpus(inbox, state, feeds.corpus, final=False)
+        if cause.startswith("exited") or cause == "timeout":
+            problems.append(f"the learner {cause} before the power went out (see {log})")
         at = f"op {cut_after} {match}".strip() if cut_after else "-"
         report.violations += [f"after cut {report.cuts} ({cause}, {at}): {p}" for p in problems]
     if not report.violations:
@@ -221,6 +225,10 @@ def power_cuts(
     report.files_fed, report.corpus_fed = len(feeds.feeder.fed), len(feeds.corpus)
     current = json.loads((state / "CURRENT").read_text()) if (state / "CURRENT").is_file() else {"version": 0}
     report.versions = int(current["version"])
+    if report.versions:
+        meta = json.loads((state / "versions" / f"{report.versions:06d}.json").read_text())
+        report.samples_learned = int(meta["samples_received"])
+    report.samples_fed = sum(f.learnable for f in feeds.feeder.fed)
     report.seconds = round(time.monotonic() - began, 1)
     return report
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -55,6 +56,10 @@ class Mount:
     def cut(self) -> dict:
         """Power cut: unmount, let the filesystem drop what was not durable; what the cut kept and lost."""
         subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], check=True)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # the kernel may keep a lazily unmounted connection open: end the loop
+            self.process.send_signal(signal.SIGTERM)
         if self.process.wait(timeout=MOUNT_SECONDS) != 0:
             raise RuntimeError(f"the power-cut filesystem failed (exit {self.process.returncode}); see fuse.log")
         return json.loads(self.counts.read_text())
