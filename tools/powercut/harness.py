@@ -225,7 +225,7 @@ def power_cuts(
     report.files_fed, report.corpus_fed = len(feeds.feeder.fed), len(feeds.corpus)
     current = json.loads((state / "CURRENT").read_text()) if (state / "CURRENT").is_file() else {"version": 0}
     report.versions = int(current["version"])
-    if report.versions:
+    if report.versions and not report.violations:  # a broken state may lack it
         meta = json.loads((state / "versions" / f"{report.versions:06d}.json").read_text())
         report.samples_learned = int(meta["samples_received"])
     report.samples_fed = sum(f.learnable for f in feeds.feeder.fed)
