@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import stat
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -216,14 +217,10 @@ def serve(
     """Mount IMAGE at MOUNTPOINT until unmounted, then cut the power and write what survived back to IMAGE."""
     model = Model.load(image)
     operations = PowerCutFs(model, cut_after, report, spare | {os.getpid()}, match)
-    _Fuse(
-        operations,
-        str(mountpoint),
-        foreground=True,
-        nothreads=True,
-        hard_remove=True,
-        fsname="powercut",
-    )
+    try:
+        _Fuse(operations, str(mountpoint), foreground=True, nothreads=True, hard_remove=True, fsname="powercut")
+    except RuntimeError as exc:  # ended by SIGTERM after a lazy unmount: libfuse's own unmount then fails
+        print(f"powercut: the FUSE loop ended with status {exc}; cutting the power all the same", file=sys.stderr)
     counts = {**model.cut(np.random.default_rng(seed)), "ops": operations.counted}
     fresh = image.with_name(image.name + ".new")
     shutil.rmtree(fresh, ignore_errors=True)

@@ -295,7 +295,7 @@ def _clean_run(bundle_path: Path, state: Path, feeds: Feeds, directory: Path) ->
 
 def compare_heads(bundle_path: Path, state: Path, clean: Path, probe: Path) -> tuple[float | None, list[str]]:
     """Both states' versions agree and ``predict`` gives the same probabilities (within 1e-6) on a probe."""
-    x, _ = torture_probe()
+    x, _ = probe_samples()
     with probe.open("wb") as handle:
         np.savez(handle, x=x)
     results = []
@@ -319,7 +319,7 @@ def compare_heads(bundle_path: Path, state: Path, clean: Path, probe: Path) -> t
     return diff, [] if diff <= 1e-6 else [f"the head differs from a run without cuts by {diff:.3g}"]
 
 
-def torture_probe() -> tuple[np.ndarray, np.ndarray]:
+def probe_samples() -> tuple[np.ndarray, np.ndarray]:
     """A fixed probe set for comparing heads."""
     from helpers import make_dataset
 

@@ -37,7 +37,8 @@ class Mount:
         command += ["--cut-after", str(cut_after), "--report", str(report), "--counts", str(counts)]
         command += ["--spare", str(os.getpid()), "--match", match]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TOOLS), os.environ.get("PYTHONPATH", "")])}
-        process = subprocess.Popen(command, env=env, stderr=open(image.with_name("fuse.log"), "ab"))  # noqa: SIM115
+        with image.with_name("fuse.log").open("ab") as log:
+            process = subprocess.Popen(command, env=env, stderr=log)
         deadline = time.monotonic() + MOUNT_SECONDS
         while not os.path.ismount(mountpoint):
             if process.poll() is not None or time.monotonic() > deadline:
