@@ -355,7 +355,7 @@ def test_labels_beyond_the_head_wait_in_pending_and_the_rest_is_learned(
     received = adapter.meta.get("samples_received", 0)
     summary, seen, journaled = _watch_once(adapter, inbox)
     assert (summary.quarantined, summary.learned, summary.pending_samples) == (0, 2, 2), seen
-    with np.load(inbox / "pending" / f"more-{unknown[0]}.npz.npz", allow_pickle=False) as kept:
+    with np.load(inbox / "pending" / f"more-{unknown[0]}.npz", allow_pickle=False) as kept:
         assert kept["y"].tolist() == unknown * 2
     # The entry's journal line counts what it held; the head received only the samples that fit.
     assert {r["name"]: r["samples"] for r in journaled} == {f"more-{unknown[0]}.npz": 6, "good.npz": 30}

@@ -105,7 +105,7 @@ def test_labels_beyond_capacity_are_kept_pending_and_the_rest_learned(bundle: Bu
     _npz(inbox / "a.npz", 30, seed=1, y=labels)
     summary, seen = _run(bundle, state, inbox)
     assert (summary.learned, summary.pending_samples) == (1, 4), seen
-    with np.load(inbox / "pending" / "a.npz.npz", allow_pickle=False) as kept:
+    with np.load(inbox / "pending" / "a.npz", allow_pickle=False) as kept:
         np.testing.assert_array_equal(kept["x"], x[:4])
         assert kept["y"].tolist() == ["violet"] * 4
     assert sum(Adapter(bundle, state).meta["class_counts"].values()) == 26

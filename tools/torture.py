@@ -37,7 +37,7 @@ from edgeft.errors import EdgeftError
 from edgeft.runtime.attempts import ATTEMPTS_DIR, AttemptLedger
 from edgeft.runtime.faults import ENV, POINTS
 from edgeft.runtime.history import JOURNAL_FILE, METRICS_FILE, read_lines
-from edgeft.runtime.inbox import ATTEMPTS_SUFFIX, DONE_DIR, PENDING_DIR, QUARANTINE_DIR
+from edgeft.runtime.inbox import ATTEMPTS_SUFFIX, DONE_DIR, PENDING_DIR, QUARANTINE_DIR, pending_name
 from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.store import StateStore
 from edgeft.runtime.trainer import parameters_finite, stored_state
@@ -217,7 +217,7 @@ def _check_file(fed: Fed, inbox: Path, consumed: dict[str, int], journaled: set[
     elif place == DONE_DIR and fed.sha256 not in journaled:
         problems.append(f"{fed.name} is in done/ but the journal does not hold it")
     if fed.kind == "mixed" and fed.sha256 in consumed:
-        pending = inbox / PENDING_DIR / f"{fed.name}.npz"
+        pending = inbox / PENDING_DIR / pending_name(fed.name)
         with np.load(pending, allow_pickle=False) as kept:
             if len(kept["y"]) != fed.unknown:
                 problems.append(f"{pending.name} holds {len(kept['y'])} samples, expected {fed.unknown}")

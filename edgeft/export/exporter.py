@@ -54,6 +54,7 @@ from edgeft.export.surgery import (
 from edgeft.export.torch_source import torch_to_onnx
 from edgeft.export.train_step import Optimizer, build_train_step, check_train_step
 from edgeft.head_state import HeadState
+from edgeft.runtime.atomic import fsync_directory, fsync_tree, make_directory
 
 # The backbone must reproduce the original graph's tensor at the cut within this tolerance
 # (numpy.allclose semantics: |backbone - original| <= ATOL + RTOL * |original|).
@@ -164,7 +165,7 @@ def export_bundle(
         if step is not None:
             diff = check_train_step(step, parameters, parts.features, checks["logits"], loss, spec.dropout)
             checks["record"]["train_step_loss_diff"] = diff
-        destination.parent.mkdir(parents=True, exist_ok=True)
+        make_directory(destination.parent)
         with tempfile.TemporaryDirectory(prefix=".edgeft-export-", dir=destination.parent) as tmp:
             staging = Path(tmp) / "bundle"
             staging.mkdir()
@@ -236,11 +237,13 @@ def export_bundle(
                 manifest = replace(manifest, quantization=record)
             manifest = replace(manifest, files=hash_tree(staging))
             (staging / MANIFEST_FILE).write_text(manifest.to_json())
+            fsync_tree(staging)  # durable before it gets its name: a power cut leaves no bundle or a whole one
             if destination.is_dir():
                 shutil.rmtree(destination)
             elif destination.exists():
                 destination.unlink()
             staging.rename(destination)
+            fsync_directory(destination.parent)
     return Bundle.load(destination)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from edgeft.bundle import Bundle
 from edgeft.errors import DataError, EdgeftError
 from edgeft.runtime import guard
-from edgeft.runtime.atomic import write_atomic
+from edgeft.runtime.atomic import make_directory, write_atomic
 from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
@@ -531,7 +531,7 @@ class Adapter:
     def _keep_aside(self, trainer: Trainer, number: int) -> None:
         """Save a refused candidate head as ``rejected/NNNNNN.head.npz`` for inspection (the newest few are kept)."""
         folder = self.store.root / REJECTED_DIR
-        folder.mkdir(exist_ok=True)
+        make_directory(folder)
         write_atomic(folder / f"{number:06d}.{HEAD_STATE_FILE}", trainer.state().save)
         for old in sorted(folder.glob(f"*.{HEAD_STATE_FILE}"))[:-KEEP_REJECTED]:
             old.unlink(missing_ok=True)

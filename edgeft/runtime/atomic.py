@@ -24,6 +24,22 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def make_directory(path: Path) -> None:
+    """Create ``path`` and its missing parents durably: each one's entry is fsynced in its parent (as is ``path``'s,
+    in case an earlier process created it and died before doing so). A power cut then never loses the directory
+    that durable files were written into.
+    """
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        fsync_directory(directory.parent)
+    if not missing:
+        fsync_directory(path.parent)
+
+
 def fsync_file(path: Path) -> None:
     """Flush a file's contents to disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -31,6 +47,16 @@ def fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (and ``root``), deepest first."""
+    for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir():
+            fsync_directory(path)
+        elif path.is_file():
+            fsync_file(path)
+    fsync_directory(root)
 
 
 def write_atomic(path: Path, write: Callable[[Path], None], point: str = "rename") -> None:

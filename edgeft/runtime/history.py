@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgeft.runtime.atomic import fsync_directory
 from edgeft.runtime.faults import crash_point
 from edgeft.runtime.store import StateStore, Version
 
@@ -39,7 +40,7 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append rows durably; a torn last line left by a crash is closed off first."""
+    """Append rows durably (a new file's entry too); a torn last line left by a crash is closed off first."""
     if not rows:
         return
     data = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode()
@@ -52,6 +53,7 @@ def append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+    fsync_directory(path.parent)  # the file may be new (or made by a process killed before this); cheap otherwise
 
 
 def last_version(path: Path) -> tuple[int, int]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeft.bundle import sha256_file
 from edgeft.errors import DataError
-from edgeft.runtime.atomic import fsync_directory, write_atomic, write_bytes_atomic
+from edgeft.runtime.atomic import fsync_directory, make_directory, write_atomic, write_bytes_atomic
 from edgeft.runtime.attempts import ATTEMPTS_DIR, AttemptLedger
 from edgeft.runtime.faults import crash_point
 
@@ -58,10 +58,15 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+def pending_name(name: str) -> str:
+    """The file samples of entry ``name`` wait in: ``a.npz`` keeps its name, others get ``.npz`` added (``a.csv.npz``)."""
+    return name if name.endswith(".npz") else f"{name}.npz"
+
+
 def write_pending(folder: Path, name: str, x: np.ndarray, y: np.ndarray) -> Path:
-    """Atomically write samples (inputs and label names) to ``folder/NAME.npz``, readable as a data file again."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{name}.npz"
+    """Atomically write samples (inputs and label names) to ``folder/pending_name(name)``, a data file again."""
+    make_directory(folder)
+    target = folder / pending_name(name)
 
     def save(tmp: Path) -> None:
         with tmp.open("wb") as handle:
@@ -102,7 +107,7 @@ class Inbox:
         if not self.root.is_dir():
             raise DataError(f"inbox {self.root} does not exist or is not a directory")
         for name in RESERVED:
-            (self.root / name).mkdir(exist_ok=True)
+            make_directory(self.root / name)
             for stale in (self.root / name).glob(".*.tmp"):  # temp files of atomic writes a crash cut short
                 stale.unlink(missing_ok=True)
         self.attempts = AttemptLedger(self.root / ATTEMPTS_DIR)
@@ -130,7 +135,7 @@ class Inbox:
         return self._move(entry, folder, target)
 
     def keep_pending(self, entry: Path, x: np.ndarray, y: np.ndarray) -> Path:
-        """Write samples that cannot be learned yet to ``pending/NAME.npz`` (same name each time: idempotent)."""
+        """Write samples that cannot be learned yet to ``pending/`` (see pending_name; same name each time: idempotent)."""
         return write_pending(self.root / PENDING_DIR, entry.name, x, y)
 
     def _move(self, entry: Path, folder: Path, target: Path | None = None) -> Path:

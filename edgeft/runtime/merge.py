@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeft.bundle import Bundle
 from edgeft.errors import EdgeftError
-from edgeft.runtime.atomic import write_atomic
+from edgeft.runtime.atomic import make_directory, write_atomic
 
 LOGITS = "logits"
 PROBABILITIES = "probabilities"
@@ -91,5 +91,5 @@ def write_merged_model(bundle: Bundle, parameters: dict[str, np.ndarray], classe
     if not classes:
         raise EdgeftError("this head knows no classes yet; learn from labelled data before exporting it")
     model = merged_model(bundle, parameters, classes)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(out.parent)
     write_atomic(out, lambda tmp: tmp.write_bytes(model.SerializeToString()))

@@ -26,7 +26,7 @@ from typing import Any
 
 from edgeft.bundle import sha256_file
 from edgeft.errors import EdgeftError
-from edgeft.runtime.atomic import write_atomic, write_bytes_atomic
+from edgeft.runtime.atomic import make_directory, write_atomic, write_bytes_atomic
 
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = "lock"
@@ -106,7 +106,7 @@ class StateStore:
         """Take the writer lock, or fail naming the process that holds it. Released on exit or crash."""
         if self._lock_fd is not None:
             return
-        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        make_directory(self.versions_dir)
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edgeft.runtime.atomic import SHARED_FILE_MODE, write_bytes_atomic
+from edgeft.runtime.atomic import SHARED_FILE_MODE, make_directory, write_bytes_atomic
 from edgeft.runtime.guard import recorded_holdout_accuracy
 from edgeft.runtime.inbox import QUARANTINE_DIR
 from edgeft.service.queue import collect_inbox, counts
@@ -117,5 +117,5 @@ def render(families: list[Sample]) -> str:
 
 def write_textfile(path: Path, state: Path, inbox: Path | None = None) -> None:
     """Write the metrics atomically (node_exporter must never read half a file), readable by other users."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(path.parent)
     write_bytes_atomic(path, render(collect(state, inbox)).encode(), mode=SHARED_FILE_MODE)
