@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from helpers import initial_parameters, make_dataset, needs_ort
+from helpers import CLI, SUBPROCESS_TIMEOUT, initial_parameters, make_dataset, needs_ort, one_error_line, run_cli
 from tiny_models import save
 from zoo.onnx_families import FAMILIES
 
@@ -318,3 +320,72 @@ def test_a_bundle_from_before_the_portable_trainer_needs_ort_training_or_says_so
     with Adapter(old, tmp_path / "state", trainer="onnx") as adapter:
         with pytest.raises(EdgeftError, match="carries no portable train step"):
             adapter.learn(x, y)
+
+
+def test_cli_trainer_option_and_its_environment_variable(bundle_dir: Path, tmp_path: Path) -> None:
+    x, y = make_dataset(40, seed=2)
+    np.savez(tmp_path / "a.npz", x=x, y=y)
+    done = run_cli(
+        "adapt", bundle_dir, "--data", tmp_path / "a.npz", "-s", tmp_path / "s", "--trainer", "onnx", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["trainer"] == "onnx"
+    wrong = run_cli("adapt", bundle_dir, "--data", tmp_path / "a.npz", "-s", tmp_path / "t", "--trainer", "torch")
+    assert wrong.returncode != 0 and "unknown trainer 'torch'" in one_error_line(wrong.stderr)
+    env = {**os.environ, "EDGEFT_ADAPT_TRAINER": "ort"}
+    by_env = subprocess.run(
+        [*CLI, "adapt", str(bundle_dir), "--data", str(tmp_path / "a.npz"), "-s", str(tmp_path / "u"), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    if ort_training_installed():
+        assert by_env.returncode == 0 and json.loads(by_env.stdout)["trainer"] == "ort", by_env.stderr
+    else:
+        assert (
+            "ONNX Runtime training is not installed" in one_error_line(by_env.stderr) or "carries no" in by_env.stderr
+        )
+
+
+def test_providers_are_a_preference_list_with_the_cpu_last() -> None:
+    assert resolve_placement("cpu").providers == ("CPUExecutionProvider",)
+    assert resolve_placement("cpu, cpu").providers == ("CPUExecutionProvider",)
+    with pytest.raises(EdgeftError, match=r"execution provider 'warp' is not offered.*available: .*cpu"):
+        resolve_placement("cpu,warp")
+
+
+def test_an_unfrozen_layer_the_portable_trainer_cannot_differentiate_is_named(tmp_path: Path) -> None:
+    """Unfreezing the attention block: softmax(q k^T) v multiplies two activations, which the autodiff refuses."""
+    path = save(FAMILIES["transformer"](), tmp_path / "t.onnx")
+    options = {"classes": ["a", "b", "c"], "cut": "encoded", "pool": "cls", "unfreeze_from": "embed"}
+    with pytest.raises(EdgeftError, match="MatMul only by a 2-D right operand.*edgeft\\[ort\\]"):
+        export_bundle(path, tmp_path / "b", ort_artifacts=False, **options)
+    assert not (tmp_path / "b").exists()
+    if ort_training_installed():  # ORT can: the bundle is written for the ORT trainer alone, with a warning
+        with pytest.warns(UserWarning, match="ORT training artifacts only"):
+            bundle = export_bundle(path, tmp_path / "c", **options)
+        assert bundle.manifest.head.trainers == ["ort"]
+        with Adapter(bundle, tmp_path / "state") as adapter:
+            assert adapter.trainer_kind == "ort"
+
+
+@needs_ort
+def test_a_state_written_before_the_head_state_format_continues_under_the_portable_trainer(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    """Versions that hold only ORT's checkpoint (older edgeft): the portable trainer starts from their head."""
+    x, y = make_dataset(240, seed=3)
+    with Adapter(bundle, tmp_path / "state", trainer="ort") as adapter:
+        adapter.learn(x[:120], y[:120])
+        committed = adapter.parameters()
+    meta_path = tmp_path / "state" / "versions" / "000001.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["sha256"]["head.npz"]
+    meta_path.write_text(json.dumps(meta))
+    (tmp_path / "state" / "versions" / "000001.head.npz").unlink()
+    with Adapter(bundle, tmp_path / "state", trainer="onnx") as adapter:
+        for name, value in committed.items():
+            np.testing.assert_array_equal(adapter.parameters()[name], value)
+        assert adapter.learn(x[120:], y[120:]).version == 2
+        assert adapter.evaluate(x, y) >= 0.8
