@@ -16,6 +16,7 @@ import onnxruntime
 from edgeft.bundle import TRAIN_STEP_FILE, Bundle
 from edgeft.errors import EdgeftError
 from edgeft.head_state import HeadState
+from edgeft.runtime.epochs import run_epochs
 from edgeft.runtime.features import session_options
 from edgeft.runtime.ort import Placement
 from edgeft.runtime.schedule import Schedule
@@ -140,25 +141,18 @@ class OnnxTrainer:
         seed: int,
         progress: Callable[[int], None] | None = None,
     ) -> float:
-        """Train on shuffled mini-batches for ``epochs``, the learning rate of step k being ``schedule(k)``.
-
-        Returns the mean loss of the last epoch.
-        """
-        rng = np.random.default_rng(seed)
+        """Train on shuffled mini-batches for ``epochs`` (``edgeft.runtime.epochs``); the last epoch's mean loss."""
         labels = labels.astype(self._label_dtype)
-        last_epoch_loss = float("nan")
-        step = 0
-        for _ in range(epochs):
-            order = rng.permutation(len(features))
-            total = 0.0
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                total += self.step(features[idx], labels[idx], schedule(step)) * len(idx)
-                step += 1
-            last_epoch_loss = total / max(len(order), 1)
-            if progress:
-                progress(1)
-        return last_epoch_loss
+        return run_epochs(
+            self.step,
+            features,
+            labels,
+            epochs=epochs,
+            batch_size=batch_size,
+            schedule=schedule,
+            seed=seed,
+            progress=progress,
+        )
 
     def state(self) -> HeadState:
         """Parameters, optimizer state and step count, as one backend-neutral record."""

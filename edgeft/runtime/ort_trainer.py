@@ -14,6 +14,7 @@ import numpy as np
 
 from edgeft.bundle import Bundle
 from edgeft.head_state import HeadState
+from edgeft.runtime.epochs import run_epochs
 from edgeft.runtime.features import session_options
 from edgeft.runtime.onnx_trainer import HEAD_STATE_FILE, HEAD_TRAINING_THREADS, Parameters
 from edgeft.runtime.ort import Placement, training_api
@@ -74,6 +75,14 @@ class OrtTrainer:
         self._state.parameters[self._normaliser["mean"]] = mean
         self._state.parameters[self._normaliser["scale"]] = scale
 
+    def step(self, features: np.ndarray, labels: np.ndarray, lr: float) -> float:
+        """One optimizer step on one batch; returns its loss."""
+        loss, _logits = self._module(features, labels)
+        self._optimizer.set_learning_rate(lr)
+        self._optimizer.step()
+        self._module.lazy_reset_grad()
+        return float(loss)
+
     def fit(
         self,
         features: np.ndarray,
@@ -85,30 +94,19 @@ class OrtTrainer:
         seed: int,
         progress: Callable[[int], None] | None = None,
     ) -> float:
-        """Train on shuffled mini-batches for ``epochs``, the learning rate of step k being ``schedule(k)``.
-
-        Returns the mean loss of the last epoch.
-        """
-        rng = np.random.default_rng(seed)
-        labels = labels.astype(self._label_dtype)  # class indices; float 0/1 matrices or targets for other losses
+        """Train on shuffled mini-batches for ``epochs`` (``edgeft.runtime.epochs``); the last epoch's mean loss."""
         self._module.train()
-        last_epoch_loss = float("nan")
-        step = 0
-        for _ in range(epochs):
-            order = rng.permutation(len(features))
-            total = 0.0
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                loss, _logits = self._module(features[idx], labels[idx])
-                self._optimizer.set_learning_rate(schedule(step))
-                step += 1
-                self._optimizer.step()
-                self._module.lazy_reset_grad()
-                total += float(loss) * len(idx)
-            last_epoch_loss = total / max(len(order), 1)
-            if progress:
-                progress(1)
-        return last_epoch_loss
+        labels = labels.astype(self._label_dtype)  # class indices; float 0/1 matrices or targets for other losses
+        return run_epochs(
+            self.step,
+            features,
+            labels,
+            epochs=epochs,
+            batch_size=batch_size,
+            schedule=schedule,
+            seed=seed,
+            progress=progress,
+        )
 
     def state(self) -> HeadState:
         """The parameters as a backend-neutral head state (ORT does not expose its optimizer state: none kept)."""

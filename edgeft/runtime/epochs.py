@@ -1,0 +1,40 @@
+"""The training loop both trainers share: shuffled mini-batches for some epochs, one optimizer step per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from edgeft.runtime.schedule import Schedule
+
+Step = Callable[[np.ndarray, np.ndarray, float], float]
+
+
+def run_epochs(
+    step: Step,
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    schedule: Schedule,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+) -> float:
+    """Call ``step(features, labels, lr)`` on shuffled mini-batches for ``epochs``, the learning rate of step k
+    being ``schedule(k)``; returns the mean loss of the last epoch."""
+    rng = np.random.default_rng(seed)
+    last_epoch_loss = float("nan")
+    count = 0
+    for _ in range(epochs):
+        order = rng.permutation(len(features))
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            total += step(features[idx], labels[idx], schedule(count)) * len(idx)
+            count += 1
+        last_epoch_loss = total / max(len(order), 1)
+        if progress:
+            progress(1)
+    return last_epoch_loss
