@@ -32,7 +32,6 @@ from edgeft.runtime.store import StateStore, Version
 from edgeft.runtime.trainer import (
     HEAD_STATE_FILE,
     ORT_CHECKPOINT_FILE,
-    TRAINERS,
     HeadPredictor,
     Parameters,
     Trainer,
@@ -42,6 +41,7 @@ from edgeft.runtime.trainer import (
     parameters_finite,
     steps_per_fit,
     stored_state,
+    trainer_name,
 )
 
 Progress = Callable[[int], None]
@@ -112,9 +112,7 @@ class Adapter:
                 "so far (export with the default task)"
             )
         self.placement: Placement = resolve_placement(ep)
-        if trainer not in TRAINERS:
-            raise EdgeftError(f"unknown trainer '{trainer}'; choose one of {', '.join(TRAINERS)}")
-        self._trainer_choice = trainer
+        self._trainer_choice = trainer_name(trainer)
         self._trainer_kind: str | None = None
         self.store = StateStore(state, self.bundle.fingerprint)
         self.history = History(self.store.root)

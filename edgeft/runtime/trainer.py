@@ -56,12 +56,18 @@ class Trainer(Protocol):
     def writers(self) -> dict[str, Callable[[Path], None]]: ...
 
 
-def choose_trainer(bundle: Bundle, wanted: str = "auto") -> str:
-    """``onnx`` or ``ort`` for ``wanted`` (``auto``: the portable trainer whenever the bundle carries it), or a
-    clear error when the bundle lacks that trainer's files or ORT training is not installed."""
+def trainer_name(wanted: str) -> str:
+    """``wanted`` normalised (``auto``, ``onnx`` or ``ort``), or a clear error."""
     choice = wanted.strip().lower()
     if choice not in TRAINERS:
         raise EdgeftError(f"unknown trainer '{wanted}'; choose one of {', '.join(TRAINERS)}")
+    return choice
+
+
+def choose_trainer(bundle: Bundle, wanted: str = "auto") -> str:
+    """``onnx`` or ``ort`` for ``wanted`` (``auto``: the portable trainer whenever the bundle carries it), or a
+    clear error when the bundle lacks that trainer's files or ORT training is not installed."""
+    choice = trainer_name(wanted)
     carried = bundle.manifest.head.trainers
     if choice == "auto":
         choice = "onnx" if "onnx" in carried else "ort"
