@@ -27,8 +27,9 @@ from edgeft.runtime.history import History
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
 from edgeft.runtime.ort import Placement, resolve_placement
 from edgeft.runtime.replay import ReplayBuffer
+from edgeft.runtime.rollback import RollbackPlan, plan, rollback_meta
 from edgeft.runtime.schedule import learning_rates
-from edgeft.runtime.store import StateStore, Version
+from edgeft.runtime.store import KEEP_VERSIONS, StateStore, Version
 from edgeft.runtime.trainer import (
     HEAD_STATE_FILE,
     ORT_CHECKPOINT_FILE,
@@ -85,7 +86,8 @@ class Adapter:
     memory (features of every reserved class). ``policy`` sets the promotion guard; ``holdout`` is an optional
     fixed labelled holdout set (raw inputs, labels) used instead of holding out a share of each arrival.
     ``trainer`` picks the training backend: ``auto`` (the portable ONNX trainer when the bundle carries it),
-    ``onnx`` or ``ort`` (ONNX Runtime training, the ``edgeft[ort]`` extra).
+    ``onnx`` or ``ort`` (ONNX Runtime training, the ``edgeft[ort]`` extra). ``keep_versions`` is how many
+    committed versions stay on disk (and can be rolled back to).
     Learning takes the state directory's lock (one writer at a time) and commits a version per call;
     prediction reads the current version and needs no lock.
     """
@@ -103,6 +105,7 @@ class Adapter:
         holdout: tuple[np.ndarray, np.ndarray] | None = None,
         schedule: str = "constant",
         trainer: str = "auto",
+        keep_versions: int = KEEP_VERSIONS,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         task = self.bundle.manifest.head.task
@@ -116,7 +119,7 @@ class Adapter:
             raise EdgeftError(f"unknown trainer '{trainer}'; choose one of {', '.join(TRAINERS)}")
         self._trainer_choice = trainer
         self._trainer_kind: str | None = None
-        self.store = StateStore(state, self.bundle.fingerprint)
+        self.store = StateStore(state, self.bundle.fingerprint, keep_versions)
         self.history = History(self.store.root)
         self.policy = policy or guard.GuardPolicy()
         learning_rates(schedule, 1.0, 1)  # fail early on an unknown schedule
@@ -306,6 +309,28 @@ class Adapter:
             holdout_accuracy=decision.holdout_accuracy,
             new_classes=meta["arrival"]["new_classes"],
         )
+
+    def rollback(self, version: int | None = None) -> RollbackPlan:
+        """Make the head of ``version`` (default: the previous promoted head) current as a new version; commit.
+
+        Its replay buffer and holdout come back with it; the inputs learned since stay consumed in the journal.
+        Returns the plan that was committed (target, head source, undone versions and inputs).
+        """
+        self._open()
+        parent = self._version
+        if parent is None:
+            raise EdgeftError(f"state {self.store.root}: nothing learned yet, nothing to roll back")
+        chosen = plan(self.store, parent, version)
+        writers: dict[str, Callable[[Path], None]] = {
+            kind: (lambda dst, src=src: shutil.copyfile(src, dst)) for kind, src in chosen.target.files.items()
+        }
+        meta = rollback_meta(parent, chosen, datetime.now(timezone.utc).isoformat())
+        try:
+            self._version = self.store.commit(writers, meta, parent)
+        finally:
+            self._forget_uncommitted()
+        self._record()
+        return chosen
 
     def replay_buffer(self) -> ReplayBuffer:
         """The current version's latent replay buffer, as learning uses it (takes the writer lock)."""
@@ -509,6 +534,7 @@ class Adapter:
             "samples_accepted": accepted,
             "samples_received": int(previous.get("samples_received", 0)) + received,
             "head_version": number if promoted else previous.get("head_version", 0),
+            "head_source": number if promoted else previous.get("head_source", previous.get("head_version", 0)),
         }
 
     def _unchanged_writers(

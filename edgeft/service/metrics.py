@@ -57,6 +57,12 @@ def collect(state: Path, inbox: Path | None = None) -> list[Sample]:
             "Arrivals learned, by the guard's verdict.",
             [('result="promoted"', updates.get("promoted", 0)), ('result="refused"', updates.get("refused", 0))],
         ),
+        (
+            "edgeft_rollbacks_total",
+            "counter",
+            "Rollbacks: an earlier head made current again.",
+            [("", updates.get("rollbacks", 0))],
+        ),
     ]
     if inbox is not None:
         quarantined = len(list((inbox / QUARANTINE_DIR).glob("*.reason.txt")))
