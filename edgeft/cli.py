@@ -730,6 +730,39 @@ def status(
         typer.echo(json.dumps(summary) if as_json else format_status(summary))
 
 
+@app.command("eval")
+def eval_command(
+    bundle: BundleArg,
+    state: StateOpt,
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled test data (any format adapt reads).")],
+    per_version: Annotated[
+        bool, typer.Option("--per-version", help="Also score every retained version's head (overall and per task).")
+    ] = False,
+    tasks: Annotated[
+        bool,
+        typer.Option(
+            "--tasks",
+            help="Split TEST into tasks by the order classes were met: accuracy matrix, average accuracy, "
+            "forgetting, backward transfer.",
+        ),
+    ] = False,
+    ep: EpOpt = "auto",
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy of the current head on TEST (per-class and confusion matrix in --json); continual metrics."""
+    from edgeft.runtime.adapter import Adapter
+    from edgeft.runtime.evaluation import evaluate
+    from edgeft.runtime.sources import concatenated
+    from edgeft.service.evaluation import format_evaluation
+
+    with _reported():
+        adapter = Adapter(bundle, state, ep=ep, threads=threads)
+        x, y = concatenated(_load_samples(data, adapter.bundle, need_labels=True), str(data))
+        result = evaluate(adapter, x, y, per_version=per_version, tasks=tasks, origin=str(data))
+        typer.echo(json.dumps(result) if as_json else format_evaluation(result))
+
+
 @app.command()
 def history(state: StateOpt, as_json: JsonOpt = False) -> None:
     """List every version: time, origin, samples, prequential and holdout accuracy, promoted or refused and why."""

@@ -7,11 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_DEFAULTS
 from helpers import CLASSES, make_dataset, one_error_line, run_cli
 
 from edgeft.bundle import Bundle
 from edgeft.errors import EdgeftError
+from edgeft.export import export_bundle
 from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.continual_metrics import summarise
+from edgeft.runtime.evaluation import evaluate
 from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.history import read_lines
 from edgeft.runtime.trainer import stored_state
@@ -133,4 +137,76 @@ def test_cli_history_and_rollback_in_subprocesses(bundle_dir: Path, tmp_path: Pa
     assert missing.returncode == 1
     assert "version 9 does not exist yet" in one_error_line(missing.stderr)
     empty = run_cli("history", "--state", tmp_path / "none")
+    assert empty.returncode == 1 and "has no committed version" in one_error_line(empty.stderr)
+
+
+def test_continual_metrics_by_their_definitions() -> None:
+    matrix = [[0.9, None, None], [0.6, 0.8, None], [0.5, 0.7, 0.95]]
+    figures = summarise([[0.9, 0.0, 0.0], [0.6, 0.8, 0.0], [0.5, 0.7, 0.95]])
+    assert figures["average_accuracy"] == pytest.approx((0.5 + 0.7 + 0.95) / 3)
+    assert figures["backward_transfer"] == pytest.approx(((0.5 - 0.9) + (0.7 - 0.8)) / 2)
+    assert figures["forgetting"] == pytest.approx(((0.9 - 0.5) + (0.8 - 0.7)) / 2)
+    assert figures["max_forgetting"] == pytest.approx(((0.9 - 0.5) + (0.8 - 0.7)) / 2)
+    # task 1 peaked after task 2 was learned: Avalanche's forgetting starts from right after task 1, Chaudhry's peak
+    rising = summarise([[0.5, 0.0, 0.0], [0.9, 0.8, 0.0], [0.6, 0.7, 0.9]])
+    assert rising["forgetting"] == pytest.approx(((0.5 - 0.6) + (0.8 - 0.7)) / 2)
+    assert rising["max_forgetting"] == pytest.approx(((0.9 - 0.6) + (0.8 - 0.7)) / 2)
+    assert summarise([[None, None], [0.5, 0.6]])["backward_transfer"] is None
+    assert summarise(matrix)["average_accuracy"] == pytest.approx((0.5 + 0.7 + 0.95) / 3)
+
+
+@pytest.fixture()
+def open_bundle(tiny_model: Path, tmp_path: Path) -> Bundle:
+    return export_bundle(tiny_model, tmp_path / "open", classes=["red"], max_classes=4, defaults=TEST_DEFAULTS)
+
+
+def test_eval_tasks_matrix_matches_each_heads_accuracy(open_bundle: Bundle, state_dir: Path) -> None:
+    names = np.array(CLASSES)
+    x, y = make_dataset(150, seed=11)
+    tx, ty = make_dataset(150, seed=12)
+    first, second = np.isin(y, [0, 1]), y == 2
+    t1, t2 = np.isin(ty, [0, 1]), ty == 2
+    with Adapter(open_bundle, state_dir, policy=NO_GUARD, replay_per_class=0) as adapter:
+        adapter.learn(x[first], names[y[first]])
+        after_first = adapter.evaluate(tx[t1], names[ty[t1]])
+        adapter.learn(x[second], names[y[second]])
+        now = [adapter.evaluate(tx[t1], names[ty[t1]]), adapter.evaluate(tx[t2], names[ty[t2]])]
+        overall = adapter.evaluate(tx, names[ty])
+        result = evaluate(adapter, tx, names[ty], per_version=True, tasks=True)
+    assert [t["classes"] for t in result["tasks"]] == [["red", "green"], ["blue"]]
+    assert result["task_matrix"]["after_version"] == [1, 2]
+    (r00, r01), (r10, r11) = result["task_matrix"]["matrix"]
+    assert (r00, r01) == (pytest.approx(after_first), 0.0)  # the first head cannot know blue
+    assert (r10, r11) == (pytest.approx(now[0]), pytest.approx(now[1]))
+    assert result["accuracy"] == pytest.approx(overall)
+    assert result["forgetting"] == pytest.approx(after_first - now[0])
+    assert result["backward_transfer"] == pytest.approx(now[0] - after_first)
+    assert result["average_accuracy"] == pytest.approx(sum(now) / 2)
+    assert [row["version"] for row in result["per_version"]] == [1, 2]
+    assert result["per_version"][1]["accuracy"] == pytest.approx(overall)
+    confusion = result["confusion"]
+    assert confusion["predicted"] == ["red", "green", "blue"] and sum(map(sum, confusion["counts"])) == 150
+    diagonal = sum(confusion["counts"][i][confusion["predicted"].index(n)] for i, n in enumerate(confusion["true"]))
+    assert diagonal / 150 == pytest.approx(overall)
+    assert {n: c["samples"] for n, c in result["per_class"].items()} == {
+        n: int((ty == i).sum()) for i, n in enumerate(CLASSES)
+    }
+
+
+def test_cli_eval_in_a_subprocess(bundle_dir: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    x, y = make_dataset(60, seed=21)
+    np.savez(tmp_path / "train.npz", x=x, y=np.array(CLASSES)[y])
+    tx, ty = make_dataset(40, seed=22)
+    np.savez(tmp_path / "test.npz", x=tx, y=np.array(CLASSES)[ty])
+    assert run_cli("adapt", bundle_dir, "--state", state, "--data", tmp_path / "train.npz").returncode == 0
+    done = run_cli("eval", bundle_dir, "--state", state, "--data", tmp_path / "test.npz", "--tasks", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    with Adapter(bundle_dir, state) as adapter:
+        assert result["accuracy"] == pytest.approx(adapter.evaluate(tx, ty))
+    assert result["task_matrix"]["matrix"] == [[result["accuracy"]]] and result["forgetting"] is None
+    text = run_cli("eval", bundle_dir, "--state", state, "--data", tmp_path / "test.npz", "--per-version")
+    assert text.returncode == 0 and text.stdout.startswith("version 1: accuracy ")
+    empty = run_cli("eval", bundle_dir, "--state", tmp_path / "none", "--data", tmp_path / "test.npz")
     assert empty.returncode == 1 and "has no committed version" in one_error_line(empty.stderr)
