@@ -13,6 +13,7 @@ from helpers import CLASSES, make_dataset, one_error_line, run_cli
 from edgeft.bundle import Bundle
 from edgeft.errors import EdgeftError
 from edgeft.export import export_bundle
+from edgeft.runtime import drift
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.continual_metrics import summarise
 from edgeft.runtime.evaluation import evaluate
@@ -210,3 +211,31 @@ def test_cli_eval_in_a_subprocess(bundle_dir: Path, tmp_path: Path) -> None:
     assert text.returncode == 0 and text.stdout.startswith("version 1: accuracy ")
     empty = run_cli("eval", bundle_dir, "--state", tmp_path / "none", "--data", tmp_path / "test.npz")
     assert empty.returncode == 1 and "has no committed version" in one_error_line(empty.stderr)
+
+
+def test_page_hinkley_by_hand() -> None:
+    state, signal = drift.update(None, 0.9)  # error 0.1: mean 0.1, m = 0.1 - 0.1 - 0.05
+    assert signal == {"test": "page-hinkley", "error": pytest.approx(0.1), "statistic": 0.0, "detected": False}
+    state, signal = drift.update(state, 0.1)  # error 0.9: mean 0.5, m = -0.05 + 0.9 - 0.5 - 0.05 = 0.3, M = -0.05
+    assert signal["statistic"] == pytest.approx(0.35) and not signal["detected"]
+    state, signal = drift.update(state, 0.1)  # mean 0.6333, m = 0.3 + 0.9 - 0.6333 - 0.05 = 0.5167
+    assert signal["statistic"] == pytest.approx(0.5667, abs=1e-4) and signal["detected"]
+    assert state == drift.fresh(1)
+    assert drift.update(state, None) == (state, None)
+
+
+def test_a_changed_world_raises_a_drift_alarm_in_metrics(bundle: Bundle, state_dir: Path, tmp_path: Path) -> None:
+    names = np.array(CLASSES)
+    with Adapter(bundle, state_dir) as adapter:
+        for i in range(7):
+            x, _ = make_dataset(40, seed=300 + i)
+            means = x.mean(axis=(2, 3))
+            y = means.argmax(axis=1) if i < 5 else means.argmin(axis=1)  # the world changes at arrival 6
+            adapter.learn(x, names[y])
+    rows = list(read_lines(state_dir / "metrics.jsonl"))
+    detected = [row["drift"]["detected"] for row in rows]
+    assert detected[:5] == [False] * 5 and any(detected[5:]), [row["drift"] for row in rows]
+    assert all(0 <= row["drift"]["statistic"] for row in rows)
+    families = {name: samples for name, _, _, samples in collect(state_dir)}
+    assert families["edgeft_drift_alarms_total"] == [("", 1)]
+    assert families["edgeft_drift_statistic"][0][1] == rows[-1]["drift"]["statistic"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgeft.bundle import Bundle
 from edgeft.errors import DataError, EdgeftError
-from edgeft.runtime import guard
+from edgeft.runtime import drift, guard
 from edgeft.runtime.atomic import write_atomic
 from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
@@ -442,11 +442,14 @@ class Adapter:
             writers = self._unchanged_writers(parent)
             classes, labels = self.classes, None
         meta = self._meta(parent, number, decision.promoted, classes, labels, received)
+        known_accuracy = arrival.get("prequential", {}).get("known_accuracy")
+        meta["drift"], signal = drift.update(parent.meta.get("drift") if parent else None, known_accuracy)
         meta["arrival"] = {
             **arrival,
             "guard": decision.to_dict(),
             "promoted": decision.promoted,
             "new_classes": classes[len(self.classes) :] if decision.promoted else [],
+            **({"drift": signal} if signal else {}),
         }
         self._version = self.store.commit(writers, meta, parent)
         if not decision.promoted:
@@ -474,14 +477,17 @@ class Adapter:
     def _prequential(
         self, features: np.ndarray, labels: np.ndarray, parameters: Parameters, known: int
     ) -> dict[str, float | int | None]:
-        """Accuracy and log-loss of the current head on an arrival before learning from it (progressive validation)."""
+        """Accuracy and log-loss of the current head on an arrival before learning from it (progressive validation);
+        ``known_accuracy`` counts only samples of classes the head already knew (the drift signal's input)."""
         if known == 0:
-            return {"samples": len(labels), "accuracy": None, "loss": None}
+            return {"samples": len(labels), "accuracy": None, "loss": None, "known_accuracy": None}
         probabilities = self._predictor.probabilities(features, parameters, known)
+        seen = labels < known
         return {
             "samples": len(labels),
             "accuracy": guard.accuracy(probabilities, labels),
             "loss": guard.log_loss(probabilities, labels),
+            "known_accuracy": guard.accuracy(probabilities[seen], labels[seen]) if seen.any() else None,
         }
 
     def _judge(
