@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import TEST_DEFAULTS
-from helpers import CLASSES, make_dataset, one_error_line, run_cli
+from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset, one_error_line, run_cli
 
 from edgeft.bundle import Bundle
 from edgeft.errors import EdgeftError
@@ -239,3 +241,27 @@ def test_a_changed_world_raises_a_drift_alarm_in_metrics(bundle: Bundle, state_d
     families = {name: samples for name, _, _, samples in collect(state_dir)}
     assert families["edgeft_drift_alarms_total"] == [("", 1)]
     assert families["edgeft_drift_statistic"][0][1] == rows[-1]["drift"]["statistic"]
+
+
+# a rollback commit renames head, replay, holdout, metadata, then CURRENT (5th), then appends journal and metrics
+@pytest.mark.parametrize("point", ["rename:1", "rename:5", "append:2"])
+def test_a_rollback_killed_anywhere_leaves_a_consistent_state(point: str, bundle_dir: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with Adapter(bundle_dir, state, policy=NO_GUARD) as adapter:
+        _arrivals(adapter, 3)
+    command = [*CLI, "rollback", str(bundle_dir), "--state", str(state)]
+    environment = {**os.environ, "EDGEFT_CRASH_AT": point}
+    killed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=SUBPROCESS_TIMEOUT)
+    assert killed.returncode == -9, killed.stderr  # SIGKILLed at the crash point
+    with Adapter(bundle_dir, state) as adapter:
+        before_current = point.startswith("rename")  # killed before CURRENT moved: the rollback never happened
+        assert adapter.version == (3 if before_current else 4)
+    if before_current:
+        assert run_cli("rollback", bundle_dir, "--state", state).returncode == 0
+    else:  # committed; its log lines are caught up when the state is next opened for writing
+        with Adapter(bundle_dir, state) as adapter:
+            adapter.consumed_inputs()
+    journal = [(row["version"], row["status"]) for row in read_lines(state / "journal.jsonl")]
+    assert journal == [(1, "learned"), (2, "learned"), (3, "learned"), (4, "rolled_back")]
+    assert [row["version"] for row in read_lines(state / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert json.loads((state / "CURRENT").read_text()) == {"version": 4}

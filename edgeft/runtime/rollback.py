@@ -53,6 +53,11 @@ def plan(store: StateStore, current: Version, number: int | None) -> RollbackPla
         number = candidates[-1]
     target = store.retained_version(number)
     source = head_source(target.meta)
+    if source == 0:
+        raise EdgeftError(
+            f"state {store.root}: version {number} still had the bundle's initial head; to start over, use a new "
+            "--state directory"
+        )
     if source == now:
         raise EdgeftError(
             f"state {store.root}: version {number}'s head (trained at version {source}) is already current"
