@@ -766,7 +766,8 @@ def eval_command(
 @app.command()
 def history(state: StateOpt, as_json: JsonOpt = False) -> None:
     """List every version: time, origin, samples, prequential and holdout accuracy, promoted or refused and why."""
-    from edgeft.service.versions import collect_history, format_history
+    from edgeft.runtime.versions import collect_history
+    from edgeft.service.versions import format_history
 
     with _reported():
         rows = collect_history(state)

@@ -23,7 +23,6 @@ from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.history import read_lines
 from edgeft.runtime.trainer import stored_state
 from edgeft.service.metrics import collect
-from edgeft.service.versions import collect_history
 
 NO_GUARD = GuardPolicy(enabled=False)
 
@@ -106,7 +105,7 @@ def test_history_lists_pruned_versions_and_rollbacks(bundle: Bundle, state_dir: 
     with Adapter(bundle, state_dir, policy=NO_GUARD, keep_versions=2) as adapter:
         _arrivals(adapter, 3)
         adapter.rollback()
-    rows = collect_history(state_dir)
+        rows = adapter.history()
     assert [(r["version"], r["retained"], r["current"], r["kind"]) for r in rows] == [
         (1, False, False, "arrival"),
         (2, False, False, "arrival"),

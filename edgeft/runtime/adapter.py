@@ -44,6 +44,7 @@ from edgeft.runtime.trainer import (
     steps_per_fit,
     stored_state,
 )
+from edgeft.runtime.versions import collect_history
 
 Progress = Callable[[int], None]
 REJECTED_DIR = "rejected"
@@ -120,7 +121,7 @@ class Adapter:
         self._trainer_choice = trainer
         self._trainer_kind: str | None = None
         self.store = StateStore(state, self.bundle.fingerprint, keep_versions)
-        self.history = History(self.store.root)
+        self._logs = History(self.store.root)
         self.policy = policy or guard.GuardPolicy()
         learning_rates(schedule, 1.0, 1)  # fail early on an unknown schedule
         self.schedule = schedule
@@ -310,6 +311,10 @@ class Adapter:
             new_classes=meta["arrival"]["new_classes"],
         )
 
+    def history(self) -> list[dict[str, Any]]:
+        """Every version, oldest first: time, origin, samples, accuracies, verdict, retained (``edgeft history``)."""
+        return collect_history(self.store.root)
+
     def rollback(self, version: int | None = None) -> RollbackPlan:
         """Make the head of ``version`` (default: the previous promoted head) current as a new version; commit.
 
@@ -339,7 +344,7 @@ class Adapter:
     def consumed_inputs(self) -> dict[str, int]:
         """sha256 -> version of every input the journal records as consumed (takes the writer lock)."""
         self._open()
-        return self.history.consumed()
+        return self._logs.consumed()
 
     def _learn_arrival(
         self,
@@ -461,7 +466,7 @@ class Adapter:
     def _record(self) -> None:
         """Append the new version's log lines; the logs derive from committed versions, so a failure waits."""
         try:
-            self.history.record(self._version)
+            self._logs.record(self._version)
         except OSError:
             self._history_behind = True  # caught up on the next learn
 
@@ -584,7 +589,7 @@ class Adapter:
             self._replay = self._load_buffer("replay.npz", self._replay_per_class)
             self._holdout = self._load_buffer("holdout.npz", self.policy.holdout_per_class)
         if self._history_behind:
-            self.history.catch_up(self.store)
+            self._logs.catch_up(self.store)
             self._history_behind = False
         return self._trainer, self._replay, self._holdout
 
