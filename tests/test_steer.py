@@ -23,6 +23,7 @@ from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.history import read_lines
 from edgeft.runtime.trainer import stored_state
 from edgeft.service.metrics import collect
+from edgeft.service.status import collect_status, format_status
 
 NO_GUARD = GuardPolicy(enabled=False)
 
@@ -240,6 +241,10 @@ def test_a_changed_world_raises_a_drift_alarm_in_metrics(bundle: Bundle, state_d
     families = {name: samples for name, _, _, samples in collect(state_dir)}
     assert families["edgeft_drift_alarms_total"] == [("", 1)]
     assert families["edgeft_drift_statistic"][0][1] == rows[-1]["drift"]["statistic"]
+    status = collect_status(state_dir)
+    assert status["drift_alarms"] == 1 and status["last_arrival"]["drift"] == rows[-1]["drift"]
+    (line,) = [line for line in format_status(status).splitlines() if line.startswith("drift")]
+    assert line.endswith("1 alarms so far") and "Page-Hinkley" in line
 
 
 # a rollback commit renames head, replay, holdout, metadata, then CURRENT (5th), then appends journal and metrics
