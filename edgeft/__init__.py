@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from edgeft.bundle import Bundle
     from edgeft.export import export_bundle
     from edgeft.runtime.adapter import Adapter
+    from edgeft.runtime.evaluation import evaluate
 
-__all__ = ["Adapter", "Bundle", "export_bundle", "__version__"]
+__all__ = ["Adapter", "Bundle", "evaluate", "export_bundle", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -33,4 +34,8 @@ def __getattr__(name: str) -> Any:
         from edgeft.export import export_bundle
 
         return export_bundle
+    if name == "evaluate":
+        from edgeft.runtime.evaluation import evaluate
+
+        return evaluate
     raise AttributeError(name)

@@ -28,6 +28,7 @@ from edgeft.runtime.attempts import KEEP_ERRORS, MAX_ATTEMPTS
 from edgeft.runtime.budget import detect_budget
 from edgeft.runtime.limits import MAX_ARRIVAL_SAMPLES, ArrivalLimits
 from edgeft.runtime.schedule import SCHEDULES
+from edgeft.runtime.store import KEEP_VERSIONS
 
 if TYPE_CHECKING:
     from edgeft.runtime.watch import EntryPolicy
@@ -72,6 +73,9 @@ TrainerOpt = Annotated[
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads (default: ORT's choice).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+KeepOpt = Annotated[
+    int, typer.Option(min=1, help="How many committed versions stay on disk (and can be rolled back to).")
+]
 InboxOpt = Annotated[
     Path, typer.Option("--inbox", "-i", envvar="EDGEFT_INBOX", help="The inbox folder that adapt --watch learns from.")
 ]
@@ -436,6 +440,7 @@ def adapt(
             help="With --watch: an entry that killed the learner (or failed alike) this often is quarantined.",
         ),
     ] = MAX_ATTEMPTS,
+    keep_versions: KeepOpt = KEEP_VERSIONS,
     ep: EpOpt = "auto",
     trainer: TrainerOpt = "auto",
     threads: ThreadsOpt = None,
@@ -476,6 +481,7 @@ def adapt(
             holdout=fixed,
             schedule=schedule,
             trainer=trainer,
+            keep_versions=keep_versions,
         ) as adapter:
             if watch is not None:
                 logs = {"format": log_format, "file": log_file, "metrics": metrics_file}
@@ -722,6 +728,95 @@ def status(
     with _reported():
         summary = collect_status(state, inbox)
         typer.echo(json.dumps(summary) if as_json else format_status(summary))
+
+
+@app.command("eval")
+def eval_command(
+    bundle: BundleArg,
+    state: StateOpt,
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled test data (any format adapt reads).")],
+    per_version: Annotated[
+        bool, typer.Option("--per-version", help="Also score every retained version's head (overall and per task).")
+    ] = False,
+    tasks: Annotated[
+        bool,
+        typer.Option(
+            "--tasks",
+            help="Split TEST into tasks by the order classes were met: accuracy matrix, average accuracy, "
+            "forgetting, backward transfer.",
+        ),
+    ] = False,
+    ep: EpOpt = "auto",
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accuracy of the current head on TEST (per-class and confusion matrix in --json); continual metrics."""
+    from edgeft.runtime.adapter import Adapter
+    from edgeft.runtime.evaluation import evaluate
+    from edgeft.runtime.sources import concatenated
+    from edgeft.service.evaluation import format_evaluation
+
+    with _reported():
+        adapter = Adapter(bundle, state, ep=ep, threads=threads)
+        x, y = concatenated(_load_samples(data, adapter.bundle, need_labels=True), str(data))
+        result = evaluate(adapter, x, y, per_version=per_version, tasks=tasks, origin=str(data))
+        typer.echo(json.dumps(result) if as_json else format_evaluation(result))
+
+
+@app.command()
+def history(state: StateOpt, as_json: JsonOpt = False) -> None:
+    """List every version: time, origin, samples, prequential and holdout accuracy, promoted or refused and why."""
+    from edgeft.runtime.versions import collect_history
+    from edgeft.service.versions import format_history
+
+    with _reported():
+        rows = collect_history(state)
+        typer.echo(json.dumps({"versions": rows}) if as_json else format_history(rows))
+
+
+@app.command()
+def rollback(
+    bundle: BundleArg,
+    state: StateOpt,
+    version: Annotated[
+        int | None,
+        typer.Argument(min=1, help="The version whose head to restore (default: the previous promoted one)."),
+    ] = None,
+    keep_versions: KeepOpt = KEEP_VERSIONS,
+    metrics_file: Annotated[
+        Path | None, typer.Option(help="Prometheus textfile to rewrite atomically after the rollback.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make an earlier version's head (with its replay buffer and holdout) current again, as a new version."""
+    from edgeft.runtime.adapter import Adapter
+
+    with _reported():
+        with Adapter(bundle, state, ep="cpu", keep_versions=keep_versions) as adapter:
+            done = adapter.rollback(version)
+            if metrics_file is not None:
+                from edgeft.service.metrics import write_textfile
+
+                write_textfile(metrics_file, adapter.store.root)
+        report = {
+            "version": adapter.version,
+            "to": done.target.number,
+            "head_source": done.head_source,
+            "undone_versions": done.undone_versions,
+            "undone_inputs": done.undone_inputs,
+        }
+        if as_json:
+            typer.echo(json.dumps(report))
+            return
+        typer.echo(
+            f"version {adapter.version}: rolled back to version {done.target.number} (head trained at version "
+            f"{done.head_source}); undid versions {done.undone_versions or 'none'}"
+        )
+        if done.undone_inputs:
+            typer.echo(
+                f"{len(done.undone_inputs)} input(s) learned since stay consumed in the journal (status rolled_back); "
+                "learn them again with adapt --relearn"
+            )
 
 
 @inbox_app.command("list")

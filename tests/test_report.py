@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -276,6 +277,12 @@ def test_cli_writes_a_report_with_eval_data(
     page = _Page()
     page.feed(out.read_text(encoding="utf-8"))
     assert sum(int(row[1]) for row in page.tables["per-class"][1:]) == 90
+    # the accuracy matrix over tasks, as edgeft eval --tasks computes it
+    evaluated = run_cli("eval", bundle_dir, "--state", learned_state, "--data", eval_file, "--tasks", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    matrix = json.loads(evaluated.stdout)["task_matrix"]["matrix"]
+    shown = [[None if cell == "–" else float(cell) for cell in row[1:]] for row in page.tables["accuracy-matrix"][1:]]
+    assert shown == [[None if v is None else round(v, 3) for v in row] for row in matrix] and matrix
 
 
 def test_cli_without_versions_fails_in_one_line(bundle_dir: Path, tmp_path: Path) -> None:

@@ -13,9 +13,10 @@ from edgeft.bundle import Bundle
 from edgeft.errors import EdgeftError
 from edgeft.report.data import Evaluation, Report, arrivals, confusion_matrix
 from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.evaluation import evaluate
 from edgeft.runtime.history import METRICS_FILE, metrics_row, read_lines
 from edgeft.runtime.labels import encode_known
-from edgeft.runtime.sources import read_path
+from edgeft.runtime.sources import concatenated, read_path
 from edgeft.runtime.store import StateStore
 
 HOLDOUT_KIND = "holdout.npz"
@@ -36,8 +37,11 @@ def collect(
         raise EdgeftError(f"state {state} has no versions yet; learn from data with edgeft adapt first")
     rows = list(read_lines(Path(state) / METRICS_FILE))
     rows += _unlogged_rows(adapter.store, {int(row["version"]) for row in rows if "version" in row})
+    continual = None
     if eval_path is not None:
         evaluation, note = _evaluate_file(adapter, Path(eval_path)), ""
+        x, y = concatenated(read_path(Path(eval_path), adapter.bundle.manifest, need_labels=True), str(eval_path))
+        continual = evaluate(adapter, x, y, per_version=True, tasks=True, origin=str(eval_path))
     else:
         evaluation, note = _evaluate_holdout(adapter, current.files.get(HOLDOUT_KIND), current.number)
     return Report(
@@ -49,6 +53,7 @@ def collect(
         arrivals=arrivals(rows),
         evaluation=evaluation,
         note=note,
+        continual=continual,
     )
 
 

@@ -127,6 +127,7 @@ class Report:
     arrivals: list[Arrival]
     evaluation: Evaluation | None
     note: str
+    continual: dict[str, Any] | None = None  # edgeft eval's tasks and per-version result on the --eval data
 
     @property
     def refused(self) -> list[Arrival]:

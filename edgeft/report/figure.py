@@ -41,12 +41,17 @@ def render_png(report: Report) -> bytes:
     require_matplotlib()
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=SIZE_INCHES, dpi=DPI, layout="constrained")
-    grid = figure.add_gridspec(2, 2, width_ratios=[1.3, 1.0], height_ratios=[1.0, 1.15])
+    rows = 3 if report.continual else 2
+    size = (SIZE_INCHES[0], SIZE_INCHES[1] * rows / 2)
+    figure = Figure(figsize=size, dpi=DPI, layout="constrained")
+    grid = figure.add_gridspec(rows, 2, width_ratios=[1.3, 1.0], height_ratios=[1.0, 1.15, 1.15][:rows])
     _learning_curve(figure.add_subplot(grid[0, 0]), report)
     _arrivals(figure.add_subplot(grid[0, 1]), report)
     _per_class(figure.add_subplot(grid[1, 0]), report.evaluation, report.note)
     _confusion(figure, figure.add_subplot(grid[1, 1]), report.evaluation, report.note)
+    if report.continual:
+        _task_matrix(figure, figure.add_subplot(grid[2, 0]), report.continual)
+        _version_matrix(figure, figure.add_subplot(grid[2, 1]), report.continual)
     figure.suptitle(
         f"edgeft report: {report.state} at version {report.version} (head from version {report.head_version}), "
         f"{len(report.classes)} classes, {len(report.arrivals)} arrivals, {len(report.refused)} refused",
@@ -172,6 +177,46 @@ def _confusion(figure: Any, ax: Any, evaluation: Evaluation | None, note: str) -
         xlabel="predicted class",
         ylabel="true class",
     )
+
+
+def _heatmap(figure: Any, ax: Any, values: list[list[float | None]], rows: list[str], columns: list[str]) -> None:
+    """Accuracies as a colour grid (grey where unknown), each cell annotated."""
+    grid = np.array([[np.nan if v is None else v for v in row] for row in values], float)
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn", vmin=0.0, vmax=1.0)
+    ax.set_facecolor("lightgray")
+    figure.colorbar(image, ax=ax, shrink=0.8, label="accuracy")
+    ax.set_xticks(np.arange(len(columns)), columns)
+    ax.set_yticks(np.arange(len(rows)), rows)
+    if grid.size <= MAX_ANNOTATED_CLASSES**2:
+        for (row, column), value in np.ndenumerate(grid):
+            ax.text(column, row, "-" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8)
+
+
+def _task_labels(continual: dict[str, Any]) -> list[str]:
+    return [f"T{i + 1}: {_short(', '.join(t['classes']), 14)}" for i, t in enumerate(continual["tasks"])]
+
+
+def _task_matrix(figure: Any, ax: Any, continual: dict[str, Any]) -> None:
+    tasks = _task_labels(continual)
+    if not tasks:
+        _nothing(ax, "Accuracy matrix", "no test sample belongs to a class the state has learned")
+        return
+    after = [f"after T{i + 1} (v{v})" for i, v in enumerate(continual["task_matrix"]["after_version"])]
+    _heatmap(figure, ax, continual["task_matrix"]["matrix"], after, tasks)
+    figures = ", ".join(
+        f"{label} {continual[key]:.3f}"
+        for key, label in (("average_accuracy", "ACC"), ("backward_transfer", "BWT"), ("forgetting", "forgetting"))
+        if continual[key] is not None
+    )
+    ax.set(title=f"Accuracy matrix over tasks ({figures})", xlabel="task (classes in the order met)", ylabel="head")
+
+
+def _version_matrix(figure: Any, ax: Any, continual: dict[str, Any]) -> None:
+    rows = continual["per_version"]
+    columns = ["all", *(f"T{i + 1}" for i in range(len(continual["tasks"])))]
+    values = [[row["accuracy"], *row["tasks"]] for row in rows]
+    _heatmap(figure, ax, values, [f"v{row['version']}" for row in rows], columns)
+    ax.set(title="Accuracy of each retained version's head", xlabel="test data", ylabel="version")
 
 
 def _nothing(ax: Any, title: str, note: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from datetime import datetime, timezone
 from html import escape
+from typing import Any
 
 from edgeft.report.data import Arrival, Evaluation, Report
 
@@ -56,6 +57,8 @@ def render_html(report: Report, png: bytes) -> str:
             '<p class="note">Rows: true class; columns: predicted class; shading: share of the row.</p>',
             _confusion_table(evaluation),
         ]
+    if report.continual and report.continual["tasks"]:
+        parts += ["<h2>Accuracy matrix</h2>", _task_table(report.continual)]
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -144,6 +147,23 @@ def _confusion_table(evaluation: Evaluation) -> str:
             cells.append(f'<td style="background: rgba(25, 103, 210, {share:.2f}); color: {colour}">{int(count)}</td>')
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return _table("confusion", ("true \\ predicted", *evaluation.classes), rows, css="confusion")
+
+
+def _task_table(continual: dict[str, Any]) -> str:
+    """The tasks' accuracy matrix R[i][j] (head after task i, on task j) with the continual-learning figures."""
+    tasks = [f"T{i + 1}: {', '.join(t['classes'])}" for i, t in enumerate(continual["tasks"])]
+    matrix = continual["task_matrix"]
+    rows = [
+        f"<tr><th>after T{i + 1} (version {version})</th>{''.join(_cell(_accuracy(v)) for v in values)}</tr>"
+        for i, (version, values) in enumerate(zip(matrix["after_version"], matrix["matrix"], strict=True))
+    ]
+    figures = (
+        f'<p class="note">Average accuracy {_accuracy(continual["average_accuracy"])}, backward transfer '
+        f"{_accuracy(continual['backward_transfer'])} (GEM), forgetting {_accuracy(continual['forgetting'])} "
+        f"(Avalanche: accuracy right after learning a task minus now), max forgetting "
+        f"{_accuracy(continual['max_forgetting'])} (Chaudhry et al. 2018).</p>"
+    )
+    return _table("accuracy-matrix", ("head \\ task", *tasks), rows) + figures
 
 
 def _table(name: str, columns: tuple[str, ...], rows: list[str], css: str = "") -> str:

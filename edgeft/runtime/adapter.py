@@ -20,15 +20,16 @@ import numpy as np
 
 from edgeft.bundle import Bundle
 from edgeft.errors import DataError, EdgeftError
-from edgeft.runtime import guard
+from edgeft.runtime import drift, guard
 from edgeft.runtime.atomic import make_directory, write_atomic
 from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
 from edgeft.runtime.ort import Placement, resolve_placement
 from edgeft.runtime.replay import ReplayBuffer
+from edgeft.runtime.rollback import RollbackPlan, plan, rollback_meta
 from edgeft.runtime.schedule import learning_rates
-from edgeft.runtime.store import StateStore, Version
+from edgeft.runtime.store import KEEP_VERSIONS, StateStore, Version
 from edgeft.runtime.trainer import (
     HEAD_STATE_FILE,
     ORT_CHECKPOINT_FILE,
@@ -43,6 +44,7 @@ from edgeft.runtime.trainer import (
     stored_state,
     trainer_name,
 )
+from edgeft.runtime.versions import collect_history
 
 Progress = Callable[[int], None]
 REJECTED_DIR = "rejected"
@@ -85,7 +87,8 @@ class Adapter:
     memory (features of every reserved class). ``policy`` sets the promotion guard; ``holdout`` is an optional
     fixed labelled holdout set (raw inputs, labels) used instead of holding out a share of each arrival.
     ``trainer`` picks the training backend: ``auto`` (the portable ONNX trainer when the bundle carries it),
-    ``onnx`` or ``ort`` (ONNX Runtime training, the ``edgeft[ort]`` extra).
+    ``onnx`` or ``ort`` (ONNX Runtime training, the ``edgeft[ort]`` extra). ``keep_versions`` is how many
+    committed versions stay on disk (and can be rolled back to).
     Learning takes the state directory's lock (one writer at a time) and commits a version per call;
     prediction reads the current version and needs no lock.
     """
@@ -103,6 +106,7 @@ class Adapter:
         holdout: tuple[np.ndarray, np.ndarray] | None = None,
         schedule: str = "constant",
         trainer: str = "auto",
+        keep_versions: int = KEEP_VERSIONS,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         task = self.bundle.manifest.head.task
@@ -114,8 +118,8 @@ class Adapter:
         self.placement: Placement = resolve_placement(ep)
         self._trainer_choice = trainer_name(trainer)
         self._trainer_kind: str | None = None
-        self.store = StateStore(state, self.bundle.fingerprint)
-        self.history = History(self.store.root)
+        self.store = StateStore(state, self.bundle.fingerprint, keep_versions)
+        self._logs = History(self.store.root)
         self.policy = policy or guard.GuardPolicy()
         learning_rates(schedule, 1.0, 1)  # fail early on an unknown schedule
         self.schedule = schedule
@@ -305,6 +309,32 @@ class Adapter:
             new_classes=meta["arrival"]["new_classes"],
         )
 
+    def history(self) -> list[dict[str, Any]]:
+        """Every version, oldest first: time, origin, samples, accuracies, verdict, retained (``edgeft history``)."""
+        return collect_history(self.store.root)
+
+    def rollback(self, version: int | None = None) -> RollbackPlan:
+        """Make the head of ``version`` (default: the previous promoted head) current as a new version; commit.
+
+        Its replay buffer and holdout come back with it; the inputs learned since stay consumed in the journal.
+        Returns the plan that was committed (target, head source, undone versions and inputs).
+        """
+        self._open()
+        parent = self._version
+        if parent is None:
+            raise EdgeftError(f"state {self.store.root}: nothing learned yet, nothing to roll back")
+        chosen = plan(self.store, parent, version)
+        writers: dict[str, Callable[[Path], None]] = {
+            kind: (lambda dst, src=src: shutil.copyfile(src, dst)) for kind, src in chosen.target.files.items()
+        }
+        meta = rollback_meta(parent, chosen, datetime.now(timezone.utc).isoformat())
+        try:
+            self._version = self.store.commit(writers, meta, parent)
+        finally:
+            self._forget_uncommitted()
+        self._record()
+        return chosen
+
     def replay_buffer(self) -> ReplayBuffer:
         """The current version's latent replay buffer, as learning uses it (takes the writer lock)."""
         return self._open()[1]
@@ -312,7 +342,7 @@ class Adapter:
     def consumed_inputs(self) -> dict[str, int]:
         """sha256 -> version of every input the journal records as consumed (takes the writer lock)."""
         self._open()
-        return self.history.consumed()
+        return self._logs.consumed()
 
     def _learn_arrival(
         self,
@@ -415,11 +445,14 @@ class Adapter:
             writers = self._unchanged_writers(parent)
             classes, labels = self.classes, None
         meta = self._meta(parent, number, decision.promoted, classes, labels, received)
+        known_accuracy = arrival.get("prequential", {}).get("known_accuracy")
+        meta["drift"], signal = drift.update(parent.meta.get("drift") if parent else None, known_accuracy)
         meta["arrival"] = {
             **arrival,
             "guard": decision.to_dict(),
             "promoted": decision.promoted,
             "new_classes": classes[len(self.classes) :] if decision.promoted else [],
+            **({"drift": signal} if signal else {}),
         }
         self._version = self.store.commit(writers, meta, parent)
         if not decision.promoted:
@@ -431,7 +464,7 @@ class Adapter:
     def _record(self) -> None:
         """Append the new version's log lines; the logs derive from committed versions, so a failure waits."""
         try:
-            self.history.record(self._version)
+            self._logs.record(self._version)
         except OSError:
             self._history_behind = True  # caught up on the next learn
 
@@ -447,14 +480,17 @@ class Adapter:
     def _prequential(
         self, features: np.ndarray, labels: np.ndarray, parameters: Parameters, known: int
     ) -> dict[str, float | int | None]:
-        """Accuracy and log-loss of the current head on an arrival before learning from it (progressive validation)."""
+        """Accuracy and log-loss of the current head on an arrival before learning from it (progressive validation);
+        ``known_accuracy`` counts only samples of classes the head already knew (the drift signal's input)."""
         if known == 0:
-            return {"samples": len(labels), "accuracy": None, "loss": None}
+            return {"samples": len(labels), "accuracy": None, "loss": None, "known_accuracy": None}
         probabilities = self._predictor.probabilities(features, parameters, known)
+        seen = labels < known
         return {
             "samples": len(labels),
             "accuracy": guard.accuracy(probabilities, labels),
             "loss": guard.log_loss(probabilities, labels),
+            "known_accuracy": guard.accuracy(probabilities[seen], labels[seen]) if seen.any() else None,
         }
 
     def _judge(
@@ -507,6 +543,7 @@ class Adapter:
             "samples_accepted": accepted,
             "samples_received": int(previous.get("samples_received", 0)) + received,
             "head_version": number if promoted else previous.get("head_version", 0),
+            "head_source": number if promoted else previous.get("head_source", previous.get("head_version", 0)),
         }
 
     def _unchanged_writers(
@@ -550,7 +587,7 @@ class Adapter:
             self._replay = self._load_buffer("replay.npz", self._replay_per_class)
             self._holdout = self._load_buffer("holdout.npz", self.policy.holdout_per_class)
         if self._history_behind:
-            self.history.catch_up(self.store)
+            self._logs.catch_up(self.store)
             self._history_behind = False
         return self._trainer, self._replay, self._holdout
 

@@ -74,12 +74,15 @@ def last_version(path: Path) -> tuple[int, int]:
 
 
 def journal_rows(version: Version) -> list[dict[str, Any]]:
-    """Journal lines for the inputs a version consumed."""
+    """Journal lines for the inputs a version consumed (or, for a rollback, the inputs whose learning it undid)."""
     arrival = version.meta.get("arrival", {})
     status = "learned" if arrival.get("promoted", True) else "rejected"
+    undone = arrival.get("rollback", {}).get("undone_inputs", [])  # still consumed: a rollback undoes, never forgets
+    rows = [(status, item) for item in arrival.get("inputs", [])]
+    rows += [("rolled_back", {**item, "learned_in": item["version"]}) for item in undone]
     return [
-        {"time": version.meta.get("created"), "version": version.number, "status": status, **item}
-        for item in arrival.get("inputs", [])
+        {**item, "time": version.meta.get("created"), "version": version.number, "status": state}
+        for state, item in rows
     ]
 
 

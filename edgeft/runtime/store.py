@@ -46,9 +46,12 @@ class Version:
 class StateStore:
     """Reads and commits versions in one state directory bound to one bundle."""
 
-    def __init__(self, root: str | Path, bundle_fingerprint: str) -> None:
+    def __init__(self, root: str | Path, bundle_fingerprint: str, keep: int = KEEP_VERSIONS) -> None:
+        if keep < 1:
+            raise EdgeftError(f"keep at least 1 version (got {keep})")
         self.root = Path(root)
         self._fingerprint = bundle_fingerprint
+        self.keep = keep
         self._lock_fd: int | None = None
         if self.root.exists() and not self.root.is_dir():
             raise EdgeftError(f"state path {self.root} exists and is not a directory")
@@ -81,6 +84,18 @@ class StateStore:
 
     def load(self, number: int) -> Version:
         """One committed version, verified against its metadata's sha256."""
+        return self._load(number)
+
+    def retained_version(self, number: int) -> Version:
+        """A committed version that is still on disk, or an error saying it was pruned (or never existed)."""
+        retained = self.retained()
+        if number not in retained:
+            newest = retained[-1] if retained else 0
+            why = "does not exist yet" if number > newest or number < 1 else "was pruned"
+            kept = f"{retained[0]}..{newest}" if retained else "none"
+            raise EdgeftError(
+                f"state {self.root}: version {number} {why} (retained: {kept}; keep more with --keep-versions)"
+            )
         return self._load(number)
 
     def _load(self, number: int) -> Version:
@@ -157,6 +172,6 @@ class StateStore:
         for path in sorted(self.versions_dir.iterdir(), key=lambda p: not p.name.endswith(".json")):
             stem = path.name.split(".")[0]
             stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
-            old = stem.isdigit() and int(stem) <= newest - KEEP_VERSIONS
+            old = stem.isdigit() and int(stem) <= newest - self.keep
             if stale_tmp or old:
                 path.unlink(missing_ok=True)

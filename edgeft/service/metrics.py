@@ -57,6 +57,12 @@ def collect(state: Path, inbox: Path | None = None) -> list[Sample]:
             "Arrivals learned, by the guard's verdict.",
             [('result="promoted"', updates.get("promoted", 0)), ('result="refused"', updates.get("refused", 0))],
         ),
+        (
+            "edgeft_rollbacks_total",
+            "counter",
+            "Rollbacks: an earlier head made current again.",
+            [("", updates.get("rollbacks", 0))],
+        ),
     ]
     if inbox is not None:
         quarantined = len(list((inbox / QUARANTINE_DIR).glob("*.reason.txt")))
@@ -88,6 +94,30 @@ def collect(state: Path, inbox: Path | None = None) -> list[Sample]:
                 [("", prequential)],
             )
         )
+    families.append(
+        (
+            "edgeft_drift_alarms_total",
+            "counter",
+            "Page-Hinkley drift alarms on the prequential error of arrivals (classes already known).",
+            [("", meta.get("drift", {}).get("alarms", 0))],
+        )
+    )
+    signal = arrival.get("drift")
+    if signal:
+        families += [
+            (
+                "edgeft_drift_statistic",
+                "gauge",
+                "Page-Hinkley statistic after the last arrival (an alarm above 0.5).",
+                [("", signal["statistic"])],
+            ),
+            (
+                "edgeft_drift_detected",
+                "gauge",
+                "1 if the last arrival raised a drift alarm.",
+                [("", signal["detected"])],
+            ),
+        ]
     if created:
         stamp = datetime.fromisoformat(created).timestamp()
         families.append(("edgeft_last_update_timestamp_seconds", "gauge", "Time of the last commit.", [("", stamp)]))

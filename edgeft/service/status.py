@@ -66,7 +66,9 @@ def collect_status(state: Path, inbox: Path | None = None) -> dict[str, Any]:
             "reason": arrival.get("guard", {}).get("reason"),
             "prequential_accuracy": arrival.get("prequential", {}).get("accuracy"),
             "holdout_accuracy": recorded_holdout_accuracy(arrival),
+            "drift": arrival.get("drift"),
         },
+        "drift_alarms": meta.get("drift", {}).get("alarms", 0),
         "recent_prequential_accuracy": [r.get("prequential", {}).get("accuracy") for r in recent],
         "pending_files": len(list((state / PENDING_DIR).glob("*.npz"))),
         "rejected_heads": len(list((state / REJECTED_DIR).glob("*.head.npz"))),
@@ -77,6 +79,14 @@ def collect_status(state: Path, inbox: Path | None = None) -> dict[str, Any]:
 
 def _figure(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _drift(signal: dict[str, Any] | None, alarms: int) -> str:
+    """The last arrival's Page-Hinkley statistic and whether it raised an alarm, and the alarms so far."""
+    if signal is None:
+        return f"not measured on the last arrival; {alarms} alarms so far"
+    now = "ALARM: the world changed" if signal["detected"] else "no alarm"
+    return f"Page-Hinkley {signal['statistic']:.3f} on the last arrival ({now}); {alarms} alarms so far"
 
 
 def _inbox_line(status: dict[str, Any]) -> list[str]:
@@ -106,11 +116,13 @@ def format_status(status: dict[str, Any]) -> str:
             f"version     {status['version']} (head from version {status['head_version']}), {status['created']}",
             f"classes     {len(status['classes'])}: {', '.join(status['classes'])}",
             f"samples     {status['samples_received']} received, {status['samples_accepted']} accepted",
-            f"updates     {updates.get('promoted', 0)} promoted, {updates.get('refused', 0)} refused",
+            f"updates     {updates.get('promoted', 0)} promoted, {updates.get('refused', 0)} refused, "
+            f"{updates.get('rollbacks', 0)} rollbacks",
             f"last        {last['origin']}: {last['samples']} samples, {verdict}",
             f"accuracy    prequential {_figure(last['prequential_accuracy'])}, "
             f"holdout {_figure(last['holdout_accuracy'])}",
             f"recent      prequential accuracy of the last arrivals: {recent}",
+            f"drift       {_drift(last['drift'], status['drift_alarms'])}",
             f"kept        {status['pending_files']} pending files, {status['rejected_heads']} refused heads",
             f"learner     {running}",
             *_inbox_line(status),

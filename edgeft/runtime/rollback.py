@@ -1,0 +1,114 @@
+"""Rollback: make an earlier version's head current again, as a new version (history stays append-only).
+
+A version's ``head_source`` is the version that trained its head: its own number when an arrival (or a fleet
+round) was promoted, its parent's when the guard refused, the target's when it is a rollback. Rolling back to
+version N copies N's head, replay buffer and holdout into a new version whose ``head_source`` is N's. The inputs
+learned since stay consumed in the journal (status ``rolled_back``): a rollback never makes them learnable again
+by accident; ``adapt --relearn`` learns them again on purpose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edgeft.errors import EdgeftError
+from edgeft.runtime.store import StateStore, Version
+
+ROLLBACK_ORIGIN = "rollback"
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    """What a rollback will commit: the target version, its head's source and the arrivals it undoes."""
+
+    target: Version
+    head_source: int
+    undone_versions: list[int]
+    undone_inputs: list[dict[str, Any]]
+
+
+def head_source(meta: dict[str, Any]) -> int:
+    """The version that trained this version's head (0: the bundle's initial head)."""
+    return int(meta.get("head_source", meta.get("head_version", 0)))
+
+
+def _is_rollback(meta: dict[str, Any]) -> bool:
+    return "rollback" in meta.get("arrival", {})
+
+
+def plan(store: StateStore, current: Version, number: int | None) -> RollbackPlan:
+    """Choose the target (``number``, or by default the newest retained promoted head older than the current
+    head) and list the arrivals whose learning it undoes; a clear error when there is nothing to roll back to."""
+    now = head_source(current.meta)
+    if number is None:
+        candidates = [
+            n for n in store.retained() if n < now and head_source(store.load(n).meta) == n and n != current.number
+        ]
+        if not candidates:
+            raise EdgeftError(
+                f"state {store.root}: no earlier promoted head is retained to roll back to (current head from version "
+                f"{now}; retained versions {store.retained()})"
+            )
+        number = candidates[-1]
+    target = store.retained_version(number)
+    source = head_source(target.meta)
+    if source == 0:
+        raise EdgeftError(
+            f"state {store.root}: version {number} still had the bundle's initial head; to start over, use a new "
+            "--state directory"
+        )
+    if source == now:
+        raise EdgeftError(
+            f"state {store.root}: version {number}'s head (trained at version {source}) is already current"
+        )
+    later = [store.load(n) for n in store.retained() if number < n <= current.number]
+    already = {
+        item["sha256"] for v in later if _is_rollback(v.meta) for item in v.meta["arrival"]["rollback"]["undone_inputs"]
+    }
+    undone = [
+        v
+        for v in later
+        if v.meta.get("arrival", {}).get("promoted") and not _is_rollback(v.meta) and head_source(v.meta) == v.number
+    ]
+    inputs = [
+        {**item, "version": v.number}
+        for v in undone
+        for item in v.meta["arrival"].get("inputs", [])
+        if item.get("sha256") not in already
+    ]
+    return RollbackPlan(target, source, [v.number for v in undone], inputs)
+
+
+def rollback_meta(parent: Version, chosen: RollbackPlan, created: str) -> dict[str, Any]:
+    """Metadata of the rollback version: the target's label map and counts, the parent's cumulative counters."""
+    previous, target = parent.meta, chosen.target.meta
+    updates = {"promoted": 0, "refused": 0, "rollbacks": 0, **previous.get("updates", {})}
+    updates["rollbacks"] += 1
+    number = parent.number + 1
+    return {
+        **{key: previous[key] for key in ("drift",) if key in previous},
+        "updates": updates,
+        "created": created,
+        "classes": list(target.get("classes", [])),
+        "class_counts": dict(target.get("class_counts", {})),
+        "samples_accepted": int(previous.get("samples_accepted", 0)),
+        "samples_received": int(previous.get("samples_received", 0)),
+        "head_version": number,
+        "head_source": chosen.head_source,
+        "arrival": {
+            "origin": ROLLBACK_ORIGIN,
+            "inputs": [],
+            "samples": 0,
+            "promoted": True,
+            "reason": f"rolled back to version {chosen.target.number} (head trained at version {chosen.head_source})",
+            "new_classes": [],
+            "rollback": {
+                "to": chosen.target.number,
+                "from": parent.number,
+                "head_source": chosen.head_source,
+                "undone_versions": chosen.undone_versions,
+                "undone_inputs": chosen.undone_inputs,
+            },
+        },
+    }
