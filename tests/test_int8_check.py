@@ -86,6 +86,8 @@ def test_check_catches_a_backbone_that_disagrees_and_the_adapter_refuses_it(bad_
         Adapter(bad_bundle, tmp_path / "state")
     cached = json.loads((tmp_path / "state" / CACHE_FILE).read_text())
     assert [key.split("@")[1] for key in cached] == [cpu_signature()] and not next(iter(cached.values()))["ok"]
+    shown = run_cli("status", "--state", tmp_path / "state")
+    assert shown.returncode == 0 and "int8        int8 backbone DISAGREES" in shown.stdout
 
 
 def test_check_runs_once_per_cpu_signature(int8_bundle: Path, tmp_path: Path) -> None:

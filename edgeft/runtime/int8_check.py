@@ -93,16 +93,27 @@ def cached_check(bundle: Bundle, state: Path) -> dict[str, Any] | None:
         return None
     path = state / CACHE_FILE
     key = f"{bundle.manifest.files['backbone.onnx']}@{cpu_signature()}"
-    try:
-        known = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        known = {}
+    known = _read(path)
     if key not in known:
         known[key] = check_bundle(bundle)
         state.mkdir(parents=True, exist_ok=True)
         text = json.dumps(known, indent=2, sort_keys=True) + "\n"
         write_atomic(path, lambda tmp: tmp.write_text(text))
     return known[key]
+
+
+def read_checks(state: Path) -> list[dict[str, Any]]:
+    """The int8 checks cached in ``state`` (one per bundle backbone and CPU signature), for ``status``."""
+    return list(_read(state / CACHE_FILE).values())
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The cache file's results by key; empty when missing or unreadable (the checks then run again)."""
+    try:
+        known = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def describe(result: dict[str, Any]) -> str:
