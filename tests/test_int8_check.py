@@ -19,7 +19,15 @@ from edgeft.errors import EdgeftError
 from edgeft.export import export_bundle
 from edgeft.export.quantize import MIN_MEAN_COSINE, PROBE_MARGIN, PROBE_SAMPLES
 from edgeft.runtime.adapter import Adapter
-from edgeft.runtime.int8_check import CACHE_FILE, PROBE_FILE, cached_check, check_bundle, cpu_family, cpu_signature
+from edgeft.runtime.int8_check import (
+    CACHE_FILE,
+    PROBE_FILE,
+    cached_check,
+    check_bundle,
+    cpu_family,
+    cpu_signature,
+    save_probe,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +66,9 @@ def test_cpu_family_and_signature_name_the_kernels() -> None:
     assert cpu_signature().startswith(f"{family}/onnxruntime-")
 
 
-def test_int8_bundle_carries_a_listed_probe_that_passes_where_it_was_exported(int8_bundle: Path) -> None:
+def test_int8_bundle_carries_a_listed_probe_that_passes_where_it_was_exported(
+    int8_bundle: Path, tmp_path: Path
+) -> None:
     bundle = Bundle.load(int8_bundle)
     rule = bundle.manifest.quantization["probe"]
     assert rule["file"] == PROBE_FILE and PROBE_FILE in bundle.manifest.files
@@ -66,6 +76,10 @@ def test_int8_bundle_carries_a_listed_probe_that_passes_where_it_was_exported(in
     assert rule["min_mean_cosine"] == pytest.approx(max(MIN_MEAN_COSINE, rule["export_mean_cosine"] - PROBE_MARGIN))
     with np.load(int8_bundle / PROBE_FILE, allow_pickle=False) as probe:
         assert probe["x"].shape[0] == probe["features"].shape[0] == PROBE_SAMPLES
+    copy = tmp_path / PROBE_FILE
+    with np.load(int8_bundle / PROBE_FILE, allow_pickle=False) as probe:
+        save_probe(copy, probe["x"], probe["features"])
+    assert copy.read_bytes() == (int8_bundle / PROBE_FILE).read_bytes()  # reproducible bytes
     result = check_bundle(bundle)
     assert result is not None and result["ok"] and result["cpu"] == cpu_signature()
     assert result["mean_cosine"] == pytest.approx(rule["export_mean_cosine"], abs=1e-3)

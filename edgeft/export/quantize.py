@@ -25,7 +25,7 @@ from edgeft.bundle import Manifest, sha256_file
 from edgeft.errors import EdgeftError
 from edgeft.export import float_prefix
 from edgeft.runtime.guard import lost_and_won, significantly_worse
-from edgeft.runtime.int8_check import PROBE_FILE
+from edgeft.runtime.int8_check import PROBE_FILE, save_probe
 from edgeft.runtime.sources import Samples
 
 SCHEMES = ("int8",)
@@ -223,7 +223,7 @@ def write_probe(folder: Path, x: np.ndarray, reference: np.ndarray, features: np
     manifest's ``probe`` record: the file and the mean cosine a device must reach (this machine's less
     PROBE_MARGIN, at least MIN_MEAN_COSINE)."""
     count = min(PROBE_SAMPLES, len(x))
-    np.savez(folder / PROBE_FILE, x=x[:count], features=reference[:count])
+    save_probe(folder / PROBE_FILE, x[:count], reference[:count])
     here = float(_cosines(reference[:count], features[:count]).mean())
     return {
         "file": PROBE_FILE,

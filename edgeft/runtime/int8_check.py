@@ -9,8 +9,10 @@ probe through the int8 backbone here. Its result is cached per CPU signature in 
 
 from __future__ import annotations
 
+import io
 import json
 import platform
+import zipfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,20 @@ from edgeft.runtime.atomic import write_atomic
 
 PROBE_FILE = "int8_probe.npz"
 CACHE_FILE = "int8_check.json"
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _DEPTH = 64  # products summed by the kernel probe: pairs of 255 * 127 overflow int16 (32,767) when summed
+
+
+def save_probe(path: Path, x: np.ndarray, features: np.ndarray) -> None:
+    """Write the probe as an uncompressed .npz with fixed timestamps (same probe, same bytes: rebuilt bundles stay
+    byte-identical); ``np.load`` reads it."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for key, value in (("features", features), ("x", x)):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(key + ".npy", date_time=_ZIP_EPOCH)
+            info.external_attr = 0o600 << 16
+            archive.writestr(info, buffer.getvalue())
 
 
 @cache
