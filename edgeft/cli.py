@@ -221,6 +221,13 @@ def export(
             "(0: all int8; fewer than the backbone's weight layers)."
         ),
     ] = None,
+    target_cpu: Annotated[
+        str | None,
+        typer.Option(
+            help="--quantize: the device CPU: vnni (the default; also right for arm64) or arm64 keep full 8-bit "
+            "weights; avx2 (x86 without AVX-512 VNNI) uses 7-bit weights that its int8 kernels cannot saturate."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -232,6 +239,7 @@ def export(
     if quantize is None:  # int8-only options set in a config file or the environment do not apply to float exports
         calibration = _from_command_line(ctx, "calibration", calibration)
         keep_float = _from_command_line(ctx, "keep_float", keep_float)
+        target_cpu = _from_command_line(ctx, "target_cpu", target_cpu)
     float_layers = _keep_float(keep_float)
     if (model is None) == (torch_factory is None):
         raise typer.BadParameter("give an ONNX MODEL or --torch package.module:factory (one of them)")
@@ -283,6 +291,7 @@ def export(
             quantize=quantize,
             calibration=calibration,
             keep_float=float_layers,
+            target_cpu=target_cpu,
             force=force,
         )
         m = bundle.manifest
@@ -329,7 +338,17 @@ def _quantization_summary(record: dict) -> str:
         f"{record['scheme']} {record['format']}, {record['backbone_bytes'] / 1e6:.1f} MB "
         f"(float {record['float_backbone']['bytes'] / 1e6:.1f} MB), calibrated on {record['calibration']['samples']} "
         f"samples{_float_layers(record.get('float_layers'))}; on {v['held_out_samples']} held-out samples "
-        f"mean cosine {v['mean_cosine']:.4f} to the float features{probe}"
+        f"mean cosine {v['mean_cosine']:.4f} to the float features{probe}{_probe_rule(record)}"
+    )
+
+
+def _probe_rule(record: dict) -> str:
+    """Text like '; for vnni CPUs, self-check: probe mean cosine >= 0.9866'; nothing for exports before the probe."""
+    if "probe" not in record:
+        return ""
+    return (
+        f"; for {record['target_cpu']} CPUs, self-check on first use: {record['probe']['samples']} probe samples "
+        f"must reach mean cosine {record['probe']['min_mean_cosine']} (`edgeft check`)"
     )
 
 
@@ -712,6 +731,27 @@ def info(bundle: BundleArg, as_json: JsonOpt = False) -> None:
             "files       " + "\n            ".join(f"{name}  {digest[:12]}..." for name, digest in m.files.items()),
         ]
         typer.echo("\n".join(lines))
+
+
+@app.command()
+def check(bundle: BundleArg, as_json: JsonOpt = False) -> None:
+    """Run an int8 bundle's probe through its backbone on this CPU; exit 1 when the int8 features disagree."""
+    from edgeft.bundle import Bundle
+    from edgeft.runtime.int8_check import check_bundle, describe, refusal
+
+    with _reported():
+        loaded = Bundle.load(bundle)
+        result = check_bundle(loaded)
+        if as_json:
+            typer.echo(json.dumps({"bundle": str(loaded.path), "int8_check": result}))
+        elif result is None:
+            typer.echo(
+                f"{loaded.path}: no int8 probe to run (a float backbone, or an int8 export older than the probe)"
+            )
+        else:
+            typer.echo(describe(result))
+        if result is not None and not result["ok"]:
+            raise refusal(loaded, result)
 
 
 @app.command()

@@ -15,8 +15,16 @@ from tiny_models import CHANNELS, SIZE
 from edgeft.bundle import MANIFEST_FILE, Bundle
 from edgeft.errors import EdgeftError
 from edgeft.export import export_bundle, float_prefix
-from edgeft.export.quantize import MAX_CALIBRATION, MAX_PROBE_DROP, MIN_MEAN_COSINE, compare_features, probe_fails
+from edgeft.export.quantize import (
+    MAX_CALIBRATION,
+    MAX_PROBE_DROP,
+    MIN_MEAN_COSINE,
+    REDUCED_WEIGHT_QMAX,
+    compare_features,
+    probe_fails,
+)
 from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.int8_check import check_bundle, cpu_family
 from edgeft.runtime.merge import merged_model
 from edgeft.runtime.sources import Samples
 
@@ -124,13 +132,36 @@ def test_float_manifest_has_no_quantisation_key_and_old_manifests_load(bundles: 
     assert Bundle.load(float_dir).manifest.quantization == {}
 
 
-def test_int8_features_agree_with_float_features(bundles: tuple[Path, Path]) -> None:
+@pytest.fixture(scope="module")
+def avx2_bundle(model_path: Path, calibration: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The int8 bundle of the same model for x86 CPUs without VNNI (7-bit weights)."""
+    out = tmp_path_factory.mktemp("avx2") / "int8"
+    return export_bundle(
+        model_path, out, classes=list(CLASSES), quantize="int8", calibration=calibration, target_cpu="avx2"
+    ).path
+
+
+def test_int8_features_agree_with_float_features(bundles: tuple[Path, Path], avx2_bundle: Path) -> None:
+    """Within 5% of the largest feature wherever the kernels cannot saturate: 8-bit weights on exact kernels (x86
+    with VNNI, arm64), 7-bit weights (--target-cpu avx2) everywhere. Saturating kernels with 8-bit weights are the
+    self-check's job (tests/test_int8_check.py)."""
     float_dir, int8_dir = bundles
     x, _ = make_dataset(64, seed=11)
     (reference,) = run_onnx(float_dir / "backbone.onnx", {"image": x})
-    (features,) = run_onnx(int8_dir / "backbone.onnx", {"image": x})
-    assert features.shape == reference.shape
-    np.testing.assert_allclose(features, reference, atol=0.05 * np.abs(reference).max())
+    exact = [avx2_bundle] + ([int8_dir] if cpu_family() != "x86-saturating" else [])
+    for bundle_dir in exact:
+        (features,) = run_onnx(bundle_dir / "backbone.onnx", {"image": x})
+        assert features.shape == reference.shape
+        np.testing.assert_allclose(features, reference, atol=0.05 * np.abs(reference).max(), err_msg=str(bundle_dir))
+
+
+def test_avx2_target_has_7_bit_weights_and_says_so(bundles: tuple[Path, Path], avx2_bundle: Path) -> None:
+    record = Bundle.load(avx2_bundle).manifest.quantization
+    assert record["target_cpu"] == "avx2" and record["weights"].endswith("7-bit range")
+    assert Bundle.load(bundles[1]).manifest.quantization["target_cpu"] == "vnni"
+    backbone = onnx.load(str(avx2_bundle / "backbone.onnx"))
+    weights = [numpy_helper.to_array(i) for i in backbone.graph.initializer if i.data_type == TensorProto.INT8]
+    assert weights and max(int(np.abs(w).max()) for w in weights) <= REDUCED_WEIGHT_QMAX
 
 
 def test_adapter_learns_on_the_int8_bundle_as_well_as_on_the_float_one(
@@ -229,7 +260,13 @@ def test_shipped_int8_bundle_is_the_float_default_on_an_int8_backbone() -> None:
     (reference,) = run_onnx(float_bundle.backbone_path, {"image": x})
     (features,) = run_onnx(int8_bundle.backbone_path, {"image": x})
     cosine = np.sum(reference * features, 1) / np.linalg.norm(reference, axis=1) / np.linalg.norm(features, axis=1)
-    assert cosine.mean() >= float_prefix.TARGET_MEAN_COSINE
+    # Exact int8 kernels reproduce the export machine's agreement; x86 without VNNI saturates the 8-bit weights
+    # (0.958 on Haswell), where only the export's own refusal floor holds.
+    exact = cpu_family() != "x86-saturating"
+    assert cosine.mean() >= (float_prefix.TARGET_MEAN_COSINE if exact else MIN_MEAN_COSINE)
+    # The self-check passes it where the kernels are exact and catches it where they saturate (0.9622 < 0.9865 on Haswell).
+    result = check_bundle(int8_bundle)
+    assert result is not None and result["ok"] == exact, result
     layers = q.quantization["float_layers"]
     assert layers["chosen"] == "auto" and layers["compute_share"] <= float_prefix.MAX_FLOAT_SHARE
     assert (

@@ -25,9 +25,19 @@ from edgeft.bundle import Manifest, sha256_file
 from edgeft.errors import EdgeftError
 from edgeft.export import float_prefix
 from edgeft.runtime.guard import lost_and_won, significantly_worse
+from edgeft.runtime.int8_check import PROBE_FILE, save_probe
 from edgeft.runtime.sources import Samples
 
 SCHEMES = ("int8",)
+# The CPU the bundle is meant for. ORT's uint8×int8 kernels are exact on x86 with VNNI and on arm64; on x86 without
+# VNNI they add pairs of products in saturating int16, which 7-bit weights (ORT's reduce_range) cannot overflow.
+TARGET_CPUS = ("vnni", "arm64", "avx2")
+REDUCED_RANGE_TARGETS = ("avx2",)
+# The probe an int8 bundle carries (runtime.int8_check): PROBE_SAMPLES held-out inputs and their float features; a
+# device must reach the export machine's own probe agreement less PROBE_MARGIN (kernels that accumulate exactly
+# differ only in float rounding, far below it; saturating ones cost the default bundle 0.04).
+PROBE_SAMPLES = 16
+PROBE_MARGIN = 0.01
 HELD_OUT_FRACTION = 0.25
 MAX_CALIBRATION = 256
 MAX_HELD_OUT = 256
@@ -47,12 +57,19 @@ PROBE_RIDGE = 1.0
 # requantised with the smallest weight scale that keeps |quantised bias| near BIAS_LIMIT (headroom for the sums).
 BIAS_LIMIT = 2**30
 WEIGHT_QMAX = 127
+REDUCED_WEIGHT_QMAX = 64  # ORT's symmetric 7-bit range: 255 * 64 * 2 = 32,640 fits int16
 
 
-def check_request(scheme: str | None, calibration: object, keep_float: object = None) -> int | str:
-    """Refuse an unknown scheme, a scheme without calibration data, calibration data or a number of float layers
-    without a scheme (``"auto"``, the default, is ignored then), and a ``keep_float`` that is not a layer count.
-    Returns ``keep_float`` as quantize_backbone takes it (float_layers)."""
+def check_request(
+    scheme: str | None, calibration: object, keep_float: object = None, target_cpu: str | None = None
+) -> int | str:
+    """Refuse an unknown scheme, a scheme without calibration data, calibration data, a number of float layers or a
+    target CPU without a scheme (``"auto"``, the default, is ignored then), a ``keep_float`` that is not a layer
+    count and an unknown ``target_cpu``. Returns ``keep_float`` as quantize_backbone takes it (float_layers)."""
+    if target_cpu is not None and target_cpu not in TARGET_CPUS:
+        raise EdgeftError(f"unknown --target-cpu '{target_cpu}'; choose one of {', '.join(TARGET_CPUS)}")
+    if scheme is None and target_cpu is not None:
+        raise EdgeftError("--target-cpu is only used with --quantize int8")
     if scheme is None:
         if calibration is not None:
             raise EdgeftError("calibration data is only used with --quantize int8")
@@ -121,6 +138,7 @@ def quantize_backbone(
     seed: int,
     source: str,
     keep_float: int | str = float_prefix.AUTO,
+    target_cpu: str = TARGET_CPUS[0],
 ) -> dict[str, Any]:
     """Replace the float ``backbone`` file by its int8 version; return the manifest's ``quantization`` record.
 
@@ -129,11 +147,14 @@ def quantize_backbone(
     float_prefix.TARGET_MEAN_COSINE within MAX_FLOAT_SHARE of the compute (float_prefix.search). Raises
     EdgeftError (naming ``source``, the original model) when ORT cannot quantise the graph, the graph has no weight
     layer, or ``keep_float`` would leave none int8; or (naming the calibration data) when the int8 features
-    disagree with the float ones.
+    disagree with the float ones. ``target_cpu`` (TARGET_CPUS) chooses full 8-bit or 7-bit weights. The int8
+    probe (PROBE_FILE) is written beside ``backbone``.
     """
     order = np.random.default_rng(seed).permutation(len(calibration.x))
     n_held = max(1, round(len(order) * HELD_OUT_FRACTION))
     held, calib = order[:n_held][:MAX_HELD_OUT], order[n_held:][:MAX_CALIBRATION]
+    reduce_range = target_cpu in REDUCED_RANGE_TARGETS
+    qmax = REDUCED_WEIGHT_QMAX if reduce_range else WEIGHT_QMAX
     float_bytes, float_sha = backbone.stat().st_size, sha256_file(backbone)
     reference = _embed(str(backbone), input_name, calibration.x[held])
     with tempfile.TemporaryDirectory(prefix="edgeft-quantize-") as tmp:
@@ -145,8 +166,10 @@ def quantize_backbone(
 
         def build(prefix: float_prefix.Prefix) -> None:
             """Quantise with ``prefix`` float, repair the biases, embed the held-out samples."""
-            model = _quantize(prepared_path, input_name, calibration.x[calib], prefix.nodes, Path(tmp), source)
-            last.update(layers=prefix.layers, model=model, repaired=repair_int32_biases(model, prepared))
+            model = _quantize(
+                prepared_path, input_name, calibration.x[calib], prefix.nodes, Path(tmp), source, reduce_range
+            )
+            last.update(layers=prefix.layers, model=model, repaired=repair_int32_biases(model, prepared, qmax))
             features[prefix.layers] = _embed(model.SerializeToString(), input_name, calibration.x[held])
 
         def held_out_cosine(prefix: float_prefix.Prefix) -> float:
@@ -169,12 +192,14 @@ def quantize_backbone(
     kept = f"the first {_layers(chosen.layers)} float" if chosen.layers else "every weight layer int8"
     agreement = compare_features(reference, features[chosen.layers], calibration, held, f"with {kept} ({how})")
     onnx.save(quantized, str(backbone))
+    probe = write_probe(backbone.parent, calibration.x[held], reference, features[chosen.layers])
     return {
         "scheme": "int8",
         "tool": f"onnxruntime {onnxruntime.__version__} quant_pre_process + quantize_static",
         "format": "QDQ",
         "activations": "uint8, per tensor, asymmetric, MinMax calibration",
-        "weights": "int8, per output channel, symmetric",
+        "weights": f"int8, per output channel, symmetric{', 7-bit range' if reduce_range else ''}",
+        "target_cpu": target_cpu,
         "calibration": {"source": Path(calibration.origin).name, "samples": int(len(calib)), "seed": seed},
         "float_layers": {
             "count": chosen.layers,
@@ -189,6 +214,22 @@ def quantize_backbone(
         "float_backbone": {"bytes": float_bytes, "sha256": float_sha},
         "backbone_bytes": backbone.stat().st_size,
         "validation": agreement,
+        "probe": probe,
+    }
+
+
+def write_probe(folder: Path, x: np.ndarray, reference: np.ndarray, features: np.ndarray) -> dict[str, Any]:
+    """Save the first PROBE_SAMPLES held-out inputs and float features as PROBE_FILE in ``folder``; return the
+    manifest's ``probe`` record: the file and the mean cosine a device must reach (this machine's less
+    PROBE_MARGIN, at least MIN_MEAN_COSINE)."""
+    count = min(PROBE_SAMPLES, len(x))
+    save_probe(folder / PROBE_FILE, x[:count], reference[:count])
+    here = float(_cosines(reference[:count], features[:count]).mean())
+    return {
+        "file": PROBE_FILE,
+        "samples": count,
+        "export_mean_cosine": round(here, 4),
+        "min_mean_cosine": round(max(MIN_MEAN_COSINE, here - PROBE_MARGIN), 4),
     }
 
 
@@ -207,9 +248,16 @@ def _prepare(backbone: Path, prepared_path: Path, source: str) -> onnx.ModelProt
 
 
 def _quantize(
-    prepared_path: Path, input_name: str, x: np.ndarray, keep_float: tuple[str, ...], tmp: Path, source: str
+    prepared_path: Path,
+    input_name: str,
+    x: np.ndarray,
+    keep_float: tuple[str, ...],
+    tmp: Path,
+    source: str,
+    reduce_range: bool,
 ) -> onnx.ModelProto:
-    """ORT's quantize_static on the prepared graph, leaving the ``keep_float`` nodes float."""
+    """ORT's quantize_static on the prepared graph, leaving the ``keep_float`` nodes float (7-bit weights with
+    ``reduce_range``)."""
     quantized_path = tmp / "int8.onnx"
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -222,6 +270,7 @@ def _quantize(
                 _Reader(input_name, x),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
+                reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
@@ -275,11 +324,13 @@ class _Reader:
         return next(self._batches, None)
 
 
-def repair_int32_biases(quantized: onnx.ModelProto, prepared: onnx.ModelProto) -> dict[str, int]:
+def repair_int32_biases(
+    quantized: onnx.ModelProto, prepared: onnx.ModelProto, qmax: int = WEIGHT_QMAX
+) -> dict[str, int]:
     """Requantise the weight channels whose int32 bias does not fit; return {node name: channels repaired}.
 
     A repaired channel gets weight scale ``|bias| / (input_scale * BIAS_LIMIT)``: its bias becomes exact and its
-    (near-zero) weights are rounded on that coarser grid. ``quantized`` is changed in place.
+    (near-zero) weights are rounded on that coarser grid, within ±``qmax``. ``quantized`` is changed in place.
     """
     inits = {i.name: i for i in quantized.graph.initializer}
     producer = {o: n for n in quantized.graph.node for o in n.output}
@@ -307,7 +358,7 @@ def repair_int32_biases(quantized: onnx.ModelProto, prepared: onnx.ModelProto) -
         weight = numpy_helper.to_array(float_inits[original.input[1]])
         axis = next((a.i for a in w_dq.attribute if a.name == "axis"), 1) % weight.ndim
         grid = new_scale.reshape([-1 if d == axis else 1 for d in range(weight.ndim)])
-        q_weight = np.clip(np.rint(weight / grid), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+        q_weight = np.clip(np.rint(weight / grid), -qmax, qmax).astype(np.int8)
         bias_scale = (input_scale * new_scale.astype(np.float64)).astype(np.float32)
         q_bias_values = np.rint(bias / bias_scale).astype(np.int32)
         _replace(inits[w_dq.input[0]], q_weight)

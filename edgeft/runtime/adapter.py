@@ -24,6 +24,7 @@ from edgeft.runtime import drift, guard
 from edgeft.runtime.atomic import make_directory, write_atomic
 from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
+from edgeft.runtime.int8_check import cached_check, refusal
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
 from edgeft.runtime.ort import Placement, resolve_placement
 from edgeft.runtime.replay import ReplayBuffer
@@ -119,6 +120,9 @@ class Adapter:
         self._trainer_choice = trainer_name(trainer)
         self._trainer_kind: str | None = None
         self.store = StateStore(state, self.bundle.fingerprint, keep_versions)
+        self.int8_check = cached_check(self.bundle, self.store.root)
+        if self.int8_check is not None and not self.int8_check["ok"]:
+            raise refusal(self.bundle, self.int8_check)
         self._logs = History(self.store.root)
         self.policy = policy or guard.GuardPolicy()
         learning_rates(schedule, 1.0, 1)  # fail early on an unknown schedule

@@ -11,6 +11,7 @@ from edgeft.runtime.adapter import REJECTED_DIR
 from edgeft.runtime.guard import recorded_holdout_accuracy
 from edgeft.runtime.history import METRICS_FILE, read_lines
 from edgeft.runtime.inbox import PENDING_DIR
+from edgeft.runtime.int8_check import describe, read_checks
 from edgeft.runtime.store import LOCK_FILE
 from edgeft.service.metrics import current_meta
 from edgeft.service.queue import collect_inbox, counts
@@ -42,7 +43,13 @@ def collect_status(state: Path, inbox: Path | None = None) -> dict[str, Any]:
     if not (state / "CURRENT").is_file():
         if not state.is_dir():
             raise EdgeftError(f"state {state} does not exist")
-        return {"state": str(state), "version": 0, "learner": _learner(state), **queue}
+        return {
+            "state": str(state),
+            "version": 0,
+            "learner": _learner(state),
+            "int8_checks": read_checks(state),
+            **queue,
+        }
     try:
         meta = current_meta(state)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -73,6 +80,7 @@ def collect_status(state: Path, inbox: Path | None = None) -> dict[str, Any]:
         "pending_files": len(list((state / PENDING_DIR).glob("*.npz"))),
         "rejected_heads": len(list((state / REJECTED_DIR).glob("*.head.npz"))),
         "learner": _learner(state),
+        "int8_checks": read_checks(state),
         **queue,
     }
 
@@ -99,13 +107,17 @@ def _inbox_line(status: dict[str, Any]) -> list[str]:
     ]
 
 
+def _int8_lines(status: dict[str, Any]) -> list[str]:
+    return [f"int8        {describe(result)}" for result in status.get("int8_checks", [])]
+
+
 def format_status(status: dict[str, Any]) -> str:
     """The summary as a few aligned lines."""
     learner = status["learner"]
     running = f"running (pid {learner['pid']})" if learner["running"] else "not running"
     if not status.get("version"):
         lines = [f"state       {status['state']}", "version     0 (nothing learned yet)", f"learner     {running}"]
-        return "\n".join(lines + _inbox_line(status))
+        return "\n".join(lines + _int8_lines(status) + _inbox_line(status))
     last = status["last_arrival"]
     verdict = "promoted" if last["promoted"] else f"refused: {last['reason']}"
     updates = status["updates"]
@@ -125,6 +137,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"drift       {_drift(last['drift'], status['drift_alarms'])}",
             f"kept        {status['pending_files']} pending files, {status['rejected_heads']} refused heads",
             f"learner     {running}",
+            *_int8_lines(status),
             *_inbox_line(status),
         ]
     )

@@ -1,0 +1,149 @@
+"""Does this CPU run a bundle's int8 backbone as the export machine did? The probe check and its per-CPU cache.
+
+ONNX Runtime picks its int8 kernels by CPU: x86 with VNNI and arm64 accumulate uint8×int8 products exactly, while
+x86 with AVX2 (or AVX-512) but without VNNI adds pairs of products in saturating int16 (``vpmaddubsw``), so the
+same backbone can give other features there. An int8 bundle carries a probe (``int8_probe.npz``: a few held-out
+calibration inputs and the float backbone's features of them) and the agreement it must reach; the check runs the
+probe through the int8 backbone here. Its result is cached per CPU signature in the state directory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import zipfile
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeft.bundle import Bundle
+from edgeft.errors import EdgeftError
+from edgeft.runtime.atomic import write_atomic
+
+PROBE_FILE = "int8_probe.npz"
+CACHE_FILE = "int8_check.json"
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_DEPTH = 64  # products summed by the kernel probe: pairs of 255 * 127 overflow int16 (32,767) when summed
+
+
+def save_probe(path: Path, x: np.ndarray, features: np.ndarray) -> None:
+    """Write the probe as an uncompressed .npz with fixed timestamps (same probe, same bytes: rebuilt bundles stay
+    byte-identical); ``np.load`` reads it."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for key, value in (("features", features), ("x", x)):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(key + ".npy", date_time=_ZIP_EPOCH)
+            info.external_attr = 0o600 << 16
+            archive.writestr(info, buffer.getvalue())
+
+
+@cache
+def u8s8_saturates() -> bool:
+    """Whether ORT's uint8×int8 matrix product saturates here: run one on values whose pairwise sums overflow int16.
+
+    Found by running the kernel rather than by reading CPU flags, so it also holds under emulation (qemu)."""
+    weights = numpy_helper.from_array(np.full((_DEPTH, 4), 127, np.int8), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+        "u8s8_probe",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [4, _DEPTH])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 4])],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (product,) = session.run(None, {"a": np.full((4, _DEPTH), 255, np.uint8)})
+    return bool((product != 255 * 127 * _DEPTH).any())
+
+
+def cpu_family() -> str:
+    """``x86-saturating`` (x86 without VNNI), ``x86-exact`` (VNNI), ``arm64``, or the machine's name otherwise."""
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i686", "x86"):
+        return "x86-saturating" if u8s8_saturates() else "x86-exact"
+    if machine in ("aarch64", "arm64"):
+        return "arm64"
+    return machine
+
+
+def cpu_signature() -> str:
+    """What decides which int8 kernels run: the CPU family and the onnxruntime version."""
+    return f"{cpu_family()}/onnxruntime-{onnxruntime.__version__}"
+
+
+def check_bundle(bundle: Bundle) -> dict[str, Any] | None:
+    """Run the bundle's int8 probe here; None for a bundle without one (a float backbone or an older export).
+
+    Returns ``{"cpu", "mean_cosine", "min_mean_cosine", "samples", "ok"}``."""
+    rule = bundle.manifest.quantization.get("probe")
+    if not rule:
+        return None
+    with np.load(bundle.path / rule["file"], allow_pickle=False) as data:
+        x, reference = data["x"], data["features"]
+    session = onnxruntime.InferenceSession(str(bundle.backbone_path), providers=["CPUExecutionProvider"])
+    (features,) = session.run(None, {bundle.manifest.input.name: x})
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(features, axis=1)
+    cosine = np.sum(reference * features, axis=1) / np.maximum(norms, np.finfo(np.float32).tiny)
+    mean = round(float(cosine.mean()), 4)
+    threshold = float(rule["min_mean_cosine"])
+    return {
+        "cpu": cpu_signature(),
+        "mean_cosine": mean,
+        "min_mean_cosine": threshold,
+        "samples": int(len(x)),
+        "ok": mean >= threshold,
+    }
+
+
+def cached_check(bundle: Bundle, state: Path) -> dict[str, Any] | None:
+    """check_bundle, run once per CPU signature and bundle: the results live in ``state/int8_check.json``."""
+    if not bundle.manifest.quantization.get("probe"):
+        return None
+    path = state / CACHE_FILE
+    key = f"{bundle.manifest.files['backbone.onnx']}@{cpu_signature()}"
+    known = _read(path)
+    if key not in known:
+        known[key] = check_bundle(bundle)
+        state.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(known, indent=2, sort_keys=True) + "\n"
+        write_atomic(path, lambda tmp: tmp.write_text(text))
+    return known[key]
+
+
+def read_checks(state: Path) -> list[dict[str, Any]]:
+    """The int8 checks cached in ``state`` (one per bundle backbone and CPU signature), for ``status``."""
+    return list(_read(state / CACHE_FILE).values())
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The cache file's results by key; empty when missing or unreadable (the checks then run again)."""
+    try:
+        known = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def describe(result: dict[str, Any]) -> str:
+    """One line for logs, ``info`` and ``check``."""
+    verdict = "agrees" if result["ok"] else "DISAGREES"
+    return (
+        f"int8 backbone {verdict} with the float one on this CPU ({result['cpu']}): probe mean cosine "
+        f"{result['mean_cosine']} (needs {result['min_mean_cosine']}, {result['samples']} samples)"
+    )
+
+
+def refusal(bundle: Bundle, result: dict[str, Any]) -> EdgeftError:
+    """The error for a bundle whose int8 kernels disagree here, saying what to do."""
+    return EdgeftError(
+        f"{bundle.path}: {describe(result)}. This CPU's int8 kernels give other features than the export machine's; "
+        "use the float bundle here, or re-export with --target-cpu avx2 (7-bit weights that no x86 kernel "
+        "saturates), and run `edgeft check BUNDLE` on the device"
+    )
