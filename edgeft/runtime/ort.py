@@ -22,7 +22,7 @@ _TRAINING_PACKAGE = "onnxruntime.training"
 def _install_training_shell() -> None:
     if not _ort_shell.install():
         raise EdgeftError(
-            "ONNX Runtime training is not installed: use the portable trainer (--trainer onnx, the default), or "
+            "ONNX Runtime training is not installed: use the portable trainer (--trainer auto, the default, or onnx), or "
             "pip install 'edgeft[ort]' (onnxruntime-training-cpu 1.19.2: x86_64, Python <= 3.12 only)"
         )
 
