@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from helpers import CLI, SUBPROCESS_TIMEOUT, initial_parameters, make_dataset, needs_ort, one_error_line, run_cli
+from helpers import CLI, SUBPROCESS_TIMEOUT, initial_parameters, make_dataset, needs_ort, run_cli
 from tiny_models import save
 from zoo.onnx_families import FAMILIES
 
@@ -331,7 +331,9 @@ def test_cli_trainer_option_and_its_environment_variable(bundle_dir: Path, tmp_p
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["trainer"] == "onnx"
     wrong = run_cli("adapt", bundle_dir, "--data", tmp_path / "a.npz", "-s", tmp_path / "t", "--trainer", "torch")
-    assert wrong.returncode != 0 and "unknown trainer 'torch'" in one_error_line(wrong.stderr)
+    # onnxruntime may add a line of its own on some platforms (an unknown CPU vendor under qemu): look for ours
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    assert "edgeft: error: unknown trainer 'torch'; choose one of auto, onnx, ort" in wrong.stderr.splitlines()
     env = {**os.environ, "EDGEFT_ADAPT_TRAINER": "ort"}
     by_env = subprocess.run(
         [*CLI, "adapt", str(bundle_dir), "--data", str(tmp_path / "a.npz"), "-s", str(tmp_path / "u"), "--json"],
@@ -343,9 +345,8 @@ def test_cli_trainer_option_and_its_environment_variable(bundle_dir: Path, tmp_p
     if ort_training_installed():
         assert by_env.returncode == 0 and json.loads(by_env.stdout)["trainer"] == "ort", by_env.stderr
     else:
-        assert (
-            "ONNX Runtime training is not installed" in one_error_line(by_env.stderr) or "carries no" in by_env.stderr
-        )
+        assert by_env.returncode != 0 and "Traceback" not in by_env.stderr
+        assert "carries no ORT training artifacts" in by_env.stderr  # the variable chose ort; this bundle has none
 
 
 def test_providers_are_a_preference_list_with_the_cpu_last() -> None:
