@@ -38,3 +38,36 @@ def run_epochs(
         if progress:
             progress(1)
     return last_epoch_loss
+
+
+class EpochTrainer:
+    """``fit`` for a trainer that defines ``step(features, labels, lr) -> loss`` and the dtype its labels take."""
+
+    label_dtype: type = np.int64
+
+    def step(self, features: np.ndarray, labels: np.ndarray, lr: float) -> float:
+        raise NotImplementedError
+
+    def fit(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        schedule: Schedule,
+        seed: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> float:
+        """Train on shuffled mini-batches for ``epochs``, the learning rate of step k being ``schedule(k)``;
+        returns the mean loss of the last epoch."""
+        return run_epochs(
+            self.step,
+            features,
+            labels.astype(self.label_dtype),
+            epochs=epochs,
+            batch_size=batch_size,
+            schedule=schedule,
+            seed=seed,
+            progress=progress,
+        )

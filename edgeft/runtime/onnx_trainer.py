@@ -16,10 +16,9 @@ import onnxruntime
 from edgeft.bundle import TRAIN_STEP_FILE, Bundle
 from edgeft.errors import EdgeftError
 from edgeft.head_state import HeadState
-from edgeft.runtime.epochs import run_epochs
+from edgeft.runtime.epochs import EpochTrainer
 from edgeft.runtime.features import session_options
 from edgeft.runtime.ort import Placement
-from edgeft.runtime.schedule import Schedule
 
 HEAD_STATE_FILE = "head.npz"
 LOSS, FEATURES, LABELS, LEARNING_RATE, STEP = "loss", "features", "labels", "lr", "step"
@@ -30,7 +29,7 @@ HEAD_TRAINING_THREADS = 1
 Parameters = dict[str, np.ndarray]
 
 
-class OnnxTrainer:
+class OnnxTrainer(EpochTrainer):
     """Trains the head with the bundle's portable train step, starting from ``state``."""
 
     name = "onnx"
@@ -47,7 +46,7 @@ class OnnxTrainer:
         self._moving = [o[len(NEW_PREFIX) :] for o in outputs if o.startswith(NEW_PREFIX)]
         self._trainable = [n for n in head.trainable if n in self._moving]
         self._normaliser = head.normaliser
-        self._label_dtype = np.int64 if head.loss == "cross_entropy" else np.float32
+        self.label_dtype = np.int64 if head.loss == "cross_entropy" else np.float32
         self._device = "cuda" if placement.name == "cuda" else "cpu"
         fixed = [n for n in specs if n not in (FEATURES, LABELS, LEARNING_RATE, STEP) and n not in self._moving]
         missing = [n for n in [*self._moving, *fixed] if n not in specs]
@@ -122,37 +121,13 @@ class OnnxTrainer:
         """One optimizer step on one batch; returns its loss."""
         binding = self._bindings[self._current]
         binding.bind_cpu_input(FEATURES, np.ascontiguousarray(features, np.float32))
-        binding.bind_cpu_input(LABELS, np.ascontiguousarray(labels, self._label_dtype))
+        binding.bind_cpu_input(LABELS, np.ascontiguousarray(labels, self.label_dtype))
         self._steps += 1
         self._scalars[LEARNING_RATE].update_inplace(np.array(lr, np.float32))
         self._scalars[STEP].update_inplace(np.array(self._steps, np.float32))
         self._session.run_with_iobinding(binding)
         self._current = 1 - self._current
         return float(self._loss.numpy())
-
-    def fit(
-        self,
-        features: np.ndarray,
-        labels: np.ndarray,
-        *,
-        epochs: int,
-        batch_size: int,
-        schedule: Schedule,
-        seed: int,
-        progress: Callable[[int], None] | None = None,
-    ) -> float:
-        """Train on shuffled mini-batches for ``epochs`` (``edgeft.runtime.epochs``); the last epoch's mean loss."""
-        labels = labels.astype(self._label_dtype)
-        return run_epochs(
-            self.step,
-            features,
-            labels,
-            epochs=epochs,
-            batch_size=batch_size,
-            schedule=schedule,
-            seed=seed,
-            progress=progress,
-        )
 
     def state(self) -> HeadState:
         """Parameters, optimizer state and step count, as one backend-neutral record."""

@@ -14,11 +14,10 @@ import numpy as np
 
 from edgeft.bundle import Bundle
 from edgeft.head_state import HeadState
-from edgeft.runtime.epochs import run_epochs
+from edgeft.runtime.epochs import EpochTrainer
 from edgeft.runtime.features import session_options
 from edgeft.runtime.onnx_trainer import HEAD_STATE_FILE, HEAD_TRAINING_THREADS, Parameters
 from edgeft.runtime.ort import Placement, training_api
-from edgeft.runtime.schedule import Schedule
 
 ORT_CHECKPOINT_FILE = "ckpt"
 
@@ -29,7 +28,7 @@ def checkpoint_parameters(checkpoint: Path) -> Parameters:
     return {name: param.data.copy() for name, param in state.parameters}
 
 
-class OrtTrainer:
+class OrtTrainer(EpochTrainer):
     """ORT training of the head from an ORT checkpoint (a state version's, or the bundle's) or from a head state.
 
     The training Module always runs on ``HEAD_TRAINING_THREADS`` intra-op threads.
@@ -49,8 +48,9 @@ class OrtTrainer:
             session_options=session_options(HEAD_TRAINING_THREADS),
         )
         self._optimizer = api.Optimizer(str(bundle.train_path("optimizer_model.onnx")), self._module)
+        self._module.train()  # the Module only ever trains here (heads predict through head.onnx)
         self._normaliser = bundle.manifest.head.normaliser
-        self._label_dtype = np.int64 if bundle.manifest.head.loss == "cross_entropy" else np.float32
+        self.label_dtype = np.int64 if bundle.manifest.head.loss == "cross_entropy" else np.float32
         if isinstance(start, HeadState):
             self.set_parameters(start.parameters)
 
@@ -82,31 +82,6 @@ class OrtTrainer:
         self._optimizer.step()
         self._module.lazy_reset_grad()
         return float(loss)
-
-    def fit(
-        self,
-        features: np.ndarray,
-        labels: np.ndarray,
-        *,
-        epochs: int,
-        batch_size: int,
-        schedule: Schedule,
-        seed: int,
-        progress: Callable[[int], None] | None = None,
-    ) -> float:
-        """Train on shuffled mini-batches for ``epochs`` (``edgeft.runtime.epochs``); the last epoch's mean loss."""
-        self._module.train()
-        labels = labels.astype(self._label_dtype)  # class indices; float 0/1 matrices or targets for other losses
-        return run_epochs(
-            self.step,
-            features,
-            labels,
-            epochs=epochs,
-            batch_size=batch_size,
-            schedule=schedule,
-            seed=seed,
-            progress=progress,
-        )
 
     def state(self) -> HeadState:
         """The parameters as a backend-neutral head state (ORT does not expose its optimizer state: none kept)."""
