@@ -8,37 +8,6 @@ import numpy as np
 
 from edgeft.runtime.schedule import Schedule
 
-Step = Callable[[np.ndarray, np.ndarray, float], float]
-
-
-def run_epochs(
-    step: Step,
-    features: np.ndarray,
-    labels: np.ndarray,
-    *,
-    epochs: int,
-    batch_size: int,
-    schedule: Schedule,
-    seed: int,
-    progress: Callable[[int], None] | None = None,
-) -> float:
-    """Call ``step(features, labels, lr)`` on shuffled mini-batches for ``epochs``, the learning rate of step k
-    being ``schedule(k)``; returns the mean loss of the last epoch."""
-    rng = np.random.default_rng(seed)
-    last_epoch_loss = float("nan")
-    count = 0
-    for _ in range(epochs):
-        order = rng.permutation(len(features))
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            total += step(features[idx], labels[idx], schedule(count)) * len(idx)
-            count += 1
-        last_epoch_loss = total / max(len(order), 1)
-        if progress:
-            progress(1)
-    return last_epoch_loss
-
 
 class EpochTrainer:
     """``fit`` for a trainer that defines ``step(features, labels, lr) -> loss`` and the dtype its labels take."""
@@ -61,13 +30,18 @@ class EpochTrainer:
     ) -> float:
         """Train on shuffled mini-batches for ``epochs``, the learning rate of step k being ``schedule(k)``;
         returns the mean loss of the last epoch."""
-        return run_epochs(
-            self.step,
-            features,
-            labels.astype(self.label_dtype),
-            epochs=epochs,
-            batch_size=batch_size,
-            schedule=schedule,
-            seed=seed,
-            progress=progress,
-        )
+        rng = np.random.default_rng(seed)
+        labels = labels.astype(self.label_dtype)
+        last_epoch_loss = float("nan")
+        count = 0
+        for _ in range(epochs):
+            order = rng.permutation(len(features))
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                total += self.step(features[idx], labels[idx], schedule(count)) * len(idx)
+                count += 1
+            last_epoch_loss = total / max(len(order), 1)
+            if progress:
+                progress(1)
+        return last_epoch_loss
