@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,14 @@ PARAM_PREFIX = "param/"
 STATE_PREFIX = "state/"
 STEP_KEY = "step"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def state_owner(state_name: str, parameters: Iterable[str]) -> str:
+    """The parameter an optimizer-state tensor belongs to (``adamw.m.head.weight`` -> ``head.weight``)."""
+    for name in sorted(parameters, key=len, reverse=True):
+        if state_name.endswith("." + name):
+            return name
+    raise EdgeftError(f"optimizer state {state_name} belongs to no trainable parameter")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, shape_inference
 from edgeft.errors import EdgeftError
 from edgeft.export import head as head_graph
 from edgeft.export.autodiff import Emitter, gradient_nodes
+from edgeft.head_state import state_owner
 
 FEATURES = head_graph.FEATURES_INPUT
 LABELS = "labels"
@@ -203,7 +204,7 @@ def check_train_step(
     names = {i.name for i in step.graph.input}
     for name in names - set(feeds):
         feeds[name] = (
-            parameters[name] if name in parameters else np.zeros_like(parameters[_state_owner(name, parameters)])
+            parameters[name] if name in parameters else np.zeros_like(parameters[state_owner(name, parameters)])
         )
     try:
         session = onnxruntime.InferenceSession(step.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -237,7 +238,3 @@ def reference_loss(logits: np.ndarray, labels: np.ndarray, loss: str) -> float:
     if loss == "l1":
         return float(np.abs(x - y).mean())
     return float((np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))).mean())
-
-
-def _state_owner(state: str, parameters: dict[str, np.ndarray]) -> str:
-    return next(name for name in sorted(parameters, key=len, reverse=True) if state.endswith("." + name))

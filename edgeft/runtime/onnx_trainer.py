@@ -15,7 +15,7 @@ import onnxruntime
 
 from edgeft.bundle import TRAIN_STEP_FILE, Bundle
 from edgeft.errors import EdgeftError
-from edgeft.head_state import HeadState
+from edgeft.head_state import HeadState, state_owner
 from edgeft.runtime.epochs import EpochTrainer
 from edgeft.runtime.features import session_options
 from edgeft.runtime.ort import Placement
@@ -56,7 +56,7 @@ class OnnxTrainer(EpochTrainer):
         values = {**state.parameters, **optimizer_state}
         for name in self._moving:
             if name not in values:  # a fresh optimizer: zero moments
-                values[name] = np.zeros(state.parameters[_owner(name, self._trainable)].shape, np.float32)
+                values[name] = np.zeros(state.parameters[state_owner(name, self._trainable)].shape, np.float32)
         self._steps = state.step if optimizer_state else 0
         self._banks = [{n: self._ort_value(values[n]) for n in self._moving} for _ in range(2)]
         self._fixed = {n: self._ort_value(values[n]) for n in fixed}
@@ -141,11 +141,3 @@ class OnnxTrainer(EpochTrainer):
 def _copy(value: onnxruntime.OrtValue) -> np.ndarray:
     """A numpy copy of an OrtValue (``numpy()`` of a CPU value is a view of memory the next steps overwrite)."""
     return np.array(value.numpy(), copy=True)
-
-
-def _owner(state_name: str, parameters: list[str]) -> str:
-    """The parameter an optimizer-state tensor belongs to (``adamw.m.head.weight`` -> ``head.weight``)."""
-    for name in sorted(parameters, key=len, reverse=True):
-        if state_name.endswith("." + name):
-            return name
-    raise EdgeftError(f"optimizer state {state_name} belongs to no trainable parameter")
