@@ -195,9 +195,9 @@ def test_adamw_follows_ort_training_formula_in_numpy() -> None:
             )
 
 
-# Both sides compute in float32 with different operation orders; over 50 AdamW steps the worst case measured here
-# was 1.9e-5 (loss) and 1.3e-5 (parameters), after agreeing to about 1e-7 on the first step.
-RTOL_VS_ORT = 2e-5
+# Both sides compute in float32 with different operation orders; over 50 steps the worst case measured here was
+# 2.5e-7 (loss) and 1.6e-6 (parameters, an MLP's hidden bias).
+RTOL_VS_ORT = 1e-5
 
 
 @needs_ort

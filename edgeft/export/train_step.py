@@ -157,11 +157,14 @@ def _update(e: Emitter, name: str, grad: str, optimizer: Optimizer) -> list[str]
     """Nodes that write ``new.<name>`` and the new optimizer state; returns those output names."""
     states = optimizer.state_names(name)
     if optimizer.kind == "adamw":
-        b1, b2 = ADAM_BETAS
+        # The betas as float32, and 1 - beta computed in float32 from them, as ORT's kernel does: 1 - 0.999 in float64
+        # differs from 1 - float32(0.999) by 1.3e-5 relative, which the bias correction would not cancel.
+        b1, b2 = (np.float32(beta) for beta in ADAM_BETAS)
         m, v = states
-        new_m = e.op("Add", [e.op("Mul", [m, e.const(b1)]), e.op("Mul", [grad, e.const(1.0 - b1)])])
+        new_m = e.op("Add", [e.op("Mul", [m, e.const(b1)]), e.op("Mul", [grad, e.const(np.float32(1) - b1)])])
         new_v = e.op(
-            "Add", [e.op("Mul", [v, e.const(b2)]), e.op("Mul", [e.op("Mul", [grad, grad]), e.const(1.0 - b2)])]
+            "Add",
+            [e.op("Mul", [v, e.const(b2)]), e.op("Mul", [e.op("Mul", [grad, grad]), e.const(np.float32(1) - b2)])],
         )
         correction1 = e.op("Sub", [e.const(1.0), e.op("Pow", [e.const(b1), STEP])])
         correction2 = e.op("Sub", [e.const(1.0), e.op("Pow", [e.const(b2), STEP])])
