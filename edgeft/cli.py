@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from edgeft.runtime.watch import EntryPolicy
 
 app = typer.Typer(
-    help="Fine-tune a frozen model's new head on edge devices with ONNX Runtime training.",
+    help="Fine-tune a frozen model's new head on edge devices, with any onnxruntime.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=True,
