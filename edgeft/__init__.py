@@ -1,14 +1,17 @@
-"""edgeft: fine-tune a frozen model's new head on edge devices with ONNX Runtime training.
+"""edgeft: fine-tune a frozen model's new head on edge devices, with any onnxruntime.
 
-The device side (``Adapter``, ``Bundle``) needs onnxruntime-training and numpy only; ``export_bundle``
-(the workstation side) also needs onnx and is imported on first use.
+The device side (``Adapter``, ``Bundle``, ``evaluate``, ``GuardPolicy``) needs onnxruntime and numpy only;
+``export_bundle`` (the workstation side) also needs onnx. Each name is imported on first use, so
+``import edgeft`` stays cheap.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from edgeft import _ort_shell  # noqa: F401  (first: keeps torch out when onnxruntime is imported)
+from edgeft.errors import DataError, EdgeftError
 
 __version__ = "0.1.0"
 
@@ -17,25 +20,20 @@ if TYPE_CHECKING:
     from edgeft.export import export_bundle
     from edgeft.runtime.adapter import Adapter
     from edgeft.runtime.evaluation import evaluate
+    from edgeft.runtime.guard import GuardPolicy
 
-__all__ = ["Adapter", "Bundle", "evaluate", "export_bundle", "__version__"]
+_LAZY = {
+    "Adapter": "edgeft.runtime.adapter",
+    "Bundle": "edgeft.bundle",
+    "GuardPolicy": "edgeft.runtime.guard",
+    "evaluate": "edgeft.runtime.evaluation",
+    "export_bundle": "edgeft.export",
+}
+
+__all__ = ["Adapter", "Bundle", "DataError", "EdgeftError", "GuardPolicy", "evaluate", "export_bundle", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Adapter":
-        from edgeft.runtime.adapter import Adapter
-
-        return Adapter
-    if name == "Bundle":
-        from edgeft.bundle import Bundle
-
-        return Bundle
-    if name == "export_bundle":
-        from edgeft.export import export_bundle
-
-        return export_bundle
-    if name == "evaluate":
-        from edgeft.runtime.evaluation import evaluate
-
-        return evaluate
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)
