@@ -81,7 +81,12 @@ HeadLearnerOpt = Annotated[
     ),
 ]
 ShrinkageOpt = Annotated[
-    float, typer.Option(min=0.0, max=1.0, help="slda: covariance shrinkage toward its mean variance (paper: 1e-4).")
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="slda: covariance shrinkage toward its mean variance (0..1; the paper's 1e-4 overfits below ~D samples).",
+    ),
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads (default: ORT's choice).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
