@@ -358,6 +358,11 @@ class Adapter:
         """The current version's latent replay buffer, as learning uses it (takes the writer lock)."""
         return self._open()[1]
 
+    def class_statistics(self) -> ClassStatistics | None:
+        """The current version's class statistics (``slda``/``ncm`` learners; None for ``sgd``; takes the lock)."""
+        self._open()
+        return self._statistics
+
     def consumed_inputs(self) -> dict[str, int]:
         """sha256 -> version of every input the journal records as consumed (takes the writer lock)."""
         self._open()
