@@ -140,6 +140,7 @@ def test_a_device_with_no_data_does_not_train(bundle: Bundle, tmp_path: Path) ->
 def test_pooled_device_statistics_give_the_central_lda_head(bundle_dir: Path, tmp_path: Path) -> None:
     """Three devices that each saw other classes (and one class on two devices) add up to one central device."""
     from edgeft.fleet.pooled_statistics import global_head, normaliser, pooled
+    from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE
     from edgeft.runtime.guard import GuardPolicy
     from edgeft.runtime.slda import DEFAULT_SHRINKAGE, ClosedFormHead
 
@@ -168,7 +169,18 @@ def test_pooled_device_statistics_give_the_central_lda_head(bundle_dir: Path, tm
     weight, bias = ClosedFormHead("slda", DEFAULT_SHRINKAGE).linear_head(expected, *normaliser(expected))
     np.testing.assert_allclose(head["head.weight"], weight, rtol=1e-6, atol=1e-6 * np.abs(weight).max())
     np.testing.assert_allclose(head["head.bias"], bias, rtol=1e-6, atol=1e-6 * np.abs(bias).max())
-    with Adapter(bundle_dir, tmp_path / "device0") as device:
-        result = FleetDevice(device).adopt(head, list(CLASSES), 1)
-        assert result.promoted
+    more_x, more_y = make_dataset(90, seed=22)  # a later local arrival of red scans on device 0 (it saw no blue)
+    new_x, new_y = more_x[more_y == 0], more_y[more_y == 0]
+    with Adapter(bundle_dir, tmp_path / "device0", policy=off, head_learner="slda") as device:
+        assert FleetDevice(device).adopt(head, list(CLASSES), 1, total).promoted
         np.testing.assert_array_equal(device.predict_proba(x).argmax(axis=1), probabilities.argmax(axis=1))
+        device.learn(new_x, np.array(CLASSES)[new_y])
+        after = device.predict_proba(x).argmax(axis=1)
+    with Adapter(bundle_dir, tmp_path / "central", policy=off, head_learner="slda") as central:
+        central.learn(new_x, np.array(CLASSES)[new_y])
+        expected_after = central.predict_proba(x).argmax(axis=1)
+    with Adapter(bundle_dir, tmp_path / "device0") as reopened:  # the others' statistics are part of the version
+        version = reopened.store.current()
+        assert version is not None and FLEET_STATISTICS_FILE in version.files
+    assert (after == 2).any()  # the fleet's blue is still predicted after a local arrival
+    np.testing.assert_array_equal(after, expected_after)

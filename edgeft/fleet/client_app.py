@@ -15,7 +15,17 @@ from flwr.clientapp import ClientApp
 
 from edgeft.errors import EdgeftError
 from edgeft.fleet.device import FleetDevice, TrainOptions
-from edgeft.fleet.records import ARRAYS, CONFIG, METRICS, from_record, report_content, statistics_record, to_record
+from edgeft.fleet.records import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    STATISTICS,
+    from_record,
+    read_statistics,
+    report_content,
+    statistics_record,
+    to_record,
+)
 from edgeft.runtime.adapter import Adapter
 
 app = ClientApp()
@@ -82,12 +92,19 @@ def train(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    """Adopt the round's global head through the promotion guard; report the verdict and holdout accuracy."""
+    """Adopt the round's global head through the promotion guard; report the verdict and holdout accuracy.
+
+    A statistics round also sends every device's statistics together: the device keeps the others' part."""
     config = message.content.config_records[CONFIG]
     version = int(config["first-version"]) + int(config["server-round"]) - 1
+    records = message.content.array_records
     with _device(context) as device:
         classes = _checked(device, config)
-        result = device.adopt(from_record(message.content.array_records[ARRAYS]), classes, version)
+        total = None
+        if STATISTICS in records:
+            head = device.adapter.bundle.manifest.head
+            total = read_statistics(records[STATISTICS], head.num_outputs, head.feature_dim, "the fleet's statistics")
+        result = device.adopt(from_record(records[ARRAYS]), classes, version, total)
         samples = len(device.replay())
     accuracy = result.holdout_accuracy if result.holdout_accuracy is not None else float("nan")
     metrics = MetricRecord(

@@ -129,11 +129,24 @@ class FleetDevice:
             )
         return to_global_rows(own, row_order(self.adapter.classes, global_classes, self.adapter.capacity))
 
-    def adopt(self, global_head: Parameters, global_classes: list[str], version: int) -> LearnResult:
-        """Make global head ``version`` current through the promotion guard (committed and logged either way)."""
+    def adopt(
+        self,
+        global_head: Parameters,
+        global_classes: list[str],
+        version: int,
+        total: ClassStatistics | None = None,
+    ) -> LearnResult:
+        """Make global head ``version`` current through the promotion guard (committed and logged either way).
+
+        ``total`` (statistics rounds): every device's statistics together, this device's included; the device keeps
+        the others' part, so its later arrivals rewrite the head from the whole fleet's statistics and its own.
+        """
         order = row_order(self.adapter.classes, global_classes, self.adapter.capacity)
         view = device_view(self.adapter.classes, global_classes)
-        return self.adapter.adopt(to_device(global_head, order), view, origin=f"{ORIGIN_PREFIX}{version}")
+        own = self.adapter.class_statistics()
+        others = total.rows(order).minus(own) if total is not None and own is not None else None
+        origin = f"{ORIGIN_PREFIX}{version}"
+        return self.adapter.adopt(to_device(global_head, order), view, origin=origin, fleet_statistics=others)
 
 
 def _quiet(kind: str, **fields: Any) -> None:

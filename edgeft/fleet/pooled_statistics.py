@@ -22,8 +22,7 @@ STATISTICS_LEARNERS = ("slda", "ncm")
 
 def to_global_rows(statistics: ClassStatistics, order: np.ndarray) -> ClassStatistics:
     """Statistics in device row order rearranged into the fleet's (``order``: device row -> global row)."""
-    inverse = np.argsort(order)
-    return ClassStatistics(statistics.counts[inverse], statistics.sums[inverse], statistics.moment)
+    return statistics.rows(np.argsort(order))
 
 
 def pooled(parts: list[ClassStatistics]) -> ClassStatistics:

@@ -14,6 +14,7 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 REPORT = "report"
+STATISTICS = "statistics"
 
 
 def to_record(parameters: Parameters) -> ArrayRecord:

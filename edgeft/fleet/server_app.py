@@ -31,10 +31,12 @@ from edgeft.fleet.records import (
     ARRAYS,
     CONFIG,
     METRICS,
+    STATISTICS,
     from_record,
     read_report,
     read_statistics,
     reported_learner,
+    statistics_record,
     to_record,
 )
 from edgeft.fleet.store import GlobalStore
@@ -176,6 +178,7 @@ def _statistics_rounds(
             settings.rounds, version, len(parts), total.total)  # fmt: skip
         evaluate = RecordDict(
             {
+                STATISTICS: statistics_record(total),
                 ARRAYS: to_record(store.load(version).parameters),
                 CONFIG: ConfigRecord({**shared, "server-round": server_round}),
             }

@@ -22,7 +22,7 @@ from edgeft.bundle import Bundle
 from edgeft.errors import DataError, EdgeftError
 from edgeft.runtime import drift, guard
 from edgeft.runtime.atomic import make_directory, write_atomic
-from edgeft.runtime.class_statistics import STATISTICS_FILE, ClassStatistics
+from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, STATISTICS_FILE, ClassStatistics
 from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
 from edgeft.runtime.int8_check import cached_check, refusal
@@ -36,6 +36,7 @@ from edgeft.runtime.slda import (
     closed_form_head,
     head_learner_name,
     learn_statistics,
+    stored_fleet_statistics,
     stored_statistics,
 )
 from edgeft.runtime.store import KEEP_VERSIONS, StateStore, Version
@@ -131,6 +132,7 @@ class Adapter:
         self.head_learner = head_learner_name(head_learner)
         self._closed_form = closed_form_head(self.bundle, self.head_learner, shrinkage)
         self._statistics: ClassStatistics | None = None
+        self._fleet_statistics: ClassStatistics | None = None
         self.placement: Placement = resolve_placement(ep)
         self._trainer_choice = trainer_name(trainer)
         self._trainer_kind: str | None = None
@@ -289,11 +291,20 @@ class Adapter:
             self._forget_uncommitted()  # whatever trained in memory was not committed: start again from disk
             raise
 
-    def adopt(self, parameters: Parameters, classes: list[str], *, origin: str) -> LearnResult:
+    def adopt(
+        self,
+        parameters: Parameters,
+        classes: list[str],
+        *,
+        origin: str,
+        fleet_statistics: ClassStatistics | None = None,
+    ) -> LearnResult:
         """Make a head trained elsewhere (e.g. a fleet's federated head) current, if the guard agrees; commit.
 
         ``classes`` is that head's label map: the device's classes must be its prefix (the fleet assigns outputs
-        to new names in one agreed order). Replay and holdout stay as they are.
+        to new names in one agreed order). Replay and holdout stay as they are. ``fleet_statistics`` (slda/ncm,
+        in this device's row order) are the other devices' class statistics behind that head: kept with it, later
+        arrivals rewrite the head from them and this device's own.
         """
         trainer, _replay, holdout = self._open()
         if len(classes) > self.capacity or list(classes[: len(self.classes)]) != self.classes:
@@ -308,8 +319,12 @@ class Adapter:
                 raise EdgeftError(f"{origin}: {exc}") from None
             decision = self._judge(None, current, trainer.parameters(), holdout, list(classes))
             promoted_writers = {**self._unchanged_writers(self._version, skip=HEAD_FILES), **trainer.writers()}
+            if fleet_statistics is not None and self._closed_form is not None:
+                promoted_writers[FLEET_STATISTICS_FILE] = fleet_statistics.save
             arrival = {"origin": origin, "inputs": [], "samples": 0, "adopted": True}
             meta = self._commit(trainer, decision, promoted_writers, list(classes), None, 0, arrival)
+            if decision.promoted and FLEET_STATISTICS_FILE in promoted_writers:
+                self._fleet_statistics = fleet_statistics
         except BaseException:
             self._forget_uncommitted()
             raise
@@ -403,7 +418,8 @@ class Adapter:
         loss: float | None = None
         if self._closed_form is not None and self._statistics is not None and len(train_y):
             normaliser = self.bundle.manifest.head.normaliser
-            learn_statistics(self._closed_form, trainer, self._statistics, train_f, train_y, normaliser)
+            others = self._fleet_statistics
+            learn_statistics(self._closed_form, trainer, self._statistics, train_f, train_y, normaliser, others)
         trains_sgd = self._closed_form is None or self._closed_form.then_sgd
         epochs = epochs if trains_sgd else 0
         if len(all_y) and trains_sgd:
@@ -424,6 +440,8 @@ class Adapter:
         promoted_writers = {**trainer.writers(), "replay.npz": replay.save, "holdout.npz": holdout.save}
         if self._statistics is not None:
             promoted_writers[STATISTICS_FILE] = self._statistics.save
+        if self._fleet_statistics is not None:
+            promoted_writers[FLEET_STATISTICS_FILE] = self._fleet_statistics.save
         arrival = {
             "origin": origin,
             "head_learner": self.head_learner,
@@ -606,7 +624,7 @@ class Adapter:
     def _forget_uncommitted(self) -> None:
         """Drop in-memory training state so the next call reloads the committed version."""
         self._trainer = self._replay = self._holdout = None
-        self._parameters = self._statistics = None
+        self._parameters = self._statistics = self._fleet_statistics = None
 
     def _open(self) -> tuple[Trainer, ReplayBuffer, ReplayBuffer]:
         """Take the lock, then load the current head, its replay buffer and holdout for training."""
@@ -620,6 +638,7 @@ class Adapter:
             self._holdout = self._load_buffer("holdout.npz", self.policy.holdout_per_class)
             if self._closed_form is not None:
                 self._statistics = stored_statistics(self._closed_form, self.bundle, self._version)
+                self._fleet_statistics = stored_fleet_statistics(self.bundle, self._version)
         if self._history_behind:
             self._logs.catch_up(self.store)
             self._history_behind = False

@@ -18,6 +18,7 @@ import numpy as np
 from edgeft.errors import EdgeftError
 
 STATISTICS_FILE = "statistics.npz"
+FLEET_STATISTICS_FILE = "fleet_statistics.npz"  # the other devices' statistics, from the last adopted fleet head
 
 
 @dataclass
@@ -50,6 +51,16 @@ class ClassStatistics:
         self.counts += np.bincount(labels, minlength=len(self.counts))
         np.add.at(self.sums, labels, x)
         self.moment += x.T @ x if self.full else np.einsum("nd,nd->", x, x)
+
+    def rows(self, order: np.ndarray) -> ClassStatistics:
+        """The same statistics with class rows taken in ``order`` (row i of the result is row ``order[i]``)."""
+        return ClassStatistics(self.counts[order], self.sums[order], self.moment)
+
+    def minus(self, other: ClassStatistics) -> ClassStatistics | None:
+        """The statistics of the samples in ``self`` but not in ``other``; None if ``other`` is not a part of it."""
+        if self.sums.shape != other.sums.shape or self.full != other.full or (self.counts < other.counts).any():
+            return None
+        return ClassStatistics(self.counts - other.counts, self.sums - other.sums, self.moment - other.moment)
 
     def merged(self, other: ClassStatistics) -> ClassStatistics:
         """The statistics of both sample sets together (a trace-only side makes the result trace-only)."""

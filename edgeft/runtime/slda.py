@@ -33,7 +33,7 @@ import numpy as np
 
 from edgeft.bundle import Bundle
 from edgeft.errors import EdgeftError
-from edgeft.runtime.class_statistics import STATISTICS_FILE, ClassStatistics
+from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, STATISTICS_FILE, ClassStatistics
 
 if TYPE_CHECKING:
     from edgeft.runtime.store import Version
@@ -119,13 +119,15 @@ def learn_statistics(
     features: np.ndarray,
     labels: np.ndarray,
     normaliser: dict[str, str],
+    others: ClassStatistics | None = None,
 ) -> None:
-    """Add one arrival to ``statistics`` (in place) and write the resulting linear head into ``trainer``."""
+    """Add one arrival to ``statistics`` (in place) and write the linear head of them (and of ``others``, the
+    fleet's other devices' statistics, when given) into ``trainer``."""
     statistics.add(features, labels)
     parameters = trainer.parameters()
     mean = parameters[normaliser["mean"]] if normaliser else np.zeros(features.shape[1])
     scale = parameters[normaliser["scale"]] if normaliser else np.ones(features.shape[1])
-    weight, bias = learner.linear_head(statistics, mean, scale)
+    weight, bias = learner.linear_head(statistics.merged(others) if others else statistics, mean, scale)
     trainer.set_parameters({**parameters, WEIGHT: weight, BIAS: bias})
 
 
@@ -148,3 +150,11 @@ def stored_statistics(learner: ClosedFormHead, bundle: Bundle, version: Version 
             "covariance of every sample: use a new --state, or keep --head-learner ncm"
         )
     return statistics
+
+
+def stored_fleet_statistics(bundle: Bundle, version: Version | None) -> ClassStatistics | None:
+    """The other devices' statistics that came with the last adopted fleet head, if a version carries them."""
+    if version is None or FLEET_STATISTICS_FILE not in version.files:
+        return None
+    head = bundle.manifest.head
+    return ClassStatistics.load(version.files[FLEET_STATISTICS_FILE], head.num_outputs, head.feature_dim)
