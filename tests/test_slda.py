@@ -173,3 +173,22 @@ def test_closed_form_learner_refuses_a_state_sgd_learned(bundle_dir: Path, tmp_p
     with Adapter(bundle_dir, tmp_path / "s", head_learner="slda") as adapter:
         with pytest.raises(EdgeftError, match="without class statistics"):
             adapter.learn(x, y)
+
+
+def test_rollback_brings_the_statistics_back_and_learning_continues_from_them(
+    bundle_dir: Path, features: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    f, y = features["train"], features["train_y"]
+    names = np.array(CLASSES)[y]
+    with Adapter(bundle_dir, tmp_path / "s", policy=NO_GUARD, head_learner="slda") as adapter:
+        adapter.learn_features(f[:60], names[:60])
+        first = adapter.store.current()
+        adapter.learn_features(f[60:120], names[60:120])
+        adapter.rollback(1)
+        rolled = adapter.store.current()
+        assert first is not None and rolled is not None and rolled.number == 3
+        assert rolled.files[STATISTICS_FILE].read_bytes() == first.files[STATISTICS_FILE].read_bytes()
+        adapter.learn_features(f[120:], names[120:])
+        assert len(adapter.history()) == 4
+    continued = read_statistics(tmp_path / "s", bundle_dir)
+    assert continued.counts.sum() == 60 + len(f[120:])  # the rolled-back arrival is not in them
