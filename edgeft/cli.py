@@ -983,7 +983,7 @@ def demo(
                         verdict = "promoted" if result.promoted else f"refused ({result.reason})"
                         typer.echo(
                             f"  {Path(chunk.origin).name}: {result.samples} samples ({result.held_out} kept as "
-                            f"holdout), loss {result.loss:.4f}, version {result.version} {verdict}, "
+                            f"holdout), loss {_number(result.loss)}, version {result.version} {verdict}, "
                             f"held-out accuracy {accuracy():.3f}"
                         )
                 typer.echo(f"held-out accuracy after adaptation: {accuracy():.3f} (before: {before:.3f})")
