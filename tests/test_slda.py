@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CLASSES, make_dataset, one_error_line, run_cli
+from helpers import CLASSES, make_dataset, one_error_line, run_cli, run_onnx
 from tiny_models import classifier, save
 
 from edgeft.errors import EdgeftError
@@ -114,6 +114,10 @@ def test_statistics_continue_across_processes_and_cli_predicts_with_the_lda_head
     done = run_cli("predict", bundle_dir, tmp_path / "query.npy", "-s", tmp_path / "cli", "--json")
     assert done.returncode == 0, done.stderr
     assert [row["label"] for row in json.loads(done.stdout)["predictions"]] == expected
+    done = run_cli("export-inference", bundle_dir, "-s", tmp_path / "cli", "-o", tmp_path / "merged.onnx")
+    assert done.returncode == 0, done.stderr
+    probabilities = run_onnx(tmp_path / "merged.onnx", {"image": x[:10]}, ["probabilities"])[0]
+    assert [CLASSES[i] for i in probabilities.argmax(axis=1)] == expected  # the merged model: the same LDA head
 
 
 def test_ncm_predicts_the_nearest_class_mean(bundle_dir: Path, features: dict[str, np.ndarray], tmp_path: Path) -> None:
