@@ -28,6 +28,7 @@ from edgeft.runtime.attempts import KEEP_ERRORS, MAX_ATTEMPTS
 from edgeft.runtime.budget import detect_budget
 from edgeft.runtime.limits import MAX_ARRIVAL_SAMPLES, ArrivalLimits
 from edgeft.runtime.schedule import SCHEDULES
+from edgeft.runtime.slda import DEFAULT_SHRINKAGE
 from edgeft.runtime.store import KEEP_VERSIONS
 
 if TYPE_CHECKING:
@@ -69,6 +70,22 @@ TrainerOpt = Annotated[
     typer.Option(
         help="auto (the portable ONNX trainer when the bundle carries it), onnx (plain onnxruntime, any CPU or "
         "provider) or ort (ONNX Runtime training: pip install 'edgeft[ort]', x86_64, Python <= 3.12)."
+    ),
+]
+HeadLearnerOpt = Annotated[
+    str,
+    typer.Option(
+        help="How the head learns: sgd (epochs of the train step over the arrival and replay), slda (streaming LDA: "
+        "class means and one shared covariance, one pass, no replay), ncm (nearest class mean) or slda+sgd (the "
+        "LDA head, then sgd). slda/ncm/slda+sgd need a linear single-label head."
+    ),
+]
+ShrinkageOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="slda: covariance shrinkage toward its mean variance (0..1; the paper's 1e-4 overfits below ~D samples).",
     ),
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Intra-op threads (default: ORT's choice).")]
@@ -462,6 +479,8 @@ def adapt(
     keep_versions: KeepOpt = KEEP_VERSIONS,
     ep: EpOpt = "auto",
     trainer: TrainerOpt = "auto",
+    head_learner: HeadLearnerOpt = "sgd",
+    shrinkage: ShrinkageOpt = DEFAULT_SHRINKAGE,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -501,6 +520,8 @@ def adapt(
             schedule=schedule,
             trainer=trainer,
             keep_versions=keep_versions,
+            head_learner=head_learner,
+            shrinkage=shrinkage,
         ) as adapter:
             if watch is not None:
                 logs = {"format": log_format, "file": log_file, "metrics": metrics_file}
@@ -549,6 +570,7 @@ def _adapt_once(  # noqa: ANN202
         "pending": outcome.pending,
         "provider": adapter.placement.name,
         "trainer": adapter.trainer_kind,
+        "head_learner": adapter.head_learner,
         "accuracy_before": before,
         "accuracy_after": after,
     }
@@ -917,6 +939,8 @@ def demo(
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per arriving chunk (default: bundle's).")] = None,
     ep: EpOpt = "auto",
     trainer: TrainerOpt = "auto",
+    head_learner: HeadLearnerOpt = "sgd",
+    shrinkage: ShrinkageOpt = DEFAULT_SHRINKAGE,
     threads: ThreadsOpt = None,
 ) -> None:
     """The main job: adapt the shipped default bundle on the demo stream, report held-out accuracy."""
@@ -932,7 +956,8 @@ def demo(
             raise EdgeftError(f"the demo needs {root} from the edgeft source tree (install with pip install -e .)")
         workdir = Path(tempfile.mkdtemp(prefix="edgeft-demo-")) if state is None else state
         try:
-            with Adapter(bundle_dir, workdir, ep=ep, threads=threads, trainer=trainer) as adapter:
+            options = {"trainer": trainer, "head_learner": head_learner, "shrinkage": shrinkage}
+            with Adapter(bundle_dir, workdir, ep=ep, threads=threads, **options) as adapter:
                 if adapter.version:
                     raise EdgeftError(f"{workdir} already holds a learned head; give the demo a fresh --state")
                 manifest = adapter.bundle.manifest
@@ -958,7 +983,7 @@ def demo(
                         verdict = "promoted" if result.promoted else f"refused ({result.reason})"
                         typer.echo(
                             f"  {Path(chunk.origin).name}: {result.samples} samples ({result.held_out} kept as "
-                            f"holdout), loss {result.loss:.4f}, version {result.version} {verdict}, "
+                            f"holdout), loss {_number(result.loss)}, version {result.version} {verdict}, "
                             f"held-out accuracy {accuracy():.3f}"
                         )
                 typer.echo(f"held-out accuracy after adaptation: {accuracy():.3f} (before: {before:.3f})")

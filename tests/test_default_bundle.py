@@ -77,3 +77,16 @@ def test_png_examples_predict_their_folder_label(demo_run: tuple) -> None:
     predicted = adapter.predict(x)
     correct = sum(label == p.parent.name for label, p in zip(predicted, pngs, strict=True))
     assert correct >= 0.8 * len(pngs)
+
+
+def test_demo_with_streaming_lda_reaches_reference_probe(reference_accuracy: float, tmp_path: Path) -> None:
+    """`edgeft demo --head-learner slda`: one pass per chunk, no epochs or replay, as good as the probe."""
+    run = subprocess.run(
+        [*_edgeft(), "demo", "--state", str(tmp_path / "state"), "--head-learner", "slda"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("loss n/a") == 5, run.stdout  # no training loss: nothing was trained by gradient
+    after = float(re.search(r"accuracy after adaptation: ([0-9.]+)", run.stdout).group(1))
+    assert after >= reference_accuracy - BAR, f"slda {after:.3f} vs reference probe {reference_accuracy:.3f}"

@@ -135,3 +135,52 @@ def test_a_device_with_no_data_does_not_train(bundle: Bundle, tmp_path: Path) ->
     with Adapter(bundle, tmp_path / "empty") as adapter:
         with pytest.raises(EdgeftError, match="has learned nothing yet"):
             FleetDevice(adapter).train(adapter.parameters(), list(CLASSES), OPTIONS)
+
+
+def test_pooled_device_statistics_give_the_central_lda_head(bundle_dir: Path, tmp_path: Path) -> None:
+    """Three devices that each saw other classes (and one class on two devices) add up to one central device."""
+    from edgeft.fleet.pooled_statistics import global_head, normaliser, pooled
+    from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE
+    from edgeft.runtime.guard import GuardPolicy
+    from edgeft.runtime.slda import DEFAULT_SHRINKAGE, ClosedFormHead
+
+    x, y = make_dataset(240, seed=21)
+    names = np.array(CLASSES)[y]
+    even = np.arange(len(y)) % 2 == 0
+    # red+green (even samples), green+blue (odd samples), and every blue sample again: overlapping, non-IID
+    splits = [np.isin(y, (0, 1)) & even, np.isin(y, (1, 2)) & ~even, y == 2]
+    off = GuardPolicy(enabled=False)
+    parts = []
+    for i, mask in enumerate(splits):
+        with Adapter(bundle_dir, tmp_path / f"device{i}", policy=off, head_learner="slda") as adapter:
+            adapter.learn(x[mask], names[mask])
+            parts.append(FleetDevice(adapter).statistics(list(CLASSES)))
+    everything = np.concatenate([np.flatnonzero(mask) for mask in splits])  # a sample on two devices counts twice
+    with Adapter(bundle_dir, tmp_path / "central", policy=off, head_learner="slda") as central:
+        central.learn(x[everything], names[everything])
+        expected = central.class_statistics()
+        probabilities = central.predict_proba(x)
+    total = pooled(parts)
+    np.testing.assert_array_equal(total.counts, expected.counts)
+    np.testing.assert_allclose(total.sums, expected.sums, rtol=1e-6)
+    np.testing.assert_allclose(total.moment, expected.moment, rtol=1e-6)
+    bundle = Bundle.load(bundle_dir)
+    head = global_head(bundle, total, DEFAULT_SHRINKAGE)
+    weight, bias = ClosedFormHead("slda", DEFAULT_SHRINKAGE).linear_head(expected, *normaliser(expected))
+    np.testing.assert_allclose(head["head.weight"], weight, rtol=1e-6, atol=1e-6 * np.abs(weight).max())
+    np.testing.assert_allclose(head["head.bias"], bias, rtol=1e-6, atol=1e-6 * np.abs(bias).max())
+    more_x, more_y = make_dataset(90, seed=22)  # a later local arrival of red scans on device 0 (it saw no blue)
+    new_x, new_y = more_x[more_y == 0], more_y[more_y == 0]
+    with Adapter(bundle_dir, tmp_path / "device0", policy=off, head_learner="slda") as device:
+        assert FleetDevice(device).adopt(head, list(CLASSES), 1, total).promoted
+        np.testing.assert_array_equal(device.predict_proba(x).argmax(axis=1), probabilities.argmax(axis=1))
+        device.learn(new_x, np.array(CLASSES)[new_y])
+        after = device.predict_proba(x).argmax(axis=1)
+    with Adapter(bundle_dir, tmp_path / "central", policy=off, head_learner="slda") as central:
+        central.learn(new_x, np.array(CLASSES)[new_y])
+        expected_after = central.predict_proba(x).argmax(axis=1)
+    with Adapter(bundle_dir, tmp_path / "device0") as reopened:  # the others' statistics are part of the version
+        version = reopened.store.current()
+        assert version is not None and FLEET_STATISTICS_FILE in version.files
+    assert (after == 2).any()  # the fleet's blue is still predicted after a local arrival
+    np.testing.assert_array_equal(after, expected_after)

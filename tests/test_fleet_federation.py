@@ -17,10 +17,13 @@ from helpers import CLASSES, CLI, make_dataset
 
 from edgeft.bundle import Bundle
 from edgeft.fleet.device import adopted_version
+from edgeft.fleet.pooled_statistics import normaliser
 from edgeft.fleet.store import GlobalStore
 from edgeft.runtime import guard
 from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, ClassStatistics
 from edgeft.runtime.history import read_lines
+from edgeft.runtime.slda import DEFAULT_SHRINKAGE, ClosedFormHead
 
 pytest.importorskip("flwr", reason="the fleet extra is not installed (pip install 'edgeft[fleet]')")
 pytestmark = pytest.mark.fleet
@@ -90,9 +93,10 @@ def devices(bundle_dir: Path, tmp_path: Path) -> Iterator[list[tuple[Path, Path]
     yield made
 
 
-def test_three_devices_federate_and_adopt_the_same_global_head(
-    bundle_dir: Path, tmp_path: Path, devices: list[tuple[Path, Path]]
-) -> None:
+def _federate(
+    bundle_dir: Path, tmp_path: Path, devices: list[tuple[Path, Path | None]], rounds: int, device_args: list[str]
+) -> tuple[Path, str]:
+    """Start a SuperLink and one SuperNode per device state, run ``edgeft fleet run`` to the end; (out, its log)."""
     port = _free_port()
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr")}
     (tmp_path / "flwr").mkdir()
@@ -106,11 +110,12 @@ def test_three_devices_federate_and_adopt_the_same_global_head(
         processes.append(_start([*CLI, "fleet", "server", "--port", str(port), "--insecure"], link_log, env))
         _wait_for_port(port, processes[0], link_log)
         for i, (state, inbox) in enumerate(devices):
-            args = [*CLI, "fleet", "device", str(bundle_dir), "--state", str(state), "--inbox", str(inbox)]
+            args = [*CLI, "fleet", "device", str(bundle_dir), "--state", str(state), *device_args]
+            args += ["--inbox", str(inbox)] if inbox else []
             args += ["--superlink", f"127.0.0.1:{port}", "--port", str(_free_port()), "--insecure", "--threads", "1"]
             processes.append(_start(args, tmp_path / f"supernode{i}.log", env))
         run = subprocess.run(
-            [*CLI, "fleet", "run", str(bundle_dir), "--out", str(out), "--rounds", str(ROUNDS), "--min-devices", "3"],
+            [*CLI, "fleet", "run", str(bundle_dir), "--out", str(out), "--rounds", str(rounds), "--min-devices", "3"],
             capture_output=True,
             text=True,
             env=env,
@@ -120,8 +125,14 @@ def test_three_devices_federate_and_adopt_the_same_global_head(
         _stop(processes)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
-    assert f"[ROUND {ROUNDS}/{ROUNDS}]" in log, log[-4000:]
+    assert f"[ROUND {rounds}/{rounds}]" in log, log[-4000:]
+    return out, log
 
+
+def test_three_devices_federate_and_adopt_the_same_global_head(
+    bundle_dir: Path, tmp_path: Path, devices: list[tuple[Path, Path]]
+) -> None:
+    out, log = _federate(bundle_dir, tmp_path, list(devices), ROUNDS, [])
     store = GlobalStore(out, Bundle.load(bundle_dir))
     assert store.versions() == list(range(1, ROUNDS + 1)), log[-4000:]
     assert store.registry() == list(CLASSES)
@@ -153,3 +164,43 @@ def test_three_devices_federate_and_adopt_the_same_global_head(
                     np.testing.assert_allclose(adapter.parameters()[name], value, atol=1e-6)
             else:
                 assert adapter.meta["head_version"] < adapter.version
+
+
+def test_statistics_strategy_gives_every_device_the_central_lda_head(bundle_dir: Path, tmp_path: Path) -> None:
+    """slda devices that saw different classes: one round of summed statistics is the central head (to 1e-6)."""
+    x, y = make_dataset(600, seed=12)
+    names = np.array(CLASSES)[y]
+    off = guard.GuardPolicy(enabled=False)  # every sample joins the statistics: none is held out
+    states, learned = [], []
+    for i, keep in enumerate(DEVICE_CLASSES):
+        mask = np.isin(y, keep) & (np.arange(len(y)) % 3 == i)
+        states.append(tmp_path / f"state{i}")
+        with Adapter(bundle_dir, states[-1], policy=off, head_learner="slda") as adapter:
+            adapter.learn(x[mask], names[mask])
+        learned.append(np.flatnonzero(mask))
+    everything = np.concatenate(learned)
+    with Adapter(bundle_dir, tmp_path / "central", policy=off, head_learner="slda") as central:
+        central.learn(x[everything], names[everything])
+        expected = central.class_statistics()
+        central_predictions = central.predict(x)
+    assert expected is not None
+
+    out, log = _federate(bundle_dir, tmp_path, [(state, None) for state in states], 1, ["--head-learner", "slda"])
+    store = GlobalStore(out, Bundle.load(bundle_dir))
+    assert store.versions() == [1] and store.meta(1)["strategy"] == "statistics", log[-4000:]
+    assert store.meta(1)["samples"] == len(everything)
+    fleet = store.load(1).parameters
+    weight, bias = ClosedFormHead("slda", DEFAULT_SHRINKAGE).linear_head(expected, *normaliser(expected))
+    np.testing.assert_allclose(fleet["head.weight"], weight, rtol=1e-6, atol=1e-6 * np.abs(weight).max())
+    np.testing.assert_allclose(fleet["head.bias"], bias, rtol=1e-6, atol=1e-6 * np.abs(bias).max())
+    for state in states:
+        with Adapter(bundle_dir, state, head_learner="slda") as adapter:
+            assert adopted_version(adapter.meta) == 1 and adapter.meta["head_version"] == adapter.version
+            assert adapter.predict(x) == central_predictions
+            version = adapter.store.current()
+            assert version is not None
+            head = adapter.bundle.manifest.head
+            others = ClassStatistics.load(version.files[FLEET_STATISTICS_FILE], head.num_outputs, head.feature_dim)
+            fleet_view = adapter.class_statistics().merged(others)  # own + the other devices' = everything
+            np.testing.assert_array_equal(fleet_view.counts, expected.counts)
+            np.testing.assert_allclose(fleet_view.moment, expected.moment, rtol=1e-6)

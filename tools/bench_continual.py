@@ -9,18 +9,26 @@ Contenders, all with the same features, epochs and learning rate:
 - naive fine-tuning: no replay, no guard (train on the new arrival only);
 - latent replay: edgeft's class-balanced reservoir with at most ``--per-class`` features per class, guard off;
 - edgeft defaults: the same replay with the promotion guard on (does the guard let new classes in?);
+- streaming heads (``--head-learner``): streaming LDA and nearest class mean (one pass per arrival, no replay, no
+  stored samples; guard off), streaming LDA with the guard on, and SLDA-initialised SGD with the same replay;
 - joint training: a fresh head trained on everything seen so far at each arrival (the upper bound).
+
+Then the cost of one small arrival: after the whole stream, arrivals of 16 raw scans (drawn at random from
+the stream), each embedded (``Adapter.embed``) and then learned (``learn_features``, the whole commit included) by
+each learner in turn; the table gives the median times and learn / embed, both measured on the same arrival.
 
 Metrics (Avalanche / GEM definitions): average accuracy = mean_j R[T][j] after the last arrival; forgetting =
 mean over tasks j < T of (max_{l<T} R[l][j] - R[T][j]) (Chaudhry et al. 2018); backward transfer = mean over
 j < T of (R[T][j] - R[j][j]) (Lopez-Paz & Ranzato 2017).
-Usage: ``python tools/bench_continual.py [--per-class 50] [--out table.md]``
+Usage: ``python tools/bench_continual.py [--per-class 50] [--seeds 3] [--arrivals 10] [--costs-only] [--out FILE]``
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,13 +118,53 @@ CONTENDERS = {
     "naive fine-tuning": {"replay_per_class": 0, "policy": GuardPolicy(enabled=False)},
     "latent replay": {"policy": GuardPolicy(enabled=False)},
     "edgeft defaults: latent replay + guard": {},
+    "streaming LDA, no stored samples": {"head_learner": "slda", "policy": GuardPolicy(enabled=False)},
+    "nearest class mean, no stored samples": {"head_learner": "ncm", "policy": GuardPolicy(enabled=False)},
+    "streaming LDA + guard": {"head_learner": "slda"},
+    "SLDA-initialised SGD + latent replay": {"head_learner": "slda+sgd", "policy": GuardPolicy(enabled=False)},
 }
+COSTED = {"sgd (replay, 10 epochs)": "sgd", "streaming LDA": "slda", "nearest class mean": "ncm"}
+ARRIVAL = 16
+
+
+def arrival_costs(
+    bundle: Path, root: Path, train: tuple[np.ndarray, np.ndarray], arrivals: int, per_class: int
+) -> dict[str, list[tuple[float, float]]]:
+    """(embed seconds, learn seconds) of ``arrivals`` arrivals of 16 raw scans per learner, after the whole stream.
+
+    Every learner first learns the whole stream's features (guard off); then each arrival's raw scans are
+    embedded and learned by each learner in turn, so both times of a pair share the machine's state.
+    """
+    x, y = train
+    adapters = {}
+    features = None
+    for name, learner in COSTED.items():
+        adapter = Adapter(bundle, root / f"cost-{learner}", ep="cpu", head_learner=learner, replay_per_class=per_class,
+                          policy=GuardPolicy(enabled=False))  # fmt: skip
+        features = adapter.embed(x) if features is None else features
+        adapter.learn_features(features, y.astype(str))
+        adapters[name] = adapter
+    order = np.random.default_rng(0).permutation(len(y))
+    costs: dict[str, list[tuple[float, float]]] = {name: [] for name in COSTED}
+    for i in range(arrivals):
+        chunk = order[i * ARRIVAL : (i + 1) * ARRIVAL]
+        for name, adapter in adapters.items():
+            started = time.perf_counter()
+            embedded = adapter.embed(x[chunk])
+            embedded_at = time.perf_counter()
+            adapter.learn_features(embedded, y[chunk].astype(str))
+            costs[name].append((embedded_at - started, time.perf_counter() - embedded_at))
+    for adapter in adapters.values():
+        adapter.close()
+    return costs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=50, help="replay buffer size per class")
     parser.add_argument("--seeds", type=int, default=3, help="repeat every contender with seeds 0..N-1")
+    parser.add_argument("--arrivals", type=int, default=10, help="16-scan arrivals timed per learner")
+    parser.add_argument("--costs-only", action="store_true", help="only time the 16-scan arrivals")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
     runs: dict[str, list[Run]] = {}
@@ -129,16 +177,18 @@ def main() -> None:
         train = (np.concatenate([embedder.embed(c["x"]) for c in chunks]), np.concatenate([c["y"] for c in chunks]))
         with np.load(TEST) as data:
             test = (embedder.embed(data["x"]), data["y"])
-        for seed in range(args.seeds):
-            for name, options in CONTENDERS.items():
+        for seed in range(0 if args.costs_only else args.seeds):
+            for index, (name, options) in enumerate(CONTENDERS.items()):
                 options = {"replay_per_class": args.per_class, **options}
-                state = root / f"{len(runs)}-{seed}-{len(runs.get(name, []))}"
+                state = root / f"contender{index}-seed{seed}"  # a fresh state for every contender and seed
                 runs.setdefault(name, []).append(run_incremental(name, bundle, state, train, test, seed, **options))
             runs.setdefault("joint training (upper bound)", []).append(
                 run_joint(bundle, root / f"joint{seed}", train, test, seed)
             )
             print(f"seed {seed} done", flush=True)
-    table = _table(runs, args.per_class)
+        raw = (np.concatenate([c["x"] for c in chunks]), train[1])
+        costs = arrival_costs(bundle, root, raw, args.arrivals, args.per_class)
+    table = (_table(runs, args.per_class) + "\n\n" if runs else "") + _cost_table(costs)
     print(table)
     if args.out:
         args.out.write_text(table + "\n")
@@ -166,6 +216,21 @@ def _table(runs: dict[str, list[Run]], per_class: int) -> str:
     for name, seeded in runs.items():
         matrix = seeded[0].matrix
         rows.append(f"- {name}: " + "; ".join(" ".join(f"{v:.2f}" for v in r[: i + 1]) for i, r in enumerate(matrix)))
+    return "\n".join(rows)
+
+
+def _cost_table(costs: dict[str, list[tuple[float, float]]]) -> str:
+    rows = [
+        f"One arrival of {ARRIVAL} scans after the whole stream, median of {len(next(iter(costs.values())))} "
+        "arrivals (learn: `learn_features`, commit included):",
+        "",
+        "| learner | embed 16 scans (s) | learn them (s) | learn / embed |",
+        "|---|---|---|---|",
+    ]
+    for name, pairs in costs.items():
+        embed, learn = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+        ratio = statistics.median(p[1] / p[0] for p in pairs)
+        rows.append(f"| {name} | {embed:.3f} | {learn:.3f} | {ratio:.2f} |")
     return "\n".join(rows)
 
 

@@ -88,12 +88,15 @@ def device(
     ] = None,
     port: Annotated[int, typer.Option(help="Local port of this SuperNode's runtime API (one per device).")] = 9094,
     threads: Annotated[int | None, typer.Option(min=1, help="Intra-op threads for training.")] = None,
+    head_learner: Annotated[
+        str, typer.Option(help="How this device learns its arrivals: sgd, slda, ncm or slda+sgd (see edgeft adapt).")
+    ] = "sgd",
     insecure: InsecureOpt = False,
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate to trust the SuperLink's TLS.")] = None,
     auth_key: Annotated[Path | None, typer.Option(help="This device's private key for node authentication.")] = None,
 ) -> None:
     """Join a fleet: start Flower's SuperNode for this device's bundle and state (its ClientApp wraps the Adapter)."""
-    config = {"bundle": bundle.resolve(), "state": state.resolve()}
+    config = {"bundle": bundle.resolve(), "state": state.resolve(), "head-learner": head_learner}
     if inbox is not None:
         config["inbox"] = inbox.resolve()
     node_config = " ".join(f"{key}={_quoted(value)}" for key, value in config.items())
@@ -118,7 +121,13 @@ def run(
     ] = None,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 3,
     min_devices: Annotated[int, typer.Option(min=1, help="Devices to wait for; each round uses all connected.")] = 2,
-    strategy: Annotated[str, typer.Option(help="fedavg (sample-weighted) or fedadam.")] = "fedavg",
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="auto (statistics when every device learns with slda or ncm, else fedavg), statistics (exact: "
+            "devices' class statistics add up to the central head), fedavg (sample-weighted) or fedadam."
+        ),
+    ] = "auto",
     epochs: Annotated[int, typer.Option(min=0, help="Local epochs per round (0: the bundle's default).")] = 0,
     lr: Annotated[float, typer.Option(min=0.0, help="Local learning rate (0: the bundle's default).")] = 0.0,
 ) -> None:

@@ -1,7 +1,7 @@
 """The fleet's Flower ClientApp: one per device, run by ``flower-supernode`` next to the device's state.
 
 The SuperNode's node config names the device's files: ``bundle`` and ``state`` (required), ``inbox`` (a folder of
-new arrivals, learned before each round), ``threads`` and ``ep``. Every message opens the device's ``Adapter``
+new arrivals, learned before each round), ``threads``, ``ep`` and ``head-learner`` (how arrivals are learned). Every message opens the device's ``Adapter``
 (taking its state lock) and closes it again.
 """
 
@@ -15,7 +15,17 @@ from flwr.clientapp import ClientApp
 
 from edgeft.errors import EdgeftError
 from edgeft.fleet.device import FleetDevice, TrainOptions
-from edgeft.fleet.records import ARRAYS, CONFIG, METRICS, from_record, report_content, to_record
+from edgeft.fleet.records import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    STATISTICS,
+    from_record,
+    read_statistics,
+    report_content,
+    statistics_record,
+    to_record,
+)
 from edgeft.runtime.adapter import Adapter
 
 app = ClientApp()
@@ -28,8 +38,13 @@ def _device(context: Context) -> Iterator[FleetDevice]:
     if missing:
         raise EdgeftError(f'the SuperNode\'s --node-config lacks {", ".join(missing)} (e.g. bundle="..." state="...")')
     threads = int(config["threads"]) if config.get("threads") else None
+    learner = str(config.get("head-learner", "sgd"))
     with Adapter(
-        str(config["bundle"]), str(config["state"]), ep=str(config.get("ep", "auto")), threads=threads
+        str(config["bundle"]),
+        str(config["state"]),
+        ep=str(config.get("ep", "auto")),
+        threads=threads,
+        head_learner=learner,
     ) as adapter:
         yield FleetDevice(adapter, str(config["inbox"]) if config.get("inbox") else None, threads)
 
@@ -48,16 +63,22 @@ def report(message: Message, context: Context) -> Message:
     """Ingest new arrivals, then tell the server this device's label map and feature moments."""
     with _device(context) as device:
         result = device.report()
-    return Message(report_content(result.classes, result.fingerprint, result.moments), reply_to=message)
+    content = report_content(result.classes, result.fingerprint, result.moments, result.head_learner)
+    return Message(content, reply_to=message)
 
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    """Ingest new arrivals, train the received global head on the replay buffer, return it with the sample count."""
+    """Ingest new arrivals, train the received global head on the replay buffer, return it with the sample count;
+    in a statistics round, return this device's class statistics instead."""
     config = message.content.config_records[CONFIG]
     with _device(context) as device:
         classes = _checked(device, config)
         ingested = device.ingest()
+        if config.get("mode") == "statistics":
+            statistics = device.statistics(classes)
+            metrics = MetricRecord({"num-examples": statistics.total, **ingested})
+            return Message(RecordDict({ARRAYS: statistics_record(statistics), METRICS: metrics}), reply_to=message)
         options = TrainOptions(
             epochs=int(config["epochs"]),
             batch_size=int(config["batch-size"]),
@@ -71,12 +92,19 @@ def train(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    """Adopt the round's global head through the promotion guard; report the verdict and holdout accuracy."""
+    """Adopt the round's global head through the promotion guard; report the verdict and holdout accuracy.
+
+    A statistics round also sends every device's statistics together: the device keeps the others' part."""
     config = message.content.config_records[CONFIG]
     version = int(config["first-version"]) + int(config["server-round"]) - 1
+    records = message.content.array_records
     with _device(context) as device:
         classes = _checked(device, config)
-        result = device.adopt(from_record(message.content.array_records[ARRAYS]), classes, version)
+        total = None
+        if STATISTICS in records:
+            head = device.adapter.bundle.manifest.head
+            total = read_statistics(records[STATISTICS], head.num_outputs, head.feature_dim, "the fleet's statistics")
+        result = device.adopt(from_record(records[ARRAYS]), classes, version, total)
         samples = len(device.replay())
     accuracy = result.holdout_accuracy if result.holdout_accuracy is not None else float("nan")
     metrics = MetricRecord(

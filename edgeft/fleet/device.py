@@ -16,7 +16,9 @@ import numpy as np
 from edgeft.errors import EdgeftError
 from edgeft.fleet.alignment import device_view, row_order, to_device, to_global
 from edgeft.fleet.normaliser import Moments, moments
+from edgeft.fleet.pooled_statistics import to_global_rows
 from edgeft.runtime.adapter import Adapter, LearnResult
+from edgeft.runtime.class_statistics import ClassStatistics
 from edgeft.runtime.inbox import Inbox
 from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.schedule import learning_rates
@@ -43,6 +45,7 @@ class Report:
     classes: list[str]
     fingerprint: str
     moments: Moments
+    head_learner: str = "sgd"
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,10 @@ class FleetDevice:
     def report(self) -> Report:
         """Ingest new arrivals, then the label map and the moments of the replayed features."""
         self.ingest()
-        return Report(self.adapter.classes, self.adapter.bundle.fingerprint, moments(self.replay().features))
+        features = self.replay().features
+        return Report(
+            self.adapter.classes, self.adapter.bundle.fingerprint, moments(features), self.adapter.head_learner
+        )
 
     def replay(self) -> ReplayBuffer:
         """The current version's latent replay buffer (empty before anything was learned)."""
@@ -113,11 +119,34 @@ class FleetDevice:
         )
         return TrainOutcome(to_global(trainer.parameters(), order), len(replay), loss)
 
-    def adopt(self, global_head: Parameters, global_classes: list[str], version: int) -> LearnResult:
-        """Make global head ``version`` current through the promotion guard (committed and logged either way)."""
+    def statistics(self, global_classes: list[str]) -> ClassStatistics:
+        """This device's class statistics in the fleet's row order (``slda``/``ncm`` devices only)."""
+        own = self.adapter.class_statistics()
+        if own is None:
+            raise EdgeftError(
+                f"device state {self.adapter.store.root} learns with {self.adapter.head_learner}, which keeps no class "
+                "statistics; the fleet's statistics strategy needs --head-learner slda or ncm on every device"
+            )
+        return to_global_rows(own, row_order(self.adapter.classes, global_classes, self.adapter.capacity))
+
+    def adopt(
+        self,
+        global_head: Parameters,
+        global_classes: list[str],
+        version: int,
+        total: ClassStatistics | None = None,
+    ) -> LearnResult:
+        """Make global head ``version`` current through the promotion guard (committed and logged either way).
+
+        ``total`` (statistics rounds): every device's statistics together, this device's included; the device keeps
+        the others' part, so its later arrivals rewrite the head from the whole fleet's statistics and its own.
+        """
         order = row_order(self.adapter.classes, global_classes, self.adapter.capacity)
         view = device_view(self.adapter.classes, global_classes)
-        return self.adapter.adopt(to_device(global_head, order), view, origin=f"{ORIGIN_PREFIX}{version}")
+        own = self.adapter.class_statistics()
+        others = total.rows(order).minus(own) if total is not None and own is not None else None
+        origin = f"{ORIGIN_PREFIX}{version}"
+        return self.adapter.adopt(to_device(global_head, order), view, origin=origin, fleet_statistics=others)
 
 
 def _quiet(kind: str, **fields: Any) -> None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from edgeft.errors import EdgeftError
 from edgeft.fleet.normaliser import Moments
+from edgeft.runtime.class_statistics import ClassStatistics
 from edgeft.runtime.trainer import Parameters
 
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 REPORT = "report"
+STATISTICS = "statistics"
 
 
 def to_record(parameters: Parameters) -> ArrayRecord:
@@ -24,11 +27,11 @@ def from_record(record: ArrayRecord) -> Parameters:
     return {name: array.numpy() for name, array in record.items()}
 
 
-def report_content(classes: list[str], fingerprint: str, parts: Moments) -> RecordDict:
-    """A device's report: label map and bundle fingerprint, feature moments, sample count."""
+def report_content(classes: list[str], fingerprint: str, parts: Moments, head_learner: str = "sgd") -> RecordDict:
+    """A device's report: label map, bundle fingerprint and head learner, feature moments, sample count."""
     return RecordDict(
         {
-            REPORT: ConfigRecord({"classes": list(classes), "fingerprint": fingerprint}),
+            REPORT: ConfigRecord({"classes": list(classes), "fingerprint": fingerprint, "head-learner": head_learner}),
             ARRAYS: ArrayRecord({"mean": Array(parts.mean), "var": Array(parts.var)}),
             METRICS: MetricRecord({"num-examples": parts.count}),
         }
@@ -45,3 +48,35 @@ def read_report(content: RecordDict) -> tuple[list[str], str, Moments]:
         str(report["fingerprint"]),
         Moments(count, arrays["mean"].numpy(), arrays["var"].numpy()),
     )
+
+
+def reported_learner(content: RecordDict) -> str:
+    """The head learner a device's report names (``sgd`` for devices that do not say)."""
+    return str(content.config_records[REPORT].get("head-learner", "sgd"))
+
+
+def statistics_record(statistics: ClassStatistics) -> ArrayRecord:
+    """Class statistics as an ArrayRecord (counts int64, sums and moment float64)."""
+    parts = {"counts": statistics.counts, "sums": statistics.sums, "moment": statistics.moment}
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in parts.items()})
+
+
+def read_statistics(record: ArrayRecord, num_classes: int, feature_dim: int, origin: str) -> ClassStatistics:
+    """Class statistics from a device's ArrayRecord, or a clear error naming ``origin`` if they do not fit."""
+    try:
+        counts, sums, moment = (record[name].numpy() for name in ("counts", "sums", "moment"))
+    except KeyError as exc:
+        raise EdgeftError(f"{origin}: its class statistics lack {exc}") from None
+    fits = (
+        counts.shape == (num_classes,)
+        and counts.dtype == np.int64
+        and sums.shape == (num_classes, feature_dim)
+        and sums.dtype == np.float64
+        and moment.dtype == np.float64
+        and moment.shape in ((), (feature_dim, feature_dim))
+    )
+    if not fits or (counts < 0).any() or not (np.isfinite(sums).all() and np.isfinite(moment).all()):
+        raise EdgeftError(
+            f"{origin}: its class statistics do not fit this bundle's head ({num_classes} x {feature_dim})"
+        )
+    return ClassStatistics(counts, sums, moment)

@@ -1,9 +1,14 @@
 """The fleet's Flower ServerApp: pool a normaliser, align classes, run federated rounds, save each global head.
 
 Run config (``flwr run ... --run-config``): ``bundle`` (the devices' bundle, as the server sees it), ``out`` (the
-server's fleet folder), ``rounds``, ``min-devices``, ``strategy`` (``fedavg`` or ``fedadam``), ``server-lr``
-(FedAdam's step), ``epochs``, ``batch-size``, ``lr`` and ``seed`` (local training), ``timeout`` (seconds to wait
-for devices and replies).
+server's fleet folder), ``rounds``, ``min-devices``, ``strategy`` (``auto``, ``statistics``, ``fedavg`` or
+``fedadam``), ``server-lr`` (FedAdam's step), ``epochs``, ``batch-size``, ``lr`` and ``seed`` (local training),
+``shrinkage`` (the statistics strategy's LDA), ``timeout`` (seconds to wait for devices and replies).
+
+``statistics`` (what ``auto`` picks when every device learns with ``slda`` or ``ncm``): each round, every device
+sends its class statistics (``edgeft.fleet.pooled_statistics``), the server adds them and writes the closed-form
+head, exactly the head of one device that had every device's samples; devices then adopt it through their guard.
+``auto`` picks ``fedavg`` otherwise.
 """
 
 from __future__ import annotations
@@ -21,12 +26,25 @@ from edgeft.bundle import Bundle
 from edgeft.errors import EdgeftError
 from edgeft.fleet.alignment import extend_registry
 from edgeft.fleet.normaliser import Moments, pooled_normaliser
-from edgeft.fleet.records import CONFIG, from_record, read_report, to_record
+from edgeft.fleet.pooled_statistics import STATISTICS_LEARNERS, global_head, pooled
+from edgeft.fleet.records import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    STATISTICS,
+    from_record,
+    read_report,
+    read_statistics,
+    reported_learner,
+    statistics_record,
+    to_record,
+)
 from edgeft.fleet.store import GlobalStore
+from edgeft.runtime.slda import DEFAULT_SHRINKAGE
 from edgeft.runtime.trainer import Parameters, stored_state
 
 app = ServerApp()
-STRATEGIES = ("fedavg", "fedadam")
+STRATEGIES = ("auto", "statistics", "fedavg", "fedadam")
 
 
 @dataclass(frozen=True)
@@ -44,13 +62,14 @@ class FleetSettings:
     lr: float
     seed: int
     timeout: float
+    shrinkage: float = DEFAULT_SHRINKAGE
 
     @classmethod
     def from_run_config(cls, config: dict) -> FleetSettings:
         """Read the run config; bundle and out are required, training options default to the bundle's."""
         if not config.get("bundle") or not config.get("out"):
             raise EdgeftError('the run config needs bundle="PATH" and out="FOLDER" (flwr run ... --run-config)')
-        strategy = str(config.get("strategy", "fedavg"))
+        strategy = str(config.get("strategy", "auto"))
         if strategy not in STRATEGIES:
             raise EdgeftError(f"unknown strategy '{strategy}' in the run config; choose one of {', '.join(STRATEGIES)}")
         defaults = Bundle.load(str(config["bundle"])).manifest.defaults
@@ -66,6 +85,7 @@ class FleetSettings:
             lr=float(config.get("lr") or defaults.lr),
             seed=int(config.get("seed", defaults.seed)),
             timeout=float(config.get("timeout", 600)),
+            shrinkage=float(config.get("shrinkage") or DEFAULT_SHRINKAGE),
         )
 
 
@@ -80,9 +100,13 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> GlobalStore:
     bundle = Bundle.load(settings.bundle)
     store = GlobalStore(settings.out, bundle)
     reports = _reports(grid, settings, bundle.fingerprint)
-    classes = extend_registry(store.registry(), [names for names, _ in reports], bundle.manifest.head.num_outputs)
+    classes = extend_registry(store.registry(), [names for names, _, _ in reports], bundle.manifest.head.num_outputs)
     store.save_registry(classes)
-    start = _starting_head(bundle, store, [parts for _, parts in reports])
+    learners = {learner for _, _, learner in reports}
+    if settings.strategy == "statistics" or (settings.strategy == "auto" and learners <= set(STATISTICS_LEARNERS)):
+        _statistics_rounds(grid, settings, bundle, store, classes)
+        return store
+    start = _starting_head(bundle, store, [parts for _, parts, _ in reports])
     first = (store.versions() or [0])[-1] + 1
     shared = {"classes": classes, "fingerprint": bundle.fingerprint}
     train_config = ConfigRecord(
@@ -124,8 +148,68 @@ def _strategy(settings: FleetSettings) -> Strategy:
     return FedAvg(**nodes)
 
 
-def _reports(grid: Grid, settings: FleetSettings, fingerprint: str) -> list[tuple[list[str], Moments]]:
-    """Label maps and feature moments of the connected devices that run this bundle."""
+def _statistics_rounds(
+    grid: Grid, settings: FleetSettings, bundle: Bundle, store: GlobalStore, classes: list[str]
+) -> None:
+    """Each round: collect every device's class statistics, add them, save the closed-form head, have it adopted."""
+    head = bundle.manifest.head
+    first = (store.versions() or [0])[-1] + 1
+    shared = {"classes": classes, "fingerprint": bundle.fingerprint, "first-version": first}
+    for server_round in range(1, settings.rounds + 1):
+        config = ConfigRecord({**shared, "mode": "statistics", "server-round": server_round})
+        parts = []
+        for reply in _ask(grid, RecordDict({CONFIG: config}), MessageType.TRAIN, settings.timeout):
+            origin = f"device {reply.metadata.src_node_id}"
+            try:
+                parts.append(
+                    read_statistics(reply.content.array_records[ARRAYS], head.num_outputs, head.feature_dim, origin)
+                )
+            except EdgeftError as exc:
+                log(WARNING, "%s; left out of round %d", exc, server_round)
+        if len(parts) < settings.min_devices:
+            raise EdgeftError(
+                f"round {server_round}: {len(parts)} of {settings.min_devices} devices sent class statistics"
+            )
+        total = pooled(parts)
+        version = first + server_round - 1
+        info = {"round": server_round, "strategy": "statistics", "devices": len(parts), "samples": total.total}
+        store.save(version, global_head(bundle, total, settings.shrinkage), classes, info)
+        log(INFO, "[ROUND %d/%d] global head %d from %d devices' statistics (%d samples)", server_round,
+            settings.rounds, version, len(parts), total.total)  # fmt: skip
+        evaluate = RecordDict(
+            {
+                STATISTICS: statistics_record(total),
+                ARRAYS: to_record(store.load(version).parameters),
+                CONFIG: ConfigRecord({**shared, "server-round": server_round}),
+            }
+        )
+        verdicts = [
+            reply.content.metric_records[METRICS]
+            for reply in _ask(grid, evaluate, MessageType.EVALUATE, settings.timeout)
+        ]
+        log(
+            INFO,
+            "global head %d promoted on %d of %d devices",
+            version,
+            sum(int(v["promoted"]) for v in verdicts),
+            len(verdicts),
+        )
+
+
+def _ask(grid: Grid, content: RecordDict, message_type: str, timeout: float) -> list[Message]:
+    """Send ``content`` to every connected device; return the replies without errors (errors are logged)."""
+    messages = [Message(content, dst_node_id=node, message_type=message_type) for node in grid.get_node_ids()]
+    replies = []
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            log(WARNING, "device %s: %s", reply.metadata.src_node_id, reply.error.reason)
+        else:
+            replies.append(reply)
+    return replies
+
+
+def _reports(grid: Grid, settings: FleetSettings, fingerprint: str) -> list[tuple[list[str], Moments, str]]:
+    """Label maps, feature moments and head learners of the connected devices that run this bundle."""
     deadline = time.monotonic() + settings.timeout
     while len(nodes := list(grid.get_node_ids())) < settings.min_devices:
         if time.monotonic() > deadline:
@@ -144,8 +228,9 @@ def _reports(grid: Grid, settings: FleetSettings, fingerprint: str) -> list[tupl
         if device_fingerprint != fingerprint:
             log(WARNING, "device %s runs another bundle; left out", reply.metadata.src_node_id)
             continue
-        reports.append((classes, parts))
-    log(INFO, "%d devices reported, %d samples in their replay buffers", len(reports), sum(p.count for _, p in reports))
+        reports.append((classes, parts, reported_learner(reply.content)))
+    samples = sum(p.count for _, p, _ in reports)
+    log(INFO, "%d devices reported, %d samples in their replay buffers", len(reports), samples)
     return reports
 
 

@@ -22,6 +22,7 @@ from edgeft.bundle import Bundle
 from edgeft.errors import DataError, EdgeftError
 from edgeft.runtime import drift, guard
 from edgeft.runtime.atomic import make_directory, write_atomic
+from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, STATISTICS_FILE, ClassStatistics
 from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
 from edgeft.runtime.int8_check import cached_check, refusal
@@ -30,6 +31,14 @@ from edgeft.runtime.ort import Placement, resolve_placement
 from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.rollback import RollbackPlan, plan, rollback_meta
 from edgeft.runtime.schedule import learning_rates
+from edgeft.runtime.slda import (
+    DEFAULT_SHRINKAGE,
+    closed_form_head,
+    head_learner_name,
+    learn_statistics,
+    stored_fleet_statistics,
+    stored_statistics,
+)
 from edgeft.runtime.store import KEEP_VERSIONS, StateStore, Version
 from edgeft.runtime.trainer import (
     HEAD_STATE_FILE,
@@ -89,7 +98,9 @@ class Adapter:
     fixed labelled holdout set (raw inputs, labels) used instead of holding out a share of each arrival.
     ``trainer`` picks the training backend: ``auto`` (the portable ONNX trainer when the bundle carries it),
     ``onnx`` or ``ort`` (ONNX Runtime training, the ``edgeft[ort]`` extra). ``keep_versions`` is how many
-    committed versions stay on disk (and can be rolled back to).
+    committed versions stay on disk (and can be rolled back to). ``head_learner`` is ``sgd`` (train the head with
+    the train step), ``slda`` or ``ncm`` (closed-form heads from class statistics, no epochs or replay; see
+    ``edgeft.runtime.slda``, ``shrinkage`` is streaming LDA's) or ``slda+sgd`` (the LDA head, then SGD).
     Learning takes the state directory's lock (one writer at a time) and commits a version per call;
     prediction reads the current version and needs no lock.
     """
@@ -108,6 +119,8 @@ class Adapter:
         schedule: str = "constant",
         trainer: str = "auto",
         keep_versions: int = KEEP_VERSIONS,
+        head_learner: str = "sgd",
+        shrinkage: float = DEFAULT_SHRINKAGE,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         task = self.bundle.manifest.head.task
@@ -116,6 +129,10 @@ class Adapter:
                 f"bundle {self.bundle.path} is for {task}; the device runtime learns single-label classification only "
                 "so far (export with the default task)"
             )
+        self.head_learner = head_learner_name(head_learner)
+        self._closed_form = closed_form_head(self.bundle, self.head_learner, shrinkage)
+        self._statistics: ClassStatistics | None = None
+        self._fleet_statistics: ClassStatistics | None = None
         self.placement: Placement = resolve_placement(ep)
         self._trainer_choice = trainer_name(trainer)
         self._trainer_kind: str | None = None
@@ -131,7 +148,7 @@ class Adapter:
         per_class = self.bundle.manifest.defaults.replay_per_class if replay_per_class is None else replay_per_class
         if replay_mb is not None:
             per_class = min(per_class, int(replay_mb * 2**20) // (4 * head.feature_dim * head.num_outputs))
-        self._replay_per_class = per_class
+        self._replay_per_class = 0 if self._closed_form and not self._closed_form.then_sgd else per_class
         self._features = FeatureExtractor(self.bundle, self.placement, threads)
         self._predictor = HeadPredictor(self.bundle, self.placement, threads)
         self._trainer: Trainer | None = None
@@ -274,11 +291,20 @@ class Adapter:
             self._forget_uncommitted()  # whatever trained in memory was not committed: start again from disk
             raise
 
-    def adopt(self, parameters: Parameters, classes: list[str], *, origin: str) -> LearnResult:
+    def adopt(
+        self,
+        parameters: Parameters,
+        classes: list[str],
+        *,
+        origin: str,
+        fleet_statistics: ClassStatistics | None = None,
+    ) -> LearnResult:
         """Make a head trained elsewhere (e.g. a fleet's federated head) current, if the guard agrees; commit.
 
         ``classes`` is that head's label map: the device's classes must be its prefix (the fleet assigns outputs
-        to new names in one agreed order). Replay and holdout stay as they are.
+        to new names in one agreed order). Replay and holdout stay as they are. ``fleet_statistics`` (slda/ncm,
+        in this device's row order) are the other devices' class statistics behind that head: kept with it, later
+        arrivals rewrite the head from them and this device's own.
         """
         trainer, _replay, holdout = self._open()
         if len(classes) > self.capacity or list(classes[: len(self.classes)]) != self.classes:
@@ -293,8 +319,12 @@ class Adapter:
                 raise EdgeftError(f"{origin}: {exc}") from None
             decision = self._judge(None, current, trainer.parameters(), holdout, list(classes))
             promoted_writers = {**self._unchanged_writers(self._version, skip=HEAD_FILES), **trainer.writers()}
+            if fleet_statistics is not None and self._closed_form is not None:
+                promoted_writers[FLEET_STATISTICS_FILE] = fleet_statistics.save
             arrival = {"origin": origin, "inputs": [], "samples": 0, "adopted": True}
             meta = self._commit(trainer, decision, promoted_writers, list(classes), None, 0, arrival)
+            if decision.promoted and FLEET_STATISTICS_FILE in promoted_writers:
+                self._fleet_statistics = fleet_statistics
         except BaseException:
             self._forget_uncommitted()
             raise
@@ -343,6 +373,11 @@ class Adapter:
         """The current version's latent replay buffer, as learning uses it (takes the writer lock)."""
         return self._open()[1]
 
+    def class_statistics(self) -> ClassStatistics | None:
+        """The current version's class statistics (``slda``/``ncm`` learners; None for ``sgd``; takes the lock)."""
+        self._open()
+        return self._statistics
+
     def consumed_inputs(self) -> dict[str, int]:
         """sha256 -> version of every input the journal records as consumed (takes the writer lock)."""
         self._open()
@@ -381,7 +416,13 @@ class Adapter:
         all_f = np.concatenate([train_f, replay.features]) if replayed else train_f
         all_y = np.concatenate([train_y, replay.labels]) if replayed else train_y
         loss: float | None = None
-        if len(all_y):
+        if self._closed_form is not None and self._statistics is not None and len(train_y):
+            normaliser = self.bundle.manifest.head.normaliser
+            others = self._fleet_statistics
+            learn_statistics(self._closed_form, trainer, self._statistics, train_f, train_y, normaliser, others)
+        trains_sgd = self._closed_form is None or self._closed_form.then_sgd
+        epochs = epochs if trains_sgd else 0
+        if len(all_y) and trains_sgd:
             schedule = learning_rates(self.schedule, lr, steps_per_fit(len(all_y), epochs, batch_size))
             loss = trainer.fit(
                 all_f,
@@ -397,8 +438,13 @@ class Adapter:
             replay.add(train_f, train_y, rng)
             holdout.add(features[to_holdout], labels[to_holdout], rng)
         promoted_writers = {**trainer.writers(), "replay.npz": replay.save, "holdout.npz": holdout.save}
+        if self._statistics is not None:
+            promoted_writers[STATISTICS_FILE] = self._statistics.save
+        if self._fleet_statistics is not None:
+            promoted_writers[FLEET_STATISTICS_FILE] = self._fleet_statistics.save
         arrival = {
             "origin": origin,
+            "head_learner": self.head_learner,
             "inputs": inputs,
             "samples": len(labels),
             "trained": int(len(train_y)),
@@ -578,7 +624,7 @@ class Adapter:
     def _forget_uncommitted(self) -> None:
         """Drop in-memory training state so the next call reloads the committed version."""
         self._trainer = self._replay = self._holdout = None
-        self._parameters = None
+        self._parameters = self._statistics = self._fleet_statistics = None
 
     def _open(self) -> tuple[Trainer, ReplayBuffer, ReplayBuffer]:
         """Take the lock, then load the current head, its replay buffer and holdout for training."""
@@ -590,6 +636,9 @@ class Adapter:
             self._trainer = open_trainer(self.bundle, files, self.placement, self.trainer_kind)
             self._replay = self._load_buffer("replay.npz", self._replay_per_class)
             self._holdout = self._load_buffer("holdout.npz", self.policy.holdout_per_class)
+            if self._closed_form is not None:
+                self._statistics = stored_statistics(self._closed_form, self.bundle, self._version)
+                self._fleet_statistics = stored_fleet_statistics(self.bundle, self._version)
         if self._history_behind:
             self._logs.catch_up(self.store)
             self._history_behind = False
