@@ -197,7 +197,7 @@ def metric_name(head: HeadInfo) -> str:
 def thresholds_of(meta: dict[str, Any], classes: list[str]) -> np.ndarray:
     """Per-label decision thresholds recorded with a version (0.5 for labels without one)."""
     recorded = meta.get("thresholds", {})
-    return np.array([float(recorded.get(name, DEFAULT_THRESHOLD)) for name in classes], np.float32)
+    return np.array([float(recorded.get(name, DEFAULT_THRESHOLD)) for name in classes], np.float64)
 
 
 def micro_f1(predicted: np.ndarray, truth: np.ndarray) -> float:

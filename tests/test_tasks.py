@@ -1,0 +1,240 @@
+"""Multi-label and regression heads on the device runtime, end to end through the CLI on the tiny real model:
+export -> adapt -> predict -> eval -> export-inference, the guard refusing a garbage arrival, bad labels named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from helpers import CLASSES, make_dataset, one_error_line, run_cli, run_onnx
+
+from edgeft.bundle import Bundle, Defaults
+from edgeft.errors import DataError
+from edgeft.export import export_bundle
+from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.inbox import Inbox
+from edgeft.runtime.sources import read_path
+from edgeft.runtime.target_replay import TargetBuffer
+from edgeft.runtime.tasks import MULTILABEL, REGRESSION, micro_f1, tuned_thresholds
+from edgeft.runtime.watch import StopFlag, watch
+
+LEARN = ("--lr", "0.05", "--epochs", "10")
+
+
+def _levels(x: np.ndarray) -> np.ndarray:
+    """Per image, the mean of each channel: what the tasks below learn (labels 'channel is bright', or values)."""
+    return x.mean(axis=(2, 3)).astype(np.float32)
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> Path:
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)
+    return path
+
+
+def _export(tiny_model: Path, out: Path, task: str, loss: str | None = None, classes: str = ",".join(CLASSES)) -> Path:
+    args = ["export", tiny_model, "-o", out, "--classes", classes, "--task", task]
+    done = run_cli(*args, *(["--loss", loss] if loss else []))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def _json(*args: object) -> dict:
+    done = run_cli(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_multilabel_head_adapts_predicts_and_exports(tiny_model: Path, tmp_path: Path) -> None:
+    bundle = _export(tiny_model, tmp_path / "bundle", MULTILABEL)
+    state = tmp_path / "state"
+    x, _ = make_dataset(360, seed=11)
+    bright = (_levels(x) > 0).astype(np.uint8)  # each image's label set: the channels brighter than zero
+    train = _save_npz(tmp_path / "train.npz", x=x[:240], y=bright[:240])
+    holdout = _save_npz(tmp_path / "holdout.npz", x=x[240:300], y=bright[240:300])
+    test = _save_npz(tmp_path / "test.npz", x=x[300:], y=bright[300:])
+
+    first = _json("adapt", bundle, "--state", state, "-d", train, "--holdout", holdout, "--eval", test, *LEARN)
+    assert first["promoted"] and first["metric"] == "micro_f1", first
+    assert first["accuracy_after"] > 0.85 and first["accuracy_after"] > first["accuracy_before"] + 0.2, first
+
+    predicted = _json("predict", bundle, test, "--state", state)
+    rows = predicted["predictions"]
+    assert predicted["task"] == MULTILABEL and len(rows) == 60
+    scores = np.array([[row["scores"][name] for name in CLASSES] for row in rows])
+    chosen = np.array([[name in row["labels"] for name in CLASSES] for row in rows])
+    assert (chosen == (scores >= 0.5)).all()
+    assert micro_f1(chosen, bright[300:] > 0) == pytest.approx(first["accuracy_after"])
+
+    evaluated = _json("eval", bundle, "--state", state, "--data", test, "--per-version")
+    assert evaluated["micro_f1"] == pytest.approx(first["accuracy_after"])
+    assert set(evaluated["per_label"]) == set(CLASSES) and evaluated["per_version"][-1]["version"] == 1
+
+    # A flood of garbage: every label set replaced by its complement, in JSON lines of label-name lists.
+    flood, _ = make_dataset(600, seed=13)
+    lines = [
+        json.dumps({"x": xi.tolist(), "y": [n for n, b in zip(CLASSES, bi, strict=True) if b <= 0]})
+        for xi, bi in zip(flood, _levels(flood), strict=True)
+    ]
+    (tmp_path / "garbage.jsonl").write_text("\n".join(lines) + "\n")
+    refused = _json("adapt", bundle, "--state", state, "-d", tmp_path / "garbage.jsonl", "--holdout", holdout, *LEARN)
+    assert refused["promoted"] is False and "micro_f1" in refused["reason"], json.dumps(refused)
+    assert _json("predict", bundle, test, "--state", state)["predictions"] == rows  # the head stayed as it was
+
+    merged = tmp_path / "merged.onnx"
+    assert run_cli("export-inference", bundle, "--state", state, "-o", merged).returncode == 0
+    probabilities = run_onnx(merged, {"image": x[300:]}, ["probabilities"])[0]
+    np.testing.assert_allclose(probabilities, scores, atol=1e-5)
+    props = {p.key: p.value for p in onnx.load(str(merged)).metadata_props}
+    assert props["edgeft.task"] == MULTILABEL and json.loads(props["edgeft.thresholds"]) == [0.5] * 3
+
+
+@pytest.mark.parametrize(("loss", "targets"), [("mse", 3), ("l1", 1)])
+def test_regression_head_adapts_predicts_and_exports(loss: str, targets: int, tiny_model: Path, tmp_path: Path) -> None:
+    names = CLASSES if targets == 3 else ("brightness",)
+    bundle = _export(tiny_model, tmp_path / "bundle", REGRESSION, loss, ",".join(names))
+    state = tmp_path / "state"
+    x, _ = make_dataset(360, seed=12)
+    values = _levels(x) if targets == 3 else _levels(x).mean(axis=1)  # [N, 3], or a scalar per sample [N]
+    train = _save_npz(tmp_path / "train.npz", x=x[:240], y=values[:240])
+    holdout = _save_npz(tmp_path / "holdout.npz", x=x[240:300], y=values[240:300])
+    test = _save_npz(tmp_path / "test.npz", x=x[300:], y=values[300:])
+    metric = "rmse" if loss == "mse" else "mae"
+
+    first = _json("adapt", bundle, "--state", state, "-d", train, "--holdout", holdout, "--eval", test, *LEARN)
+    assert first["promoted"] and first["metric"] == metric, first
+    assert first["accuracy_after"] < 0.5 * first["accuracy_before"], first
+
+    rows = _json("predict", bundle, test, "--state", state)["predictions"]
+    predicted = np.array([[row["values"][n] for n in names] for row in rows])
+    errors = predicted - values[300:].reshape(60, targets)
+    found = np.sqrt((errors**2).mean()) if loss == "mse" else np.abs(errors).mean()
+    assert found == pytest.approx(first["accuracy_after"], rel=1e-4)
+    evaluated = _json("eval", bundle, "--state", state, "--data", test)
+    assert evaluated[metric] == pytest.approx(first["accuracy_after"], rel=1e-4)
+
+    # Garbage in CSV: the targets negated and scaled ("a;b;c" cells for several targets).
+    header = ",".join(f"v{i}" for i in range(x[0].size)) + ",label\n"
+    flood, _ = make_dataset(600, seed=13)
+    wrong = _levels(flood) if targets == 3 else _levels(flood).mean(axis=1)
+    cells = [";".join(f"{-5 * v:.6f}" for v in np.atleast_1d(row)) for row in wrong]
+    rows_csv = "".join(",".join(map(str, xi.ravel())) + f",{c}\n" for xi, c in zip(flood, cells, strict=True))
+    (tmp_path / "garbage.csv").write_text(header + rows_csv)
+    refused = _json("adapt", bundle, "--state", state, "-d", tmp_path / "garbage.csv", "--holdout", holdout, *LEARN)
+    assert refused["promoted"] is False and metric in refused["reason"], json.dumps(refused)
+
+    merged = tmp_path / "merged.onnx"
+    assert run_cli("export-inference", bundle, "--state", state, "-o", merged).returncode == 0
+    np.testing.assert_allclose(run_onnx(merged, {"image": x[300:]}, ["values"])[0], predicted, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def task_bundles(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Bundle]:
+    root = tmp_path_factory.mktemp("task-bundles")
+    defaults = Defaults(epochs=5, batch_size=16, lr=0.05, seed=0)
+    return {
+        task: export_bundle(tiny_model, root / task, classes=list(CLASSES), task=task, defaults=defaults)
+        for task in (MULTILABEL, REGRESSION)
+    }
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "content", "problem"),
+    [
+        (MULTILABEL, "wide.npz", {"y": np.ones((4, 5), np.uint8)}, "expected [samples, 3]"),
+        (MULTILABEL, "counts.npz", {"y": np.full((4, 3), 2, np.uint8)}, "other than 0 and 1"),
+        (MULTILABEL, "names.jsonl", '{"x": X, "y": ["red", "purple"]}\n', "unknown label(s) ['purple']"),
+        (MULTILABEL, "names.csv", "red;purple", "unknown label(s) ['purple']"),
+        (REGRESSION, "nan.npz", {"y": np.full((4, 3), np.nan, np.float32)}, "NaN or infinite"),
+        (REGRESSION, "short.npz", {"y": np.zeros(4, np.float32)}, "expected [samples, 3]"),
+        (REGRESSION, "fewer.npz", {"y": np.zeros(3, np.float32)}, "one target row per sample (4)"),
+        (REGRESSION, "words.npz", {"y": np.array(["a", "b", "c", "d"])}, "give numbers"),
+        (REGRESSION, "text.csv", "1;2;x", "not a number"),
+        (REGRESSION, "two.jsonl", '{"x": X, "y": [1.0, 2.0]}\n', "expected [samples, 3]"),
+        (REGRESSION, "flag.jsonl", '{"x": X, "y": true}\n', "does not fit a regression head"),
+    ],
+)
+def test_bad_targets_are_refused_naming_the_file(
+    task: str, name: str, content: object, problem: str, task_bundles: dict[str, Bundle], tmp_path: Path
+) -> None:
+    x, _ = make_dataset(4, seed=3)
+    path = tmp_path / name
+    if name.endswith(".npz"):
+        _save_npz(path, x=x, **content)  # type: ignore[arg-type]
+    elif name.endswith(".jsonl"):
+        path.write_text("".join(str(content).replace("X", json.dumps(xi.tolist())) for xi in x))
+    else:
+        header = ",".join(f"v{i}" for i in range(x[0].size)) + ",label\n"
+        path.write_text(header + "".join(",".join(map(str, xi.ravel())) + f",{content}\n" for xi in x))
+    with pytest.raises(DataError) as caught:
+        read_path(path, task_bundles[task].manifest)
+    assert str(path) in str(caught.value) and problem in str(caught.value)
+
+
+def test_bad_target_file_is_quarantined_and_good_ones_learned(task_bundles: dict[str, Bundle], tmp_path: Path) -> None:
+    inbox, state = tmp_path / "inbox", tmp_path / "state"
+    inbox.mkdir()
+    x, _ = make_dataset(40, seed=4)
+    _save_npz(inbox / "good.npz", x=x, y=_levels(x))
+    _save_npz(inbox / "nan.npz", x=x[:4], y=np.full((4, 3), np.nan, np.float32))
+    with Adapter(task_bundles[REGRESSION], state) as adapter:
+        summary = watch(adapter, Inbox(inbox), emit=lambda *a, **k: None, stop=StopFlag(), poll_seconds=0.01, once=True)
+        assert (summary.learned, summary.quarantined) == (1, 1)
+        assert adapter.version == 1 and adapter.meta["class_counts"] == dict.fromkeys(CLASSES, 40)
+    reason = (inbox / "quarantine" / "nan.npz.reason.txt").read_text()
+    assert "nan.npz" in reason and "NaN" in reason
+
+
+def test_cli_names_the_file_with_unknown_labels(task_bundles: dict[str, Bundle], tmp_path: Path) -> None:
+    x, _ = make_dataset(4, seed=5)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"x": xi.tolist(), "y": ["teal"]}) + "\n" for xi in x))
+    done = run_cli("adapt", task_bundles[MULTILABEL].path, "--state", tmp_path / "s", "-d", bad)
+    assert done.returncode == 1 and one_error_line(done.stderr).startswith(
+        f"edgeft: error: {bad}: sample 1 has unknown"
+    )
+    assert not (tmp_path / "s" / "CURRENT").exists()
+
+
+def test_multilabel_replay_keeps_rare_labels() -> None:
+    rng = np.random.default_rng(0)
+    buffer = TargetBuffer(MULTILABEL, feature_dim=2, outputs=3, per_class=8)  # 24 samples over 4 buckets of 6
+    common = np.tile([1.0, 0.0, 0.0], (500, 1)).astype(np.float32)
+    rare = np.array([[1.0, 0.0, 1.0]] * 4 + [[0.0, 0.0, 0.0]] * 3, np.float32)  # 'blue' (with 'red'), and none
+    targets = np.concatenate([common[:250], rare, common[250:]])
+    buffer.add(rng.normal(size=(len(targets), 2)).astype(np.float32), targets, rng)
+    kept = buffer.labels
+    assert len(kept) <= 24 and (kept[:, 2] == 1).sum() == 4 and (kept.sum(axis=1) == 0).sum() == 3
+    assert (kept[:, 0] == 1).sum() == 6 + 4  # the common label fills its bucket, no more
+
+
+def test_regression_replay_is_one_reservoir(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    buffer = TargetBuffer(REGRESSION, feature_dim=2, outputs=2, per_class=10)
+    firsts = []
+    for _ in range(200):  # each sample of 100 should be kept with probability 20/100
+        trial = TargetBuffer(REGRESSION, feature_dim=1, outputs=2, per_class=10)
+        values = np.arange(100, dtype=np.float32)
+        trial.add(values[:, None], np.stack([values, values], axis=1), rng)
+        firsts.append((trial.labels[:, 0] < 50).mean())
+    assert len(trial) == 20 and abs(float(np.mean(firsts)) - 0.5) < 0.05
+    buffer.add(np.ones((3, 2), np.float32), np.zeros((3, 2), np.float32), rng)
+    buffer.save(tmp_path / "r.npz")
+    loaded = TargetBuffer.load(tmp_path / "r.npz", REGRESSION, 2, 2, 10)
+    np.testing.assert_array_equal(loaded.features, buffer.features)
+
+
+def test_thresholds_are_tuned_per_label_on_the_holdout(task_bundles: dict[str, Bundle], tmp_path: Path) -> None:
+    scores = np.array([[0.3], [0.35], [0.4], [0.2], [0.1], [0.32], [0.05], [0.6]], np.float32)
+    truth = np.array([[1], [1], [1], [0], [0], [1], [0], [1]], np.float32)
+    # 0.25 and 0.3 both split positives from negatives; the tie goes to the one nearer 0.5
+    assert tuned_thresholds(scores, truth, ["a"]) == {"a": 0.3}
+    x, _ = make_dataset(300, seed=6)
+    bright = (_levels(x) > 0).astype(np.float32)
+    with Adapter(task_bundles[MULTILABEL], tmp_path / "s", tune_thresholds=True) as adapter:
+        adapter.learn(x, bright)
+        assert set(adapter.meta["thresholds"]) == set(CLASSES)
+        assert adapter.thresholds.tolist() == [adapter.meta["thresholds"][n] for n in CLASSES]
