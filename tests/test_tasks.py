@@ -4,6 +4,7 @@ export -> adapt -> predict -> eval -> export-inference, the guard refusing a gar
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from edgeft.bundle import Bundle, Defaults
 from edgeft.errors import DataError
 from edgeft.export import export_bundle
 from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.inbox import Inbox
 from edgeft.runtime.sources import read_path
 from edgeft.runtime.target_replay import TargetBuffer
@@ -238,3 +240,26 @@ def test_thresholds_are_tuned_per_label_on_the_holdout(task_bundles: dict[str, B
         adapter.learn(x, bright)
         assert set(adapter.meta["thresholds"]) == set(CLASSES)
         assert adapter.thresholds.tolist() == [adapter.meta["thresholds"][n] for n in CLASSES]
+
+
+def test_regression_output_starts_at_the_targets_centre(tiny_model: Path, tmp_path: Path) -> None:
+    """Targets far from zero: the first training starts the output bias at their mean, so a small lr suffices."""
+    bundle = export_bundle(tiny_model, tmp_path / "b", classes=["price"], task=REGRESSION)  # lr 1e-3 by default
+    x, _ = make_dataset(200, seed=7)
+    price = 1000 + 10 * _levels(x)[:, 0]
+    with Adapter(bundle, tmp_path / "s", policy=GuardPolicy(enabled=False)) as adapter:
+        adapter.learn(x[:150], price[:150], epochs=2)
+        assert abs(adapter.score(x[150:], price[150:]) - np.sqrt(np.mean((price[150:] - price[:150].mean()) ** 2))) < 3
+
+
+def test_bench_tasks_labels_and_reference() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    import bench_tasks
+
+    rows = bench_tasks.label_sets(np.array([0, 7]))
+    assert [bench_tasks.LABELS[i] for i in np.flatnonzero(rows[0])] == ["0", "even"]
+    assert [bench_tasks.LABELS[i] for i in np.flatnonzero(rows[1])] == ["7", ">=5"]
+    truth = bench_tasks.label_sets(np.array([1, 3, 5, 7, 2]))  # odd is the majority: no label is on in most rows
+    assert bench_tasks.constant_reference("multilabel", None, truth, truth) == 0.0
+    values = np.array([1.0, 2.0, 6.0])
+    assert bench_tasks.constant_reference("regression", "l1", values, values) == pytest.approx(5 / 3)

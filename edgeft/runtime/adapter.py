@@ -427,6 +427,9 @@ class Adapter:
         if not (parent and parent.meta.get("head_version")):  # the first head ever trained fixes the normaliser
             trainer.set_normaliser(*feature_normaliser(features))
             current = trainer.parameters()
+            centred = tasks.centred_output(self.bundle.manifest.head, current, train_y) if self._targets else None
+            if centred is not None:
+                trainer.set_parameters(centred)
         replayed = len(replay)
         all_f = np.concatenate([train_f, replay.features]) if replayed else train_f
         all_y = np.concatenate([train_y, replay.labels]) if replayed else train_y

@@ -28,7 +28,8 @@ TASKS = (MULTILABEL, REGRESSION)
 DEFAULT_THRESHOLD = 0.5
 LIST_SEPARATOR = ";"  # separates label names (or target values) inside one CSV cell
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
-MIN_TUNING_POSITIVES = 5  # a label's threshold is tuned only when the holdout holds this many of its positives
+MIN_TUNING_POSITIVES = 5
+OUTPUT_BIAS = "head.bias"  # the new head's final layer bias (edgeft.export.head.BIAS)  # a label's threshold is tuned only when the holdout holds this many of its positives
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,18 @@ def prequential(head: HeadInfo, scores: np.ndarray, targets: np.ndarray, thresho
         "metric": metric_name(head),
         "value": score(head, scores, targets, thresholds),
     }
+
+
+def centred_output(head: HeadInfo, parameters: dict[str, np.ndarray], targets: np.ndarray) -> dict | None:
+    """A regression head's parameters with its output bias at the targets' centre (mean for MSE, median for L1),
+    or None for a head without a new output layer. Done once, with the feature normaliser, before the first
+    training: targets far from zero (a price, a digit's value) need no learning rate tuned to their scale."""
+    if head.task != REGRESSION or not head.normaliser or OUTPUT_BIAS not in head.trainable or not len(targets):
+        return None
+    centre = np.median(targets, axis=0) if head.loss == "l1" else targets.mean(axis=0)
+    bias = parameters[OUTPUT_BIAS].copy()
+    bias[: len(centre)] = centre
+    return {**parameters, OUTPUT_BIAS: bias.astype(np.float32)}
 
 
 def label_counts(head: HeadInfo, targets: np.ndarray, classes: list[str]) -> dict[str, int]:
