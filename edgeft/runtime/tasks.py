@@ -342,6 +342,20 @@ def centred_output(head: HeadInfo, parameters: dict[str, np.ndarray], targets: n
     return {**parameters, OUTPUT_BIAS: bias.astype(np.float32)}
 
 
+def recorded_figures(arrival: dict[str, Any]) -> dict[str, Any]:
+    """From an arrival recorded in version metadata (or metrics.jsonl): the task's metric, its prequential value,
+    and its holdout value for the head that became or stayed current; empty for a classifier's arrival."""
+    metric = arrival.get("prequential", {}).get("metric") or arrival.get("guard", {}).get("metric")
+    if not metric:
+        return {}
+    judged = arrival.get("guard", {})
+    return {
+        "metric": metric,
+        "prequential_metric": arrival.get("prequential", {}).get("value"),
+        "holdout_metric": judged.get("candidate_value" if arrival.get("promoted") else "current_value"),
+    }
+
+
 def label_counts(head: HeadInfo, targets: np.ndarray, classes: list[str]) -> dict[str, int]:
     """Per label, the positives in ``targets`` (multi-label); per target, the samples that gave it (regression)."""
     if head.task == MULTILABEL:
