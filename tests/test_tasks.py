@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,11 @@ from edgeft.bundle import Bundle, Defaults
 from edgeft.errors import DataError
 from edgeft.export import export_bundle
 from edgeft.runtime.adapter import Adapter
-from edgeft.runtime.guard import GuardPolicy
+from edgeft.runtime.guard import GuardPolicy, significantly_worse
 from edgeft.runtime.inbox import Inbox
 from edgeft.runtime.sources import read_path
 from edgeft.runtime.target_replay import TargetBuffer
-from edgeft.runtime.tasks import MULTILABEL, REGRESSION, micro_f1, tuned_thresholds
+from edgeft.runtime.tasks import MULTILABEL, REGRESSION, judge, micro_f1, tuned_thresholds
 from edgeft.runtime.watch import StopFlag, watch
 
 LEARN = ("--lr", "0.05", "--epochs", "10")
@@ -240,6 +241,20 @@ def test_thresholds_are_tuned_per_label_on_the_holdout(task_bundles: dict[str, B
         adapter.learn(x, bright)
         assert set(adapter.meta["thresholds"]) == set(CLASSES)
         assert adapter.thresholds.tolist() == [adapter.meta["thresholds"][n] for n in CLASSES]
+        scores = adapter.outputs_features(adapter.embed(x[:20]))
+        for row, predicted in zip(scores, adapter.predictions(x[:20]), strict=True):
+            assert predicted["labels"] == [
+                n for n, s, t in zip(CLASSES, row, adapter.thresholds, strict=True) if s >= t
+            ]
+
+
+def test_predictions_of_a_classifier_are_its_predict(bundle: Bundle, train_data: tuple, tmp_path: Path) -> None:
+    x, y = train_data
+    with Adapter(bundle, tmp_path / "s") as adapter:
+        adapter.learn(x, y)
+        rows = adapter.predictions(x[:10])
+        assert [r["label"] for r in rows] == adapter.predict(x[:10]) and adapter.metric == "accuracy"
+        assert adapter.score(x, y) == adapter.evaluate(x, y)
 
 
 def test_regression_output_starts_at_the_targets_centre(tiny_model: Path, tmp_path: Path) -> None:
@@ -265,3 +280,25 @@ def test_bench_tasks_labels_and_reference() -> None:
     assert bench_tasks.constant_reference("multilabel", None, truth, truth) == pytest.approx(16 / 43)
     values = np.array([1.0, 2.0, 6.0])
     assert bench_tasks.constant_reference("regression", "l1", values, values) == pytest.approx(5 / 3)
+
+
+def test_regression_guard_weighs_how_much_worse(task_bundles: dict[str, Bundle]) -> None:
+    """A candidate much worse on 28 of 48 holdout samples and a little better on the rest is refused (a sign test
+    alone would let it through); one that differs only by small noise is promoted."""
+    head = replace(task_bundles[REGRESSION].manifest.head, loss="l1")
+    rng = np.random.default_rng(0)
+    targets = rng.uniform(0, 9, (48, 3)).astype(np.float32)
+    current = targets + rng.choice([-1.0, 1.0], targets.shape).astype(np.float32)  # MAE 1 per target
+    worse = current.copy()
+    worse[:28] += np.sign(current[:28] - targets[:28]) * 2.0  # 28 samples 3 off per target
+    worse[28:] -= np.sign(current[28:] - targets[28:]) * 0.1  # 20 samples a little nearer
+    refused = judge(head, GuardPolicy(), current, worse, targets, np.zeros(0))
+    assert not refused.promoted and "per-sample error rise" in refused.reason
+    assert guard_sign_test_would_pass(current, worse, targets)
+    noisy = current + rng.normal(0, 0.02, targets.shape).astype(np.float32)
+    assert judge(head, GuardPolicy(), current, noisy, targets, np.zeros(0)).promoted
+
+
+def guard_sign_test_would_pass(current: np.ndarray, candidate: np.ndarray, targets: np.ndarray) -> bool:
+    before, after = np.abs(current - targets).sum(axis=1), np.abs(candidate - targets).sum(axis=1)
+    return not significantly_worse(int((after > before).sum()), int((after < before).sum()))

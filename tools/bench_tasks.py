@@ -13,7 +13,8 @@ the real Adapter with edgeft's defaults (latent replay, the promotion guard, the
 ``artifacts/demo/test.npz``. The reference row is the best constant answer learned from the same training labels
 (the label set of the k most frequent labels, k chosen for the best training micro-F1; the training mean
 for RMSE, the median for MAE), which a head must beat to have learned
-anything from the images. For regression, the last column is the linear ceiling: ridge regression (lambda
+anything from the images. Then a sixth arrival brings garbage: all 1257 training scans again with their labels
+shuffled among them (a flood of wrong labels); the last column counts how often the guard refused it. For regression, the last column is the linear ceiling: ridge regression (lambda
 100, the best of 0.1..100 on the test scans, so optimistic) fitted in closed form to all training features at once.
 Usage: ``python tools/bench_tasks.py [--seeds 3] [--out table.md]``
 """
@@ -75,8 +76,8 @@ def ridge_reference(loss: str, train: tuple, test: tuple) -> float:
 
 def run(
     bundle: Path, state: Path, task: str, arrivals: list, test: tuple, seed: int, tune: bool
-) -> tuple[float, float, int]:
-    """(metric before, metric after, arrivals promoted) for one head learning the stream."""
+) -> tuple[float, float, int, bool]:
+    """(metric before, metric after, arrivals promoted, garbage refused) for one head learning the stream."""
     test_features, test_digits = test
     with Adapter(bundle, state, ep="cpu", tune_thresholds=tune) as adapter:
         before = adapter_score(adapter, test_features, task_targets(task, test_digits))
@@ -84,7 +85,10 @@ def run(
         for features, digits in arrivals:
             promoted += adapter.learn_features(features, task_targets(task, digits), seed=seed).promoted
         after = adapter_score(adapter, test_features, task_targets(task, test_digits))
-    return before, after, promoted
+        features = np.concatenate([f for f, _ in arrivals])
+        shuffled = np.random.default_rng(seed).permutation(np.concatenate([d for _, d in arrivals]))
+        garbage = adapter.learn_features(features, task_targets(task, shuffled), seed=seed)
+    return before, after, promoted, not garbage.promoted
 
 
 def adapter_score(adapter: Adapter, features: np.ndarray, targets: np.ndarray) -> float:
@@ -141,14 +145,14 @@ def _table(rows: list, seeds: int) -> str:
         "scans, 540 test scans.",
         "",
         "| head, metric | before (exported head) | after 5 arrivals | arrivals promoted | best constant answer "
-        "| linear ceiling (ridge, all data) |",
-        "|---|---|---|---|---|---|",
+        "| linear ceiling (ridge, all data) | garbage arrival refused |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, results, reference, ceiling in rows:
-        before, after, promoted = zip(*results, strict=True)
+        before, after, promoted, refused = zip(*results, strict=True)
         lines.append(
             f"| {name} | {_mean_sd(list(before))} | {_mean_sd(list(after))} | {sum(promoted)}/{5 * len(results)} | "
-            f"{reference:.3f} | {'-' if ceiling is None else f'{ceiling:.3f}'} |"
+            f"{reference:.3f} | {'-' if ceiling is None else f'{ceiling:.3f}'} | {sum(refused)}/{len(results)} |"
         )
     return "\n".join(lines)
 
