@@ -4,7 +4,7 @@ The default bundle's backbone (EfficientNet-Lite0, cut at its pooled features) i
 new head, and each head learns the demo stream (``artifacts/demo/stream``, 5 arrivals of ~250 digit scans) through
 the real Adapter with edgeft's defaults (latent replay, the promotion guard, the bundle's epochs and learning rate):
 
-- multi-label (BCE): each scan's label set is {its digit, "even" or not, ">=5" or not}: 12 labels, 3 per scan.
+- multi-label (BCE): each scan's label set is {its digit, "even" or not, ">=5" or not}: 12 labels, 1 to 3 per scan.
   Scored by micro-F1 over every (scan, label) decision at the 0.5 thresholds, and with per-label thresholds tuned
   on the holdout (``--tune-thresholds``);
 - regression (MSE, then L1): the target is the digit's value 0..9. Scored by RMSE (MSE head) and MAE (L1 head).
