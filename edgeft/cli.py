@@ -425,7 +425,12 @@ def adapt(
         Path | None, typer.Option(help="A fixed labelled holdout set instead of a share of each arrival.")
     ] = None,
     tolerance: Annotated[
-        float, typer.Option(min=0.0, help="Largest holdout-accuracy drop a new head may have and still be promoted.")
+        float,
+        typer.Option(
+            min=0.0,
+            help="Largest holdout-accuracy (multi-label: micro-F1) drop a new head may have and still be promoted; "
+            "for regression, the largest relative rise of the error.",
+        ),
     ] = guard.TOLERANCE,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Promote every new head; hold nothing out.")] = False,
     tune_thresholds: Annotated[

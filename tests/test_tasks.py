@@ -60,8 +60,26 @@ def test_multilabel_head_adapts_predicts_and_exports(tiny_model: Path, tmp_path:
     holdout = _save_npz(tmp_path / "holdout.npz", x=x[240:300], y=bright[240:300])
     test = _save_npz(tmp_path / "test.npz", x=x[300:], y=bright[300:])
 
-    first = _json("adapt", bundle, "--state", state, "-d", train, "--holdout", holdout, "--eval", test, *LEARN)
+    prom = tmp_path / "edgeft.prom"
+    first = _json(
+        "adapt",
+        bundle,
+        "--state",
+        state,
+        "-d",
+        train,
+        "--holdout",
+        holdout,
+        "--eval",
+        test,
+        "--metrics-file",
+        prom,
+        *LEARN,
+    )
     assert first["promoted"] and first["metric"] == "micro_f1", first
+    gauges = dict(line.rsplit(" ", 1) for line in prom.read_text().splitlines() if line.startswith("edgeft_"))
+    assert 0.8 < float(gauges['edgeft_holdout_metric{metric="micro_f1"}']) <= 1
+    assert float(gauges['edgeft_prequential_metric{metric="micro_f1"}']) < 0.8  # before learning
     assert first["accuracy_after"] > 0.85 and first["accuracy_after"] > first["accuracy_before"] + 0.2, first
 
     predicted = _json("predict", bundle, test, "--state", state)
