@@ -264,6 +264,10 @@ def test_thresholds_are_tuned_per_label_on_the_holdout(task_bundles: dict[str, B
             assert predicted["labels"] == [
                 n for n, s, t in zip(CLASSES, row, adapter.thresholds, strict=True) if s >= t
             ]
+        tuned = adapter.meta["thresholds"]
+        adapter.learn(make_dataset(100, seed=8)[0], bright[:100])
+        adapter.rollback(1)  # the thresholds belong to the head: they come back with it
+        assert adapter.version == 3 and adapter.meta["thresholds"] == tuned
 
 
 def test_predictions_of_a_classifier_are_its_predict(bundle: Bundle, train_data: tuple, tmp_path: Path) -> None:
