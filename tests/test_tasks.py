@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import CLASSES, make_dataset, one_error_line, run_cli, run_onnx
+from helpers import CLASSES, make_dataset, needs_ort, one_error_line, run_cli, run_onnx
 
 from edgeft.bundle import Bundle, Defaults
 from edgeft.errors import DataError
@@ -324,3 +324,17 @@ def test_regression_guard_weighs_how_much_worse(task_bundles: dict[str, Bundle])
 def guard_sign_test_would_pass(current: np.ndarray, candidate: np.ndarray, targets: np.ndarray) -> bool:
     before, after = np.abs(current - targets).sum(axis=1), np.abs(candidate - targets).sum(axis=1)
     return not significantly_worse(int((after > before).sum()), int((after < before).sum()))
+
+
+@needs_ort
+@pytest.mark.parametrize("task", [MULTILABEL, REGRESSION])
+def test_ort_trainer_learns_these_heads(task: str, tiny_model: Path, tmp_path: Path) -> None:
+    bundle = export_bundle(tiny_model, tmp_path / "b", classes=list(CLASSES), task=task, ort_artifacts=True)
+    x, _ = make_dataset(300, seed=9)
+    targets = (_levels(x) > 0).astype(np.float32) if task == MULTILABEL else _levels(x)
+    with Adapter(bundle, tmp_path / "s", trainer="ort") as adapter:
+        before = adapter.score(x[200:], targets[200:])
+        result = adapter.learn(x[:200], targets[:200], lr=0.02)
+        after = adapter.score(x[200:], targets[200:])
+        assert adapter.trainer_kind == "ort" and result.promoted and "ckpt" in adapter.store.current().files
+    assert after > before + 0.2 if task == MULTILABEL else after < 0.5 * before
