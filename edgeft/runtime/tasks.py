@@ -73,11 +73,6 @@ class TaskDecision:
         }
 
 
-def task_of(head: HeadInfo) -> str:
-    """``classification``, ``multilabel`` or ``regression``."""
-    return head.task
-
-
 def is_target_task(head: HeadInfo) -> bool:
     """True for the heads this module serves (float targets rather than class indices)."""
     return head.task in TASKS
