@@ -442,9 +442,17 @@ def adapt(
         Path | None, typer.Option(help="A fixed labelled holdout set instead of a share of each arrival.")
     ] = None,
     tolerance: Annotated[
-        float, typer.Option(min=0.0, help="Largest holdout-accuracy drop a new head may have and still be promoted.")
+        float,
+        typer.Option(
+            min=0.0,
+            help="Largest holdout-accuracy (multi-label: micro-F1) drop a new head may have and still be promoted; "
+            "for regression, the largest relative rise of the error.",
+        ),
     ] = guard.TOLERANCE,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Promote every new head; hold nothing out.")] = False,
+    tune_thresholds: Annotated[
+        bool, typer.Option(help="Multi-label: tune each label's threshold on the holdout after each promotion.")
+    ] = False,
     relearn: Annotated[bool, typer.Option(help="Learn inputs even if the journal says they were learned.")] = False,
     eval_data: Annotated[
         Path | None, typer.Option("--eval", help="Labelled held-out data to report accuracy on.")
@@ -522,6 +530,7 @@ def adapt(
             keep_versions=keep_versions,
             head_learner=head_learner,
             shrinkage=shrinkage,
+            tune_thresholds=tune_thresholds,
         ) as adapter:
             if watch is not None:
                 logs = {"format": log_format, "file": log_file, "metrics": metrics_file}
@@ -571,6 +580,7 @@ def _adapt_once(  # noqa: ANN202
         "provider": adapter.placement.name,
         "trainer": adapter.trainer_kind,
         "head_learner": adapter.head_learner,
+        "metric": adapter.metric,
         "accuracy_before": before,
         "accuracy_after": after,
     }
@@ -590,7 +600,7 @@ def _adapt_once(  # noqa: ANN202
         elif not outcome.pending:
             typer.echo(f"nothing new to learn; version {adapter.version} stays current")
         if before is not None:
-            typer.echo(f"held-out accuracy: {before:.3f} before, {after:.3f} after")
+            typer.echo(f"held-out {adapter.metric}: {before:.3f} before, {after:.3f} after")
     if outcome.pending:
         raise _fail(
             f"{', '.join(data or [])}: {outcome.pending} samples with unknown label(s) {outcome.overflow[:5]} do not "
@@ -653,9 +663,15 @@ def _watch(
 
 
 def _accuracy(adapter, held_out) -> float | None:  # noqa: ANN001
+    """The task's metric (accuracy, micro-F1, MAE or RMSE) of the current head on labelled held-out data."""
     if not held_out:
         return None
-    correct = sum(adapter.evaluate(s.x, s.y, s.origin) * len(s.x) for s in held_out)
+    if len(held_out) > 1 and adapter.metric != "accuracy":  # micro-F1 and RMSE do not average over files
+        from edgeft.runtime.sources import concatenated
+
+        x, y = concatenated(held_out, ", ".join(s.origin for s in held_out))
+        return adapter.score(x, y, "held-out data")
+    correct = sum(adapter.score(s.x, s.y, s.origin) * len(s.x) for s in held_out)
     return correct / sum(len(s.x) for s in held_out)
 
 
@@ -669,7 +685,8 @@ def predict(
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Predict labels with the current head of the state directory."""
+    """Predict labels with the current head of the state directory (label sets or values for multi-label and
+    regression heads)."""
     from edgeft.progress import progress_bar
     from edgeft.runtime.adapter import Adapter
 
@@ -678,6 +695,9 @@ def predict(
         loaded = [s for path in inputs for s in _load_samples(path, adapter.bundle, need_labels=False)]
         rows = []
         total = sum(len(s.x) for s in loaded)
+        if adapter.metric != "accuracy":
+            _predict_targets(adapter, loaded, total, as_json)
+            return
         with progress_bar("predicting", total, enabled=not _output["quiet"]) as advance:
             predicted = [(s, adapter.predict_proba_features(adapter.embed(s.x, s.origin, advance))) for s in loaded]
         for samples, probs in predicted:
@@ -699,6 +719,26 @@ def predict(
                 typer.echo(f"{row['input']}\t{shown}")
 
 
+def _predict_targets(adapter, loaded: list, total: int, as_json: bool) -> None:  # noqa: ANN001
+    """``predict`` for a multi-label head (label set and per-label scores) or a regression head (values)."""
+    from edgeft.progress import progress_bar
+    from edgeft.runtime.tasks import prediction, prediction_text
+
+    head, thresholds = adapter.bundle.manifest.head, adapter.thresholds
+    rows = []
+    with progress_bar("predicting", total, enabled=not _output["quiet"]) as advance:
+        for samples in loaded:
+            scores = adapter.outputs_features(adapter.embed(samples.x, samples.origin, advance))
+            for i, row in enumerate(scores):
+                name = samples.origin if len(scores) == 1 else f"{samples.origin}#{i}"
+                rows.append({"input": name, **prediction(head, row, thresholds, adapter.classes)})
+    if as_json:
+        typer.echo(json.dumps({"version": adapter.version, "task": head.task, "predictions": rows}))
+    else:
+        for row in rows:
+            typer.echo(f"{row['input']}\t{prediction_text(row)}")
+
+
 @app.command("export-inference")
 def export_inference(
     bundle: BundleArg,
@@ -712,11 +752,13 @@ def export_inference(
 
     with _reported():
         adapter = Adapter(bundle, state, ep="cpu")
-        write_merged_model(adapter.bundle, adapter.parameters(), adapter.classes, out)
+        thresholds = adapter.thresholds.tolist() if adapter.task == "multilabel" else None
+        write_merged_model(adapter.bundle, adapter.parameters(), adapter.classes, out, thresholds)
         if as_json:
             typer.echo(json.dumps({"out": str(out), "version": adapter.version, "classes": adapter.classes}))
         else:
-            typer.echo(f"wrote {out}: backbone + head version {adapter.version}; outputs 'logits', 'probabilities'")
+            outputs = "'values'" if adapter.task == "regression" else "'logits', 'probabilities'"
+            typer.echo(f"wrote {out}: backbone + head version {adapter.version}; outputs {outputs}")
 
 
 @app.command()

@@ -252,14 +252,6 @@ def test_merged_model_has_outputs_for_learned_classes_only(
     assert json.loads(metadata["edgeft.classes"]) == ["red", "blue"]
 
 
-def test_non_classification_bundles_are_refused_by_the_runtime(
-    tiny_model: Path, tmp_path: Path, state_dir: Path
-) -> None:
-    regression = export_bundle(tiny_model, tmp_path / "r", classes=["price"], task="regression")
-    with pytest.raises(EdgeftError, match="regression.*classification only"):
-        Adapter(regression, state_dir)
-
-
 def test_adopting_a_head_trained_elsewhere_goes_through_the_guard(
     bundle: Bundle, tmp_path: Path, train_data: Data, test_data: Data
 ) -> None:

@@ -32,6 +32,11 @@ def collect(
 ) -> Report:
     """The report of ``state``: every arrival, and the current head's confusion matrix on ``eval_path`` or holdout."""
     adapter = Adapter(bundle, state, ep=ep, threads=threads)
+    if adapter.metric != "accuracy":
+        raise EdgeftError(
+            f"the report draws a classifier's accuracy and confusion matrix; this {adapter.task} head's figures are "
+            "in edgeft eval, history and status"
+        )
     current = adapter.store.current()
     if current is None:
         raise EdgeftError(f"state {state} has no versions yet; learn from data with edgeft adapt first")

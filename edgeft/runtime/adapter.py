@@ -20,7 +20,7 @@ import numpy as np
 
 from edgeft.bundle import Bundle
 from edgeft.errors import DataError, EdgeftError
-from edgeft.runtime import drift, guard
+from edgeft.runtime import drift, guard, tasks
 from edgeft.runtime.atomic import make_directory, write_atomic
 from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, STATISTICS_FILE, ClassStatistics
 from edgeft.runtime.features import FeatureExtractor
@@ -40,6 +40,7 @@ from edgeft.runtime.slda import (
     stored_statistics,
 )
 from edgeft.runtime.store import KEEP_VERSIONS, StateStore, Version
+from edgeft.runtime.target_replay import TargetBuffer
 from edgeft.runtime.trainer import (
     HEAD_STATE_FILE,
     ORT_CHECKPOINT_FILE,
@@ -101,6 +102,8 @@ class Adapter:
     committed versions stay on disk (and can be rolled back to). ``head_learner`` is ``sgd`` (train the head with
     the train step), ``slda`` or ``ncm`` (closed-form heads from class statistics, no epochs or replay; see
     ``edgeft.runtime.slda``, ``shrinkage`` is streaming LDA's) or ``slda+sgd`` (the LDA head, then SGD).
+    Multi-label and regression heads learn float targets (``edgeft.runtime.tasks``); ``tune_thresholds`` re-tunes a
+    multi-label head's per-label thresholds on the holdout after each promotion.
     Learning takes the state directory's lock (one writer at a time) and commits a version per call;
     prediction reads the current version and needs no lock.
     """
@@ -121,14 +124,12 @@ class Adapter:
         keep_versions: int = KEEP_VERSIONS,
         head_learner: str = "sgd",
         shrinkage: float = DEFAULT_SHRINKAGE,
+        tune_thresholds: bool = False,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        task = self.bundle.manifest.head.task
-        if task != "classification":
-            raise EdgeftError(
-                f"bundle {self.bundle.path} is for {task}; the device runtime learns single-label classification only "
-                "so far (export with the default task)"
-            )
+        self.task = self.bundle.manifest.head.task
+        self._targets = tasks.is_target_task(self.bundle.manifest.head)
+        self.tune_thresholds = tune_thresholds and self.task == tasks.MULTILABEL
         self.head_learner = head_learner_name(head_learner)
         self._closed_form = closed_form_head(self.bundle, self.head_learner, shrinkage)
         self._statistics: ClassStatistics | None = None
@@ -152,8 +153,8 @@ class Adapter:
         self._features = FeatureExtractor(self.bundle, self.placement, threads)
         self._predictor = HeadPredictor(self.bundle, self.placement, threads)
         self._trainer: Trainer | None = None
-        self._replay: ReplayBuffer | None = None
-        self._holdout: ReplayBuffer | None = None
+        self._replay: ReplayBuffer | TargetBuffer | None = None
+        self._holdout: ReplayBuffer | TargetBuffer | None = None
         self._version: Version | None = self.store.current()
         self._parameters: Parameters | None = None
         self._history_behind = True
@@ -212,19 +213,64 @@ class Adapter:
         """Class probabilities for precomputed backbone features, over the classes known so far."""
         if not self.classes:
             raise EdgeftError("this head knows no classes yet; learn from labelled data first")
+        if self._targets:
+            raise EdgeftError(f"a {self.task} head has no class probabilities; use outputs_features")
         return self._predictor.probabilities(features, self.parameters(), len(self.classes))
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """A multi-label head's per-label decision thresholds (0.5 unless tuned), in ``classes`` order."""
+        return tasks.thresholds_of(self.meta, self.classes)
+
+    def outputs_features(self, features: np.ndarray) -> np.ndarray:
+        """What a multi-label or regression head says for precomputed features: per-label sigmoid scores, or the
+        target values ``[N, len(classes)]``."""
+        logits = self._predictor.logits(features, self.parameters())
+        return tasks.outputs(self.bundle.manifest.head, logits, len(self.classes))
+
+    def predictions(self, x: np.ndarray, origin: str = "input") -> list[dict[str, Any]]:
+        """Per sample: ``{"label": ..., "probability": ...}``, ``{"labels": [...], "scores": {...}}`` (multi-label) or
+        ``{"values": {...}}`` (regression)."""
+        features = self.embed(x, origin)
+        if not self._targets:
+            probabilities = self.predict_proba_features(features)
+            best = probabilities.argmax(axis=1)
+            return [
+                {"label": self.classes[b], "probability": float(p[b])} for b, p in zip(best, probabilities, strict=True)
+            ]
+        head, thresholds = self.bundle.manifest.head, self.thresholds
+        return [tasks.prediction(head, row, thresholds, self.classes) for row in self.outputs_features(features)]
 
     def predict(self, x: np.ndarray, origin: str = "input") -> list[str]:
         """Predicted class names for raw inputs."""
         return [self.classes[i] for i in self.predict_proba(x, origin).argmax(axis=1)]
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, origin: str = "input") -> float:
-        """Accuracy of the current head on labelled raw inputs."""
+        """Accuracy of the current head on labelled raw inputs (``score`` for any task)."""
+        if self._targets:
+            raise EdgeftError(f"a {self.task} head has no accuracy; use score (its metric is {self.metric})")
         labels = encode_known(np.asarray(y), self.classes, origin)
         return guard.accuracy(self.predict_proba(x, origin), labels)
 
-    def encode(self, y: np.ndarray, origin: str = "input") -> EncodedLabels:
-        """Head outputs for labels, new names taking free outputs; ``overflow`` lists names that do not fit."""
+    @property
+    def metric(self) -> str:
+        """The task's main figure: ``accuracy``, ``micro_f1``, ``mae`` or ``rmse``."""
+        return tasks.metric_name(self.bundle.manifest.head) if self._targets else "accuracy"
+
+    def score(self, x: np.ndarray, y: np.ndarray, origin: str = "input") -> float:
+        """The task's metric (``metric``) of the current head on labelled raw inputs."""
+        if not self._targets:
+            return self.evaluate(x, y, origin)
+        targets = self.encode(y, origin).values[:, : len(self.classes)]
+        scores = self.outputs_features(self.embed(x, origin))
+        return tasks.score(self.bundle.manifest.head, scores, targets, self.thresholds)
+
+    def encode(self, y: np.ndarray, origin: str = "input") -> EncodedLabels | tasks.Targets:
+        """Head outputs for labels, new names taking free outputs; ``overflow`` lists names that do not fit.
+        Multi-label and regression labels become float targets (the label map is fixed; bad labels raise)."""
+        if self._targets:
+            values = tasks.parse_targets(y, self.bundle.manifest.head, self.classes, origin)
+            return tasks.Targets(values, self.classes)
         return encode_growing(np.asarray(y), self.classes, self.capacity, origin)
 
     def learn(
@@ -369,7 +415,7 @@ class Adapter:
         self._record()
         return chosen
 
-    def replay_buffer(self) -> ReplayBuffer:
+    def replay_buffer(self) -> ReplayBuffer | TargetBuffer:
         """The current version's latent replay buffer, as learning uses it (takes the writer lock)."""
         return self._open()[1]
 
@@ -396,13 +442,17 @@ class Adapter:
         trainer, replay, holdout = self._open()
         epochs, batch_size, lr, seed = options.epochs, options.batch_size, options.lr, options.seed
         encoded = self._strict_encode(y, origin)
-        labels = encoded.indices
+        labels = encoded.values if isinstance(encoded, tasks.Targets) else encoded.indices
         parent = self._version
         current = self.parameters()
         known_before = len(self.classes)
         # Each version draws its own random stream, so repeated arrivals are not split or shuffled alike.
         rng = np.random.default_rng(seed + self.version)
-        prequential = self._prequential(features, labels, current, known_before)
+        prequential = (
+            self._task_prequential(features, labels, current)
+            if self._targets
+            else self._prequential(features, labels, current, known_before)
+        )
         to_holdout = (
             np.zeros(len(labels), bool)
             if self._fixed_holdout is not None or not self.policy.enabled
@@ -412,6 +462,9 @@ class Adapter:
         if not (parent and parent.meta.get("head_version")):  # the first head ever trained fixes the normaliser
             trainer.set_normaliser(*feature_normaliser(features))
             current = trainer.parameters()
+            centred = tasks.centred_output(self.bundle.manifest.head, current, train_y) if self._targets else None
+            if centred is not None:
+                trainer.set_parameters(centred)
         replayed = len(replay)
         all_f = np.concatenate([train_f, replay.features]) if replayed else train_f
         all_y = np.concatenate([train_y, replay.labels]) if replayed else train_y
@@ -437,6 +490,7 @@ class Adapter:
         if decision.promoted:
             replay.add(train_f, train_y, rng)
             holdout.add(features[to_holdout], labels[to_holdout], rng)
+        extra = self._tuned(trainer, holdout) if decision.promoted and self.tune_thresholds else {}
         promoted_writers = {**trainer.writers(), "replay.npz": replay.save, "holdout.npz": holdout.save}
         if self._statistics is not None:
             promoted_writers[STATISTICS_FILE] = self._statistics.save
@@ -458,7 +512,7 @@ class Adapter:
             "prequential": prequential,
             "seconds": round(time.monotonic() - started, 3),
         }
-        meta = self._commit(trainer, decision, promoted_writers, encoded.classes, labels, len(labels), arrival)
+        meta = self._commit(trainer, decision, promoted_writers, encoded.classes, labels, len(labels), arrival, extra)
         return LearnResult(
             samples=len(labels),
             trained=int(len(train_y)),
@@ -483,9 +537,11 @@ class Adapter:
         labels: np.ndarray | None,
         received: int,
         arrival: dict[str, Any],
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Commit the candidate (``promoted_writers``, label map ``classes``) if the guard promoted it; else keep it
-        aside and commit the unchanged head. Either way the arrival is recorded; returns the version's metadata."""
+        aside and commit the unchanged head. Either way the arrival is recorded; returns the version's metadata.
+        ``extra`` goes into the metadata of a promoted version (a multi-label head's tuned thresholds)."""
         parent = self._version
         number = (parent.number if parent else 0) + 1
         if decision.promoted:
@@ -495,6 +551,8 @@ class Adapter:
             writers = self._unchanged_writers(parent)
             classes, labels = self.classes, None
         meta = self._meta(parent, number, decision.promoted, classes, labels, received)
+        if decision.promoted and extra:
+            meta.update(extra)
         known_accuracy = arrival.get("prequential", {}).get("known_accuracy")
         meta["drift"], signal = drift.update(parent.meta.get("drift") if parent else None, known_accuracy)
         meta["arrival"] = {
@@ -518,7 +576,7 @@ class Adapter:
         except OSError:
             self._history_behind = True  # caught up on the next learn
 
-    def _strict_encode(self, y: np.ndarray, origin: str) -> EncodedLabels:
+    def _strict_encode(self, y: np.ndarray, origin: str) -> EncodedLabels | tasks.Targets:
         encoded = self.encode(y, origin)
         if encoded.overflow:
             raise DataError(
@@ -543,9 +601,34 @@ class Adapter:
             "known_accuracy": guard.accuracy(probabilities[seen], labels[seen]) if seen.any() else None,
         }
 
+    def _task_prequential(self, features: np.ndarray, targets: np.ndarray, parameters: Parameters) -> dict[str, Any]:
+        """A multi-label or regression head's metric on an arrival before learning from it."""
+        head, known = self.bundle.manifest.head, len(self.classes)
+        scores = tasks.outputs(head, self._predictor.logits(features, parameters), known)
+        return tasks.prequential(head, scores, targets[:, :known], self.thresholds)
+
+    def _tuned(self, trainer: Trainer, holdout: ReplayBuffer | TargetBuffer) -> dict[str, Any]:
+        """Per-label thresholds of the promoted head, tuned on the holdout as it is after this arrival."""
+        features, targets = self._holdout_targets(holdout)
+        if not len(targets):
+            return {}
+        known = len(self.classes)
+        scores = tasks.outputs(self.bundle.manifest.head, self._predictor.logits(features, trainer.parameters()), known)
+        return {"thresholds": tasks.tuned_thresholds(scores, targets[:, :known], self.classes)}
+
+    def _holdout_targets(self, holdout: ReplayBuffer | TargetBuffer) -> tuple[np.ndarray, np.ndarray]:
+        if self._fixed_holdout is not None:
+            return self._fixed_holdout
+        return holdout.features, holdout.labels
+
     def _judge(
-        self, loss: float | None, current: Parameters, candidate: Parameters, holdout: ReplayBuffer, classes: list[str]
-    ) -> guard.Decision:
+        self,
+        loss: float | None,
+        current: Parameters,
+        candidate: Parameters,
+        holdout: ReplayBuffer | TargetBuffer,
+        classes: list[str],
+    ) -> guard.Decision | tasks.TaskDecision:
         """Refuse a diverged head outright; otherwise compare both heads on the holdout as it was before this arrival.
 
         Both heads choose only among the classes learned before this arrival: a head that learns new classes is
@@ -553,6 +636,11 @@ class Adapter:
         """
         if (loss is not None and not np.isfinite(loss)) or not parameters_finite(candidate):
             return guard.Decision(False, f"training diverged (loss {loss}); try a smaller --lr", 0, None, None)
+        if self._targets:
+            features, targets = self._holdout_targets(holdout)
+            head, known = self.bundle.manifest.head, len(classes)
+            now, new = (tasks.outputs(head, self._predictor.logits(features, p), known) for p in (current, candidate))
+            return tasks.judge(head, self.policy, now, new, targets[:, :known], self.thresholds)
         counts = self._version.meta.get("class_counts", {}) if self._version else {}
         learned = np.array([i for i, name in enumerate(classes) if counts.get(name, 0) > 0], np.int64)
         features, labels = holdout.features, holdout.labels
@@ -579,13 +667,17 @@ class Adapter:
     ) -> dict[str, Any]:
         previous = parent.meta if parent else {}
         counts = dict(previous.get("class_counts", {}))
-        if labels is not None:
+        if labels is not None and self._targets:
+            for name, count in tasks.label_counts(self.bundle.manifest.head, labels, classes).items():
+                counts[name] = counts.get(name, 0) + count
+        elif labels is not None:
             for index, count in zip(*np.unique(labels, return_counts=True), strict=True):
                 counts[classes[int(index)]] = counts.get(classes[int(index)], 0) + int(count)
         accepted = int(previous.get("samples_accepted", 0)) + (len(labels) if labels is not None else 0)
         updates = {"promoted": 0, "refused": 0, **previous.get("updates", {})}
         updates["promoted" if promoted else "refused"] += 1
         return {
+            **({"thresholds": previous["thresholds"]} if "thresholds" in previous else {}),
             "updates": updates,
             "created": datetime.now(timezone.utc).isoformat(),
             "classes": classes,
@@ -626,7 +718,7 @@ class Adapter:
         self._trainer = self._replay = self._holdout = None
         self._parameters = self._statistics = self._fleet_statistics = None
 
-    def _open(self) -> tuple[Trainer, ReplayBuffer, ReplayBuffer]:
+    def _open(self) -> tuple[Trainer, ReplayBuffer | TargetBuffer, ReplayBuffer | TargetBuffer]:
         """Take the lock, then load the current head, its replay buffer and holdout for training."""
         if self._trainer is None or self._replay is None or self._holdout is None:
             self.store.acquire()
@@ -644,8 +736,14 @@ class Adapter:
             self._history_behind = False
         return self._trainer, self._replay, self._holdout
 
-    def _load_buffer(self, kind: str, per_class: int) -> ReplayBuffer:
+    def _load_buffer(self, kind: str, per_class: int) -> ReplayBuffer | TargetBuffer:
         head = self.bundle.manifest.head
+        if self._targets:
+            if self._version is None or kind not in self._version.files:
+                return TargetBuffer(head.task, head.feature_dim, head.num_outputs, per_class)
+            return TargetBuffer.load(
+                self._version.files[kind], head.task, head.feature_dim, head.num_outputs, per_class
+            )
         if self._version is None or kind not in self._version.files:
             return ReplayBuffer(head.feature_dim, head.num_outputs, per_class)
         return ReplayBuffer.load(self._version.files[kind], head.feature_dim, head.num_outputs, per_class)
@@ -654,6 +752,8 @@ class Adapter:
         """Features and label names of a fixed holdout set (names, since the label map may still grow)."""
         x, y = holdout
         _check_lengths(len(x), len(y), "holdout")
+        if self._targets:
+            return self.embed(x, "holdout"), self.encode(y, "holdout").values
         names = label_names(np.asarray(y), self.classes, "holdout").astype(str)
         return self.embed(x, "holdout"), names
 

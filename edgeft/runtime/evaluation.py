@@ -4,7 +4,9 @@ The current head gets its accuracy, per-class accuracy and confusion matrix. ``p
 retained version's head; ``tasks`` splits the test data into tasks by the order its classes were met (the
 classes first learned by the same version form one task) and builds the square accuracy matrix with the
 continual-learning metrics of :mod:`edgeft.runtime.continual_metrics`. A test sample whose class a head does not
-know counts as wrong for that head (class-incremental scoring).
+know counts as wrong for that head (class-incremental scoring). A multi-label head is scored by micro-F1 (and
+macro-F1, per-label precision/recall/F1), a regression head by MAE and RMSE (per target); ``per_version`` gives
+each retained version's figure.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgeft.errors import DataError, EdgeftError
+from edgeft.runtime import tasks as target_tasks
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.continual_metrics import summarise
 from edgeft.runtime.history import METRICS_FILE, read_lines
@@ -80,6 +83,8 @@ def evaluate(
         raise DataError(f"{origin}: {len(x)} samples but {len(y)} labels; give exactly one label per sample")
     if len(x) == 0:
         raise DataError(f"{origin}: no samples to evaluate on")
+    if adapter.metric != "accuracy":
+        return _evaluate_targets(adapter, current, x, y, per_version=per_version, tasks=tasks, origin=origin)
     names = label_names(np.asarray(y), adapter.classes, origin).astype(object)
     features = adapter.embed(x, origin)
     predictor = HeadPredictor(adapter.bundle, adapter.placement, None)
@@ -133,4 +138,40 @@ def evaluate(
             matrix.append(scored[1:] if scored is not None else [None] * len(starts))
         result["task_matrix"] = {"after_version": ends, "matrix": matrix}
         result.update(summarise(matrix))
+    return result
+
+
+def _evaluate_targets(
+    adapter: Adapter, current: Version, x: np.ndarray, y: np.ndarray, *, per_version: bool, tasks: bool, origin: str
+) -> dict[str, Any]:
+    """``evaluate`` for a multi-label or regression head: its metric, per label or target, and per version."""
+    if tasks:
+        raise EdgeftError(
+            f"--tasks splits test data by the order classes were met; a {adapter.task} head has no classes to split by"
+        )
+    head, classes = adapter.bundle.manifest.head, adapter.classes
+    targets = adapter.encode(y, origin).values[:, : len(classes)]
+    features = adapter.embed(x, origin)
+    predictor = HeadPredictor(adapter.bundle, adapter.placement, None)
+
+    def scores(version: Version) -> np.ndarray:
+        logits = predictor.logits(features, stored_state(adapter.bundle, version.files).parameters)
+        return target_tasks.outputs(head, logits, len(classes))
+
+    metric = target_tasks.metric_name(head)
+    result: dict[str, Any] = {
+        "version": current.number,
+        "samples": len(targets),
+        "task": head.task,
+        "metric": metric,
+        **target_tasks.report(head, scores(current), targets, adapter.thresholds, classes),
+    }
+    if per_version:
+        result["per_version"] = []
+        for number in adapter.store.retained():
+            version = current if number == current.number else adapter.store.load(number)
+            value = target_tasks.score(
+                head, scores(version), targets, target_tasks.thresholds_of(version.meta, classes)
+            )
+            result["per_version"].append({"version": number, metric: value})
     return result

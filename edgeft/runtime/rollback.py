@@ -88,6 +88,7 @@ def rollback_meta(parent: Version, chosen: RollbackPlan, created: str) -> dict[s
     number = parent.number + 1
     return {
         **{key: previous[key] for key in ("drift",) if key in previous},
+        **{key: target[key] for key in ("thresholds",) if key in target},  # a multi-label head's, tuned with it
         "updates": updates,
         "created": created,
         "classes": list(target.get("classes", [])),

@@ -2,7 +2,9 @@
 
 Image folders are ``LABEL/*.png|jpg``; images are converted, resized and normalised as the bundle's
 manifest says. CSV files have a header; the label column (default ``label``) holds names or indices and every
-other column is a number. JSON lines hold one object per line: ``{"x": [...], "y": label}``.
+other column is a number. JSON lines hold one object per line: ``{"x": [...], "y": label}``. Multi-label and
+regression bundles read their labels as float targets (``edgeft.runtime.tasks.parse_targets``): a multi-hot or
+numeric ``y`` in .npz, a list of names or numbers in JSON, ``;``-separated names or numbers in a CSV cell.
 Every problem raises DataError naming the file. What a read may cost is bounded by ``ArrivalLimits``: each file
 is charged before it is unpacked or parsed, so a decompression bomb is refused from its headers.
 """
@@ -25,6 +27,7 @@ import numpy as np
 from edgeft.bundle import Manifest
 from edgeft.errors import DataError
 from edgeft.runtime.limits import COPIES, TEXT_COST, ArrivalLimits
+from edgeft.runtime.tasks import cell_targets, is_target_task, json_label_ok, parse_targets
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 ARRAY_SUFFIXES = frozenset({".npz", ".npy"})
@@ -171,6 +174,10 @@ def read_array_file(path: Path, manifest: Manifest, need_labels: bool, limits: A
     y = arrays.get("y")
     if y is None and need_labels:
         raise DataError(f"{path}: missing array 'y' with the labels")
+    if y is not None and is_target_task(manifest.head):
+        if y.ndim == 0 or len(y) != len(x):
+            raise DataError(f"{path}: 'y' has shape {list(y.shape)}, expected one target row per sample ({len(x)})")
+        return Samples(x, parse_targets(y, manifest.head, manifest.classes, str(path)), str(path))
     return Samples(x, None if y is None else _labels(y, len(x), path), str(path))
 
 
@@ -224,7 +231,12 @@ def read_csv(
             raise DataError(f"{path}: line {line} has a value that is not a number") from None
         if label_at is not None:
             labels.append(row[label_at].strip())
-    y = _label_array(labels, str(path)) if label_at is not None else None
+    if label_at is None:
+        y = None
+    elif is_target_task(manifest.head):
+        y = cell_targets(labels, manifest.head, manifest.classes, str(path))
+    else:
+        y = _label_array(labels, str(path))
     return Samples(_fit_input_shape(values, manifest, str(path)), y, str(path))
 
 
@@ -251,7 +263,12 @@ def read_json_lines(
         if xs and x.shape != xs[0].shape:
             raise DataError(f"{origin}: line {number} has x of shape {list(x.shape)}, line 1 {list(xs[0].shape)}")
         if "y" in row:
-            if not isinstance(row["y"], (str, int)) or isinstance(row["y"], bool):
+            if is_target_task(manifest.head):
+                if not json_label_ok(row["y"], manifest.head):
+                    raise DataError(
+                        f"{origin}: line {number} has a label that does not fit a {manifest.head.task} head"
+                    )
+            elif not isinstance(row["y"], (str, int)) or isinstance(row["y"], bool):
                 raise DataError(f"{origin}: line {number} has a label that is neither a name nor an index")
             ys.append(row["y"])
         elif need_labels:
@@ -264,7 +281,11 @@ def read_json_lines(
     if limits is not None:
         limits.count(origin, len(xs))
     x = _with_channel_axis(np.stack(xs), manifest)
-    return Samples(_fit_input_shape(x, manifest, origin), _label_array(ys, origin) if ys else None, origin)
+    if ys and is_target_task(manifest.head):
+        y = parse_targets(ys, manifest.head, manifest.classes, origin)
+    else:
+        y = _label_array(ys, origin) if ys else None
+    return Samples(_fit_input_shape(x, manifest, origin), y, origin)
 
 
 def read_json_lines_file(path: Path, manifest: Manifest, need_labels: bool, limits: ArrivalLimits) -> Samples:
@@ -321,8 +342,12 @@ def read_image_folders(root: Path, manifest: Manifest, limits: ArrivalLimits) ->
     limits.count(str(root), len(images))
     sample_bytes = 4 * int(np.prod([d for d in manifest.input.shape[1:] if isinstance(d, int)]))
     limits.charge(str(root), COPIES * sample_bytes * len(images), f"{len(images)} images")
+    if manifest.head.task == "regression":
+        raise DataError(f"{root}: image folders name classes; a regression head needs numeric targets (.npz, .csv)")
     x = np.stack([read_image(p, manifest) for p in images])
     y = _checked_names(np.array([p.parent.name for p in images]), str(root))
+    if is_target_task(manifest.head):  # multi-label: each folder names one label of its images
+        y = parse_targets([[name] for name in y.tolist()], manifest.head, manifest.classes, str(root))
     return Samples(x, y, str(root))
 
 

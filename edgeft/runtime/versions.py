@@ -15,6 +15,7 @@ from edgeft.runtime.guard import recorded_holdout_accuracy
 from edgeft.runtime.history import METRICS_FILE, metrics_row, read_lines
 from edgeft.runtime.rollback import head_source
 from edgeft.runtime.store import CURRENT_FILE, VERSIONS_DIR, Version
+from edgeft.runtime.tasks import recorded_figures
 
 
 def _origin(row: dict[str, Any]) -> str:
@@ -35,6 +36,7 @@ def _summary(row: dict[str, Any], retained: set[int], current: int) -> dict[str,
         "samples": int(row.get("samples", 0)),
         "prequential_accuracy": row.get("prequential", {}).get("accuracy"),
         "holdout_accuracy": recorded_holdout_accuracy(row),
+        **recorded_figures(row),  # a multi-label or regression head's metric instead of accuracy
         "promoted": promoted,
         "reason": row.get("reason") or guard.get("reason", ""),
         "head_version": row.get("head_version"),

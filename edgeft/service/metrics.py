@@ -14,6 +14,7 @@ from typing import Any
 from edgeft.runtime.atomic import SHARED_FILE_MODE, make_directory, write_bytes_atomic
 from edgeft.runtime.guard import recorded_holdout_accuracy
 from edgeft.runtime.inbox import QUARANTINE_DIR
+from edgeft.runtime.tasks import recorded_figures
 from edgeft.service.queue import collect_inbox, counts
 
 Sample = tuple[str, str, str, list[tuple[str, float]]]  # name, type, help, [(labels, value)]
@@ -94,6 +95,19 @@ def collect(state: Path, inbox: Path | None = None) -> list[Sample]:
                 [("", prequential)],
             )
         )
+    figures = recorded_figures(arrival)  # a multi-label or regression head's metric
+    if figures:
+        label = f'metric="{figures["metric"]}"'
+        for kind, what in (("prequential", "on the last arrival before learning it"), ("holdout", "on the holdout")):
+            if figures[f"{kind}_metric"] is not None:
+                families.append(
+                    (
+                        f"edgeft_{kind}_metric",
+                        "gauge",
+                        f"The task's metric (micro_f1, rmse or mae) {what}.",
+                        [(label, figures[f"{kind}_metric"])],
+                    )
+                )
     families.append(
         (
             "edgeft_drift_alarms_total",

@@ -13,6 +13,7 @@ from edgeft.runtime.history import METRICS_FILE, read_lines
 from edgeft.runtime.inbox import PENDING_DIR
 from edgeft.runtime.int8_check import describe, read_checks
 from edgeft.runtime.store import LOCK_FILE
+from edgeft.runtime.tasks import recorded_figures
 from edgeft.service.metrics import current_meta
 from edgeft.service.queue import collect_inbox, counts
 
@@ -74,6 +75,7 @@ def collect_status(state: Path, inbox: Path | None = None) -> dict[str, Any]:
             "prequential_accuracy": arrival.get("prequential", {}).get("accuracy"),
             "holdout_accuracy": recorded_holdout_accuracy(arrival),
             "drift": arrival.get("drift"),
+            **recorded_figures(arrival),
         },
         "drift_alarms": meta.get("drift", {}).get("alarms", 0),
         "recent_prequential_accuracy": [r.get("prequential", {}).get("accuracy") for r in recent],
@@ -111,6 +113,18 @@ def _int8_lines(status: dict[str, Any]) -> list[str]:
     return [f"int8        {describe(result)}" for result in status.get("int8_checks", [])]
 
 
+def _figures_line(last: dict[str, Any]) -> str:
+    """The last arrival's prequential and holdout figures: accuracy, or a multi-label/regression head's metric."""
+    if "metric" in last:
+        return (
+            f"{last['metric']:<11} prequential {_figure(last['prequential_metric'])}, "
+            f"holdout {_figure(last['holdout_metric'])}"
+        )
+    return (
+        f"accuracy    prequential {_figure(last['prequential_accuracy'])}, holdout {_figure(last['holdout_accuracy'])}"
+    )
+
+
 def format_status(status: dict[str, Any]) -> str:
     """The summary as a few aligned lines."""
     learner = status["learner"]
@@ -131,8 +145,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"updates     {updates.get('promoted', 0)} promoted, {updates.get('refused', 0)} refused, "
             f"{updates.get('rollbacks', 0)} rollbacks",
             f"last        {last['origin']}: {last['samples']} samples, {verdict}",
-            f"accuracy    prequential {_figure(last['prequential_accuracy'])}, "
-            f"holdout {_figure(last['holdout_accuracy'])}",
+            _figures_line(last),
             f"recent      prequential accuracy of the last arrivals: {recent}",
             f"drift       {_drift(last['drift'], status['drift_alarms'])}",
             f"kept        {status['pending_files']} pending files, {status['rejected_heads']} refused heads",

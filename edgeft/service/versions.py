@@ -18,9 +18,13 @@ def format_history(rows: list[dict[str, Any]]) -> str:
         if row["reason"] and not row["promoted"] or row["kind"] == "rollback":
             verdict += f" ({row['reason']})"
         origin = row["origin"] if len(row["origin"]) <= 28 else "..." + row["origin"][-25:]
+        prequential, holdout = (row.get(f"{k}_metric", row[f"{k}_accuracy"]) for k in ("prequential", "holdout"))
         lines.append(
             f"{mark} {row['version']:>8}  {str(row['time'])[:19]:<19}  {origin:<28}  {row['samples']:>7}  "
-            f"{_figure(row['prequential_accuracy']):<5}  {_figure(row['holdout_accuracy']):<7}  {verdict}"
+            f"{_figure(prequential):<5}  {_figure(holdout):<7}  {verdict}"
         )
+    metrics = {row["metric"] for row in rows if "metric" in row}
+    if metrics:
+        lines.append(f"(preq and holdout: {', '.join(sorted(metrics))}, not accuracy)")
     lines.append("(* current, - pruned: no longer on disk, cannot be rolled back to)")
     return "\n".join(lines)
