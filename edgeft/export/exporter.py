@@ -101,6 +101,7 @@ def export_bundle(
     calibration: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
     keep_float: int | str | None = None,
     target_cpu: str | None = None,
+    float_fallback: bool | None = None,
     force: bool = False,
 ) -> Bundle:
     """Cut the head off ``model`` (an ONNX file, or a torch.nn.Module with ``example_input``), attach a new
@@ -114,7 +115,9 @@ def export_bundle(
     ``calibration`` data (a path in a format ``adapt`` reads, an array ``x`` or ``(x, y)``), keeping ``keep_float``
     weight layers from the input float (a number, or ``"auto"``, the default: as few as bring the int8 features
     close to the float ones; see edgeft.export.float_prefix), for ``target_cpu`` (quantize.TARGET_CPUS; None: vnni,
-    full 8-bit weights; avx2: 7-bit weights that x86 CPUs without VNNI do not saturate). The bundle always carries the portable train step
+    full 8-bit weights; avx2: 7-bit weights that x86 CPUs without VNNI do not saturate), shipping the float backbone as well unless
+    ``float_fallback`` is False (None: True for int8), for devices whose int8 kernels fail the bundle's self-check
+    (edgeft.runtime.int8_check). The bundle always carries the portable train step
     (standard ONNX ops; ``momentum`` applies to SGD there); ``ort_artifacts`` adds ONNX Runtime training artifacts
     too (None: when ORT training is installed). Raises EdgeftError
     with a clear message when the model cannot be exported or the exported parts do not reproduce the original.
@@ -123,7 +126,7 @@ def export_bundle(
     if destination.exists() and not force:
         raise EdgeftError(f"{destination} already exists; choose another output or pass --force to replace it")
     loss = _loss(task, loss)
-    float_layers = check_request(quantize, calibration, keep_float, target_cpu)
+    float_layers = check_request(quantize, calibration, keep_float, target_cpu, float_fallback)
     hidden = _hidden_layers(head)
     if activation not in head_graph.ACTIVATIONS:
         raise EdgeftError(f"unknown activation '{activation}'; choose one of {', '.join(head_graph.ACTIVATIONS)}")
@@ -236,6 +239,7 @@ def export_bundle(
                     source_name,
                     keep_float=float_layers,
                     target_cpu=target_cpu or TARGET_CPUS[0],
+                    float_fallback=float_fallback is not False,
                 )
                 manifest = replace(manifest, quantization=record)
             manifest = replace(manifest, files=hash_tree(staging))

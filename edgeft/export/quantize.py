@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import operator
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ import onnx
 import onnxruntime
 from onnx import numpy_helper
 
-from edgeft.bundle import Manifest, sha256_file
+from edgeft.bundle import FLOAT_BACKBONE_FILE, Manifest, sha256_file
 from edgeft.errors import EdgeftError
 from edgeft.export import float_prefix
 from edgeft.runtime.guard import lost_and_won, significantly_worse
@@ -61,15 +62,22 @@ REDUCED_WEIGHT_QMAX = 64  # ORT's symmetric 7-bit range: 255 * 64 * 2 = 32,640 f
 
 
 def check_request(
-    scheme: str | None, calibration: object, keep_float: object = None, target_cpu: str | None = None
+    scheme: str | None,
+    calibration: object,
+    keep_float: object = None,
+    target_cpu: str | None = None,
+    float_fallback: bool | None = None,
 ) -> int | str:
-    """Refuse an unknown scheme, a scheme without calibration data, calibration data, a number of float layers or a
-    target CPU without a scheme (``"auto"``, the default, is ignored then), a ``keep_float`` that is not a layer
-    count and an unknown ``target_cpu``. Returns ``keep_float`` as quantize_backbone takes it (float_layers)."""
+    """Refuse an unknown scheme, a scheme without calibration data, calibration data, a number of float layers, a
+    target CPU or a float fallback without a scheme (``"auto"``, the default, is ignored then), a ``keep_float``
+    that is not a layer count and an unknown ``target_cpu``. Returns ``keep_float`` as quantize_backbone takes it
+    (float_layers)."""
     if target_cpu is not None and target_cpu not in TARGET_CPUS:
         raise EdgeftError(f"unknown --target-cpu '{target_cpu}'; choose one of {', '.join(TARGET_CPUS)}")
     if scheme is None and target_cpu is not None:
         raise EdgeftError("--target-cpu is only used with --quantize int8")
+    if scheme is None and float_fallback is not None:
+        raise EdgeftError("--int8-fallback / --no-int8-fallback is only used with --quantize int8")
     if scheme is None:
         if calibration is not None:
             raise EdgeftError("calibration data is only used with --quantize int8")
@@ -139,6 +147,7 @@ def quantize_backbone(
     source: str,
     keep_float: int | str = float_prefix.AUTO,
     target_cpu: str = TARGET_CPUS[0],
+    float_fallback: bool = True,
 ) -> dict[str, Any]:
     """Replace the float ``backbone`` file by its int8 version; return the manifest's ``quantization`` record.
 
@@ -148,7 +157,8 @@ def quantize_backbone(
     EdgeftError (naming ``source``, the original model) when ORT cannot quantise the graph, the graph has no weight
     layer, or ``keep_float`` would leave none int8; or (naming the calibration data) when the int8 features
     disagree with the float ones. ``target_cpu`` (TARGET_CPUS) chooses full 8-bit or 7-bit weights. The int8
-    probe (PROBE_FILE) is written beside ``backbone``.
+    probe (PROBE_FILE) is written beside ``backbone``, and with ``float_fallback`` the float backbone too
+    (FLOAT_BACKBONE_FILE), for devices whose int8 kernels fail the probe.
     """
     order = np.random.default_rng(seed).permutation(len(calibration.x))
     n_held = max(1, round(len(order) * HELD_OUT_FRACTION))
@@ -191,6 +201,9 @@ def quantize_backbone(
         quantized, repaired = last["model"], last["repaired"]
     kept = f"the first {_layers(chosen.layers)} float" if chosen.layers else "every weight layer int8"
     agreement = compare_features(reference, features[chosen.layers], calibration, held, f"with {kept} ({how})")
+    fallback = {"file": FLOAT_BACKBONE_FILE} if float_fallback else {}
+    if float_fallback:
+        shutil.copyfile(backbone, backbone.parent / FLOAT_BACKBONE_FILE)
     onnx.save(quantized, str(backbone))
     probe = write_probe(backbone.parent, calibration.x[held], reference, features[chosen.layers])
     return {
@@ -211,7 +224,7 @@ def quantize_backbone(
             "search": trace,
         },
         "repaired_bias_channels": repaired,
-        "float_backbone": {"bytes": float_bytes, "sha256": float_sha},
+        "float_backbone": {"bytes": float_bytes, "sha256": float_sha, **fallback},
         "backbone_bytes": backbone.stat().st_size,
         "validation": agreement,
         "probe": probe,

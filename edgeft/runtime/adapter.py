@@ -24,7 +24,7 @@ from edgeft.runtime import drift, guard
 from edgeft.runtime.atomic import make_directory, write_atomic
 from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
-from edgeft.runtime.int8_check import cached_check, refusal
+from edgeft.runtime.int8_check import backbone_to_use, cached_check
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
 from edgeft.runtime.ort import Placement, resolve_placement
 from edgeft.runtime.replay import ReplayBuffer
@@ -120,9 +120,9 @@ class Adapter:
         self._trainer_choice = trainer_name(trainer)
         self._trainer_kind: str | None = None
         self.store = StateStore(state, self.bundle.fingerprint, keep_versions)
+        # int8 self-check (issue 17): the float fallback where this CPU's int8 kernels disagree, else a refusal
         self.int8_check = cached_check(self.bundle, self.store.root)
-        if self.int8_check is not None and not self.int8_check["ok"]:
-            raise refusal(self.bundle, self.int8_check)
+        self.backbone_path = backbone_to_use(self.bundle, self.int8_check)
         self._logs = History(self.store.root)
         self.policy = policy or guard.GuardPolicy()
         learning_rates(schedule, 1.0, 1)  # fail early on an unknown schedule
@@ -132,7 +132,7 @@ class Adapter:
         if replay_mb is not None:
             per_class = min(per_class, int(replay_mb * 2**20) // (4 * head.feature_dim * head.num_outputs))
         self._replay_per_class = per_class
-        self._features = FeatureExtractor(self.bundle, self.placement, threads)
+        self._features = FeatureExtractor(self.bundle, self.placement, threads, self.backbone_path)
         self._predictor = HeadPredictor(self.bundle, self.placement, threads)
         self._trainer: Trainer | None = None
         self._replay: ReplayBuffer | None = None
@@ -457,6 +457,7 @@ class Adapter:
             "promoted": decision.promoted,
             "new_classes": classes[len(self.classes) :] if decision.promoted else [],
             **({"drift": signal} if signal else {}),
+            **({"int8_check": self.int8_check} if self.int8_check else {}),  # issue 17: into metrics.jsonl
         }
         self._version = self.store.commit(writers, meta, parent)
         if not decision.promoted:

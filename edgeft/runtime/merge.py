@@ -22,12 +22,15 @@ HEAD_PREFIX = "edgeft.head/"
 ALL_LOGITS = HEAD_PREFIX + "all_outputs"
 
 
-def merged_model(bundle: Bundle, parameters: dict[str, np.ndarray], classes: list[str]):  # noqa: ANN201 - onnx.ModelProto
-    """Build the merged ModelProto (onnx is imported here only: it is not needed for on-device learning)."""
+def merged_model(  # noqa: ANN201 - onnx.ModelProto
+    bundle: Bundle, parameters: dict[str, np.ndarray], classes: list[str], backbone: Path | None = None
+):
+    """Build the merged ModelProto (onnx is imported here only: it is not needed for on-device learning);
+    ``backbone``: the backbone file to merge (default: the bundle's; an int8 bundle's float fallback)."""
     import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(bundle.backbone_path))
+    model = onnx.load(str(backbone or bundle.backbone_path))
     head = onnx.load(str(bundle.head_path))
     graph = model.graph
     taken = (
@@ -86,10 +89,12 @@ def _slice_known_classes(model, known: int) -> None:  # noqa: ANN001 - onnx.Mode
         )
 
 
-def write_merged_model(bundle: Bundle, parameters: dict[str, np.ndarray], classes: list[str], out: Path) -> None:
+def write_merged_model(
+    bundle: Bundle, parameters: dict[str, np.ndarray], classes: list[str], out: Path, backbone: Path | None = None
+) -> None:
     """Write the merged model (logits and probabilities over ``classes``) to ``out`` atomically."""
     if not classes:
         raise EdgeftError("this head knows no classes yet; learn from labelled data before exporting it")
-    model = merged_model(bundle, parameters, classes)
+    model = merged_model(bundle, parameters, classes, backbone)
     make_directory(out.parent)
     write_atomic(out, lambda tmp: tmp.write_bytes(model.SerializeToString()))
