@@ -231,8 +231,9 @@ def export(
     target_cpu: Annotated[
         str | None,
         typer.Option(
-            help="--quantize: the device CPU: vnni (the default; also right for arm64) or arm64 keep full 8-bit "
-            "weights; avx2 (x86 without AVX-512 VNNI) uses 7-bit weights that its int8 kernels cannot saturate."
+            help="--quantize: the device CPU: auto (the default: the kind of CPU the export runs on, found by "
+            "running ORT's int8 kernel); vnni (x86 with AVX-512 VNNI) or arm64 keep full 8-bit weights; avx2 (x86 "
+            "without VNNI) uses 7-bit weights that its int8 kernels cannot saturate, and that hold on every CPU."
         ),
     ] = None,
     int8_fallback: Annotated[

@@ -40,7 +40,7 @@ from edgeft.export.artifacts import Training, check_artifacts_run, generate_head
 from edgeft.export.body import build_body
 from edgeft.export.graph import is_channels_last, real_inputs
 from edgeft.export.pooling import Pooling, choose_pooling, numpy_pool
-from edgeft.export.quantize import TARGET_CPUS, check_request, quantize_backbone, read_calibration
+from edgeft.export.quantize import check_request, quantize_backbone, read_calibration
 from edgeft.export.sources import load_onnx
 from edgeft.export.surgery import (
     HeadCut,
@@ -114,8 +114,9 @@ def export_bundle(
     reserves outputs for classes that do not exist yet. ``quantize="int8"`` quantises the backbone with
     ``calibration`` data (a path in a format ``adapt`` reads, an array ``x`` or ``(x, y)``), keeping ``keep_float``
     weight layers from the input float (a number, or ``"auto"``, the default: as few as bring the int8 features
-    close to the float ones; see edgeft.export.float_prefix), for ``target_cpu`` (quantize.TARGET_CPUS; None: vnni,
-    full 8-bit weights; avx2: 7-bit weights that x86 CPUs without VNNI do not saturate), shipping the float backbone as well unless
+    close to the float ones; see edgeft.export.float_prefix), for ``target_cpu`` (quantize.TARGET_CPUS; None or auto: the
+    export machine's kind; vnni and arm64: full 8-bit weights; avx2: 7-bit weights that x86 CPUs without VNNI do
+    not saturate), shipping the float backbone as well unless
     ``float_fallback`` is False (None: True for int8), for devices whose int8 kernels fail the bundle's self-check
     (edgeft.runtime.int8_check). The bundle always carries the portable train step
     (standard ONNX ops; ``momentum`` applies to SGD there); ``ort_artifacts`` adds ONNX Runtime training artifacts
@@ -238,7 +239,7 @@ def export_bundle(
                     seed,
                     source_name,
                     keep_float=float_layers,
-                    target_cpu=target_cpu or TARGET_CPUS[0],
+                    target_cpu=target_cpu,
                     float_fallback=float_fallback is not False,
                 )
                 manifest = replace(manifest, quantization=record)

@@ -26,14 +26,18 @@ from edgeft.bundle import FLOAT_BACKBONE_FILE, Manifest, sha256_file
 from edgeft.errors import EdgeftError
 from edgeft.export import float_prefix
 from edgeft.runtime.guard import lost_and_won, significantly_worse
-from edgeft.runtime.int8_check import PROBE_FILE, save_probe
+from edgeft.runtime.int8_check import PROBE_FILE, cpu_family, save_probe
 from edgeft.runtime.sources import Samples
 
 SCHEMES = ("int8",)
 # The CPU the bundle is meant for. ORT's uint8×int8 kernels are exact on x86 with VNNI and on arm64; on x86 without
 # VNNI they add pairs of products in saturating int16, which 7-bit weights (ORT's reduce_range) cannot overflow.
-TARGET_CPUS = ("vnni", "arm64", "avx2")
+TARGET_CPUS = ("auto", "vnni", "arm64", "avx2")
 REDUCED_RANGE_TARGETS = ("avx2",)
+# --target-cpu auto: the export machine's own kind of CPU (runtime.int8_check.cpu_family); an unknown one gets the
+# 7-bit weights that hold on every kernel. (uint8 weights (U8U8) would hold everywhere with full 8 bits, but
+# measured 0.37x the float backbone's speed on VNNI: BENCHMARKS.md.)
+FAMILY_TARGETS = {"x86-exact": "vnni", "x86-saturating": "avx2", "arm64": "arm64"}
 # The probe an int8 bundle carries (runtime.int8_check): PROBE_SAMPLES held-out inputs and their float features; a
 # device must reach the export machine's own probe agreement less PROBE_MARGIN (kernels that accumulate exactly
 # differ only in float rounding, far below it; saturating ones cost the default bundle 0.04).
@@ -74,7 +78,7 @@ def check_request(
     (float_layers)."""
     if target_cpu is not None and target_cpu not in TARGET_CPUS:
         raise EdgeftError(f"unknown --target-cpu '{target_cpu}'; choose one of {', '.join(TARGET_CPUS)}")
-    if scheme is None and target_cpu is not None:
+    if scheme is None and target_cpu not in (None, "auto"):
         raise EdgeftError("--target-cpu is only used with --quantize int8")
     if scheme is None and float_fallback is not None:
         raise EdgeftError("--int8-fallback / --no-int8-fallback is only used with --quantize int8")
@@ -91,6 +95,14 @@ def check_request(
     if calibration is None:
         raise EdgeftError(f"--quantize {scheme} needs --calibration DATA (samples like the ones the device will see)")
     return float_layers(keep_float)
+
+
+def resolve_target(target_cpu: str | None) -> tuple[str, str]:
+    """The concrete target (vnni, arm64 or avx2) for ``target_cpu`` (None: auto) and how it was chosen."""
+    if target_cpu not in (None, "auto"):
+        return target_cpu, "given"
+    family = cpu_family()
+    return FAMILY_TARGETS.get(family, "avx2"), f"auto: the export machine is {family}"
 
 
 def float_layers(keep_float: object) -> int | str:
@@ -146,7 +158,7 @@ def quantize_backbone(
     seed: int,
     source: str,
     keep_float: int | str = float_prefix.AUTO,
-    target_cpu: str = TARGET_CPUS[0],
+    target_cpu: str | None = None,
     float_fallback: bool = True,
 ) -> dict[str, Any]:
     """Replace the float ``backbone`` file by its int8 version; return the manifest's ``quantization`` record.
@@ -156,14 +168,16 @@ def quantize_backbone(
     float_prefix.TARGET_MEAN_COSINE within MAX_FLOAT_SHARE of the compute (float_prefix.search). Raises
     EdgeftError (naming ``source``, the original model) when ORT cannot quantise the graph, the graph has no weight
     layer, or ``keep_float`` would leave none int8; or (naming the calibration data) when the int8 features
-    disagree with the float ones. ``target_cpu`` (TARGET_CPUS) chooses full 8-bit or 7-bit weights. The int8
+    disagree with the float ones. ``target_cpu`` (TARGET_CPUS; None: auto, resolve_target) chooses full 8-bit
+    or 7-bit weights. The int8
     probe (PROBE_FILE) is written beside ``backbone``, and with ``float_fallback`` the float backbone too
     (FLOAT_BACKBONE_FILE), for devices whose int8 kernels fail the probe.
     """
     order = np.random.default_rng(seed).permutation(len(calibration.x))
     n_held = max(1, round(len(order) * HELD_OUT_FRACTION))
     held, calib = order[:n_held][:MAX_HELD_OUT], order[n_held:][:MAX_CALIBRATION]
-    reduce_range = target_cpu in REDUCED_RANGE_TARGETS
+    target, target_reason = resolve_target(target_cpu)
+    reduce_range = target in REDUCED_RANGE_TARGETS
     qmax = REDUCED_WEIGHT_QMAX if reduce_range else WEIGHT_QMAX
     float_bytes, float_sha = backbone.stat().st_size, sha256_file(backbone)
     reference = _embed(str(backbone), input_name, calibration.x[held])
@@ -212,7 +226,8 @@ def quantize_backbone(
         "format": "QDQ",
         "activations": "uint8, per tensor, asymmetric, MinMax calibration",
         "weights": f"int8, per output channel, symmetric{', 7-bit range' if reduce_range else ''}",
-        "target_cpu": target_cpu,
+        "target_cpu": target,
+        "target_cpu_chosen": target_reason,
         "calibration": {"source": Path(calibration.origin).name, "samples": int(len(calib)), "seed": seed},
         "float_layers": {
             "count": chosen.layers,
