@@ -91,7 +91,8 @@ class Adapter:
     ``onnx`` or ``ort`` (ONNX Runtime training, the ``edgeft[ort]`` extra). ``keep_versions`` is how many
     committed versions stay on disk (and can be rolled back to).
     Learning takes the state directory's lock (one writer at a time) and commits a version per call;
-    prediction reads the current version and needs no lock.
+    prediction reads the current version and needs no lock. ``backbone_path`` is the backbone this CPU runs: an
+    int8 bundle's float fallback where its self-check (``int8_check``) fails.
     """
 
     def __init__(
