@@ -5,6 +5,8 @@ Layout::
     manifest.json           format version, input, preprocessing, cut, head, classes, defaults, sha256 of files,
                             and (int8 bundles only) how the backbone was quantised
     backbone.onnx           the frozen part of the original model, inference only (float, or int8 QDQ)
+    float_backbone.onnx     (int8 bundles exported with the float fallback) the float backbone, used where the
+                            int8 one fails its self-check (edgeft.runtime.int8_check)
     head.onnx               the head for inference, parameters as inputs (fed from a checkpoint)
     train/train_step.onnx   the portable train step (standard ONNX ops only: forward, loss, backward, optimizer)
     train/initial_head.npz  the head's starting parameters (edgeft.head_state format)
@@ -28,6 +30,7 @@ from edgeft.errors import EdgeftError
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 BACKBONE_FILE = "backbone.onnx"
+FLOAT_BACKBONE_FILE = "float_backbone.onnx"
 HEAD_FILE = "head.onnx"
 TRAIN_DIR = "train"
 TRAIN_ARTIFACTS = ("training_model.onnx", "eval_model.onnx", "optimizer_model.onnx", "checkpoint")
@@ -165,6 +168,13 @@ def _check_listing(root: Path, manifest_path: Path, listed: set[str]) -> None:
             raise EdgeftError(f"bundle file {path} is not listed in {MANIFEST_FILE}, so it cannot be verified")
 
 
+def _fallback_file(manifest: Manifest) -> str | None:
+    """The name of the float backbone an int8 bundle ships (quantization.float_backbone.file), or None."""
+    record = manifest.quantization.get("float_backbone")
+    name = record.get("file") if isinstance(record, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
@@ -196,6 +206,12 @@ class Bundle:
         return self.path / BACKBONE_FILE
 
     @property
+    def float_backbone_path(self) -> Path | None:
+        """The float backbone an int8 bundle ships as its fallback, or None."""
+        name = _fallback_file(self.manifest)
+        return self.path / name if name else None
+
+    @property
     def head_path(self) -> Path:
         return self.path / HEAD_FILE
 
@@ -225,7 +241,8 @@ class Bundle:
         if unknown or not manifest.head.trainers:
             raise EdgeftError(f"{manifest_path} names unknown trainers {unknown} (known: onnx, ort)")
         trainer_files = [f"{TRAIN_DIR}/{n}" for t in manifest.head.trainers for n in TRAINER_FILES[t]]
-        for required in (BACKBONE_FILE, HEAD_FILE, *trainer_files):
+        fallback = _fallback_file(manifest)
+        for required in (BACKBONE_FILE, HEAD_FILE, *trainer_files, *([fallback] if fallback else [])):
             if required not in manifest.files:
                 raise EdgeftError(f"{manifest_path} does not list the required file {required}")
         _check_listing(root, manifest_path, set(manifest.files))

@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -118,6 +119,11 @@ def _reported() -> Iterator[None]:
         raise _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)", EXIT_INTERNAL) from None
 
 
+def _warning_line(message: Warning | str, *_: object, **__: object) -> str:
+    """Warnings (e.g. an int8 bundle falling back to its float backbone) as one ``edgeft: warning:`` line."""
+    return f"edgeft: warning: {message}\n"
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"edgeft {__version__}")
@@ -143,6 +149,7 @@ def main(
     """edgeft: export a bundle on a workstation, adapt its head on the device, predict."""
     _debug["on"] = debug
     _output.update(quiet=quiet, verbose=verbose)
+    warnings.formatwarning = _warning_line
     if config is not None:
         from edgeft.service.config import load_config
 
@@ -241,8 +248,17 @@ def export(
     target_cpu: Annotated[
         str | None,
         typer.Option(
-            help="--quantize: the device CPU: vnni (the default; also right for arm64) or arm64 keep full 8-bit "
-            "weights; avx2 (x86 without AVX-512 VNNI) uses 7-bit weights that its int8 kernels cannot saturate."
+            help="--quantize: the device CPU: auto (the default: the kind of CPU the export runs on, found by "
+            "running ORT's int8 kernel); vnni (x86 with AVX-512 VNNI) or arm64 keep full 8-bit weights; avx2 (x86 "
+            "without VNNI) uses 7-bit weights that its int8 kernels cannot saturate, and that hold on every CPU."
+        ),
+    ] = None,
+    int8_fallback: Annotated[
+        bool | None,
+        typer.Option(
+            "--int8-fallback/--no-int8-fallback",
+            help="--quantize: also ship the float backbone (the default; the bundle grows by its size), which "
+            "devices whose int8 kernels fail the bundle's self-check use instead; without it they refuse the bundle.",
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
@@ -257,6 +273,7 @@ def export(
         calibration = _from_command_line(ctx, "calibration", calibration)
         keep_float = _from_command_line(ctx, "keep_float", keep_float)
         target_cpu = _from_command_line(ctx, "target_cpu", target_cpu)
+        int8_fallback = _from_command_line(ctx, "int8_fallback", int8_fallback)
     float_layers = _keep_float(keep_float)
     if (model is None) == (torch_factory is None):
         raise typer.BadParameter("give an ONNX MODEL or --torch package.module:factory (one of them)")
@@ -309,6 +326,7 @@ def export(
             calibration=calibration,
             keep_float=float_layers,
             target_cpu=target_cpu,
+            float_fallback=int8_fallback,
             force=force,
         )
         m = bundle.manifest
@@ -363,9 +381,11 @@ def _probe_rule(record: dict) -> str:
     """Text like '; for vnni CPUs, self-check: probe mean cosine >= 0.9866'; nothing for exports before the probe."""
     if "probe" not in record:
         return ""
+    fallback = record["float_backbone"].get("file")
+    otherwise = f"else the float backbone ({fallback}) is used" if fallback else "else the bundle is refused"
     return (
         f"; for {record['target_cpu']} CPUs, self-check on first use: {record['probe']['samples']} probe samples "
-        f"must reach mean cosine {record['probe']['min_mean_cosine']} (`edgeft check`)"
+        f"must reach mean cosine {record['probe']['min_mean_cosine']} (`edgeft check`), {otherwise}"
     )
 
 
@@ -622,6 +642,7 @@ def _watch(
     logs: dict,
     entries: EntryPolicy,
 ) -> None:
+    from edgeft.runtime.int8_check import describe as describe_int8
     from edgeft.service.daemon import run_watch
     from edgeft.service.logs import event_logger
     from edgeft.service.notify import Notifier
@@ -638,7 +659,12 @@ def _watch(
         memory_budget=entries.budget.describe(),
         max_arrival_samples=entries.max_samples,
         max_attempts=entries.max_attempts,
+        backbone=adapter.backbone_path.name,
+        int8_check=adapter.int8_check,
     )
+    if adapter.int8_check is not None:  # int8 bundles: the self-check's verdict on this CPU (a warning if it failed)
+        event = "int8_checked" if adapter.int8_check["ok"] else "int8_fallback"
+        log(event, reason=describe_int8(adapter.int8_check), **adapter.int8_check)
     summary = run_watch(
         adapter,
         inbox_dir,
@@ -753,7 +779,9 @@ def export_inference(
     with _reported():
         adapter = Adapter(bundle, state, ep="cpu")
         thresholds = adapter.thresholds.tolist() if adapter.task == "multilabel" else None
-        write_merged_model(adapter.bundle, adapter.parameters(), adapter.classes, out, thresholds)
+        write_merged_model(
+            adapter.bundle, adapter.parameters(), adapter.classes, out, thresholds, backbone=adapter.backbone_path
+        )
         if as_json:
             typer.echo(json.dumps({"out": str(out), "version": adapter.version, "classes": adapter.classes}))
         else:
@@ -799,7 +827,8 @@ def info(bundle: BundleArg, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def check(bundle: BundleArg, as_json: JsonOpt = False) -> None:
-    """Run an int8 bundle's probe through its backbone on this CPU; exit 1 when the int8 features disagree."""
+    """Run an int8 bundle's probe through its backbone on this CPU; exit 1 when the int8 features disagree and
+    the bundle ships no float backbone to fall back to."""
     from edgeft.bundle import Bundle
     from edgeft.runtime.int8_check import check_bundle, describe, refusal
 
@@ -814,7 +843,7 @@ def check(bundle: BundleArg, as_json: JsonOpt = False) -> None:
             )
         else:
             typer.echo(describe(result))
-        if result is not None and not result["ok"]:
+        if result is not None and result["backbone"] == "none":
             raise refusal(loaded, result)
 
 

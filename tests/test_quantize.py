@@ -16,12 +16,14 @@ from edgeft.bundle import MANIFEST_FILE, Bundle
 from edgeft.errors import EdgeftError
 from edgeft.export import export_bundle, float_prefix
 from edgeft.export.quantize import (
+    FAMILY_TARGETS,
     MAX_CALIBRATION,
     MAX_PROBE_DROP,
     MIN_MEAN_COSINE,
     REDUCED_WEIGHT_QMAX,
     compare_features,
     probe_fails,
+    resolve_target,
 )
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.int8_check import check_bundle, cpu_family
@@ -158,7 +160,11 @@ def test_int8_features_agree_with_float_features(bundles: tuple[Path, Path], avx
 def test_avx2_target_has_7_bit_weights_and_says_so(bundles: tuple[Path, Path], avx2_bundle: Path) -> None:
     record = Bundle.load(avx2_bundle).manifest.quantization
     assert record["target_cpu"] == "avx2" and record["weights"].endswith("7-bit range")
-    assert Bundle.load(bundles[1]).manifest.quantization["target_cpu"] == "vnni"
+    assert record["target_cpu_chosen"] == "given"
+    default = Bundle.load(bundles[1]).manifest.quantization  # --target-cpu auto: this machine's kind of CPU
+    assert default["target_cpu"] == FAMILY_TARGETS[cpu_family()] == resolve_target("auto")[0]
+    assert default["target_cpu_chosen"] == f"auto: the export machine is {cpu_family()}"
+    assert default["weights"].endswith("7-bit range") == (cpu_family() == "x86-saturating")
     backbone = onnx.load(str(avx2_bundle / "backbone.onnx"))
     weights = [numpy_helper.to_array(i) for i in backbone.graph.initializer if i.data_type == TensorProto.INT8]
     assert weights and max(int(np.abs(w).max()) for w in weights) <= REDUCED_WEIGHT_QMAX
@@ -212,6 +218,8 @@ def test_quantisation_that_disagrees_fails_with_its_figures(model_path: Path, tm
         ({"quantize": "int8", "calibration": np.zeros((4, 3, 8, 8), np.float32)}, "needs at least 8"),
         ({"quantize": "int8", "calibration": np.full((8, 3, 8, 8), "a")}, "dtype <U1, expected real numbers"),
         ({"keep_float": 2}, "--keep-float N is only used with --quantize int8"),
+        ({"target_cpu": "avx2"}, "--target-cpu is only used with --quantize int8"),
+        ({"quantize": "int8", "calibration": np.zeros((8, 3, 8, 8), np.float32), "target_cpu": "x86"}, "'x86'"),
         ({"quantize": "int4", "calibration": np.zeros((8, 3, 8, 8), np.float32), "keep_float": -1}, "'int4'"),
         ({"quantize": "int8", "calibration": np.zeros((8, 3, 8, 8), np.float32), "keep_float": -1}, "not -1"),
         ({"quantize": "int8", "calibration": np.zeros((8, 3, 8, 8), np.float32), "keep_float": "some"}, "not 'some'"),

@@ -40,7 +40,7 @@ from edgeft.export.artifacts import Training, check_artifacts_run, generate_head
 from edgeft.export.body import build_body
 from edgeft.export.graph import is_channels_last, real_inputs
 from edgeft.export.pooling import Pooling, choose_pooling, numpy_pool
-from edgeft.export.quantize import TARGET_CPUS, check_request, quantize_backbone, read_calibration
+from edgeft.export.quantize import check_request, quantize_backbone, read_calibration
 from edgeft.export.sources import load_onnx
 from edgeft.export.surgery import (
     HeadCut,
@@ -101,6 +101,7 @@ def export_bundle(
     calibration: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
     keep_float: int | str | None = None,
     target_cpu: str | None = None,
+    float_fallback: bool | None = None,
     force: bool = False,
 ) -> Bundle:
     """Cut the head off ``model`` (an ONNX file, or a torch.nn.Module with ``example_input``), attach a new
@@ -113,8 +114,11 @@ def export_bundle(
     reserves outputs for classes that do not exist yet. ``quantize="int8"`` quantises the backbone with
     ``calibration`` data (a path in a format ``adapt`` reads, an array ``x`` or ``(x, y)``), keeping ``keep_float``
     weight layers from the input float (a number, or ``"auto"``, the default: as few as bring the int8 features
-    close to the float ones; see edgeft.export.float_prefix), for ``target_cpu`` (quantize.TARGET_CPUS; None: vnni,
-    full 8-bit weights; avx2: 7-bit weights that x86 CPUs without VNNI do not saturate). The bundle always carries the portable train step
+    close to the float ones; see edgeft.export.float_prefix), for ``target_cpu`` (quantize.TARGET_CPUS; None or auto: the
+    export machine's kind; vnni and arm64: full 8-bit weights; avx2: 7-bit weights that x86 CPUs without VNNI do
+    not saturate), shipping the float backbone as well unless
+    ``float_fallback`` is False (None: True for int8), for devices whose int8 kernels fail the bundle's self-check
+    (edgeft.runtime.int8_check). The bundle always carries the portable train step
     (standard ONNX ops; ``momentum`` applies to SGD there); ``ort_artifacts`` adds ONNX Runtime training artifacts
     too (None: when ORT training is installed). Raises EdgeftError
     with a clear message when the model cannot be exported or the exported parts do not reproduce the original.
@@ -123,7 +127,7 @@ def export_bundle(
     if destination.exists() and not force:
         raise EdgeftError(f"{destination} already exists; choose another output or pass --force to replace it")
     loss = _loss(task, loss)
-    float_layers = check_request(quantize, calibration, keep_float, target_cpu)
+    float_layers = check_request(quantize, calibration, keep_float, target_cpu, float_fallback)
     hidden = _hidden_layers(head)
     if activation not in head_graph.ACTIVATIONS:
         raise EdgeftError(f"unknown activation '{activation}'; choose one of {', '.join(head_graph.ACTIVATIONS)}")
@@ -235,7 +239,8 @@ def export_bundle(
                     seed,
                     source_name,
                     keep_float=float_layers,
-                    target_cpu=target_cpu or TARGET_CPUS[0],
+                    target_cpu=target_cpu,
+                    float_fallback=float_fallback is not False,
                 )
                 manifest = replace(manifest, quantization=record)
             manifest = replace(manifest, files=hash_tree(staging))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import operator
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -21,18 +22,22 @@ import onnx
 import onnxruntime
 from onnx import numpy_helper
 
-from edgeft.bundle import Manifest, sha256_file
+from edgeft.bundle import FLOAT_BACKBONE_FILE, Manifest, sha256_file
 from edgeft.errors import EdgeftError
 from edgeft.export import float_prefix
 from edgeft.runtime.guard import lost_and_won, significantly_worse
-from edgeft.runtime.int8_check import PROBE_FILE, save_probe
+from edgeft.runtime.int8_check import PROBE_FILE, cpu_family, save_probe
 from edgeft.runtime.sources import Samples
 
 SCHEMES = ("int8",)
 # The CPU the bundle is meant for. ORT's uint8×int8 kernels are exact on x86 with VNNI and on arm64; on x86 without
 # VNNI they add pairs of products in saturating int16, which 7-bit weights (ORT's reduce_range) cannot overflow.
-TARGET_CPUS = ("vnni", "arm64", "avx2")
+TARGET_CPUS = ("auto", "vnni", "arm64", "avx2")
 REDUCED_RANGE_TARGETS = ("avx2",)
+# --target-cpu auto: the export machine's own kind of CPU (runtime.int8_check.cpu_family); an unknown one gets the
+# 7-bit weights that hold on every kernel. (uint8 weights (U8U8) would hold everywhere with full 8 bits, but
+# measured 0.37x the float backbone's speed on VNNI: BENCHMARKS.md.)
+FAMILY_TARGETS = {"x86-exact": "vnni", "x86-saturating": "avx2", "arm64": "arm64"}
 # The probe an int8 bundle carries (runtime.int8_check): PROBE_SAMPLES held-out inputs and their float features; a
 # device must reach the export machine's own probe agreement less PROBE_MARGIN (kernels that accumulate exactly
 # differ only in float rounding, far below it; saturating ones cost the default bundle 0.04).
@@ -61,15 +66,22 @@ REDUCED_WEIGHT_QMAX = 64  # ORT's symmetric 7-bit range: 255 * 64 * 2 = 32,640 f
 
 
 def check_request(
-    scheme: str | None, calibration: object, keep_float: object = None, target_cpu: str | None = None
+    scheme: str | None,
+    calibration: object,
+    keep_float: object = None,
+    target_cpu: str | None = None,
+    float_fallback: bool | None = None,
 ) -> int | str:
-    """Refuse an unknown scheme, a scheme without calibration data, calibration data, a number of float layers or a
-    target CPU without a scheme (``"auto"``, the default, is ignored then), a ``keep_float`` that is not a layer
-    count and an unknown ``target_cpu``. Returns ``keep_float`` as quantize_backbone takes it (float_layers)."""
+    """Refuse an unknown scheme, a scheme without calibration data, calibration data, a number of float layers, a
+    target CPU or a float fallback without a scheme (``"auto"``, the default, is ignored then), a ``keep_float``
+    that is not a layer count and an unknown ``target_cpu``. Returns ``keep_float`` as quantize_backbone takes it
+    (float_layers)."""
     if target_cpu is not None and target_cpu not in TARGET_CPUS:
         raise EdgeftError(f"unknown --target-cpu '{target_cpu}'; choose one of {', '.join(TARGET_CPUS)}")
-    if scheme is None and target_cpu is not None:
+    if scheme is None and target_cpu not in (None, "auto"):
         raise EdgeftError("--target-cpu is only used with --quantize int8")
+    if scheme is None and float_fallback is not None:
+        raise EdgeftError("--int8-fallback / --no-int8-fallback is only used with --quantize int8")
     if scheme is None:
         if calibration is not None:
             raise EdgeftError("calibration data is only used with --quantize int8")
@@ -83,6 +95,14 @@ def check_request(
     if calibration is None:
         raise EdgeftError(f"--quantize {scheme} needs --calibration DATA (samples like the ones the device will see)")
     return float_layers(keep_float)
+
+
+def resolve_target(target_cpu: str | None) -> tuple[str, str]:
+    """The concrete target (vnni, arm64 or avx2) for ``target_cpu`` (None: auto) and how it was chosen."""
+    if target_cpu not in (None, "auto"):
+        return target_cpu, "given"
+    family = cpu_family()
+    return FAMILY_TARGETS.get(family, "avx2"), f"auto: the export machine is {family}"
 
 
 def float_layers(keep_float: object) -> int | str:
@@ -138,7 +158,8 @@ def quantize_backbone(
     seed: int,
     source: str,
     keep_float: int | str = float_prefix.AUTO,
-    target_cpu: str = TARGET_CPUS[0],
+    target_cpu: str | None = None,
+    float_fallback: bool = True,
 ) -> dict[str, Any]:
     """Replace the float ``backbone`` file by its int8 version; return the manifest's ``quantization`` record.
 
@@ -147,13 +168,16 @@ def quantize_backbone(
     float_prefix.TARGET_MEAN_COSINE within MAX_FLOAT_SHARE of the compute (float_prefix.search). Raises
     EdgeftError (naming ``source``, the original model) when ORT cannot quantise the graph, the graph has no weight
     layer, or ``keep_float`` would leave none int8; or (naming the calibration data) when the int8 features
-    disagree with the float ones. ``target_cpu`` (TARGET_CPUS) chooses full 8-bit or 7-bit weights. The int8
-    probe (PROBE_FILE) is written beside ``backbone``.
+    disagree with the float ones. ``target_cpu`` (TARGET_CPUS; None: auto, resolve_target) chooses full 8-bit
+    or 7-bit weights. The int8
+    probe (PROBE_FILE) is written beside ``backbone``, and with ``float_fallback`` the float backbone too
+    (FLOAT_BACKBONE_FILE), for devices whose int8 kernels fail the probe.
     """
     order = np.random.default_rng(seed).permutation(len(calibration.x))
     n_held = max(1, round(len(order) * HELD_OUT_FRACTION))
     held, calib = order[:n_held][:MAX_HELD_OUT], order[n_held:][:MAX_CALIBRATION]
-    reduce_range = target_cpu in REDUCED_RANGE_TARGETS
+    target, target_reason = resolve_target(target_cpu)
+    reduce_range = target in REDUCED_RANGE_TARGETS
     qmax = REDUCED_WEIGHT_QMAX if reduce_range else WEIGHT_QMAX
     float_bytes, float_sha = backbone.stat().st_size, sha256_file(backbone)
     reference = _embed(str(backbone), input_name, calibration.x[held])
@@ -191,6 +215,9 @@ def quantize_backbone(
         quantized, repaired = last["model"], last["repaired"]
     kept = f"the first {_layers(chosen.layers)} float" if chosen.layers else "every weight layer int8"
     agreement = compare_features(reference, features[chosen.layers], calibration, held, f"with {kept} ({how})")
+    fallback = {"file": FLOAT_BACKBONE_FILE} if float_fallback else {}
+    if float_fallback:
+        shutil.copyfile(backbone, backbone.parent / FLOAT_BACKBONE_FILE)
     onnx.save(quantized, str(backbone))
     probe = write_probe(backbone.parent, calibration.x[held], reference, features[chosen.layers])
     return {
@@ -199,7 +226,8 @@ def quantize_backbone(
         "format": "QDQ",
         "activations": "uint8, per tensor, asymmetric, MinMax calibration",
         "weights": f"int8, per output channel, symmetric{', 7-bit range' if reduce_range else ''}",
-        "target_cpu": target_cpu,
+        "target_cpu": target,
+        "target_cpu_chosen": target_reason,
         "calibration": {"source": Path(calibration.origin).name, "samples": int(len(calib)), "seed": seed},
         "float_layers": {
             "count": chosen.layers,
@@ -211,7 +239,7 @@ def quantize_backbone(
             "search": trace,
         },
         "repaired_bias_channels": repaired,
-        "float_backbone": {"bytes": float_bytes, "sha256": float_sha},
+        "float_backbone": {"bytes": float_bytes, "sha256": float_sha, **fallback},
         "backbone_bytes": backbone.stat().st_size,
         "validation": agreement,
         "probe": probe,

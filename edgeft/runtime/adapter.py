@@ -25,7 +25,7 @@ from edgeft.runtime.atomic import make_directory, write_atomic
 from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, STATISTICS_FILE, ClassStatistics
 from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
-from edgeft.runtime.int8_check import cached_check, refusal
+from edgeft.runtime.int8_check import backbone_to_use, cached_check
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
 from edgeft.runtime.ort import Placement, resolve_placement
 from edgeft.runtime.replay import ReplayBuffer
@@ -105,7 +105,8 @@ class Adapter:
     Multi-label and regression heads learn float targets (``edgeft.runtime.tasks``); ``tune_thresholds`` re-tunes a
     multi-label head's per-label thresholds on the holdout after each promotion.
     Learning takes the state directory's lock (one writer at a time) and commits a version per call;
-    prediction reads the current version and needs no lock.
+    prediction reads the current version and needs no lock. ``backbone_path`` is the backbone this CPU runs: an
+    int8 bundle's float fallback where its self-check (``int8_check``) fails.
     """
 
     def __init__(
@@ -138,9 +139,9 @@ class Adapter:
         self._trainer_choice = trainer_name(trainer)
         self._trainer_kind: str | None = None
         self.store = StateStore(state, self.bundle.fingerprint, keep_versions)
+        # int8 self-check (issue 17): the float fallback where this CPU's int8 kernels disagree, else a refusal
         self.int8_check = cached_check(self.bundle, self.store.root)
-        if self.int8_check is not None and not self.int8_check["ok"]:
-            raise refusal(self.bundle, self.int8_check)
+        self.backbone_path = backbone_to_use(self.bundle, self.int8_check)
         self._logs = History(self.store.root)
         self.policy = policy or guard.GuardPolicy()
         learning_rates(schedule, 1.0, 1)  # fail early on an unknown schedule
@@ -150,7 +151,7 @@ class Adapter:
         if replay_mb is not None:
             per_class = min(per_class, int(replay_mb * 2**20) // (4 * head.feature_dim * head.num_outputs))
         self._replay_per_class = 0 if self._closed_form and not self._closed_form.then_sgd else per_class
-        self._features = FeatureExtractor(self.bundle, self.placement, threads)
+        self._features = FeatureExtractor(self.bundle, self.placement, threads, self.backbone_path)
         self._predictor = HeadPredictor(self.bundle, self.placement, threads)
         self._trainer: Trainer | None = None
         self._replay: ReplayBuffer | TargetBuffer | None = None
@@ -561,6 +562,7 @@ class Adapter:
             "promoted": decision.promoted,
             "new_classes": classes[len(self.classes) :] if decision.promoted else [],
             **({"drift": signal} if signal else {}),
+            **({"int8_check": self.int8_check} if self.int8_check else {}),  # issue 17: into metrics.jsonl
         }
         self._version = self.store.commit(writers, meta, parent)
         if not decision.promoted:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -28,10 +29,15 @@ def session_options(threads: int | None) -> onnxruntime.SessionOptions:
 class FeatureExtractor:
     """Runs ``backbone.onnx`` in batches; knows the input it expects and checks what it is given."""
 
-    def __init__(self, bundle: Bundle, placement: Placement, threads: int | None = None) -> None:
+    def __init__(
+        self, bundle: Bundle, placement: Placement, threads: int | None = None, backbone: Path | None = None
+    ) -> None:
+        """``backbone``: the file to run (default: the bundle's backbone; an int8 bundle's float fallback)."""
         self._spec = bundle.manifest.input
         self._session = onnxruntime.InferenceSession(
-            str(bundle.backbone_path), sess_options=session_options(threads), providers=list(placement.providers)
+            str(backbone or bundle.backbone_path),
+            sess_options=session_options(threads),
+            providers=list(placement.providers),
         )
         self.feature_dim = bundle.manifest.head.feature_dim
 

@@ -4,7 +4,9 @@ ONNX Runtime picks its int8 kernels by CPU: x86 with VNNI and arm64 accumulate u
 x86 with AVX2 (or AVX-512) but without VNNI adds pairs of products in saturating int16 (``vpmaddubsw``), so the
 same backbone can give other features there. An int8 bundle carries a probe (``int8_probe.npz``: a few held-out
 calibration inputs and the float backbone's features of them) and the agreement it must reach; the check runs the
-probe through the int8 backbone here. Its result is cached per CPU signature in the state directory.
+probe through the int8 backbone here. Its result is cached per CPU signature in the state directory. Where it
+disagrees, the runtime uses the float backbone the bundle ships beside the int8 one (``--int8-fallback``, the
+export's default), with a warning, or refuses the bundle when it ships none.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import platform
+import warnings
 import zipfile
 from functools import cache
 from pathlib import Path
@@ -29,6 +32,10 @@ PROBE_FILE = "int8_probe.npz"
 CACHE_FILE = "int8_check.json"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _DEPTH = 64  # products summed by the kernel probe: pairs of 255 * 127 overflow int16 (32,767) when summed
+
+
+class Int8FallbackWarning(UserWarning):
+    """An int8 bundle's self-check failed on this CPU, so its float backbone is used instead (slower, correct)."""
 
 
 def save_probe(path: Path, x: np.ndarray, features: np.ndarray) -> None:
@@ -81,7 +88,9 @@ def cpu_signature() -> str:
 def check_bundle(bundle: Bundle) -> dict[str, Any] | None:
     """Run the bundle's int8 probe here; None for a bundle without one (a float backbone or an older export).
 
-    Returns ``{"cpu", "mean_cosine", "min_mean_cosine", "samples", "ok"}``."""
+    Returns ``{"cpu", "mean_cosine", "min_mean_cosine", "samples", "ok", "backbone"}``; ``backbone`` is the one
+    this CPU runs: ``int8``, ``float`` (the bundle's float fallback, when the check failed) or ``none`` (failed,
+    no fallback: the bundle is refused here)."""
     rule = bundle.manifest.quantization.get("probe")
     if not rule:
         return None
@@ -99,7 +108,21 @@ def check_bundle(bundle: Bundle) -> dict[str, Any] | None:
         "min_mean_cosine": threshold,
         "samples": int(len(x)),
         "ok": mean >= threshold,
+        "backbone": "int8" if mean >= threshold else "float" if bundle.float_backbone_path else "none",
     }
+
+
+def backbone_to_use(bundle: Bundle, result: dict[str, Any] | None) -> Path:
+    """The backbone file this CPU runs, given the bundle's check ``result`` (cached_check): the bundle's own
+    backbone when it passed or has no probe; the float fallback, with an Int8FallbackWarning, when it failed and the
+    bundle ships one; else the refusal (EdgeftError)."""
+    if result is None or result["ok"]:
+        return bundle.backbone_path
+    fallback = bundle.float_backbone_path
+    if fallback is None:
+        raise refusal(bundle, result)
+    warnings.warn(f"{bundle.path}: {describe(result)}", Int8FallbackWarning, stacklevel=2)
+    return fallback
 
 
 def cached_check(bundle: Bundle, state: Path) -> dict[str, Any] | None:
@@ -134,9 +157,11 @@ def _read(path: Path) -> dict[str, Any]:
 def describe(result: dict[str, Any]) -> str:
     """One line for logs, ``info`` and ``check``."""
     verdict = "agrees" if result["ok"] else "DISAGREES"
+    used = {"float": "; the bundle's float backbone is used instead (float speed)", "none": "; no float fallback"}
     return (
         f"int8 backbone {verdict} with the float one on this CPU ({result['cpu']}): probe mean cosine "
         f"{result['mean_cosine']} (needs {result['min_mean_cosine']}, {result['samples']} samples)"
+        f"{used.get(result.get('backbone', ''), '')}"
     )
 
 
@@ -145,5 +170,6 @@ def refusal(bundle: Bundle, result: dict[str, Any]) -> EdgeftError:
     return EdgeftError(
         f"{bundle.path}: {describe(result)}. This CPU's int8 kernels give other features than the export machine's; "
         "use the float bundle here, or re-export with --target-cpu avx2 (7-bit weights that no x86 kernel "
-        "saturates), and run `edgeft check BUNDLE` on the device"
+        "saturates) or with --int8-fallback (ships the float backbone for such CPUs), and run `edgeft check BUNDLE` "
+        "on the device"
     )

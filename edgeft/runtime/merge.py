@@ -26,13 +26,18 @@ ALL_LOGITS = HEAD_PREFIX + "all_outputs"
 
 
 def merged_model(  # noqa: ANN201 - onnx.ModelProto
-    bundle: Bundle, parameters: dict[str, np.ndarray], classes: list[str], thresholds: list[float] | None = None
+    bundle: Bundle,
+    parameters: dict[str, np.ndarray],
+    classes: list[str],
+    thresholds: list[float] | None = None,
+    backbone: Path | None = None,
 ):
-    """Build the merged ModelProto (onnx is imported here only: it is not needed for on-device learning)."""
+    """Build the merged ModelProto (onnx is imported here only: it is not needed for on-device learning);
+    ``backbone``: the backbone file to merge (default: the bundle's; an int8 bundle's float fallback)."""
     import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(bundle.backbone_path))
+    model = onnx.load(str(backbone or bundle.backbone_path))
     head = onnx.load(str(bundle.head_path))
     graph = model.graph
     taken = (
@@ -113,10 +118,12 @@ def write_merged_model(
     classes: list[str],
     out: Path,
     thresholds: list[float] | None = None,
+    backbone: Path | None = None,
 ) -> None:
-    """Write the merged model (outputs over ``classes``; a multi-label head's ``thresholds``) to ``out`` atomically."""
+    """Write the merged model (outputs over ``classes``; a multi-label head's ``thresholds``) to ``out`` atomically;
+    ``backbone`` as in ``merged_model``."""
     if not classes:
         raise EdgeftError("this head knows no classes yet; learn from labelled data before exporting it")
-    model = merged_model(bundle, parameters, classes, thresholds)
+    model = merged_model(bundle, parameters, classes, thresholds, backbone)
     make_directory(out.parent)
     write_atomic(out, lambda tmp: tmp.write_bytes(model.SerializeToString()))

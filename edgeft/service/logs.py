@@ -22,6 +22,7 @@ EVENT_LEVELS = {
     "refused": "warning",
     "pending": "warning",
     "interrupted": "warning",
+    "int8_fallback": "warning",
     "error": "error",
 }
 FORMATS = ("auto", "json", "text")
