@@ -12,8 +12,9 @@ stderr = Console(stderr=True)
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield an ``advance(n)`` callback for a bar of ``total`` units, drawn while the block runs (on a terminal)."""
+def progress_bar(description: str, total: int | None, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """Yield an ``advance(n)`` callback for a bar of ``total`` units (None: not known ahead, a counter), drawn while
+    the block runs (on a terminal)."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, transient=True, disable=not (enabled and stderr.is_terminal)) as bar:
         task = bar.add_task(description, total=total)

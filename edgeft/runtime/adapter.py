@@ -187,6 +187,10 @@ class Adapter:
         """Backbone features of raw inputs ``x`` (checked against the bundle's input spec)."""
         return self._features.embed(self._features.check(np.asarray(x), origin), progress)
 
+    def embed_checked(self, x: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """Backbone features of inputs ``check_inputs`` returned (not checked again: streamed arrivals check once)."""
+        return self._features.embed(x, progress)
+
     def predict_proba(self, x: np.ndarray, origin: str = "input") -> np.ndarray:
         """Class probabilities [N, known classes] for raw inputs."""
         return self.predict_proba_features(self.embed(x, origin))
@@ -373,12 +377,16 @@ class Adapter:
             if self._fixed_holdout is not None or not self.policy.enabled
             else guard.holdout_mask(len(labels), self.policy.holdout_fraction, rng)
         )
-        train_f, train_y = features[~to_holdout], labels[~to_holdout]
+        train_y = labels[~to_holdout]
         if not (parent and parent.meta.get("head_version")):  # the first head ever trained fixes the normaliser
             trainer.set_normaliser(*feature_normaliser(features))
             current = trainer.parameters()
         replayed = len(replay)
-        all_f = np.concatenate([train_f, replay.features]) if replayed else train_f
+        # One copy of the arrival's features (the training set, replay after the new samples), not two.
+        all_f = np.empty((len(train_y) + replayed, features.shape[1]), np.float32)
+        np.compress(~to_holdout, features.astype(np.float32, copy=False), axis=0, out=all_f[: len(train_y)])
+        all_f[len(train_y) :] = replay.features
+        train_f = all_f[: len(train_y)]
         all_y = np.concatenate([train_y, replay.labels]) if replayed else train_y
         loss: float | None = None
         if len(all_y):
