@@ -141,3 +141,19 @@ def test_json_lines_on_stdin_are_learned_once(bundle_dir: Path, tmp_path: Path) 
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["skipped"] == ["- (already learned in version 1)"]
     assert sorted(p.name for p in state.iterdir() if p.name.startswith("tmp")) == []  # the spool left nothing
+
+
+def test_an_arrival_rehearses_a_bounded_share_of_the_buffer(bundle: Bundle, tmp_path: Path) -> None:
+    x, y = make_dataset(64, seed=9)
+    names = np.array(CLASSES)[y]
+    off = GuardPolicy(enabled=False)
+    with Adapter(bundle, tmp_path / "bounded", policy=off) as bounded:
+        bounded.learn(x[:60], names[:60], epochs=1)
+        buffered = len(bounded.replay_buffer())
+        assert buffered == 60
+        result = bounded.learn(x[60:], names[60:], epochs=1)
+        assert result.replayed == 4 * 4  # REPLAY_PER_NEW per new sample, not the whole buffer
+        assert len(bounded.replay_buffer()) == 64  # the buffer itself still keeps every sample it may
+    with Adapter(bundle, tmp_path / "whole", policy=off, replay_per_new=None) as whole:
+        whole.learn(x[:60], names[:60], epochs=1)
+        assert whole.learn(x[60:], names[60:], epochs=1).replayed == buffered

@@ -27,7 +27,7 @@ from edgeft.runtime.history import History
 from edgeft.runtime.int8_check import cached_check, refusal
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
 from edgeft.runtime.ort import Placement, resolve_placement
-from edgeft.runtime.replay import ReplayBuffer
+from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, rehearsal
 from edgeft.runtime.rollback import RollbackPlan, plan, rollback_meta
 from edgeft.runtime.schedule import learning_rates
 from edgeft.runtime.store import KEEP_VERSIONS, StateStore, Version
@@ -87,6 +87,7 @@ class Adapter:
     ``replay_per_class`` overrides the bundle's replay buffer size (0 turns replay off); ``replay_mb`` caps its
     memory (features of every reserved class). ``policy`` sets the promotion guard; ``holdout`` is an optional
     fixed labelled holdout set (raw inputs, labels) used instead of holding out a share of each arrival.
+    ``replay_per_new`` caps the buffered samples an arrival trains with per new sample (None: the whole buffer).
     ``trainer`` picks the training backend: ``auto`` (the portable ONNX trainer when the bundle carries it),
     ``onnx`` or ``ort`` (ONNX Runtime training, the ``edgeft[ort]`` extra). ``keep_versions`` is how many
     committed versions stay on disk (and can be rolled back to).
@@ -108,6 +109,7 @@ class Adapter:
         schedule: str = "constant",
         trainer: str = "auto",
         keep_versions: int = KEEP_VERSIONS,
+        replay_per_new: int | None = REPLAY_PER_NEW,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         task = self.bundle.manifest.head.task
@@ -132,6 +134,7 @@ class Adapter:
         if replay_mb is not None:
             per_class = min(per_class, int(replay_mb * 2**20) // (4 * head.feature_dim * head.num_outputs))
         self._replay_per_class = per_class
+        self._replay_per_new = replay_per_new  # rehearsed per new sample (None: the whole buffer every arrival)
         self._features = FeatureExtractor(self.bundle, self.placement, threads)
         self._predictor = HeadPredictor(self.bundle, self.placement, threads)
         self._trainer: Trainer | None = None
@@ -381,13 +384,14 @@ class Adapter:
         if not (parent and parent.meta.get("head_version")):  # the first head ever trained fixes the normaliser
             trainer.set_normaliser(*feature_normaliser(features))
             current = trainer.parameters()
-        replayed = len(replay)
+        replay_f, replay_y = rehearsal(replay, len(train_y), rng, self._replay_per_new)
+        replayed = len(replay_y)
         # One copy of the arrival's features (the training set, replay after the new samples), not two.
         all_f = np.empty((len(train_y) + replayed, features.shape[1]), np.float32)
         np.compress(~to_holdout, features.astype(np.float32, copy=False), axis=0, out=all_f[: len(train_y)])
-        all_f[len(train_y) :] = replay.features
+        all_f[len(train_y) :] = replay_f
         train_f = all_f[: len(train_y)]
-        all_y = np.concatenate([train_y, replay.labels]) if replayed else train_y
+        all_y = np.concatenate([train_y, replay_y]) if replayed else train_y
         loss: float | None = None
         if len(all_y):
             schedule = learning_rates(self.schedule, lr, steps_per_fit(len(all_y), epochs, batch_size))

@@ -1,7 +1,8 @@
 """Latent replay: a class-balanced reservoir of backbone features, stored with each head version.
 
 Every update trains on the new samples together with the buffer's, so the head keeps what earlier arrivals
-taught it; replay never reruns the backbone. Each class keeps at most ``per_class`` samples, chosen by
+taught it; replay never reruns the backbone. An arrival rehearses at most ``REPLAY_PER_NEW`` buffered samples per
+new one (``rehearsal``), so a trickle of small arrivals costs what they hold, not the buffer's size each time. Each class keeps at most ``per_class`` samples, chosen by
 reservoir sampling over every sample of that class ever seen (each has the same chance to be kept).
 """
 
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeft.errors import EdgeftError
+
+REPLAY_PER_NEW = 4
 
 
 class ReplayBuffer:
@@ -66,3 +69,15 @@ class ReplayBuffer:
             raise EdgeftError(f"{path} does not match this bundle's features or classes")
         buffer.features, buffer.labels, buffer.seen = features.astype(np.float32), labels.astype(np.int64), seen
         return buffer
+
+
+def rehearsal(
+    buffer: ReplayBuffer, new: int, rng: np.random.Generator, per_new: int | None = REPLAY_PER_NEW
+) -> tuple[np.ndarray, np.ndarray]:
+    """The buffered features and labels an arrival of ``new`` training samples trains with: the whole buffer when it
+    holds at most ``per_new * new`` (or ``per_new`` is None), else that many drawn without replacement (uniformly: the
+    buffer is class-balanced, the draw is in expectation)."""
+    if per_new is None or len(buffer) <= per_new * new:
+        return buffer.features, buffer.labels
+    pick = np.sort(rng.choice(len(buffer), per_new * new, replace=False))
+    return buffer.features[pick], buffer.labels[pick]
