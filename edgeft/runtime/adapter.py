@@ -27,7 +27,7 @@ from edgeft.runtime.history import History
 from edgeft.runtime.int8_check import cached_check, refusal
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
 from edgeft.runtime.ort import Placement, resolve_placement
-from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, rehearsal
+from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, training_set
 from edgeft.runtime.rollback import RollbackPlan, plan, rollback_meta
 from edgeft.runtime.schedule import learning_rates
 from edgeft.runtime.store import KEEP_VERSIONS, StateStore, Version
@@ -384,21 +384,16 @@ class Adapter:
         if not (parent and parent.meta.get("head_version")):  # the first head ever trained fixes the normaliser
             trainer.set_normaliser(*feature_normaliser(features))
             current = trainer.parameters()
-        replay_f, replay_y = rehearsal(replay, len(train_y), rng, self._replay_per_new)
-        replayed = len(replay_y)
-        # One copy of the arrival's features (the training set, replay after the new samples), not two.
-        all_f = np.empty((len(train_y) + replayed, features.shape[1]), np.float32)
-        np.compress(~to_holdout, features.astype(np.float32, copy=False), axis=0, out=all_f[: len(train_y)])
-        all_f[len(train_y) :] = replay_f
+        keep = ~to_holdout
+        all_f, all_y, passes, replayed = training_set(features, labels, keep, replay, epochs, rng, self._replay_per_new)
         train_f = all_f[: len(train_y)]
-        all_y = np.concatenate([train_y, replay_y]) if replayed else train_y
         loss: float | None = None
         if len(all_y):
-            schedule = learning_rates(self.schedule, lr, steps_per_fit(len(all_y), epochs, batch_size))
+            schedule = learning_rates(self.schedule, lr, steps_per_fit(len(all_y), passes, batch_size))
             loss = trainer.fit(
                 all_f,
                 all_y,
-                epochs=epochs,
+                epochs=passes,
                 batch_size=batch_size,
                 schedule=schedule,
                 seed=int(rng.integers(2**31)),

@@ -71,13 +71,36 @@ class ReplayBuffer:
         return buffer
 
 
-def rehearsal(
-    buffer: ReplayBuffer, new: int, rng: np.random.Generator, per_new: int | None = REPLAY_PER_NEW
-) -> tuple[np.ndarray, np.ndarray]:
-    """The buffered features and labels an arrival of ``new`` training samples trains with: the whole buffer when it
-    holds at most ``per_new * new`` (or ``per_new`` is None), else that many drawn without replacement (uniformly: the
-    buffer is class-balanced, the draw is in expectation)."""
+def training_set(
+    features: np.ndarray,
+    labels: np.ndarray,
+    keep: np.ndarray,
+    buffer: ReplayBuffer,
+    epochs: int,
+    rng: np.random.Generator,
+    per_new: int | None = REPLAY_PER_NEW,
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """What one arrival trains on: its samples ``features[keep]`` (the first rows) with buffered ones, how many
+    passes to make over the set, and how many buffered samples each epoch rehearses.
+
+    When the buffer holds at most ``per_new`` samples per new one (or ``per_new`` is None): the new samples and the
+    whole buffer, ``epochs`` passes. Else one pass over ``epochs`` rounds, each the new samples and a fresh draw of
+    ``per_new`` buffered samples per new one (uniform without replacement; the buffer is class-balanced, so is the
+    draw in expectation): the same number of steps as ``epochs`` over that many, rehearsing more of the buffer.
+    """
+    new = int(keep.sum())
     if per_new is None or len(buffer) <= per_new * new:
-        return buffer.features, buffer.labels
-    pick = np.sort(rng.choice(len(buffer), per_new * new, replace=False))
-    return buffer.features[pick], buffer.labels[pick]
+        draws, passes = [np.arange(len(buffer))], epochs
+    else:
+        draws, passes = [np.sort(rng.choice(len(buffer), per_new * new, replace=False)) for _ in range(epochs)], 1
+    size = len(draws) * new + sum(len(d) for d in draws)
+    x = np.empty((size, features.shape[1]), np.float32)
+    y = np.empty(size, np.int64)
+    at = 0
+    for draw in draws:
+        np.compress(keep, features.astype(np.float32, copy=False), axis=0, out=x[at : at + new])
+        y[at : at + new] = labels[keep]
+        x[at + new : at + new + len(draw)] = buffer.features[draw]
+        y[at + new : at + new + len(draw)] = buffer.labels[draw]
+        at += new + len(draw)
+    return x, y, passes, len(draws[0])
