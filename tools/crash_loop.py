@@ -12,7 +12,7 @@ memory: the OOM killer ends the learner (cgroup; under RLIMIT_AS numpy raises Me
 ``--max-attempts`` deaths (or the same error as often), the bomb is set aside as poison. Either way every good
 file is learned exactly once, and nothing needs a person.
 
-Usage: ``PYTHONPATH=. python tools/crash_loop.py [--limit 1.5G] [--bomb 2G] [--budget auto] [--rlimit] [--json]``
+Usage: ``PYTHONPATH=. python tools/crash_loop.py [--limit 1.5G] [--bomb 1.9G] [--budget auto] [--rlimit] [--json]``
 (exit status 1 if a good file is not learned exactly once, the bomb is not set aside, or more starts were needed
 than ``--max-starts``). The learner runs with ``--threads 2``, as the shipped config has it. A cgroup limit needs root
 and a writable memory controller; ``--rlimit`` uses RLIMIT_AS even then.
@@ -220,7 +220,7 @@ def crash_loop(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", default="1.5G", help="memory limit of the learner (default 1.5G)")
-    parser.add_argument("--bomb", default="2G", help="what the bomb's x unpacks to (default 2G)")
+    parser.add_argument("--bomb", default="1.9G", help="what the bomb's labels unpack to (default 1.9G)")
     parser.add_argument("--budget", default="auto", help="the learner's --memory-budget (default auto)")
     parser.add_argument("--max-arrival-samples", type=int, help="the learner's --max-arrival-samples")
     parser.add_argument("--max-attempts", type=int, default=3)

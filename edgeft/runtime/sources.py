@@ -422,14 +422,6 @@ def _collected(batches: Iterable[Samples], origin: str) -> Samples:
     return Samples(x, y, origin)
 
 
-def read_json_lines(
-    stream: IO[str], origin: str, manifest: Manifest, need_labels: bool, limits: ArrivalLimits | None = None
-) -> Samples:
-    """Samples from JSON lines ``{"x": [...], "y": label}`` (``y`` optional when labels are not needed)."""
-    limits = limits or ArrivalLimits.for_reading()
-    return _collected(json_line_batches(stream, origin, manifest, need_labels, limits, None), origin)
-
-
 def json_line_batches(
     lines: Iterable[str],
     origin: str,
