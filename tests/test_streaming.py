@@ -19,6 +19,7 @@ from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.history import JOURNAL_FILE, read_lines
 from edgeft.runtime.inbox import Inbox
 from edgeft.runtime.limits import ArrivalLimits
+from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, training_set
 from edgeft.runtime.sources import READ_BATCH, read_path, stream_path
 from edgeft.runtime.streaming import FeatureBuffer
 from edgeft.runtime.watch import StopFlag, watch
@@ -144,16 +145,31 @@ def test_json_lines_on_stdin_are_learned_once(bundle_dir: Path, tmp_path: Path) 
 
 
 def test_an_arrival_rehearses_a_bounded_share_of_the_buffer(bundle: Bundle, tmp_path: Path) -> None:
-    x, y = make_dataset(64, seed=9)
+    x, y = make_dataset(62, seed=9)
     names = np.array(CLASSES)[y]
     off = GuardPolicy(enabled=False)
     with Adapter(bundle, tmp_path / "bounded", policy=off) as bounded:
         bounded.learn(x[:60], names[:60], epochs=1)
         buffered = len(bounded.replay_buffer())
-        assert buffered == 60
+        assert buffered == 60 > 2 * REPLAY_PER_NEW
         result = bounded.learn(x[60:], names[60:], epochs=1)
-        assert result.replayed == 4 * 4  # REPLAY_PER_NEW per new sample, not the whole buffer
-        assert len(bounded.replay_buffer()) == 64  # the buffer itself still keeps every sample it may
+        assert result.replayed == 2 * REPLAY_PER_NEW  # per new sample, not the whole buffer
+        assert len(bounded.replay_buffer()) == 62  # the buffer itself still keeps every sample it may
     with Adapter(bundle, tmp_path / "whole", policy=off, replay_per_new=None) as whole:
         whole.learn(x[:60], names[:60], epochs=1)
         assert whole.learn(x[60:], names[60:], epochs=1).replayed == buffered
+
+
+def test_bounded_rehearsal_draws_afresh_each_epoch_in_as_many_steps() -> None:
+    buffer = ReplayBuffer(2, 3, 100)
+    rng = np.random.default_rng(0)
+    buffer.add(np.arange(600, dtype=np.float32).reshape(300, 2), np.arange(300) % 3, rng)
+    features = np.full((5, 2), -1.0, np.float32)
+    keep = np.array([True, True, False, True, True])
+    x, y, passes, replayed = training_set(features, np.zeros(5, np.int64), keep, buffer, 3, rng, per_new=10)
+    assert (passes, replayed, len(x)) == (1, 40, 3 * (4 + 40))  # one pass over 3 rounds = 3 epochs' steps
+    assert (x[:4] == -1).all()  # the new samples come first
+    rounds = [{tuple(row) for row in x[r * 44 + 4 : (r + 1) * 44]} for r in range(3)]
+    assert all(len(r) == 40 for r in rounds) and rounds[0] != rounds[1]  # without replacement, drawn afresh
+    x, _, passes, replayed = training_set(features, np.zeros(5, np.int64), keep, buffer, 3, rng, per_new=None)
+    assert (passes, replayed, len(x)) == (3, 300, 304)

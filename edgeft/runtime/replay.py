@@ -14,7 +14,7 @@ import numpy as np
 
 from edgeft.errors import EdgeftError
 
-REPLAY_PER_NEW = 4
+REPLAY_PER_NEW = 16
 
 
 class ReplayBuffer:
