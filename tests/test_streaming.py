@@ -173,3 +173,14 @@ def test_bounded_rehearsal_draws_afresh_each_epoch_in_as_many_steps() -> None:
     assert all(len(r) == 40 for r in rounds) and rounds[0] != rounds[1]  # without replacement, drawn afresh
     x, _, passes, replayed = training_set(features, np.zeros(5, np.int64), keep, buffer, 3, rng, per_new=None)
     assert (passes, replayed, len(x)) == (3, 300, 304)
+
+
+def test_the_feature_buffer_takes_a_declared_source_in_one_allocation() -> None:
+    buffer = FeatureBuffer(3)
+    buffer.append(np.ones((5, 3), np.float32))
+    buffer.reserve(1000)
+    before = buffer._data
+    for start in range(0, 1000, 16):
+        buffer.append(np.zeros((min(16, 1000 - start), 3), np.float32))
+    assert buffer._data is before and len(before) == 1005  # no growth, no spare rows
+    assert buffer.array().sum() == 15

@@ -42,11 +42,13 @@ NPY_HEADER_ROOM = 1 << 16  # a .npy member may hold this much beyond its declare
 
 @dataclass(frozen=True)
 class Samples:
-    """Inputs read from one place, with their raw labels (names or indices) when the source has them."""
+    """Inputs read from one place, with their raw labels (names or indices) when the source has them; a streamed
+    batch also says how many samples its source declared in all (``total``), where the source says so up front."""
 
     x: np.ndarray
     y: np.ndarray | None
     origin: str
+    total: int | None = None
 
 
 def _numpy_load_problem(exc: ValueError, kind: str) -> str:
@@ -280,7 +282,8 @@ def _array_batches(
             x = whole[start : start + n]
         else:
             x = np.frombuffer(_read_exactly(handle, n * row_bytes, path), dtype).reshape(n, *row_shape)
-        yield Samples(_with_channel_axis(x, manifest), None if labels is None else labels[start : start + n], str(path))
+        y = None if labels is None else labels[start : start + n]
+        yield Samples(_with_channel_axis(x, manifest), y, str(path), count)
 
 
 def _read_exactly(handle: IO[bytes], size: int, path: Path) -> bytes:
@@ -557,7 +560,8 @@ def _image_folder_batches(root: Path, manifest: Manifest, limits: ArrivalLimits)
     _account(limits, str(root), len(images), manifest)
     for start in range(0, len(images), READ_BATCH):
         chunk = images[start : start + READ_BATCH]
-        yield Samples(np.stack([read_image(p, manifest) for p in chunk]), names[start : start + len(chunk)], str(root))
+        x = np.stack([read_image(p, manifest) for p in chunk])
+        yield Samples(x, names[start : start + len(chunk)], str(root), len(images))
 
 
 def concatenated(samples: list[Samples], origin: str) -> tuple[np.ndarray, np.ndarray]:

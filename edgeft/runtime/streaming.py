@@ -30,6 +30,13 @@ class FeatureBuffer:
         self._data = np.empty((0, dim), np.float32)
         self.size = 0
 
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` more rows in one allocation (what a source declares it holds)."""
+        if self.size + rows > len(self._data):
+            grown = np.empty((self.size + rows, self._data.shape[1]), np.float32)
+            grown[: self.size] = self._data[: self.size]
+            self._data = grown
+
     def append(self, rows: np.ndarray) -> None:
         """Copy ``rows`` to the end."""
         end = self.size + len(rows)
@@ -62,6 +69,7 @@ class ArrivalEmbedder:
         self._shape: tuple[int, ...] | None = None
         self._names: bool | None = None
         self.received = 0
+        self._reserved_for: str | None = None
 
     def add(self, batches: Iterable[Samples], progress: Progress | None = None) -> int:
         """Check, encode and embed every batch; returns how many samples they held."""
@@ -82,6 +90,9 @@ class ArrivalEmbedder:
         elif batch.x.shape[1:] != self._shape:
             shapes = sorted(map(list, {self._shape, batch.x.shape[1:]}))
             raise DataError(f"{self.origin}: inputs of different shapes {shapes}; use one shape")
+        if batch.total is not None and batch.origin != self._reserved_for:
+            self._features.reserve(batch.total)  # the whole source at once: no growing, no spare rows
+            self._reserved_for = batch.origin
         x = self._adapter.check_inputs(batch.x, batch.origin)
         text = label_names(y, self._classes, batch.origin).astype(str)
         encoded = encode_growing(text, self._grown, self._adapter.capacity, batch.origin)
