@@ -19,9 +19,11 @@ from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.history import JOURNAL_FILE, read_lines
 from edgeft.runtime.inbox import Inbox
 from edgeft.runtime.limits import ArrivalLimits
+from edgeft.runtime.ort import resolve_placement
 from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, training_set
 from edgeft.runtime.sources import READ_BATCH, read_path, stream_path
 from edgeft.runtime.streaming import FeatureBuffer
+from edgeft.runtime.trainer import PREDICT_ROWS, HeadPredictor, stored_state
 from edgeft.runtime.watch import StopFlag, watch
 
 
@@ -184,3 +186,13 @@ def test_the_feature_buffer_takes_a_declared_source_in_one_allocation() -> None:
         buffer.append(np.zeros((min(16, 1000 - start), 3), np.float32))
     assert buffer._data is before and len(before) == 1005  # no growth, no spare rows
     assert buffer.array().sum() == 15
+
+
+def test_head_outputs_of_many_rows_are_computed_in_chunks_that_add_up(bundle: Bundle) -> None:
+    predictor = HeadPredictor(bundle, resolve_placement("cpu"))
+    parameters = stored_state(bundle, None).parameters
+    rows = np.random.default_rng(0).normal(size=(2 * PREDICT_ROWS + 5, bundle.manifest.head.feature_dim))
+    whole = predictor.logits(rows.astype(np.float32), parameters)
+    assert len(whole) == len(rows)
+    one_by_one = [predictor.logits(rows[i : i + 1].astype(np.float32), parameters)[0] for i in range(0, len(rows), 97)]
+    np.testing.assert_allclose(whole[::97], np.stack(one_by_one), rtol=1e-5, atol=1e-6)
