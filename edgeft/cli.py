@@ -575,12 +575,10 @@ def _adapt_once(  # noqa: ANN202
     from edgeft.progress import progress_bar
     from edgeft.runtime.arrivals import learn_arrival, read_arrival
 
-    arrival = read_arrival(adapter, data, sys.stdin.buffer, relearn, limits)
     held_out = _load_samples(eval_data, adapter.bundle, need_labels=True) if eval_data else []
     before = _accuracy(adapter, held_out)
-    n_epochs = learn_options["epochs"] or adapter.bundle.manifest.defaults.epochs
-    work = sum(len(s.x) for s in arrival.samples) + n_epochs
-    with progress_bar(f"learning on {adapter.placement.name}", work, enabled=not _output["quiet"]) as advance:
+    with progress_bar(f"learning on {adapter.placement.name}", None, enabled=not _output["quiet"]) as advance:
+        arrival = read_arrival(adapter, data, sys.stdin.buffer, relearn, limits, advance)
         outcome = learn_arrival(adapter, arrival, learn_options, advance)
     after = _accuracy(adapter, held_out)
     result = outcome.result

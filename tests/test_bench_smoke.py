@@ -82,3 +82,18 @@ def test_int8_cross_validated_gap_pairs_folds_of_the_same_split() -> None:
     assert same == {"mean": 0.0, "corrected_standard_error": 0.0, "folds": bench_int8.CV_FOLDS * bench_int8.CV_REPEATS}
     noisy = bench_int8.cross_validated_gap({"float": features, "int8": rng.normal(0, 1, features.shape)}, y)
     assert noisy["mean"] < -0.3  # features without the class signal lose most of the accuracy
+
+
+def test_the_streaming_benchmark_builds_a_224_bundle_and_arrivals_edgeft_streams(tmp_path: Path) -> None:
+    """tools/bench_stream.py's workload: the default backbone taking 224x224 inputs, and .npz arrivals it writes."""
+    import bench_stream
+
+    from edgeft.bundle import Bundle
+    from edgeft.runtime.sources import READ_BATCH, stream_path
+
+    bundle = Bundle.load(bench_stream.bundle_224(tmp_path / "bundle"))
+    assert bundle.manifest.input.shape == ["batch", 1, 224, 224]
+    data = bench_stream.write_arrival(tmp_path / "a.npz", 40, seed=0)
+    batches = list(stream_path(data, bundle.manifest))
+    assert [b.x.shape for b in batches] == [(READ_BATCH, 1, 224, 224)] * 2 + [(8, 1, 224, 224)]
+    assert all(0 <= int(v) < 10 for b in batches for v in b.y)

@@ -137,7 +137,7 @@ def test_adapt_data_refuses_a_bomb_over_its_budget_with_one_clear_line(bundle_di
     done = run_cli("adapt", bundle_dir, "-s", tmp_path / "state", "--data", bomb, "--memory-budget", "512M")
     assert done.returncode == 1
     line = one_error_line(done.stderr)
-    assert f"{bomb}: member 'x.npy' unpacks to 268435328 bytes, more than edgeft reads" in line
+    assert f"{bomb}: member 'y.npy' unpacks to 268435584 bytes, more than edgeft reads" in line
     assert "within the memory budget, 512.0 MiB (--memory-budget); a decompression bomb?" in line
     assert not (tmp_path / "state" / "CURRENT").exists()
 
@@ -168,7 +168,7 @@ def test_a_decompression_bomb_is_refused_from_its_header_within_a_real_memory_li
     events = [json.loads(line) for line in done.stderr.splitlines()]
     assert [e["event"] for e in events] == ["watching", "quarantined", "learned", "stopped"]
     reason = (inbox / "quarantine" / "bomb.npz.reason.txt").read_text()
-    assert "bomb.npz: member 'x.npy' unpacks to 1073741696 bytes, more than edgeft reads" in reason  # header too
+    assert "bomb.npz: member 'y.npy' unpacks to 1073741952 bytes, more than edgeft reads" in reason  # header too
     assert "address-space limit RLIMIT_AS" in reason and "decompression bomb" in reason
     assert _journal(state) == ["good.npz"]
 
@@ -304,7 +304,7 @@ def test_a_bomb_that_exhausts_a_real_address_space_limit_is_set_aside(bundle_dir
     """With both guards overridden (a budget far above the real limit, no sample cap) numpy runs out of memory."""
     inbox, state = tmp_path / "inbox", tmp_path / "state"
     inbox.mkdir()
-    os.utime(crash_loop.write_bomb(inbox / "bomb.npz", 2**30), (1e9, 1e9))
+    os.utime(crash_loop.write_bomb(inbox / "bomb.npz", 2**31 - 2**20), (1e9, 1e9))  # under the 2 GiB array ceiling
     _npz(inbox / "good.npz", seed=1)
     args = [*CLI, "adapt", str(bundle_dir), "-s", str(state), "--watch", str(inbox), "--once", "--json"]
     args += ["--memory-budget", "64G", "--max-arrival-samples", "0", "--threads", "1"]

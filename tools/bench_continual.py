@@ -20,7 +20,11 @@ each learner in turn; the table gives the median times and learn / embed, both m
 Metrics (Avalanche / GEM definitions): average accuracy = mean_j R[T][j] after the last arrival; forgetting =
 mean over tasks j < T of (max_{l<T} R[l][j] - R[T][j]) (Chaudhry et al. 2018); backward transfer = mean over
 j < T of (R[T][j] - R[j][j]) (Lopez-Paz & Ranzato 2017).
-Usage: ``python tools/bench_continual.py [--per-class 50] [--seeds 3] [--arrivals 10] [--costs-only] [--out FILE]``
+With ``--arrival N`` each task's scans arrive in arrivals of N (a trickle, not one batch), and one more contender
+runs: latent replay rehearsing the whole buffer every arrival (``replay_per_new=None``) next to edgeft's bounded
+rehearsal (at most ``REPLAY_PER_NEW`` buffered samples per new one).
+Usage: ``python tools/bench_continual.py [--per-class 50] [--seeds 3] [--arrival N] [--arrivals 10] [--costs-only]
+[--out FILE]``
 """
 
 from __future__ import annotations
@@ -85,16 +89,22 @@ def run_incremental(
     train: tuple[np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray],
     seed: int,
+    arrival: int | None = None,
     **adapter_options: object,
 ) -> Run:
-    """Learn the tasks in order with one Adapter; score every task seen so far after each arrival."""
+    """Learn the tasks in order with one Adapter (each task in arrivals of ``arrival`` samples, or in one); score
+    every task seen so far after each task."""
     matrix = np.full((len(TASKS), len(TASKS)), np.nan)
     promoted = []
     with Adapter(bundle, state, ep="cpu", **adapter_options) as adapter:
         for i, task in enumerate(TASKS):
-            mask = np.isin(train[1], task)
-            result = adapter.learn_features(train[0][mask], train[1][mask].astype(str), seed=seed)
-            promoted.append(result.promoted)
+            features, labels = train[0][np.isin(train[1], task)], train[1][np.isin(train[1], task)].astype(str)
+            step = arrival or len(labels)
+            results = [
+                adapter.learn_features(features[i : i + step], labels[i : i + step], seed=seed)
+                for i in range(0, len(labels), step)
+            ]
+            promoted += [r.promoted for r in results]
             matrix[i, : i + 1] = task_accuracies(adapter, test[0], test[1], i)
     return Run(name, matrix, promoted)
 
@@ -165,6 +175,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="repeat every contender with seeds 0..N-1")
     parser.add_argument("--arrivals", type=int, default=10, help="16-scan arrivals timed per learner")
     parser.add_argument("--costs-only", action="store_true", help="only time the 16-scan arrivals")
+    parser.add_argument("--arrival", type=int, help="samples per arrival within a task (default: a task at once)")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
     runs: dict[str, list[Run]] = {}
@@ -177,18 +188,24 @@ def main() -> None:
         train = (np.concatenate([embedder.embed(c["x"]) for c in chunks]), np.concatenate([c["y"] for c in chunks]))
         with np.load(TEST) as data:
             test = (embedder.embed(data["x"]), data["y"])
+        contenders = dict(CONTENDERS)
+        if args.arrival:
+            whole = {"policy": GuardPolicy(enabled=False), "replay_per_new": None}
+            contenders["latent replay, whole buffer every arrival"] = whole
         for seed in range(0 if args.costs_only else args.seeds):
-            for index, (name, options) in enumerate(CONTENDERS.items()):
+            for index, (name, options) in enumerate(contenders.items()):
                 options = {"replay_per_class": args.per_class, **options}
                 state = root / f"contender{index}-seed{seed}"  # a fresh state for every contender and seed
-                runs.setdefault(name, []).append(run_incremental(name, bundle, state, train, test, seed, **options))
+                runs.setdefault(name, []).append(
+                    run_incremental(name, bundle, state, train, test, seed, args.arrival, **options)
+                )
             runs.setdefault("joint training (upper bound)", []).append(
                 run_joint(bundle, root / f"joint{seed}", train, test, seed)
             )
             print(f"seed {seed} done", flush=True)
         raw = (np.concatenate([c["x"] for c in chunks]), train[1])
         costs = arrival_costs(bundle, root, raw, args.arrivals, args.per_class)
-    table = (_table(runs, args.per_class) + "\n\n" if runs else "") + _cost_table(costs)
+    table = (_table(runs, args.per_class, args.arrival) + "\n\n" if runs else "") + _cost_table(costs)
     print(table)
     if args.out:
         args.out.write_text(table + "\n")
@@ -198,9 +215,10 @@ def _mean_sd(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
 
-def _table(runs: dict[str, list[Run]], per_class: int) -> str:
+def _table(runs: dict[str, list[Run]], per_class: int, arrival: int | None) -> str:
     rows = [
-        f"Replay buffer: at most {per_class} features per class. Mean ± standard deviation over "
+        (f"Arrivals of {arrival} samples. " if arrival else "")
+        + f"Replay buffer: at most {per_class} features per class. Mean ± standard deviation over "
         f"{len(next(iter(runs.values())))} seeds (shuffling and holdout draws).",
         "",
         "| contender | final average accuracy | forgetting | backward transfer | arrivals promoted |",

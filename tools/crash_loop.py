@@ -3,7 +3,7 @@
 The device of issue #23: ``edgeft adapt --watch`` in a memory cgroup (``memory.max``/``memory.limit_in_bytes``, as
 systemd's ``MemoryMax=`` sets it; or, where no cgroup can be made, an address-space limit, as ``prlimit --as``
 sets it), restarted after every failure (``Restart=on-failure``; here a run with ``--once`` per start), with a
-decompression bomb — a ~1 MB .npz whose ``x`` unpacks to ``--bomb`` bytes of zeros — in the inbox before the good
+decompression bomb — a ~1 MB .npz whose labels ``y`` unpack to ``--bomb`` bytes of zeros — in the inbox before the good
 files; one more good file arrives after every start. The scenario ends when a start drains the inbox and exits 0.
 
 With the budget detected (``--budget auto``, the default) the bomb is refused from its header on the first start.
@@ -12,7 +12,7 @@ memory: the OOM killer ends the learner (cgroup; under RLIMIT_AS numpy raises Me
 ``--max-attempts`` deaths (or the same error as often), the bomb is set aside as poison. Either way every good
 file is learned exactly once, and nothing needs a person.
 
-Usage: ``PYTHONPATH=. python tools/crash_loop.py [--limit 1.5G] [--bomb 2G] [--budget auto] [--rlimit] [--json]``
+Usage: ``PYTHONPATH=. python tools/crash_loop.py [--limit 1.5G] [--bomb 1.9G] [--budget auto] [--rlimit] [--json]``
 (exit status 1 if a good file is not learned exactly once, the bomb is not set aside, or more starts were needed
 than ``--max-starts``). The learner runs with ``--threads 2``, as the shipped config has it. A cgroup limit needs root
 and a writable memory controller; ``--rlimit`` uses RLIMIT_AS even then.
@@ -47,19 +47,21 @@ RUN_TIMEOUT = 300
 
 
 def write_bomb(path: Path, unpacked: int) -> Path:
-    """A valid, learnable .npz whose ``x`` is ``unpacked`` bytes of float32 zeros, deflated to about 1/1000 of it."""
-    rows = unpacked // (4 * int(np.prod(SAMPLE_SHAPE)))
-    zeros = bytes(16 << 20)
+    """A .npz of 40 samples whose labels ``y`` are ``unpacked`` bytes of zeros, deflated to about 1/1000 of it.
+
+    Inputs are streamed in batches whatever their size; labels are read whole, so that is where a bomb still aims.
+    """
+    x = np.zeros((40, *SAMPLE_SHAPE), np.float32)
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-        with archive.open("x.npy", "w", force_zip64=True) as member:
-            header = {"descr": "<f4", "fortran_order": False, "shape": (rows, *SAMPLE_SHAPE)}
-            np.lib.format.write_array_header_1_0(member, header)
-            left = rows * 4 * int(np.prod(SAMPLE_SHAPE))
+        with archive.open("x.npy", "w") as member:
+            np.lib.format.write_array(member, x)
+        with archive.open("y.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": (unpacked,)})
+            zeros = bytes(16 << 20)
+            left = unpacked
             while left:
                 member.write(zeros[: min(left, len(zeros))])
                 left -= min(left, len(zeros))
-        with archive.open("y.npy", "w", force_zip64=True) as member:
-            np.lib.format.write_array(member, np.zeros(rows, np.uint8))
     return path
 
 
@@ -218,7 +220,7 @@ def crash_loop(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", default="1.5G", help="memory limit of the learner (default 1.5G)")
-    parser.add_argument("--bomb", default="2G", help="what the bomb's x unpacks to (default 2G)")
+    parser.add_argument("--bomb", default="1.9G", help="what the bomb's labels unpack to (default 1.9G)")
     parser.add_argument("--budget", default="auto", help="the learner's --memory-budget (default auto)")
     parser.add_argument("--max-arrival-samples", type=int, help="the learner's --max-arrival-samples")
     parser.add_argument("--max-attempts", type=int, default=3)

@@ -28,7 +28,7 @@ from edgeft.runtime.history import History
 from edgeft.runtime.int8_check import backbone_to_use, cached_check
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
 from edgeft.runtime.ort import Placement, resolve_placement
-from edgeft.runtime.replay import ReplayBuffer
+from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, training_set
 from edgeft.runtime.rollback import RollbackPlan, plan, rollback_meta
 from edgeft.runtime.schedule import learning_rates
 from edgeft.runtime.slda import (
@@ -97,6 +97,7 @@ class Adapter:
     ``replay_per_class`` overrides the bundle's replay buffer size (0 turns replay off); ``replay_mb`` caps its
     memory (features of every reserved class). ``policy`` sets the promotion guard; ``holdout`` is an optional
     fixed labelled holdout set (raw inputs, labels) used instead of holding out a share of each arrival.
+    ``replay_per_new`` caps the buffered samples an arrival trains with per new sample (None: the whole buffer).
     ``trainer`` picks the training backend: ``auto`` (the portable ONNX trainer when the bundle carries it),
     ``onnx`` or ``ort`` (ONNX Runtime training, the ``edgeft[ort]`` extra). ``keep_versions`` is how many
     committed versions stay on disk (and can be rolled back to). ``head_learner`` is ``sgd`` (train the head with
@@ -126,6 +127,7 @@ class Adapter:
         head_learner: str = "sgd",
         shrinkage: float = DEFAULT_SHRINKAGE,
         tune_thresholds: bool = False,
+        replay_per_new: int | None = REPLAY_PER_NEW,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.task = self.bundle.manifest.head.task
@@ -151,6 +153,7 @@ class Adapter:
         if replay_mb is not None:
             per_class = min(per_class, int(replay_mb * 2**20) // (4 * head.feature_dim * head.num_outputs))
         self._replay_per_class = 0 if self._closed_form and not self._closed_form.then_sgd else per_class
+        self._replay_per_new = replay_per_new  # rehearsed per new sample (None: the whole buffer every arrival)
         self._features = FeatureExtractor(self.bundle, self.placement, threads, self.backbone_path)
         self._predictor = HeadPredictor(self.bundle, self.placement, threads)
         self._trainer: Trainer | None = None
@@ -205,6 +208,10 @@ class Adapter:
     def embed(self, x: np.ndarray, origin: str = "input", progress: Progress | None = None) -> np.ndarray:
         """Backbone features of raw inputs ``x`` (checked against the bundle's input spec)."""
         return self._features.embed(self._features.check(np.asarray(x), origin), progress)
+
+    def embed_checked(self, x: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """Backbone features of inputs ``check_inputs`` returned (not checked again: streamed arrivals check once)."""
+        return self._features.embed(x, progress)
 
     def predict_proba(self, x: np.ndarray, origin: str = "input") -> np.ndarray:
         """Class probabilities [N, known classes] for raw inputs."""
@@ -459,29 +466,29 @@ class Adapter:
             if self._fixed_holdout is not None or not self.policy.enabled
             else guard.holdout_mask(len(labels), self.policy.holdout_fraction, rng)
         )
-        train_f, train_y = features[~to_holdout], labels[~to_holdout]
+        train_y = labels[~to_holdout]
         if not (parent and parent.meta.get("head_version")):  # the first head ever trained fixes the normaliser
             trainer.set_normaliser(*feature_normaliser(features))
             current = trainer.parameters()
             centred = tasks.centred_output(self.bundle.manifest.head, current, train_y) if self._targets else None
             if centred is not None:
                 trainer.set_parameters(centred)
-        replayed = len(replay)
-        all_f = np.concatenate([train_f, replay.features]) if replayed else train_f
-        all_y = np.concatenate([train_y, replay.labels]) if replayed else train_y
+        keep = ~to_holdout
+        all_f, all_y, passes, replayed = training_set(features, labels, keep, replay, epochs, rng, self._replay_per_new)
+        train_f = all_f[: len(train_y)]
         loss: float | None = None
         if self._closed_form is not None and self._statistics is not None and len(train_y):
             normaliser = self.bundle.manifest.head.normaliser
             others = self._fleet_statistics
             learn_statistics(self._closed_form, trainer, self._statistics, train_f, train_y, normaliser, others)
         trains_sgd = self._closed_form is None or self._closed_form.then_sgd
-        epochs = epochs if trains_sgd else 0
+        epochs, passes = (epochs, passes) if trains_sgd else (0, 0)
         if len(all_y) and trains_sgd:
-            schedule = learning_rates(self.schedule, lr, steps_per_fit(len(all_y), epochs, batch_size))
+            schedule = learning_rates(self.schedule, lr, steps_per_fit(len(all_y), passes, batch_size))
             loss = trainer.fit(
                 all_f,
                 all_y,
-                epochs=epochs,
+                epochs=passes,
                 batch_size=batch_size,
                 schedule=schedule,
                 seed=int(rng.integers(2**31)),

@@ -1,30 +1,37 @@
 """One-shot learning: the files given on the command line (or JSON lines on stdin) as one arrival.
 
 Inputs the journal already holds (same sha256) are skipped unless ``relearn`` is set; samples whose labels do not
-fit the head are written to ``STATE/pending/`` and reported, the rest is learned.
+fit the head are written to ``STATE/pending/`` and reported, the rest is learned. Every input is streamed (read,
+checked and embedded a batch at a time; edgeft/runtime/streaming.py); stdin is spooled to an unnamed file in the
+state directory first, hashed on the way, so it can be skipped before it is embedded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from edgeft.runtime.adapter import Adapter, LearnResult, Progress
 from edgeft.runtime.inbox import PENDING_DIR, fingerprint, write_pending
-from edgeft.runtime.limits import TEXT_COST, ArrivalLimits
-from edgeft.runtime.sources import Samples, concatenated, read_json_lines, read_path
+from edgeft.runtime.limits import ArrivalLimits
+from edgeft.runtime.sources import Samples, json_line_batches, stream_path
+from edgeft.runtime.streaming import ArrivalEmbedder
 
 STDIN = "-"
+SPOOL_CHUNK = 1 << 20
 
 
 @dataclass
 class Arrival:
-    """Samples read from the given inputs, with the journal record of each input."""
+    """The embedded samples of the given inputs (None when every input was skipped), with each input's journal
+    record."""
 
-    samples: list[Samples] = field(default_factory=list)
+    embedded: ArrivalEmbedder | None = None
     inputs: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -40,14 +47,25 @@ class OneShotResult:
     overflow: list[str]
 
 
+def _spool(stdin: IO[bytes] | None, spool: IO[bytes]) -> str:
+    """Copy ``stdin`` to ``spool`` a chunk at a time and rewind it; the sha256 of what was copied."""
+    digest = hashlib.sha256()
+    while stdin is not None and (chunk := stdin.read(SPOOL_CHUNK)):
+        digest.update(chunk)
+        spool.write(chunk)
+    spool.seek(0)
+    return digest.hexdigest()
+
+
 def read_arrival(
     adapter: Adapter,
     paths: list[str],
     stdin: io.BufferedReader | None,
     relearn: bool,
     limits: ArrivalLimits | None = None,
+    progress: Progress | None = None,
 ) -> Arrival:
-    """Read every input (``-`` is JSON lines on stdin), skipping those already consumed unless ``relearn``.
+    """Read and embed every input (``-`` is JSON lines on stdin), skipping those already consumed unless ``relearn``.
 
     ``limits`` bound the whole arrival (default: the detected memory budget, no sample cap).
     """
@@ -55,21 +73,25 @@ def read_arrival(
     consumed = {} if relearn else adapter.consumed_inputs()
     arrival = Arrival()
     manifest = adapter.bundle.manifest
-    for name in paths:
-        if name == STDIN:
-            raw = stdin.read() if stdin is not None else b""
-            digest = hashlib.sha256(raw).hexdigest()
-            limits.charge("stdin", TEXT_COST * len(raw), f"{len(raw)} bytes of text")
-            text = io.StringIO(raw.decode("utf-8", errors="replace"))
-            found = [read_json_lines(text, "stdin", manifest, True, limits)]
-        else:
-            found = read_path(name, manifest, need_labels=True, limits=limits)
-            digest = fingerprint(Path(name))
+
+    def embed(name: str, digest: str, batches: Callable[[], Iterator[Samples]]) -> None:
         if digest in consumed:
             arrival.skipped.append(f"{name} (already learned in version {consumed[digest]})")
+            return
+        arrival.embedded = arrival.embedded or ArrivalEmbedder(adapter, ", ".join(paths))
+        received = arrival.embedded.add(batches(), progress)
+        arrival.inputs.append({"name": name, "sha256": digest, "samples": received})
+
+    for name in paths:
+        if name != STDIN:
+            embed(name, fingerprint(Path(name)), lambda n=name: stream_path(n, manifest, True, limits))
             continue
-        arrival.samples.extend(found)
-        arrival.inputs.append({"name": name, "sha256": digest, "samples": sum(len(s.x) for s in found)})
+        with tempfile.TemporaryFile(dir=adapter.store.root) as spool:  # unnamed: nothing left behind
+            digest = _spool(stdin, spool)
+            lines = io.TextIOWrapper(spool, encoding="utf-8", errors="replace")
+            embed(name, digest, lambda t=lines: json_line_batches(t, "stdin", manifest, True, limits, manifest))
+    if arrival.embedded is not None:
+        arrival.embedded.origin = ", ".join(i["name"] for i in arrival.inputs)
     return arrival
 
 
@@ -77,19 +99,22 @@ def learn_arrival(
     adapter: Adapter, arrival: Arrival, learn_options: dict[str, Any], progress: Progress | None
 ) -> OneShotResult:
     """Learn an arrival's samples whose labels fit; park the others in ``STATE/pending/``."""
-    if not arrival.samples:
+    embedded = arrival.embedded
+    if embedded is None:
         return OneShotResult(None, arrival.skipped, 0, None, [])
-    origin = ", ".join(i["name"] for i in arrival.inputs)
-    x, y = concatenated(arrival.samples, origin)
-    x = adapter.check_inputs(x, origin)  # before any of it is parked as pending
-    encoded = adapter.encode(y, origin)
+    origin = embedded.origin
     pending_path = None
-    if not encoded.fits.all():
+    if embedded.unfit:
         name = hashlib.sha256(origin.encode()).hexdigest()[:16]
-        pending_path = write_pending(adapter.store.root / PENDING_DIR, name, x[~encoded.fits], y[~encoded.fits])
+        pending_path = write_pending(adapter.store.root / PENDING_DIR, name, *embedded.unfit_samples())
     result = None
-    if encoded.fits.any():
-        result = adapter.learn(
-            x[encoded.fits], y[encoded.fits], origin=origin, inputs=arrival.inputs, progress=progress, **learn_options
+    if len(embedded.features):
+        result = adapter.learn_features(
+            embedded.features,
+            embedded.labels,
+            origin=origin,
+            inputs=arrival.inputs,
+            progress=progress,
+            **learn_options,
         )
-    return OneShotResult(result, arrival.skipped, int((~encoded.fits).sum()), pending_path, encoded.overflow)
+    return OneShotResult(result, arrival.skipped, embedded.unfit, pending_path, embedded.overflow)

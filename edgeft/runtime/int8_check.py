@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
-from onnx import TensorProto, helper, numpy_helper
 
 from edgeft.bundle import Bundle
 from edgeft.errors import EdgeftError
@@ -55,6 +54,8 @@ def u8s8_saturates() -> bool:
     """Whether ORT's uint8×int8 matrix product saturates here: run one on values whose pairwise sums overflow int16.
 
     Found by running the kernel rather than by reading CPU flags, so it also holds under emulation (qemu)."""
+    from onnx import TensorProto, helper, numpy_helper  # only int8 bundles get here: float ones skip its import
+
     weights = numpy_helper.from_array(np.full((_DEPTH, 4), 127, np.int8), "b")
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],

@@ -1,7 +1,8 @@
 """Latent replay: a class-balanced reservoir of backbone features, stored with each head version.
 
 Every update trains on the new samples together with the buffer's, so the head keeps what earlier arrivals
-taught it; replay never reruns the backbone. Each class keeps at most ``per_class`` samples, chosen by
+taught it; replay never reruns the backbone. An arrival rehearses at most ``REPLAY_PER_NEW`` buffered samples per
+new one (``rehearsal``), so a trickle of small arrivals costs what they hold, not the buffer's size each time. Each class keeps at most ``per_class`` samples, chosen by
 reservoir sampling over every sample of that class ever seen (each has the same chance to be kept).
 """
 
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeft.errors import EdgeftError
+
+REPLAY_PER_NEW = 16
 
 
 class ReplayBuffer:
@@ -66,3 +69,38 @@ class ReplayBuffer:
             raise EdgeftError(f"{path} does not match this bundle's features or classes")
         buffer.features, buffer.labels, buffer.seen = features.astype(np.float32), labels.astype(np.int64), seen
         return buffer
+
+
+def training_set(
+    features: np.ndarray,
+    labels: np.ndarray,
+    keep: np.ndarray,
+    buffer: ReplayBuffer,
+    epochs: int,
+    rng: np.random.Generator,
+    per_new: int | None = REPLAY_PER_NEW,
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """What one arrival trains on: its samples ``features[keep]`` (the first rows) with buffered ones, how many
+    passes to make over the set, and how many buffered samples each epoch rehearses.
+
+    When the buffer holds at most ``per_new`` samples per new one (or ``per_new`` is None): the new samples and the
+    whole buffer, ``epochs`` passes. Else one pass over ``epochs`` rounds, each the new samples and a fresh draw of
+    ``per_new`` buffered samples per new one (uniform without replacement; the buffer is class-balanced, so is the
+    draw in expectation): the same number of steps as ``epochs`` over that many, rehearsing more of the buffer.
+    """
+    new = int(keep.sum())
+    if per_new is None or len(buffer) <= per_new * new:
+        draws, passes = [np.arange(len(buffer))], epochs
+    else:
+        draws, passes = [np.sort(rng.choice(len(buffer), per_new * new, replace=False)) for _ in range(epochs)], 1
+    size = len(draws) * new + sum(len(d) for d in draws)
+    x = np.empty((size, features.shape[1]), np.float32)
+    y = np.empty((size, *labels.shape[1:]), labels.dtype)  # class indices, or a task's float targets
+    at = 0
+    for draw in draws:
+        np.compress(keep, features.astype(np.float32, copy=False), axis=0, out=x[at : at + new])
+        y[at : at + new] = labels[keep]
+        x[at + new : at + new + len(draw)] = buffer.features[draw]
+        y[at + new : at + new + len(draw)] = buffer.labels[draw]
+        at += new + len(draw)
+    return x, y, passes, len(draws[0])

@@ -25,6 +25,7 @@ from edgeft.runtime.schedule import Schedule
 
 TRAINERS = ("auto", "onnx", "ort")
 ORT_CHECKPOINT_FILE = "ckpt"
+PREDICT_ROWS = 1024
 _DESCRIBED = {"onnx": "portable train step (train/train_step.onnx)", "ort": "ORT training artifacts"}
 
 
@@ -167,9 +168,11 @@ class HeadPredictor:
         self._features_input = self._session.get_inputs()[0].name
 
     def logits(self, features: np.ndarray, parameters: Parameters) -> np.ndarray:
-        """The head's raw outputs for each feature vector, all outputs (reserved ones included)."""
+        """The head's raw outputs for each feature vector, all outputs (reserved ones included), ``PREDICT_ROWS``
+        vectors a run: the session's working memory stays that of a few thousand vectors, whatever the arrival."""
         feeds = {inp.name: parameters[inp.name] for inp in self._session.get_inputs()[1:]}
-        return self._session.run(None, {self._features_input: features, **feeds})[0]
+        chunks = [features[i : i + PREDICT_ROWS] for i in range(0, len(features), PREDICT_ROWS)] or [features]
+        return np.concatenate([self._session.run(None, {self._features_input: c, **feeds})[0] for c in chunks])
 
     def probabilities(self, features: np.ndarray, parameters: Parameters, known: int) -> np.ndarray:
         """Softmax probabilities over the first ``known`` outputs (the classes seen so far) for each vector."""

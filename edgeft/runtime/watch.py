@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter, LearnResult
 from edgeft.runtime.attempts import MAX_ATTEMPTS, poison_reason
@@ -29,7 +27,8 @@ from edgeft.runtime.budget import MemoryBudget, detect_budget
 from edgeft.runtime.faults import crash_point, crash_reading
 from edgeft.runtime.inbox import Inbox, fingerprint
 from edgeft.runtime.limits import MAX_ARRIVAL_SAMPLES, ArrivalLimits
-from edgeft.runtime.sources import concatenated, read_path
+from edgeft.runtime.sources import stream_path
+from edgeft.runtime.streaming import ArrivalEmbedder
 
 Event = Callable[..., None]
 MAX_BACKOFF_SECONDS = 60.0
@@ -87,16 +86,6 @@ class WatchSummary:
     pending_samples: int = 0
     errors: int = 0
     versions: list[int] = field(default_factory=list)
-
-
-def _read_entry(entry: Path, adapter: Adapter, limits: ArrivalLimits) -> tuple[np.ndarray, np.ndarray]:
-    """An entry's inputs (checked against the bundle) and labels; every problem is a DataError naming a file."""
-    try:
-        samples = read_path(entry, adapter.bundle.manifest, need_labels=True, limits=limits)
-    except OSError as exc:
-        raise DataError(f"{entry}: cannot be read ({exc.strerror or exc})") from None
-    x, y = concatenated(samples, str(entry))
-    return adapter.check_inputs(x, str(entry)), y
 
 
 def _fingerprint(entry: Path) -> str:
@@ -205,26 +194,30 @@ def _learn(
     stop: StopFlag,
     limits: ArrivalLimits,
 ) -> LearnResult | None:
-    """Read and learn an entry whose attempt is counted; None when none of its labels fit (all parked)."""
-    x, y = _read_entry(entry, adapter, limits)
-    encoded = adapter.encode(y, str(entry))
-    if not encoded.fits.all():
-        parked = inbox.keep_pending(entry, x[~encoded.fits], y[~encoded.fits])
-        summary.pending_samples += int((~encoded.fits).sum())
+    """Read and learn an entry whose attempt is counted; None when none of its labels fit (all parked).
+
+    The entry is streamed: read, checked and embedded batch by batch; it is learned (and its unfit samples parked)
+    only once all of it was read, so an entry bad anywhere is quarantined whole.
+    """
+    embedded = ArrivalEmbedder(adapter, str(entry))
+    received = embedded.add(stream_path(entry, adapter.bundle.manifest, need_labels=True, limits=limits), stop.check)
+    if embedded.unfit:
+        parked = inbox.keep_pending(entry, *embedded.unfit_samples())
+        summary.pending_samples += embedded.unfit
         emit(
             "pending",
             entry=entry.name,
-            samples=int((~encoded.fits).sum()),
-            labels=encoded.overflow,
+            samples=embedded.unfit,
+            labels=embedded.overflow,
             path=str(parked),
-            reason=f"labels {encoded.overflow[:5]} do not fit the head's {adapter.capacity} outputs",
+            reason=f"labels {embedded.overflow[:5]} do not fit the head's {adapter.capacity} outputs",
         )
-    if not encoded.fits.any():
+    if not len(embedded.features):
         return None
-    if not encoded.fits.all():  # a copy only when some samples stay behind
-        x, y = x[encoded.fits], y[encoded.fits]
-    inputs = [{"name": entry.name, "sha256": digest, "samples": int(len(encoded.fits))}]
-    return adapter.learn(x, y, origin=str(entry), inputs=inputs, progress=stop.check, **learn_options)
+    inputs = [{"name": entry.name, "sha256": digest, "samples": received}]
+    return adapter.learn_features(
+        embedded.features, embedded.labels, origin=str(entry), inputs=inputs, progress=stop.check, **learn_options
+    )
 
 
 def watch(

@@ -1,0 +1,198 @@
+"""Streamed arrivals: read in batches whatever their size, embedded once, learned only when all of a file was read."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset
+
+from edgeft.bundle import Bundle
+from edgeft.errors import DataError
+from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.budget import MemoryBudget
+from edgeft.runtime.guard import GuardPolicy
+from edgeft.runtime.history import JOURNAL_FILE, read_lines
+from edgeft.runtime.inbox import Inbox
+from edgeft.runtime.limits import ArrivalLimits
+from edgeft.runtime.ort import resolve_placement
+from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, training_set
+from edgeft.runtime.sources import READ_BATCH, read_path, stream_path
+from edgeft.runtime.streaming import FeatureBuffer
+from edgeft.runtime.trainer import PREDICT_ROWS, HeadPredictor, stored_state
+from edgeft.runtime.watch import StopFlag, watch
+
+
+def _npz(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    with path.open("wb") as handle:
+        np.savez(handle, x=x, y=y)
+    return path
+
+
+def _csv(path: Path, x: np.ndarray, labels: list[str]) -> Path:
+    flat = x.reshape(len(x), -1)
+    header = ",".join(f"v{i}" for i in range(flat.shape[1])) + ",label\n"
+    rows = "".join(",".join(f"{v:.9g}" for v in row) + f",{label}\n" for row, label in zip(flat, labels, strict=True))
+    path.write_text(header + rows)
+    return path
+
+
+def test_every_source_streams_in_batches_that_add_up_to_the_whole_read(bundle: Bundle, tmp_path: Path) -> None:
+    x, y = make_dataset(40, seed=3)
+    names = np.array(CLASSES)[y]
+    _npz(tmp_path / "a.npz", x, names)
+    _csv(tmp_path / "b.csv", x, names.tolist())
+    lines = "".join(json.dumps({"x": row.tolist(), "y": label}) + "\n" for row, label in zip(x, names, strict=True))
+    (tmp_path / "c.jsonl").write_text(lines)
+    for name in ("a.npz", "b.csv", "c.jsonl"):
+        batches = list(stream_path(tmp_path / name, bundle.manifest))
+        assert [len(b.x) for b in batches] == [READ_BATCH, READ_BATCH, 40 - 2 * READ_BATCH], name
+        (whole,) = read_path(tmp_path / name, bundle.manifest)
+        np.testing.assert_allclose(np.concatenate([b.x for b in batches]), whole.x, rtol=1e-6)
+        assert np.concatenate([b.y for b in batches]).tolist() == whole.y.tolist() == names.tolist()
+    folder = list(stream_path(tmp_path, bundle.manifest))
+    assert [b.origin for b in folder] == [str(tmp_path / n) for n in ("a.npz",) * 3 + ("b.csv",) * 3 + ("c.jsonl",) * 3]
+
+
+def test_a_file_too_big_to_read_whole_streams_within_the_budget(bundle: Bundle, tmp_path: Path) -> None:
+    x, y = make_dataset(400, seed=4)  # 400 x 768 bytes of inputs; their features are 400 x 6 floats
+    _npz(tmp_path / "big.npz", x, y)
+    in_use = MemoryBudget(0, "test").in_use()
+    budget = MemoryBudget(int((in_use + 400 * 768) / 0.9), "a budget below three copies of the inputs")
+    with pytest.raises(DataError, match="more than edgeft reads"):
+        read_path(tmp_path / "big.npz", bundle.manifest, limits=ArrivalLimits(budget))
+    batches = list(stream_path(tmp_path / "big.npz", bundle.manifest, limits=ArrivalLimits(budget)))
+    assert max(len(b.x) for b in batches) == READ_BATCH
+    np.testing.assert_array_equal(np.concatenate([b.x for b in batches]), x)
+
+
+def test_a_source_declaring_more_samples_than_the_budget_keeps_is_refused_from_its_header(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    x, y = make_dataset(400, seed=4)
+    _npz(tmp_path / "big.npz", x, y)
+    in_use = MemoryBudget(0, "test").in_use()
+    tight = ArrivalLimits(MemoryBudget(int((in_use + 399 * (4 * 6 + 8)) / 0.9), "test"))
+    with pytest.raises(DataError, match="big.npz: the features of 400 samples needs about .* memory budget"):
+        next(stream_path(tmp_path / "big.npz", bundle.manifest, limits=tight))
+
+
+def test_labels_that_change_kind_within_a_file_are_refused(bundle: Bundle, tmp_path: Path) -> None:
+    x, y = make_dataset(40, seed=5)
+    labels = [str(v) for v in y]
+    labels[30] = "red"  # in the second batch: the first decided the labels are indices
+    _csv(tmp_path / "mixed.csv", x, labels)
+    with pytest.raises(DataError, match="mixed.csv: near line .* label 'red' is a name, the first label an index"):
+        list(stream_path(tmp_path / "mixed.csv", bundle.manifest))
+
+
+def test_the_feature_buffer_grows_in_place_and_keeps_every_row() -> None:
+    buffer = FeatureBuffer(3)
+    rows = np.arange(3000, dtype=np.float32).reshape(1000, 3)
+    for start in range(0, 1000, 7):
+        buffer.append(rows[start : start + 7])
+    np.testing.assert_array_equal(buffer.array(), rows)
+
+
+@pytest.mark.parametrize("bad", ["nan", "shape"])
+def test_a_file_bad_in_a_late_batch_is_quarantined_whole_with_nothing_learned_or_parked(
+    bad: str, bundle: Bundle, tmp_path: Path
+) -> None:
+    """Its first batches were embedded and some of its labels do not fit; still nothing of it is kept."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    x, y = make_dataset(50, seed=6)
+    labels = np.array(CLASSES)[y].astype("<U8")
+    labels[:4] = "violet"  # beyond the head: would be parked if the file were good
+    if bad == "nan":
+        x[45, 0, 0, 0] = np.nan
+        _npz(inbox / "late.npz", x, labels)
+    else:
+        (inbox / "late.jsonl").write_text(
+            "".join(json.dumps({"x": r.tolist(), "y": str(v)}) + "\n" for r, v in zip(x, labels, strict=True))
+            + json.dumps({"x": [1.0, 2.0], "y": "red"})
+            + "\n"
+        )
+    entry = next(inbox.iterdir())
+    os.utime(entry, (1e9, 1e9))
+    good_x, good_y = make_dataset(30, seed=7)
+    _npz(inbox / "good.npz", good_x, np.array(CLASSES)[good_y])
+    seen: list[str] = []
+    with Adapter(bundle, tmp_path / "state", policy=GuardPolicy(enabled=False)) as adapter:
+        summary = watch(adapter, Inbox(inbox), emit=lambda e, **f: seen.append(e), stop=StopFlag(), once=True)
+        assert (summary.quarantined, summary.learned, summary.pending_samples) == (1, 1, 0), seen
+        assert adapter.meta["samples_received"] == 30
+    assert [row["name"] for row in read_lines(tmp_path / "state" / JOURNAL_FILE)] == ["good.npz"]
+    assert list((inbox / "pending").iterdir()) == []
+    reason = (inbox / "quarantine" / f"{entry.name}.reason.txt").read_text()
+    assert str(entry) in reason and ("NaN" in reason if bad == "nan" else "line 51 has x of shape" in reason)
+
+
+def test_json_lines_on_stdin_are_learned_once(bundle_dir: Path, tmp_path: Path) -> None:
+    x, y = make_dataset(40, seed=8)
+    text = "".join(json.dumps({"x": r.tolist(), "y": CLASSES[v]}) + "\n" for r, v in zip(x, y, strict=True))
+    state = tmp_path / "state"
+    command = [*CLI, "adapt", str(bundle_dir), "-s", str(state), "--data", "-", "--json"]
+    first = subprocess.run(command, input=text, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["samples"] == 40
+    again = subprocess.run(command, input=text, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["skipped"] == ["- (already learned in version 1)"]
+    assert sorted(p.name for p in state.iterdir() if p.name.startswith("tmp")) == []  # the spool left nothing
+
+
+def test_an_arrival_rehearses_a_bounded_share_of_the_buffer(bundle: Bundle, tmp_path: Path) -> None:
+    x, y = make_dataset(62, seed=9)
+    names = np.array(CLASSES)[y]
+    off = GuardPolicy(enabled=False)
+    with Adapter(bundle, tmp_path / "bounded", policy=off) as bounded:
+        bounded.learn(x[:60], names[:60], epochs=1)
+        buffered = len(bounded.replay_buffer())
+        assert buffered == 60 > 2 * REPLAY_PER_NEW
+        result = bounded.learn(x[60:], names[60:], epochs=1)
+        assert result.replayed == 2 * REPLAY_PER_NEW  # per new sample, not the whole buffer
+        assert len(bounded.replay_buffer()) == 62  # the buffer itself still keeps every sample it may
+    with Adapter(bundle, tmp_path / "whole", policy=off, replay_per_new=None) as whole:
+        whole.learn(x[:60], names[:60], epochs=1)
+        assert whole.learn(x[60:], names[60:], epochs=1).replayed == buffered
+
+
+def test_bounded_rehearsal_draws_afresh_each_epoch_in_as_many_steps() -> None:
+    buffer = ReplayBuffer(2, 3, 100)
+    rng = np.random.default_rng(0)
+    buffer.add(np.arange(600, dtype=np.float32).reshape(300, 2), np.arange(300) % 3, rng)
+    features = np.full((5, 2), -1.0, np.float32)
+    keep = np.array([True, True, False, True, True])
+    x, y, passes, replayed = training_set(features, np.zeros(5, np.int64), keep, buffer, 3, rng, per_new=10)
+    assert (passes, replayed, len(x)) == (1, 40, 3 * (4 + 40))  # one pass over 3 rounds = 3 epochs' steps
+    assert (x[:4] == -1).all()  # the new samples come first
+    rounds = [{tuple(row) for row in x[r * 44 + 4 : (r + 1) * 44]} for r in range(3)]
+    assert all(len(r) == 40 for r in rounds) and rounds[0] != rounds[1]  # without replacement, drawn afresh
+    x, _, passes, replayed = training_set(features, np.zeros(5, np.int64), keep, buffer, 3, rng, per_new=None)
+    assert (passes, replayed, len(x)) == (3, 300, 304)
+
+
+def test_the_feature_buffer_takes_a_declared_source_in_one_allocation() -> None:
+    buffer = FeatureBuffer(3)
+    buffer.append(np.ones((5, 3), np.float32))
+    buffer.reserve(1000)
+    before = buffer._data
+    for start in range(0, 1000, 16):
+        buffer.append(np.zeros((min(16, 1000 - start), 3), np.float32))
+    assert buffer._data is before and len(before) == 1005  # no growth, no spare rows
+    assert buffer.array().sum() == 15
+
+
+def test_head_outputs_of_many_rows_are_computed_in_chunks_that_add_up(bundle: Bundle) -> None:
+    predictor = HeadPredictor(bundle, resolve_placement("cpu"))
+    parameters = stored_state(bundle, None).parameters
+    rows = np.random.default_rng(0).normal(size=(2 * PREDICT_ROWS + 5, bundle.manifest.head.feature_dim))
+    whole = predictor.logits(rows.astype(np.float32), parameters)
+    assert len(whole) == len(rows)
+    one_by_one = [predictor.logits(rows[i : i + 1].astype(np.float32), parameters)[0] for i in range(0, len(rows), 97)]
+    np.testing.assert_allclose(whole[::97], np.stack(one_by_one), rtol=1e-5, atol=1e-6)
