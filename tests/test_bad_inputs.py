@@ -370,6 +370,7 @@ def test_inputs_with_unknown_labels_are_checked_before_they_are_kept_pending(ada
     assert list((inbox / "pending").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_whole_corpus_at_once_in_a_real_process(bundle_dir: Path, tmp_path: Path) -> None:
     inbox, names = _inbox_with(tmp_path, [build for build, _ in CORPUS.values()])
     state = tmp_path / "state"

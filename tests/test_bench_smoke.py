@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
@@ -56,6 +57,7 @@ def test_ratios_are_taken_within_rounds_and_goals_judged() -> None:
     assert len(table) == 4 and "0.88" in table[3]
 
 
+@pytest.mark.slow
 def test_replay_contender_runs_against_the_current_runtime() -> None:
     """The replay probe drives the trainer directly: run it for real so an API change cannot break it unnoticed."""
     tools = Path(__file__).resolve().parent.parent / "tools"

@@ -67,6 +67,7 @@ def test_console_script_and_module_entry_points() -> None:
         assert done.stdout.strip() == f"edgeft {edgeft.__version__}"
 
 
+@pytest.mark.slow
 def test_full_workflow(tiny_model: Path, tmp_path: Path) -> None:
     bundle, state = tmp_path / "bundle", tmp_path / "state"
     done = run_cli("export", tiny_model, "-o", bundle, "--classes", ",".join(CLASSES), "--epochs", "10", "--lr", "0.05")
@@ -135,6 +136,7 @@ def test_full_workflow(tiny_model: Path, tmp_path: Path) -> None:
     assert json.loads(session.get_modelmeta().custom_metadata_map["edgeft.classes"]) == list(CLASSES)
 
 
+@pytest.mark.slow
 def test_missing_model_file(tmp_path: Path) -> None:
     done = run_cli("export", tmp_path / "nope.onnx", "-o", tmp_path / "b", "--num-classes", "2")
     assert done.returncode == 1
@@ -142,6 +144,7 @@ def test_missing_model_file(tmp_path: Path) -> None:
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_non_onnx_model_file(tmp_path: Path) -> None:
     model = tmp_path / "model.onnx"
     model.write_bytes(bytes(range(256)) * 4)
@@ -150,6 +153,7 @@ def test_non_onnx_model_file(tmp_path: Path) -> None:
     assert f"{model} is not a valid ONNX model" in one_error_line(done.stderr)
 
 
+@pytest.mark.slow
 def test_existing_output_without_force(bundle_dir: Path, tiny_model: Path) -> None:
     done = run_cli("export", tiny_model, "-o", bundle_dir, "--classes", "a,b")
     assert done.returncode == 1
@@ -208,6 +212,7 @@ def test_labels_beyond_capacity_exit_1_and_are_kept_pending(bundle_dir: Path, tm
         pytest.param(["fly"], id="unknown-command"),
     ],
 )
+@pytest.mark.slow
 def test_usage_errors_exit_2(args: list[str], bundle_dir: Path, tiny_model: Path, tmp_path: Path) -> None:
     paths = {
         "BUNDLE": str(bundle_dir),
@@ -222,6 +227,7 @@ def test_usage_errors_exit_2(args: list[str], bundle_dir: Path, tiny_model: Path
     assert not (tmp_path / "s").exists() and not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", [["--mean", "0.5,abc"], ["--input-shape", "1,three,8,8"]])
 def test_malformed_number_list_is_a_usage_error(option: list[str], tiny_model: Path, tmp_path: Path) -> None:
     done = run_cli("export", tiny_model, "-o", tmp_path / "b", "--classes", "a,b", *option)

@@ -53,6 +53,7 @@ def tortured(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     return torture.torture(len(PLAN), seed=3, workdir=workdir, bundle_dir=bundle_dir, plan=PLAN), workdir
 
 
+@pytest.mark.slow
 def test_sigkill_at_every_crash_point_loses_nothing_and_learns_nothing_twice(
     tortured: tuple[torture.Report, Path],
 ) -> None:
@@ -141,6 +142,7 @@ def _intact_at_version_1(bundle_dir: Path, state: Path) -> None:
     assert [r["version"] for r in read_lines(state / "journal.jsonl")] == [1]
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one_and_exits_1(bundle_dir: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     _learn_once(bundle_dir, state, tmp_path, "a.npz", seed=1)
@@ -172,6 +174,7 @@ def _events(stream: IO[str], until: Callable[[list[dict]], bool]) -> list[dict]:
     return events
 
 
+@pytest.mark.slow
 def test_full_disk_in_watch_mode_commits_nothing_and_retries(bundle_dir: Path, tmp_path: Path) -> None:
     state, inbox = tmp_path / "state", tmp_path / "inbox"
     _learn_once(bundle_dir, state, tmp_path, "a.npz", seed=1)
@@ -201,6 +204,7 @@ def test_full_disk_in_watch_mode_commits_nothing_and_retries(bundle_dir: Path, t
     assert drained.returncode == 0 and json.loads(drained.stdout)["learned"] == 1, drained.stderr
 
 
+@pytest.mark.slow
 def test_a_second_adapt_on_the_same_state_is_refused_until_the_first_is_killed(
     bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -229,6 +233,7 @@ def test_a_second_adapt_on_the_same_state_is_refused_until_the_first_is_killed(
     assert (state / "lock").read_text() != str(first.pid)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["rename:1", "move:1"])
 def test_a_kill_while_quarantining_never_leaves_an_entry_without_its_reason(
     point: str, bundle_dir: Path, tmp_path: Path

@@ -45,6 +45,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
     return run, state
 
 
+@pytest.mark.slow
 def test_main_job_reaches_reference_probe(reference_accuracy: float, demo_run: tuple) -> None:
     """`edgeft demo` (the README's first command) learns the digits to within 2 points of the probe."""
     run, state = demo_run
@@ -55,6 +56,7 @@ def test_main_job_reaches_reference_probe(reference_accuracy: float, demo_run: t
     assert (state / "CURRENT").read_text() == '{"version": 5}'
 
 
+@pytest.mark.slow
 def test_demo_refuses_a_used_state_directory(tmp_path: Path) -> None:
     """The demo starts from the bundle's fresh head; it will not silently continue someone's state."""
     chunk = np.load(ARTIFACTS / "demo" / "stream" / "chunk_01.npz")
@@ -79,6 +81,7 @@ def test_png_examples_predict_their_folder_label(demo_run: tuple) -> None:
     assert correct >= 0.8 * len(pngs)
 
 
+@pytest.mark.slow
 def test_demo_with_streaming_lda_reaches_reference_probe(reference_accuracy: float, tmp_path: Path) -> None:
     """`edgeft demo --head-learner slda`: one pass per chunk, no epochs or replay, as good as the probe."""
     run = subprocess.run(

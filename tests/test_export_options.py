@@ -226,6 +226,7 @@ def test_non_differentiable_op_on_gradient_path_is_named(tmp_path: Path) -> None
     assert "c2.w" in bundle.manifest.head.trainable
 
 
+@pytest.mark.slow
 def test_list_cuts_shows_cut_points_with_shapes(tmp_path: Path) -> None:
     points = list_cuts(FAMILIES["resnet"]())
     tensors = [p.tensor for p in points]
@@ -241,6 +242,7 @@ def test_list_cuts_shows_cut_points_with_shapes(tmp_path: Path) -> None:
     assert "b1.relu1" not in done.stdout
 
 
+@pytest.mark.slow
 def test_cli_export_with_new_options(tiny_model: Path, tmp_path: Path) -> None:
     done = run_cli(
         "export",

@@ -132,6 +132,7 @@ def test_check_runs_once_per_cpu_signature(int8_bundle: Path, tmp_path: Path) ->
         assert adapter.int8_check is not None and adapter.int8_check["ok"]
 
 
+@pytest.mark.slow
 def test_cli_check(int8_bundle: Path, bad_bundle: Path, bad_bundle_with_fallback: Path) -> None:
     good = run_cli("check", int8_bundle)
     assert good.returncode == 0 and "int8 backbone agrees with the float one on this CPU" in good.stdout
@@ -145,6 +146,7 @@ def test_cli_check(int8_bundle: Path, bad_bundle: Path, bad_bundle_with_fallback
     assert float_bundle.returncode == 0 and "no int8 probe" in float_bundle.stdout
 
 
+@pytest.mark.slow
 def test_int8_bundle_ships_its_float_backbone_unless_told_not_to(int8_bundle: Path, tmp_path: Path) -> None:
     record = Bundle.load(int8_bundle).manifest.quantization["float_backbone"]
     fallback = Bundle.load(int8_bundle).float_backbone_path
@@ -179,6 +181,7 @@ def test_a_manifest_naming_a_float_backbone_it_does_not_list_does_not_load(int8_
         Bundle.load(path)
 
 
+@pytest.mark.slow
 def test_disagreeing_int8_backbone_falls_back_to_the_float_one_and_learning_goes_on(
     bad_bundle_with_fallback: Path, train_data: tuple, test_data: tuple, tmp_path: Path
 ) -> None:
@@ -212,6 +215,7 @@ def test_disagreeing_int8_backbone_falls_back_to_the_float_one_and_learning_goes
     assert "learned 30 samples" in cli.stdout
 
 
+@pytest.mark.slow
 def test_watch_logs_the_fallback_as_a_json_warning(bad_bundle_with_fallback: Path, tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()

@@ -121,6 +121,7 @@ def test_text_files_are_charged_by_their_size_before_they_are_parsed(bundle: Bun
     assert len(read_path(tmp_path / "rows.csv", bundle.manifest, limits=roomy)[0].x) == 20
 
 
+@pytest.mark.slow
 def test_an_arrival_over_the_sample_cap_is_refused_up_front(bundle_dir: Path, tmp_path: Path) -> None:
     data = _npz(tmp_path / "forty.npz", seed=1, n=40)
     done = run_cli("adapt", bundle_dir, "-s", tmp_path / "state", "--data", data, "--max-arrival-samples", "39")
@@ -132,6 +133,7 @@ def test_an_arrival_over_the_sample_cap_is_refused_up_front(bundle_dir: Path, tm
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_adapt_data_refuses_a_bomb_over_its_budget_with_one_clear_line(bundle_dir: Path, tmp_path: Path) -> None:
     bomb = crash_loop.write_bomb(tmp_path / "bomb.npz", 256 * 2**20)
     done = run_cli("adapt", bundle_dir, "-s", tmp_path / "state", "--data", bomb, "--memory-budget", "512M")
@@ -148,6 +150,7 @@ def _address_space(extra: int) -> Callable[[], None]:
     return lambda: resource.setrlimit(resource.RLIMIT_AS, (baseline + extra, baseline + extra))
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_is_refused_from_its_header_within_a_real_memory_limit(
     bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -238,6 +241,7 @@ def _start(bundle_dir: Path, state: Path, inbox: Path, env: dict[str, str]) -> t
     return done.returncode, [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 def test_a_file_that_kills_the_learner_is_set_aside_after_three_deaths_and_the_rest_learned_once(
     bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -284,6 +288,7 @@ def test_a_file_that_kills_the_learner_is_set_aside_after_three_deaths_and_the_r
     assert sorted(_journal(state)) == sorted(f.name for f in fed)
 
 
+@pytest.mark.slow
 def test_requeue_refuses_what_is_not_quarantined(tmp_path: Path) -> None:
     Inbox(tmp_path)
     (tmp_path / "quarantine" / "a.npz").write_bytes(b"x")
@@ -300,6 +305,7 @@ def test_requeue_refuses_what_is_not_quarantined(tmp_path: Path) -> None:
     assert done.returncode == 0 and (tmp_path / "b.npz").read_bytes() == b"x"
 
 
+@pytest.mark.slow
 def test_a_bomb_that_exhausts_a_real_address_space_limit_is_set_aside(bundle_dir: Path, tmp_path: Path) -> None:
     """With both guards overridden (a budget far above the real limit, no sample cap) numpy runs out of memory."""
     inbox, state = tmp_path / "inbox", tmp_path / "state"
@@ -323,6 +329,7 @@ def test_a_bomb_that_exhausts_a_real_address_space_limit_is_set_aside(bundle_dir
     assert _journal(state) == ["good.npz"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not crash_loop.cgroup_available(), reason="needs root and a writable memory cgroup")
 def test_a_bomb_killed_by_the_oom_killer_is_set_aside_and_the_good_data_learned(
     bundle_dir: Path, tmp_path: Path
@@ -344,6 +351,7 @@ def test_a_bomb_killed_by_the_oom_killer_is_set_aside_and_the_good_data_learned(
     assert "cgroup memory limit" in detected.bomb_reason
 
 
+@pytest.mark.slow
 def test_a_write_error_never_makes_an_entry_poison_nor_blocks_the_entries_behind_it(
     bundle_dir: Path, tmp_path: Path
 ) -> None:

@@ -232,6 +232,7 @@ def test_bad_quantisation_requests(kwargs: dict, message: str, model_path: Path,
         export_bundle(model_path, tmp_path / "b", classes=list(CLASSES), **kwargs)
 
 
+@pytest.mark.slow
 def test_cli_export_int8_and_info(model_path: Path, calibration: tuple, tmp_path: Path) -> None:
     data = tmp_path / "calibration.npz"
     np.savez(data, x=calibration[0], y=np.array(CLASSES)[calibration[1]])
@@ -251,6 +252,7 @@ def test_cli_export_int8_and_info(model_path: Path, calibration: tuple, tmp_path
     assert wrong.returncode == 2 and "takes auto or a number of layers, not 'two'" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_shipped_int8_bundle_is_the_float_default_on_an_int8_backbone() -> None:
     artifacts = Path(__file__).resolve().parent.parent / "artifacts"
     float_bundle, int8_bundle = Bundle.load(artifacts / "default"), Bundle.load(artifacts / "default-int8")
@@ -477,6 +479,7 @@ def _outlier_calibration() -> np.ndarray:
     return x
 
 
+@pytest.mark.slow
 def test_auto_search_doubles_bisects_and_stays_under_the_compute_cap(tmp_path: Path) -> None:
     source = tmp_path / "chain.onnx"
     onnx.save(_chain_model(), str(source))
@@ -529,6 +532,7 @@ def test_backbone_without_weight_layers_is_refused_for_int8(tmp_path: Path) -> N
     assert export_bundle(source, tmp_path / "f", classes=list(CLASSES), keep_float="auto").manifest.quantization == {}
 
 
+@pytest.mark.slow
 def test_cli_keep_float_reaches_the_export_and_info(
     deep_path: Path, calibration: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

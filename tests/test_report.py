@@ -193,6 +193,7 @@ def png_image(bundle_dir: Path, learned_state: Path, tmp_path_factory: pytest.Te
         return image.convert("RGB")
 
 
+@pytest.mark.slow
 def test_html_has_the_versions_table_with_the_refusal(html_page: _Page) -> None:
     header, *rows = html_page.tables["versions"]
     assert header[0] == "Version" and "Verdict" in header
@@ -228,6 +229,7 @@ def test_html_embeds_the_figure_as_a_decodable_png(html_page: _Page) -> None:
         assert image.format == "PNG" and image.size == FIGURE_SIZE
 
 
+@pytest.mark.slow
 def test_png_is_a_full_figure_not_a_blank_canvas(png_image: Image.Image) -> None:
     assert png_image.size == FIGURE_SIZE
     pixels = np.asarray(png_image, dtype=np.float64)
@@ -240,6 +242,7 @@ def _red_pixels(pixels: np.ndarray) -> int:
     return int((np.abs(pixels.astype(int) - red).sum(axis=2) < 40).sum())
 
 
+@pytest.mark.slow
 def test_png_marks_the_refused_update_on_the_learning_curve(
     png_image: Image.Image, bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -264,6 +267,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_cli_writes_a_report_with_eval_data(
     bundle_dir: Path, learned_state: Path, eval_file: Path, tmp_path: Path
 ) -> None:
@@ -285,6 +289,7 @@ def test_cli_writes_a_report_with_eval_data(
     assert shown == [[None if v is None else round(v, 3) for v in row] for row in matrix] and matrix
 
 
+@pytest.mark.slow
 def test_cli_without_versions_fails_in_one_line(bundle_dir: Path, tmp_path: Path) -> None:
     result = run_cli("report", bundle_dir, "--state", tmp_path / "state", "-o", tmp_path / "r.png")
     assert result.returncode == 1
@@ -301,6 +306,7 @@ run()
 """
 
 
+@pytest.mark.slow
 def test_cli_without_matplotlib_says_how_to_install_it(bundle_dir: Path, learned_state: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     result = subprocess.run(

@@ -443,6 +443,7 @@ print(json.dumps({{
     [("", "'absent'"), ("sys.modules['torch'] = None  # any import of torch now raises ImportError", "None")],
     ids=["plain", "torch-blocked"],
 )
+@pytest.mark.slow
 def test_runtime_path_needs_neither_torch_nor_export(
     prelude: str, torch_entry: str, bundle: Bundle, state_dir: Path
 ) -> None:

@@ -77,6 +77,7 @@ def test_abstract_namespace_socket() -> None:
         assert sock.recv(100) == b"STATUS=hello"
 
 
+@pytest.mark.slow
 def test_watch_under_a_fake_systemd(
     notify_socket: tuple[Path, socket.socket], bundle_dir: Path, tmp_path: Path
 ) -> None:

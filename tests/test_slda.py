@@ -86,6 +86,7 @@ def assert_same_statistics(a: ClassStatistics, b: ClassStatistics) -> None:
     np.testing.assert_allclose(a.moment, b.moment, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_statistics_continue_across_processes_and_cli_predicts_with_the_lda_head(
     bundle_dir: Path, tmp_path: Path
 ) -> None:
@@ -157,6 +158,7 @@ def test_guard_refusal_keeps_the_previous_statistics(
     assert after.files[STATISTICS_FILE].read_bytes() == before.files[STATISTICS_FILE].read_bytes()
 
 
+@pytest.mark.slow
 def test_unsupported_heads_and_learners_are_clear_errors(
     bundle_dir: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -118,6 +118,7 @@ def test_history_lists_pruned_versions_and_rollbacks(bundle: Bundle, state_dir: 
     assert rows[3]["origin"] == "rollback to 2" and "rolled back to version 2" in rows[3]["reason"]
 
 
+@pytest.mark.slow
 def test_cli_history_and_rollback_in_subprocesses(bundle_dir: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     for i in range(3):
@@ -196,6 +197,7 @@ def test_eval_tasks_matrix_matches_each_heads_accuracy(open_bundle: Bundle, stat
     }
 
 
+@pytest.mark.slow
 def test_cli_eval_in_a_subprocess(bundle_dir: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     x, y = make_dataset(60, seed=21)
@@ -248,6 +250,7 @@ def test_a_changed_world_raises_a_drift_alarm_in_metrics(bundle: Bundle, state_d
 
 
 # a rollback commit renames head, replay, holdout, metadata, then CURRENT (5th), then appends journal and metrics
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["rename:1", "rename:5", "append:2"])
 def test_a_rollback_killed_anywhere_leaves_a_consistent_state(point: str, bundle_dir: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"

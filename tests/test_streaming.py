@@ -132,6 +132,7 @@ def test_a_file_bad_in_a_late_batch_is_quarantined_whole_with_nothing_learned_or
     assert str(entry) in reason and ("NaN" in reason if bad == "nan" else "line 51 has x of shape" in reason)
 
 
+@pytest.mark.slow
 def test_json_lines_on_stdin_are_learned_once(bundle_dir: Path, tmp_path: Path) -> None:
     x, y = make_dataset(40, seed=8)
     text = "".join(json.dumps({"x": r.tolist(), "y": CLASSES[v]}) + "\n" for r, v in zip(x, y, strict=True))

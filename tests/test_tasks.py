@@ -51,6 +51,7 @@ def _json(*args: object) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_multilabel_head_adapts_predicts_and_exports(tiny_model: Path, tmp_path: Path) -> None:
     bundle = _export(tiny_model, tmp_path / "bundle", MULTILABEL)
     state = tmp_path / "state"
@@ -113,6 +114,7 @@ def test_multilabel_head_adapts_predicts_and_exports(tiny_model: Path, tmp_path:
     assert props["edgeft.task"] == MULTILABEL and json.loads(props["edgeft.thresholds"]) == [0.5] * 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("loss", "targets"), [("mse", 3), ("l1", 1)])
 def test_regression_head_adapts_predicts_and_exports(loss: str, targets: int, tiny_model: Path, tmp_path: Path) -> None:
     names = CLASSES if targets == 3 else ("brightness",)

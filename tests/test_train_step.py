@@ -368,6 +368,7 @@ def test_a_bundle_from_before_the_portable_trainer_needs_ort_training_or_says_so
             adapter.learn(x, y)
 
 
+@pytest.mark.slow
 def test_cli_trainer_option_and_its_environment_variable(bundle_dir: Path, tmp_path: Path) -> None:
     x, y = make_dataset(40, seed=2)
     np.savez(tmp_path / "a.npz", x=x, y=y)

@@ -119,6 +119,7 @@ def _wait_for(predicate, seconds: float = 60.0) -> None:  # noqa: ANN001
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_watch_process_learns_dropped_files_and_stops_cleanly(
     signum: signal.Signals, bundle_dir: Path, tmp_path: Path

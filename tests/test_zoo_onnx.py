@@ -82,6 +82,7 @@ def test_family_exports_with_other_cut_head_or_unfreezing(family: str, tmp_path:
     adapt_predict_export(bundle, tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_exports_int8_with_its_first_weight_layer_float(family: str, tmp_path: Path) -> None:
     path = save(FAMILIES[family](), tmp_path / f"{family}.onnx")
