@@ -24,10 +24,10 @@ from onnx import numpy_helper
 from tiny_models import CHANNELS, HIDDEN, ORIGINAL_CLASSES, SIZE, classifier, save
 
 from edgeft.bundle import FORMAT_VERSION, MANIFEST_FILE, Bundle
+from edgeft.common.ort import training_api
 from edgeft.errors import EdgeftError
 from edgeft.export import export_bundle
 from edgeft.export.artifacts import check_trainable_set
-from edgeft.runtime.ort import training_api
 
 HEAD_PARAMETERS = {"head.weight", "head.bias", "head.feature_mean", "head.feature_scale"}
 

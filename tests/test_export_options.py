@@ -12,12 +12,12 @@ from onnx import helper, numpy_helper
 from tiny_models import CHANNELS, HIDDEN, SIZE, classifier, save
 from zoo.onnx_families import FAMILIES, Graph
 
+from edgeft.common.ort import resolve_placement
 from edgeft.errors import EdgeftError
 from edgeft.export import export_bundle
 from edgeft.export import sources as sources_module
 from edgeft.export.artifacts import ort_training_installed
 from edgeft.export.cuts import list_cuts
-from edgeft.runtime.ort import resolve_placement
 from edgeft.runtime.trainer import choose_trainer, open_trainer
 
 

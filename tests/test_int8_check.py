@@ -15,21 +15,13 @@ from onnx import TensorProto, numpy_helper
 from tiny_models import classifier
 
 from edgeft.bundle import FLOAT_BACKBONE_FILE, MANIFEST_FILE, Bundle, hash_tree, sha256_file
+from edgeft.common.int8_probe import PROBE_FILE, cpu_family, cpu_signature, save_probe
 from edgeft.errors import EdgeftError
 from edgeft.export import export_bundle
 from edgeft.export.quantize import MIN_MEAN_COSINE, PROBE_MARGIN, PROBE_SAMPLES
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.history import METRICS_FILE
-from edgeft.runtime.int8_check import (
-    CACHE_FILE,
-    PROBE_FILE,
-    Int8FallbackWarning,
-    cached_check,
-    check_bundle,
-    cpu_family,
-    cpu_signature,
-    save_probe,
-)
+from edgeft.runtime.int8_check import CACHE_FILE, Int8FallbackWarning, cached_check, check_bundle
 from edgeft.runtime.merge import write_merged_model
 
 

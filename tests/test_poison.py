@@ -21,11 +21,11 @@ import pytest
 from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset, one_error_line, run_cli
 
 from edgeft.bundle import Bundle
+from edgeft.common.faults import READING_ENV
 from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.attempts import AttemptLedger, Attempts, poison_reason
 from edgeft.runtime.budget import MemoryBudget, cgroup_limit, detect_budget, parse_size
-from edgeft.runtime.faults import READING_ENV
 from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.history import JOURNAL_FILE, read_lines
 from edgeft.runtime.inbox import Inbox

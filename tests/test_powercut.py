@@ -138,7 +138,7 @@ needs_fuse = pytest.mark.skipif(bool(FUSE_MISSING), reason=", ".join(FUSE_MISSIN
 # The bug on purpose: a commit's files and CURRENT are renamed into place without fsyncing their directory.
 RENAME_WITHOUT_DIRECTORY_FSYNC = """
 import os
-import edgeft.runtime.atomic as atomic
+import edgeft.common.atomic as atomic
 import edgeft.runtime.store as store
 
 def write_atomic(path, write):

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tiny_models import CHANNELS, SIZE
 
 from edgeft.bundle import MANIFEST_FILE, Bundle
+from edgeft.common.int8_probe import cpu_family
 from edgeft.errors import EdgeftError
 from edgeft.export import export_bundle, float_prefix
 from edgeft.export.quantize import (
@@ -26,7 +27,7 @@ from edgeft.export.quantize import (
     resolve_target,
 )
 from edgeft.runtime.adapter import Adapter
-from edgeft.runtime.int8_check import check_bundle, cpu_family
+from edgeft.runtime.int8_check import check_bundle
 from edgeft.runtime.merge import merged_model
 from edgeft.runtime.sources import Samples
 

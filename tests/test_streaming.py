@@ -12,6 +12,7 @@ import pytest
 from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset
 
 from edgeft.bundle import Bundle
+from edgeft.common.ort import resolve_placement
 from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.budget import MemoryBudget
@@ -19,7 +20,6 @@ from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.history import JOURNAL_FILE, read_lines
 from edgeft.runtime.inbox import Inbox
 from edgeft.runtime.limits import ArrivalLimits
-from edgeft.runtime.ort import resolve_placement
 from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, training_set
 from edgeft.runtime.sources import READ_BATCH, read_path, stream_path
 from edgeft.runtime.streaming import FeatureBuffer

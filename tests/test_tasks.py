@@ -14,10 +14,11 @@ import pytest
 from helpers import CLASSES, make_dataset, needs_ort, one_error_line, run_cli, run_onnx
 
 from edgeft.bundle import Bundle, Defaults
+from edgeft.common.paired_test import significantly_worse
 from edgeft.errors import DataError
 from edgeft.export import export_bundle
 from edgeft.runtime.adapter import Adapter
-from edgeft.runtime.guard import GuardPolicy, significantly_worse
+from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.inbox import Inbox
 from edgeft.runtime.sources import read_path
 from edgeft.runtime.target_replay import TargetBuffer

@@ -17,6 +17,7 @@ from tiny_models import save
 from zoo.onnx_families import FAMILIES
 
 from edgeft.bundle import TRAIN_STEP_FILE, Bundle
+from edgeft.common.ort import resolve_placement
 from edgeft.errors import EdgeftError
 from edgeft.export import export_bundle
 from edgeft.export import head as head_graph
@@ -25,7 +26,6 @@ from edgeft.export.train_step import LOSSES, Optimizer, build_train_step, new_na
 from edgeft.head_state import HeadState
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.onnx_trainer import OnnxTrainer
-from edgeft.runtime.ort import resolve_placement
 from edgeft.runtime.trainer import open_trainer
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "artifacts" / "default"
@@ -253,8 +253,8 @@ RTOL_VS_ORT = 1e-5
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("head", ["linear", "mlp-gelu", "mlp-silu"])
 def test_steps_match_ort_training_for_50_steps(head: str, loss: str, optimizer: Optimizer, tmp_path: Path) -> None:
+    from edgeft.common.ort import training_api
     from edgeft.export.artifacts import Training, generate_head_artifacts
-    from edgeft.runtime.ort import training_api
 
     spec = HEADS[head]
     parameters = _parameters(spec)

@@ -43,7 +43,7 @@ def _trainable(bundle_path: Path) -> set[str]:
     bundle = Bundle.load(bundle_path)
     trainable = trained_by_step(bundle)
     if "ort" in bundle.manifest.head.trainers:
-        from edgeft.runtime.ort import training_api
+        from edgeft.common.ort import training_api
 
         state = training_api().CheckpointState.load_checkpoint(str(bundle_path / "train" / "checkpoint"))
         assert trainable == {name for name, param in state.parameters if param.requires_grad}

@@ -85,7 +85,7 @@ def _session(path: Path) -> onnxruntime.InferenceSession:
 
 def measure(samples: int, speed_rounds: int) -> None:
     """Print the cosine of each format's features to the float ones here (and their speed ratios)."""
-    from edgeft.runtime.int8_check import cpu_family
+    from edgeft.common.int8_probe import cpu_family
 
     test = np.load(ARTIFACTS / "demo" / "test.npz")["x"].astype(np.float32)
     paths = {"float": ARTIFACTS / "default" / "backbone.onnx", **{f: OUT / f"{f}.onnx" for f in FORMATS}}

@@ -20,11 +20,11 @@ from bench_common import BUNDLE, Arrival, batches, common_args, cpu_seconds, emi
 
 import edgeft  # noqa: F401  (first: keeps torch out of the process)
 from edgeft.bundle import Bundle
+from edgeft.common.ort import resolve_placement, training_api, training_artifacts
 from edgeft.runtime import features as features_module
 from edgeft.runtime import onnx_trainer, ort_trainer
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.features import session_options
-from edgeft.runtime.ort import resolve_placement, training_api, training_artifacts
 from edgeft.runtime.trainer import HEAD_STATE_FILE, choose_trainer, open_trainer
 
 CONTENDERS = ["inference", "edgeft", "ort-whole", "replay"]

@@ -2,7 +2,7 @@
 
 Each cycle drops new files into the inbox (written under a temporary name, then renamed), starts
 ``edgeft adapt BUNDLE -s STATE --watch INBOX`` in a subprocess and kills it with SIGKILL: either at a named crash point
-(``EDGEFT_CRASH_AT``, see edgeft/runtime/faults.py: a progress tick of feature extraction or training, an atomic
+(``EDGEFT_CRASH_AT``, see edgeft/common/faults.py: a progress tick of feature extraction or training, an atomic
 rename of a checkpoint/replay/metadata/CURRENT file, a journal append, an inbox move — the N-th time, N random) or
 after a random delay. After every kill, with the process dead, the invariants are checked (``check``): the state
 loads and verifies; every retained version's checkpoint and replay buffer parse and belong together; every input is
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeft.bundle import Bundle, sha256_file
+from edgeft.common.faults import ENV, POINTS
 from edgeft.errors import EdgeftError
 from edgeft.runtime.attempts import ATTEMPTS_DIR, AttemptLedger
-from edgeft.runtime.faults import ENV, POINTS
 from edgeft.runtime.history import JOURNAL_FILE, METRICS_FILE, read_lines
 from edgeft.runtime.inbox import ATTEMPTS_SUFFIX, DONE_DIR, PENDING_DIR, QUARANTINE_DIR, pending_name
 from edgeft.runtime.replay import ReplayBuffer

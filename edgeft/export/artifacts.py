@@ -18,9 +18,9 @@ import onnx
 
 from edgeft import _ort_shell
 from edgeft.bundle import TRAIN_ARTIFACTS
+from edgeft.common.ort import training_api, training_artifacts
 from edgeft.errors import EdgeftError
 from edgeft.export.head import LOGITS_OUTPUT, MAX_IR_VERSION
-from edgeft.runtime.ort import training_api, training_artifacts
 
 LOSSES = {"cross_entropy": "CrossEntropyLoss", "bce_with_logits": "BCEWithLogitsLoss", "mse": "MSELoss", "l1": "L1Loss"}
 OPTIMIZERS = ("adamw", "sgd")

@@ -34,6 +34,7 @@ from edgeft.bundle import (
     hash_tree,
     sha256_file,
 )
+from edgeft.common.atomic import fsync_directory, fsync_tree, make_directory
 from edgeft.errors import EdgeftError
 from edgeft.export import head as head_graph
 from edgeft.export.artifacts import Training, check_artifacts_run, generate_head_artifacts, ort_training_installed
@@ -54,7 +55,6 @@ from edgeft.export.surgery import (
 from edgeft.export.torch_source import torch_to_onnx
 from edgeft.export.train_step import Optimizer, build_train_step, check_train_step
 from edgeft.head_state import HeadState
-from edgeft.runtime.atomic import fsync_directory, fsync_tree, make_directory
 
 # The backbone must reproduce the original graph's tensor at the cut within this tolerance
 # (numpy.allclose semantics: |backbone - original| <= ATOL + RTOL * |original|).

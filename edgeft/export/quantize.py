@@ -23,10 +23,10 @@ import onnxruntime
 from onnx import numpy_helper
 
 from edgeft.bundle import FLOAT_BACKBONE_FILE, Manifest, sha256_file
+from edgeft.common.int8_probe import PROBE_FILE, cpu_family, save_probe
+from edgeft.common.paired_test import lost_and_won, significantly_worse
 from edgeft.errors import EdgeftError
 from edgeft.export import float_prefix
-from edgeft.runtime.guard import lost_and_won, significantly_worse
-from edgeft.runtime.int8_check import PROBE_FILE, cpu_family, save_probe
 from edgeft.runtime.sources import Samples
 
 SCHEMES = ("int8",)
@@ -34,7 +34,7 @@ SCHEMES = ("int8",)
 # VNNI they add pairs of products in saturating int16, which 7-bit weights (ORT's reduce_range) cannot overflow.
 TARGET_CPUS = ("auto", "vnni", "arm64", "avx2")
 REDUCED_RANGE_TARGETS = ("avx2",)
-# --target-cpu auto: the export machine's own kind of CPU (runtime.int8_check.cpu_family); an unknown one gets the
+# --target-cpu auto: the export machine's own kind of CPU (common.int8_probe.cpu_family); an unknown one gets the
 # 7-bit weights that hold on every kernel. (uint8 weights (U8U8) would hold everywhere with full 8 bits, but
 # measured 0.37x the float backbone's speed on VNNI: BENCHMARKS.md.)
 FAMILY_TARGETS = {"x86-exact": "vnni", "x86-saturating": "avx2", "arm64": "arm64"}

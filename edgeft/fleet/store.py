@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from edgeft.bundle import Bundle
+from edgeft.common.atomic import write_atomic, write_bytes_atomic
 from edgeft.errors import EdgeftError
-from edgeft.runtime.atomic import write_atomic, write_bytes_atomic
 from edgeft.runtime.trainer import Parameters
 
 REGISTRY = "registry.json"

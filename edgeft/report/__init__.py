@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeft.bundle import Bundle
+from edgeft.common.atomic import SHARED_FILE_MODE, write_bytes_atomic
 from edgeft.errors import EdgeftError
 from edgeft.report.collect import collect
 from edgeft.report.data import Report
 from edgeft.report.figure import render_png, require_matplotlib
 from edgeft.report.page import render_html
-from edgeft.runtime.atomic import SHARED_FILE_MODE, write_bytes_atomic
 
 FORMATS = (".html", ".htm", ".png")
 

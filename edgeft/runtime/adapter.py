@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 
 from edgeft.bundle import Bundle
+from edgeft.common.atomic import make_directory, write_atomic
+from edgeft.common.ort import Placement, resolve_placement
 from edgeft.errors import DataError, EdgeftError
 from edgeft.runtime import drift, guard, tasks
-from edgeft.runtime.atomic import make_directory, write_atomic
 from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, STATISTICS_FILE, ClassStatistics
 from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
 from edgeft.runtime.int8_check import backbone_to_use, cached_check
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
-from edgeft.runtime.ort import Placement, resolve_placement
 from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, training_set
 from edgeft.runtime.rollback import RollbackPlan, plan, rollback_meta
 from edgeft.runtime.schedule import learning_rates

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgeft.runtime.atomic import fsync_directory, write_bytes_atomic
+from edgeft.common.atomic import fsync_directory, write_bytes_atomic
 
 ATTEMPTS_DIR = "attempts"
 MAX_ATTEMPTS = 3

@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime
 
 from edgeft.bundle import Bundle
+from edgeft.common.ort import Placement
 from edgeft.errors import DataError
-from edgeft.runtime.ort import Placement
 
 # Samples per backbone run. Activations dominate memory: on EfficientNet-Lite0 at 224x224 the process peaks at
 # ~270 MiB with 16 and ~760 MiB with 64, for 6-10% more throughput at 64 (BENCHMARKS.md): 16 fits small devices.

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from edgeft.common.paired_test import lost_and_won, significantly_worse
+
 HOLDOUT_FRACTION = 0.1
 HOLDOUT_PER_CLASS = 50
 TOLERANCE = 0.05
 MIN_HOLDOUT = 20
-SIGN_TEST_Z = 2.0
 
 
 @dataclass(frozen=True)
@@ -103,16 +104,6 @@ def decide(policy: GuardPolicy, current: np.ndarray | None, candidate: np.ndarra
         now,
         new,
     )
-
-
-def lost_and_won(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
-    """Per-sample correctness of two predictors: (samples only ``before`` gets right, samples only ``after`` does)."""
-    return int((before & ~after).sum()), int((~before & after).sum())
-
-
-def significantly_worse(lost: int, won: int) -> bool:
-    """One-sided sign test over the samples two predictors disagree on: the second loses clearly more than it wins."""
-    return bool(lost - won > SIGN_TEST_Z * np.sqrt(lost + won))
 
 
 def recorded_holdout_accuracy(arrival: dict[str, Any]) -> float | None:

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edgeft.runtime.atomic import fsync_directory
-from edgeft.runtime.faults import crash_point
+from edgeft.common.atomic import fsync_directory
+from edgeft.common.faults import crash_point
 from edgeft.runtime.store import StateStore, Version
 
 JOURNAL_FILE = "journal.jsonl"

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from edgeft.bundle import sha256_file
+from edgeft.common.atomic import fsync_directory, make_directory, write_atomic, write_bytes_atomic
+from edgeft.common.faults import crash_point
 from edgeft.errors import DataError
-from edgeft.runtime.atomic import fsync_directory, make_directory, write_atomic, write_bytes_atomic
 from edgeft.runtime.attempts import ATTEMPTS_DIR, AttemptLedger
-from edgeft.runtime.faults import crash_point
 
 DONE_DIR = "done"
 QUARANTINE_DIR = "quarantine"

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from edgeft.bundle import Bundle
+from edgeft.common.atomic import make_directory, write_atomic
 from edgeft.errors import EdgeftError
-from edgeft.runtime.atomic import make_directory, write_atomic
 
 LOGITS = "logits"
 PROBABILITIES = "probabilities"

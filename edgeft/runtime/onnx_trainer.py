@@ -14,11 +14,11 @@ import numpy as np
 import onnxruntime
 
 from edgeft.bundle import TRAIN_STEP_FILE, Bundle
+from edgeft.common.ort import Placement
 from edgeft.errors import EdgeftError
 from edgeft.head_state import HeadState, state_owner
 from edgeft.runtime.epochs import EpochTrainer
 from edgeft.runtime.features import session_options
-from edgeft.runtime.ort import Placement
 
 HEAD_STATE_FILE = "head.npz"
 LOSS, FEATURES, LABELS, LEARNING_RATE, STEP = "loss", "features", "labels", "lr", "step"

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from edgeft.bundle import Bundle
+from edgeft.common.ort import Placement, training_api
 from edgeft.head_state import HeadState
 from edgeft.runtime.epochs import EpochTrainer
 from edgeft.runtime.features import session_options
 from edgeft.runtime.onnx_trainer import HEAD_STATE_FILE, HEAD_TRAINING_THREADS, Parameters
-from edgeft.runtime.ort import Placement, training_api
 
 ORT_CHECKPOINT_FILE = "ckpt"
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.bundle import sha256_file
+from edgeft.common.atomic import make_directory, write_atomic, write_bytes_atomic
 from edgeft.errors import EdgeftError
-from edgeft.runtime.atomic import make_directory, write_atomic, write_bytes_atomic
 
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = "lock"

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgeft.bundle import HeadInfo
+from edgeft.common.paired_test import SIGN_TEST_Z, lost_and_won, significantly_worse
 from edgeft.errors import DataError
 from edgeft.runtime import guard
 
@@ -263,7 +264,7 @@ def judge(
     two heads disagree on, the candidate loses significantly more than it wins (the sign test of ``guard.decide``).
     Regression: refuse when the error (RMSE or MAE) rises by more than the tolerance *relative* to the current
     error and the rise is significant: a paired test on the per-sample differences of error (squared error for
-    RMSE, absolute for MAE), whose mean must exceed ``guard.SIGN_TEST_Z`` standard errors. It weighs how much worse
+    RMSE, absolute for MAE), whose mean must exceed ``SIGN_TEST_Z`` standard errors. It weighs how much worse
     each sample got, which a sign test ignores: on a 50-sample holdout a head 65% worse can still win a third of
     the samples by a little.
     """
@@ -278,12 +279,12 @@ def judge(
     now, new = (score(head, s, targets, thresholds) for s in (current, candidate))
     if head.task == MULTILABEL:
         truth = targets > 0.5
-        lost, won = guard.lost_and_won(
+        lost, won = lost_and_won(
             ((current >= thresholds) == truth).ravel(), ((candidate >= thresholds) == truth).ravel()
         )
         worse = new < now - policy.tolerance
         bound = f"more than the tolerance {policy.tolerance}"
-        significant = guard.significantly_worse(lost, won)
+        significant = significantly_worse(lost, won)
         evidence = f"{lost} lost, {won} won"
     else:
         power = 2 if head.loss == "mse" else 1
@@ -291,7 +292,7 @@ def judge(
         error = float(rise.std(ddof=1) / np.sqrt(samples))
         worse = new > now * (1 + policy.tolerance)
         bound = f"more than the tolerance ({policy.tolerance:.0%} of the current error)"
-        significant = bool(rise.mean() > guard.SIGN_TEST_Z * error)
+        significant = bool(rise.mean() > SIGN_TEST_Z * error)
         evidence = f"per-sample error rise {rise.mean():.3g} ± {error:.2g}"
     if not worse or not significant:
         return TaskDecision(True, f"holdout {metric} {now:.4g} -> {new:.4g}", samples, metric, now, new)

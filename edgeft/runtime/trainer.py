@@ -16,11 +16,11 @@ import numpy as np
 import onnxruntime
 
 from edgeft.bundle import INITIAL_HEAD_FILE, Bundle
+from edgeft.common.ort import Placement
 from edgeft.errors import EdgeftError
 from edgeft.head_state import HeadState
 from edgeft.runtime.features import session_options
 from edgeft.runtime.onnx_trainer import HEAD_STATE_FILE, HEAD_TRAINING_THREADS, OnnxTrainer, Parameters
-from edgeft.runtime.ort import Placement
 from edgeft.runtime.schedule import Schedule
 
 TRAINERS = ("auto", "onnx", "ort")
@@ -80,7 +80,7 @@ def choose_trainer(bundle: Bundle, wanted: str = "auto") -> str:
         )
         raise EdgeftError(f"bundle {bundle.path} carries no {_DESCRIBED[choice]}; {advice}")
     if choice == "ort":
-        from edgeft.runtime.ort import training_api
+        from edgeft.common.ort import training_api
 
         try:
             training_api()

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edgeft.runtime.atomic import SHARED_FILE_MODE, make_directory, write_bytes_atomic
+from edgeft.common.atomic import SHARED_FILE_MODE, make_directory, write_bytes_atomic
 from edgeft.runtime.guard import recorded_holdout_accuracy
 from edgeft.runtime.inbox import QUARANTINE_DIR
 from edgeft.runtime.tasks import recorded_figures

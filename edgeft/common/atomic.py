@@ -7,8 +7,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from edgeft.common.faults import crash_point
 from edgeft.errors import EdgeftError
-from edgeft.runtime.faults import crash_point
 
 
 class WriteError(EdgeftError, OSError):
@@ -64,7 +64,7 @@ def write_atomic(path: Path, write: Callable[[Path], None], point: str = "rename
 
     A crash at any moment leaves either the old ``path`` or the new one, never a torn file. A failed write
     raises WriteError naming ``path`` and leaves the old file in place. ``point`` names the crash point just
-    before the rename (edgeft/runtime/faults.py).
+    before the rename (edgeft/common/faults.py).
     """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
