@@ -16,9 +16,11 @@ import numpy as np
 from edgeft.errors import EdgeftError
 from edgeft.fleet.alignment import device_view, row_order, to_device, to_global
 from edgeft.fleet.normaliser import Moments, moments
+from edgeft.fleet.policy import FLEET_POLICIES, ClassScores, class_scores, decide
 from edgeft.fleet.pooled_statistics import to_global_rows
 from edgeft.runtime.adapter import Adapter, LearnResult
 from edgeft.runtime.class_statistics import ClassStatistics
+from edgeft.runtime.guard import Decision
 from edgeft.runtime.inbox import Inbox
 from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.schedule import learning_rates
@@ -46,6 +48,7 @@ class Report:
     fingerprint: str
     moments: Moments
     head_learner: str = "sgd"
+    fleet_policy: str = "guard"
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,19 @@ def adopted_version(meta: dict[str, Any]) -> int | None:
 class FleetDevice:
     """One device's ``Adapter`` (and optional inbox folder of new arrivals) seen from the fleet."""
 
-    def __init__(self, adapter: Adapter, inbox: str | Path | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        adapter: Adapter,
+        inbox: str | Path | None = None,
+        threads: int | None = None,
+        fleet_policy: str = "guard",
+    ) -> None:
+        if fleet_policy not in FLEET_POLICIES:
+            raise EdgeftError(f"unknown fleet policy '{fleet_policy}'; choose one of {', '.join(FLEET_POLICIES)}")
         self.adapter = adapter
         self.inbox = Inbox(inbox) if inbox else None
         self.threads = threads
+        self.fleet_policy = fleet_policy
 
     def ingest(self) -> dict[str, int]:
         """Learn every entry waiting in the inbox (one guarded version each); count what happened to them."""
@@ -83,7 +95,11 @@ class FleetDevice:
         self.ingest()
         features = self.replay().features
         return Report(
-            self.adapter.classes, self.adapter.bundle.fingerprint, moments(features), self.adapter.head_learner
+            self.adapter.classes,
+            self.adapter.bundle.fingerprint,
+            moments(features),
+            self.adapter.head_learner,
+            self.fleet_policy,
         )
 
     def replay(self) -> ReplayBuffer:
@@ -129,24 +145,52 @@ class FleetDevice:
             )
         return to_global_rows(own, row_order(self.adapter.classes, global_classes, self.adapter.capacity))
 
+    def score(self, global_head: Parameters, global_classes: list[str]) -> ClassScores:
+        """Per-class holdout counts of a global head choosing among all the fleet's classes, in the fleet's rows."""
+        order = row_order(self.adapter.classes, global_classes, self.adapter.capacity)
+        view = device_view(self.adapter.classes, global_classes)
+        labels, right = self.adapter.holdout_correct(to_device(global_head, order), view, np.arange(len(view)))
+        return _to_global_scores(class_scores(labels, right, self.adapter.capacity), order)
+
     def adopt(
         self,
         global_head: Parameters,
         global_classes: list[str],
         version: int,
         total: ClassStatistics | None = None,
+        fleet_scores: ClassScores | None = None,
     ) -> LearnResult:
-        """Make global head ``version`` current through the promotion guard (committed and logged either way).
+        """Make global head ``version`` current if this device's fleet policy agrees (committed and logged either way).
 
         ``total`` (statistics rounds): every device's statistics together, this device's included; the device keeps
         the others' part, so its later arrivals rewrite the head from the whole fleet's statistics and its own.
+        ``fleet_scores``: the global head's per-class holdout counts summed over the fleet (``overall`` policy).
         """
         order = row_order(self.adapter.classes, global_classes, self.adapter.capacity)
         view = device_view(self.adapter.classes, global_classes)
         own = self.adapter.class_statistics()
         others = total.rows(order).minus(own) if total is not None and own is not None else None
+        own_scores = learned = None
+        if self.fleet_policy == "overall" and fleet_scores is not None:
+            labels, right = self.adapter.holdout_correct(self.adapter.parameters(), view)
+            own_scores = _to_global_scores(class_scores(labels, right, self.adapter.capacity), order)
+            learned = np.zeros(self.adapter.capacity, bool)
+            learned[order[self.adapter.learned_rows(view)]] = True
+
+        def verdict(guarded: Decision, finite: bool) -> tuple[Decision, dict[str, Any]]:
+            return decide(self.fleet_policy, guarded, finite, fleet_scores, own_scores, learned)
+
         origin = f"{ORIGIN_PREFIX}{version}"
-        return self.adapter.adopt(to_device(global_head, order), view, origin=origin, fleet_statistics=others)
+        return self.adapter.adopt(
+            to_device(global_head, order), view, origin=origin, fleet_statistics=others, verdict=verdict
+        )
+
+
+def _to_global_scores(scores: ClassScores, order: np.ndarray) -> ClassScores:
+    """Per-class counts in device row order rearranged into the fleet's (``order``: device row -> global row)."""
+    correct, total = np.zeros_like(scores.correct), np.zeros_like(scores.total)
+    correct[order], total[order] = scores.correct, scores.total
+    return ClassScores(correct, total)
 
 
 def _quiet(kind: str, **fields: Any) -> None:

@@ -9,11 +9,16 @@ server's fleet folder), ``rounds``, ``min-devices``, ``strategy`` (``auto``, ``s
 sends its class statistics (``edgeft.fleet.pooled_statistics``), the server adds them and writes the closed-form
 head, exactly the head of one device that had every device's samples; devices then adopt it through their guard.
 ``auto`` picks ``fedavg`` otherwise.
+
+When a device reports the ``overall`` fleet policy (``edgeft.fleet.policy``), each round's global head is first
+scored by every device on its own holdout (per-class correct and total counts); the sums go to every device with
+the head, so that device can judge the head on all the fleet's classes.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import INFO, WARNING
 
@@ -26,16 +31,21 @@ from edgeft.bundle import Bundle
 from edgeft.errors import EdgeftError
 from edgeft.fleet.alignment import extend_registry
 from edgeft.fleet.normaliser import Moments, pooled_normaliser
+from edgeft.fleet.policy import ClassScores
 from edgeft.fleet.pooled_statistics import STATISTICS_LEARNERS, global_head, pooled
 from edgeft.fleet.records import (
     ARRAYS,
     CONFIG,
     METRICS,
+    SCORES,
     STATISTICS,
     from_record,
     read_report,
+    read_scores,
     read_statistics,
     reported_learner,
+    reported_policy,
+    scores_record,
     statistics_record,
     to_record,
 )
@@ -100,13 +110,14 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> GlobalStore:
     bundle = Bundle.load(settings.bundle)
     store = GlobalStore(settings.out, bundle)
     reports = _reports(grid, settings, bundle.fingerprint)
-    classes = extend_registry(store.registry(), [names for names, _, _ in reports], bundle.manifest.head.num_outputs)
+    classes = extend_registry(store.registry(), [r.classes for r in reports], bundle.manifest.head.num_outputs)
     store.save_registry(classes)
-    learners = {learner for _, _, learner in reports}
+    learners = {r.head_learner for r in reports}
+    scored = any(r.fleet_policy == "overall" for r in reports)
     if settings.strategy == "statistics" or (settings.strategy == "auto" and learners <= set(STATISTICS_LEARNERS)):
-        _statistics_rounds(grid, settings, bundle, store, classes)
+        _statistics_rounds(grid, settings, bundle, store, classes, scored)
         return store
-    start = _starting_head(bundle, store, [parts for _, parts, _ in reports])
+    start = _starting_head(bundle, store, [r.moments for r in reports])
     first = (store.versions() or [0])[-1] + 1
     shared = {"classes": classes, "fingerprint": bundle.fingerprint}
     train_config = ConfigRecord(
@@ -125,7 +136,7 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> GlobalStore:
         store.save(first + server_round - 1, from_record(arrays), classes, {"round": server_round})
         return MetricRecord({"version": first + server_round - 1})
 
-    _strategy(settings).start(
+    _strategy(settings, bundle.manifest.head.num_outputs if scored else 0).start(
         grid,
         to_record(start),
         num_rounds=settings.rounds,
@@ -137,19 +148,69 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> GlobalStore:
     return store
 
 
-def _strategy(settings: FleetSettings) -> Strategy:
+class _Scored:
+    """Mixin for a Flower strategy: each evaluate message also carries the fleet's holdout scores of the head."""
+
+    rows: int
+    timeout: float
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
+        scores = scores_record(_fleet_scores(grid, arrays, config, self.rows, self.timeout))
+        for message in messages:
+            message.content[SCORES] = scores
+        return messages
+
+
+class _ScoredFedAvg(_Scored, FedAvg):
+    """FedAvg whose evaluate messages carry the fleet's holdout scores."""
+
+
+class _ScoredFedAdam(_Scored, FedAdam):
+    """FedAdam whose evaluate messages carry the fleet's holdout scores."""
+
+
+def _strategy(settings: FleetSettings, scored_rows: int) -> Strategy:
+    """The Flower strategy of ``settings``; with ``scored_rows`` (head outputs), one that sends holdout scores."""
     nodes = {
         "min_train_nodes": settings.min_devices,
         "min_evaluate_nodes": settings.min_devices,
         "min_available_nodes": settings.min_devices,
     }
-    if settings.strategy == "fedadam":
-        return FedAdam(eta=settings.server_lr, **nodes)
-    return FedAvg(**nodes)
+    fedadam = settings.strategy == "fedadam"
+    options = {"eta": settings.server_lr, **nodes} if fedadam else nodes
+    if not scored_rows:
+        return (FedAdam if fedadam else FedAvg)(**options)
+    strategy = (_ScoredFedAdam if fedadam else _ScoredFedAvg)(**options)
+    strategy.rows, strategy.timeout = scored_rows, settings.timeout
+    return strategy
+
+
+def _fleet_scores(grid: Grid, arrays: ArrayRecord, config: ConfigRecord, rows: int, timeout: float) -> ClassScores:
+    """Ask every device to score a global head on its holdout; the per-class counts summed over the fleet."""
+    query = ConfigRecord({"mode": "score", "classes": config["classes"], "fingerprint": config["fingerprint"]})
+    total: ClassScores | None = None
+    for reply in _ask(grid, RecordDict({CONFIG: query, ARRAYS: arrays}), MessageType.QUERY, timeout):
+        origin = f"device {reply.metadata.src_node_id}"
+        try:
+            scores = read_scores(reply.content.array_records[SCORES], rows, origin)
+        except EdgeftError as exc:
+            log(WARNING, "%s; its holdout left out of the fleet's scores", exc)
+            continue
+        total = scores if total is None else total.plus(scores)
+    if total is None:
+        raise EdgeftError("no device scored the global head on its holdout")
+    judged = total.total > 0
+    balanced = float((total.correct[judged] / total.total[judged]).mean()) if judged.any() else float("nan")
+    log(INFO, "the fleet scored the global head on %d holdout samples of %d classes: class-balanced accuracy %.3f",
+        int(total.total.sum()), int(judged.sum()), balanced)  # fmt: skip
+    return total
 
 
 def _statistics_rounds(
-    grid: Grid, settings: FleetSettings, bundle: Bundle, store: GlobalStore, classes: list[str]
+    grid: Grid, settings: FleetSettings, bundle: Bundle, store: GlobalStore, classes: list[str], scored: bool
 ) -> None:
     """Each round: collect every device's class statistics, add them, save the closed-form head, have it adopted."""
     head = bundle.manifest.head
@@ -176,13 +237,17 @@ def _statistics_rounds(
         store.save(version, global_head(bundle, total, settings.shrinkage), classes, info)
         log(INFO, "[ROUND %d/%d] global head %d from %d devices' statistics (%d samples)", server_round,
             settings.rounds, version, len(parts), total.total)  # fmt: skip
+        arrays = to_record(store.load(version).parameters)
         evaluate = RecordDict(
             {
                 STATISTICS: statistics_record(total),
-                ARRAYS: to_record(store.load(version).parameters),
+                ARRAYS: arrays,
                 CONFIG: ConfigRecord({**shared, "server-round": server_round}),
             }
         )
+        if scored:
+            scores = _fleet_scores(grid, arrays, ConfigRecord(shared), head.num_outputs, settings.timeout)
+            evaluate[SCORES] = scores_record(scores)
         verdicts = [
             reply.content.metric_records[METRICS]
             for reply in _ask(grid, evaluate, MessageType.EVALUATE, settings.timeout)
@@ -208,8 +273,18 @@ def _ask(grid: Grid, content: RecordDict, message_type: str, timeout: float) -> 
     return replies
 
 
-def _reports(grid: Grid, settings: FleetSettings, fingerprint: str) -> list[tuple[list[str], Moments, str]]:
-    """Label maps, feature moments and head learners of the connected devices that run this bundle."""
+@dataclass(frozen=True)
+class _Reported:
+    """What one device reported: label map, feature moments, head learner and fleet policy."""
+
+    classes: list[str]
+    moments: Moments
+    head_learner: str
+    fleet_policy: str
+
+
+def _reports(grid: Grid, settings: FleetSettings, fingerprint: str) -> list[_Reported]:
+    """Label maps, feature moments, head learners and fleet policies of the connected devices on this bundle."""
     deadline = time.monotonic() + settings.timeout
     while len(nodes := list(grid.get_node_ids())) < settings.min_devices:
         if time.monotonic() > deadline:
@@ -228,8 +303,8 @@ def _reports(grid: Grid, settings: FleetSettings, fingerprint: str) -> list[tupl
         if device_fingerprint != fingerprint:
             log(WARNING, "device %s runs another bundle; left out", reply.metadata.src_node_id)
             continue
-        reports.append((classes, parts, reported_learner(reply.content)))
-    samples = sum(p.count for _, p, _ in reports)
+        reports.append(_Reported(classes, parts, reported_learner(reply.content), reported_policy(reply.content)))
+    samples = sum(r.moments.count for r in reports)
     log(INFO, "%d devices reported, %d samples in their replay buffers", len(reports), samples)
     return reports
 
