@@ -256,3 +256,21 @@ def test_fleet_device_refuses_an_unknown_policy_before_starting_flower(bundle_di
         app, ["fleet", "device", str(bundle_dir), "--state", str(tmp_path / "s"), "--fleet-policy", "lenient"]
     )
     assert result.exit_code == 2 and "guard, overall, always" in result.output, result.output
+
+
+def test_an_sgd_device_sends_the_lda_statistics_of_its_replay_buffer(bundle_dir: Path, tmp_path: Path) -> None:
+    """What ``statistics+fedavg`` starts from on sgd devices: their replayed samples' statistics, in fleet rows."""
+    x, y = make_dataset(200, seed=41)
+    names = np.array(CLASSES)[y]
+    with Adapter(bundle_dir, tmp_path / "sgd") as adapter:
+        adapter.learn(x, names)
+        assert adapter.class_statistics() is None
+        replay = adapter.replay_buffer()
+        statistics = FleetDevice(adapter).statistics(list(CLASSES))
+    replayed = np.array(adapter.classes)[replay.labels]
+    for row, name in enumerate(CLASSES):
+        mine = replay.features[replayed == name].astype(np.float64)
+        assert statistics.counts[row] == len(mine) > 0
+        np.testing.assert_allclose(statistics.sums[row], mine.sum(axis=0), rtol=1e-9)
+    everything = replay.features.astype(np.float64)
+    np.testing.assert_allclose(statistics.moment, everything.T @ everything, rtol=1e-9)

@@ -137,8 +137,10 @@ def run(
     strategy: Annotated[
         str,
         typer.Option(
-            help="auto (statistics when every device learns with slda or ncm, else fedavg), statistics (exact: "
-            "devices' class statistics add up to the central head), fedavg (sample-weighted) or fedadam."
+            help="auto (statistics when every device learns with slda or ncm, else statistics+fedavg for a linear "
+            "head, else fedavg), statistics (exact: devices' class statistics add up to the central head), "
+            "statistics+fedavg (one statistics round, then fedavg from that head), fedavg (sample-weighted) or "
+            "fedadam."
         ),
     ] = "auto",
     epochs: Annotated[int, typer.Option(min=0, help="Local epochs per round (0: the bundle's default).")] = 0,

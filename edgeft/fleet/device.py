@@ -24,6 +24,7 @@ from edgeft.runtime.guard import Decision
 from edgeft.runtime.inbox import Inbox
 from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.schedule import learning_rates
+from edgeft.runtime.slda import closed_form_head
 from edgeft.runtime.trainer import Parameters, open_trainer, steps_per_fit
 from edgeft.runtime.watch import StopFlag, watch
 
@@ -136,13 +137,18 @@ class FleetDevice:
         return TrainOutcome(to_global(trainer.parameters(), order), len(replay), loss)
 
     def statistics(self, global_classes: list[str]) -> ClassStatistics:
-        """This device's class statistics in the fleet's row order (``slda``/``ncm`` devices only)."""
+        """This device's class statistics in the fleet's row order: those it keeps (``slda``/``ncm``/``slda+sgd``),
+        else (``sgd`` on a linear head) the full LDA statistics of its replay buffer's samples."""
         own = self.adapter.class_statistics()
         if own is None:
-            raise EdgeftError(
-                f"device state {self.adapter.store.root} learns with {self.adapter.head_learner}, which keeps no class "
-                "statistics; the fleet's statistics strategy needs --head-learner slda or ncm on every device"
-            )
+            try:
+                closed_form_head(self.adapter.bundle, "slda")
+            except EdgeftError as exc:
+                raise EdgeftError(f"the fleet's statistics strategy cannot use this device: {exc}") from None
+            head = self.adapter.bundle.manifest.head
+            replay = self.replay()
+            own = ClassStatistics.empty(self.adapter.capacity, head.feature_dim, full=True)
+            own.add(replay.features, replay.labels)
         return to_global_rows(own, row_order(self.adapter.classes, global_classes, self.adapter.capacity))
 
     def score(self, global_head: Parameters, global_classes: list[str]) -> ClassScores:

@@ -1,14 +1,16 @@
 """The fleet's Flower ServerApp: pool a normaliser, align classes, run federated rounds, save each global head.
 
 Run config (``flwr run ... --run-config``): ``bundle`` (the devices' bundle, as the server sees it), ``out`` (the
-server's fleet folder), ``rounds``, ``min-devices``, ``strategy`` (``auto``, ``statistics``, ``fedavg`` or
-``fedadam``), ``server-lr`` (FedAdam's step), ``epochs``, ``batch-size``, ``lr`` and ``seed`` (local training),
+server's fleet folder), ``rounds``, ``min-devices``, ``strategy`` (``auto``, ``statistics``,
+``statistics+fedavg``, ``fedavg`` or ``fedadam``), ``server-lr`` (FedAdam's step), ``epochs``, ``batch-size``, ``lr`` and ``seed`` (local training),
 ``shrinkage`` (the statistics strategy's LDA), ``timeout`` (seconds to wait for devices and replies).
 
 ``statistics`` (what ``auto`` picks when every device learns with ``slda`` or ``ncm``): each round, every device
 sends its class statistics (``edgeft.fleet.pooled_statistics``), the server adds them and writes the closed-form
 head, exactly the head of one device that had every device's samples; devices then adopt it through their guard.
-``auto`` picks ``fedavg`` otherwise.
+``statistics+fedavg`` (what ``auto`` picks for other devices when the head is linear): one statistics round (an
+``sgd`` device sends the statistics of its replay buffer's samples), then FedAvg rounds from that head for the
+rest of ``rounds``. ``auto`` picks ``fedavg`` otherwise.
 
 When a device reports the ``overall`` fleet policy (``edgeft.fleet.policy``), each round's global head is first
 scored by every device on its own holdout (per-class correct and total counts); the sums go to every device with
@@ -50,11 +52,11 @@ from edgeft.fleet.records import (
     to_record,
 )
 from edgeft.fleet.store import GlobalStore
-from edgeft.runtime.slda import DEFAULT_SHRINKAGE
+from edgeft.runtime.slda import DEFAULT_SHRINKAGE, closed_form_head
 from edgeft.runtime.trainer import Parameters, stored_state
 
 app = ServerApp()
-STRATEGIES = ("auto", "statistics", "fedavg", "fedadam")
+STRATEGIES = ("auto", "statistics", "statistics+fedavg", "fedavg", "fedadam")
 
 
 @dataclass(frozen=True)
@@ -112,11 +114,13 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> GlobalStore:
     reports = _reports(grid, settings, bundle.fingerprint)
     classes = extend_registry(store.registry(), [r.classes for r in reports], bundle.manifest.head.num_outputs)
     store.save_registry(classes)
-    learners = {r.head_learner for r in reports}
     scored = any(r.fleet_policy == "overall" for r in reports)
-    if settings.strategy == "statistics" or (settings.strategy == "auto" and learners <= set(STATISTICS_LEARNERS)):
-        _statistics_rounds(grid, settings, bundle, store, classes, scored)
-        return store
+    strategy = _chosen_strategy(settings.strategy, {r.head_learner for r in reports}, bundle)
+    log(INFO, "strategy %s (asked: %s)", strategy, settings.strategy)
+    if strategy.startswith("statistics"):
+        _statistics_rounds(grid, settings, bundle, store, classes, scored, 1 if "+" in strategy else settings.rounds)
+        if strategy == "statistics" or settings.rounds == 1:
+            return store
     start = _starting_head(bundle, store, [r.moments for r in reports])
     first = (store.versions() or [0])[-1] + 1
     shared = {"classes": classes, "fingerprint": bundle.fingerprint}
@@ -133,19 +137,34 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> GlobalStore:
     def save(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
             return None
-        store.save(first + server_round - 1, from_record(arrays), classes, {"round": server_round})
+        info = {"round": server_round, "strategy": "fedadam" if strategy == "fedadam" else "fedavg"}
+        store.save(first + server_round - 1, from_record(arrays), classes, info)
         return MetricRecord({"version": first + server_round - 1})
 
     _strategy(settings, bundle.manifest.head.num_outputs if scored else 0).start(
         grid,
         to_record(start),
-        num_rounds=settings.rounds,
+        num_rounds=settings.rounds - 1 if strategy == "statistics+fedavg" else settings.rounds,
         timeout=settings.timeout,
         train_config=train_config,
         evaluate_config=ConfigRecord({**shared, "first-version": first}),
         evaluate_fn=save,
     )
     return store
+
+
+def _chosen_strategy(asked: str, learners: set[str], bundle: Bundle) -> str:
+    """``asked``, or for ``auto``: ``statistics`` when every device keeps class statistics (slda/ncm),
+    ``statistics+fedavg`` when the head is linear, else ``fedavg``."""
+    if asked != "auto":
+        return asked
+    if learners <= set(STATISTICS_LEARNERS):
+        return "statistics"
+    try:
+        closed_form_head(bundle, "slda")
+    except EdgeftError:
+        return "fedavg"
+    return "statistics+fedavg"
 
 
 class _Scored:
@@ -210,13 +229,20 @@ def _fleet_scores(grid: Grid, arrays: ArrayRecord, config: ConfigRecord, rows: i
 
 
 def _statistics_rounds(
-    grid: Grid, settings: FleetSettings, bundle: Bundle, store: GlobalStore, classes: list[str], scored: bool
+    grid: Grid,
+    settings: FleetSettings,
+    bundle: Bundle,
+    store: GlobalStore,
+    classes: list[str],
+    scored: bool,
+    rounds: int,
 ) -> None:
-    """Each round: collect every device's class statistics, add them, save the closed-form head, have it adopted."""
+    """Each of ``rounds``: collect every device's class statistics, add them, save the closed-form head, have it
+    adopted."""
     head = bundle.manifest.head
     first = (store.versions() or [0])[-1] + 1
     shared = {"classes": classes, "fingerprint": bundle.fingerprint, "first-version": first}
-    for server_round in range(1, settings.rounds + 1):
+    for server_round in range(1, rounds + 1):
         config = ConfigRecord({**shared, "mode": "statistics", "server-round": server_round})
         parts = []
         for reply in _ask(grid, RecordDict({CONFIG: config}), MessageType.TRAIN, settings.timeout):
