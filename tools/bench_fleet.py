@@ -24,8 +24,9 @@ device adopts each global head through its promotion guard (policy ``guard``). S
 **Central**: one device of the same learner that learns all 1,257 scans at once. Accuracy: a device's current head
 after the run (what it predicts with) on all 540 held-out scans, 10 digits. **Sent**: bytes of the arrays one
 device uploads in the run (report moments, head parameters or class statistics), payload only (Flower's framing
-not counted).
-Usage: ``python tools/bench_fleet.py [--splits slices,disjoint,...] [--rounds 5] [--epochs 5] [--out t.md]``
+not counted). ``--no-guard``: no device holds scans out for its guard, so every scan is learned everywhere and the
+statistics head must equal the central one.
+Usage: ``python tools/bench_fleet.py [--splits slices,...] [--strategies ...] [--rounds 5] [--no-guard] [--out t.md]``
 (needs ``pip install -e '.[fleet]'``).
 """
 
@@ -48,9 +49,11 @@ from edgeft.fleet.normaliser import pooled_normaliser
 from edgeft.fleet.pooled_statistics import global_head, pooled
 from edgeft.fleet.records import from_record, to_record
 from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.slda import DEFAULT_SHRINKAGE
 from edgeft.runtime.trainer import Parameters, stored_state
 
+WEIGHTS = ("head.weight", "head.bias")
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "artifacts" / "default"
 STREAM = ROOT / "artifacts" / "demo" / "stream"
@@ -164,6 +167,7 @@ class Outcome:
     rounds: int
     sent: list[int]
     refused: int
+    difference: float  # largest |weight or bias - the central head's| over the devices' final heads
 
 
 def run_strategy(
@@ -171,10 +175,13 @@ def run_strategy(
 ) -> Outcome:
     """Local-only heads, then one federation by ``strategy``, then the central head of the same learner."""
     learner, server = STRATEGIES[strategy]
-    open_device: Callable[[str], Adapter] = lambda name: Adapter(BUNDLE, work / name, head_learner=learner)  # noqa: E731
+    policy = GuardPolicy(enabled=not args.no_guard)
+    open_device: Callable[[str], Adapter] = lambda name: Adapter(  # noqa: E731
+        BUNDLE, work / name, head_learner=learner, policy=policy
+    )
     with open_device("central") as central:
         central.learn_features(data.train, data.train_y, seed=args.seed)
-        central_accuracy = accuracy(central, data)
+        central_accuracy, central_head = accuracy(central, data), central.parameters()
     adapters = [open_device(f"device{i}") for i in range(len(parts))]
     try:
         for adapter, part in zip(adapters, parts, strict=True):
@@ -206,10 +213,11 @@ def run_strategy(
                 sent, refused = [s + m for s, m in zip(sent, more, strict=True)], refused + more_refused
                 rounds = args.rounds
         federated = [accuracy(a, data) for a in adapters]
+        difference = max(float(np.abs(a.parameters()[n] - central_head[n]).max()) for a in adapters for n in WEIGHTS)
     finally:
         for adapter in adapters:
             adapter.close()
-    return Outcome(local, federated, central_accuracy, rounds, sent, refused)
+    return Outcome(local, federated, central_accuracy, rounds, sent, refused, difference)
 
 
 def table(name: str, data: Features, parts: list[np.ndarray], outcomes: dict[str, Outcome]) -> list[str]:
@@ -224,7 +232,7 @@ def table(name: str, data: Features, parts: list[np.ndarray], outcomes: dict[str
     lines.append(f"| central | 0-9 | {len(data.train_y)} | {central} |")
     cost = "; ".join(
         f"{s}: {o.rounds} round(s), at most {max(o.sent) / 1e6:.2f} MB sent by a device, worst device minus central "
-        f"{min(o.federated) - o.central:+.3f}, {o.refused} guard refusals"
+        f"{min(o.federated) - o.central:+.3f}, head max |W - W_central| {o.difference:.1e}, {o.refused} guard refusals"
         for s, o in outcomes.items()
     )
     return [*lines, "", cost, ""]
@@ -238,13 +246,17 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-guard", action="store_true", help="no holdout and no guard: every scan is learned (statistics == central)"
+    )
     parser.add_argument("--cache", type=Path, default=ROOT / "build" / "bench_fleet_features.npz")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     started = time.monotonic()
     lines = [
         f"fedavg: {args.rounds} rounds of {args.epochs} local epochs (lr {args.lr}); stats+fedavg: the statistics "
-        f"round, then {args.rounds - 1} such rounds; accuracy on all 540 held-out scans (10 digits)",
+        f"round, then {args.rounds - 1} such rounds; accuracy on all 540 held-out scans (10 digits); guard "
+        f"{'off' if args.no_guard else 'on'}",
         "",
     ]
     with tempfile.TemporaryDirectory() as tmp:
