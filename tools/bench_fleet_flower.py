@@ -22,11 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_fleet import BUNDLE, ROOT, accuracy, embedded, split
+from bench_fleet import BUNDLE, ROOT, accuracy, embedded, relative_difference, split
 
 from edgeft.bundle import Bundle
 from edgeft.fleet.store import GlobalStore
 from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.guard import GuardPolicy
 
 CLI = [sys.executable, "-m", "edgeft.cli"]
 
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--head-learner", default="sgd")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-guard", action="store_true", help="states and central head learn every scan")
     parser.add_argument("--cache", type=Path, default=ROOT / "build" / "bench_fleet_features.npz")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -109,24 +111,27 @@ def main() -> None:
         work = Path(tmp)
         data = embedded(args.cache, work)
         parts = split("slices", data.train_y.astype(int), np.random.default_rng(args.seed))
-        with Adapter(BUNDLE, work / "central", head_learner=args.head_learner) as central:
+        policy = GuardPolicy(enabled=not args.no_guard)
+        with Adapter(BUNDLE, work / "central", head_learner=args.head_learner, policy=policy) as central:
             central.learn_features(data.train, data.train_y, seed=args.seed)
-            central_accuracy = accuracy(central, data)
+            central_accuracy, central_head = accuracy(central, data), central.parameters()
         states, local = [work / f"state{i}" for i in range(len(parts))], []
         for state, part in zip(states, parts, strict=True):
-            with Adapter(BUNDLE, state, head_learner=args.head_learner) as adapter:
+            with Adapter(BUNDLE, state, head_learner=args.head_learner, policy=policy) as adapter:
                 adapter.learn_features(data.train[part], data.train_y[part], seed=args.seed)
                 local.append(accuracy(adapter, data))
         out, took = federate(states, work, args.rounds, args.head_learner)
         store = GlobalStore(out, Bundle.load(BUNDLE))
         strategies = [store.meta(v)["strategy"] for v in store.versions()]
-        final = []
+        final, difference = [], 0.0
         for state in states:
             with Adapter(BUNDLE, state, head_learner=args.head_learner) as adapter:
                 final.append(accuracy(adapter, data))
+                difference = max(difference, relative_difference(adapter.parameters(), central_head))
     lines = [
         f"Real Flower deployment, `edgeft fleet run --rounds {args.rounds}` (auto), {args.head_learner} devices; "
-        f"global heads by round: {', '.join(strategies)}; run {took:.0f} s",
+        f"guard {'off' if args.no_guard else 'on'}; global heads by round: {', '.join(strategies)}; run {took:.0f} s; "
+        f"devices' heads max |W - W_central| / max |W_central| {difference:.1e}",
         "",
         "| device | digits | scans | local-only | after the run | central |",
         "|---|---|---|---|---|---|",
