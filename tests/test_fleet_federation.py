@@ -138,7 +138,8 @@ def _federate(
 def test_three_devices_federate_and_adopt_the_same_global_head(
     bundle_dir: Path, tmp_path: Path, devices: list[tuple[Path, Path]]
 ) -> None:
-    """Device 0 adopts by the ``overall`` fleet policy (judged on the fleet's holdout scores), the others by the guard."""
+    """Device 0 adopts by the ``overall`` fleet policy (judged on the fleet's holdout scores), the others by the
+    guard; ``auto`` on sgd devices runs a statistics round, then FedAvg."""
     out, log = _federate(bundle_dir, tmp_path, list(devices), ROUNDS, [], ("--fleet-policy", "overall"))
     assert "the fleet scored the global head" in log, log[-4000:]
     store = GlobalStore(out, Bundle.load(bundle_dir))

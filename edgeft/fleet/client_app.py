@@ -2,8 +2,8 @@
 
 The SuperNode's node config names the device's files: ``bundle`` and ``state`` (required), ``inbox`` (a folder of
 new arrivals, learned before each round), ``threads``, ``ep``, ``head-learner`` (how arrivals are learned) and
-``fleet-policy`` (when a global head is adopted: ``edgeft.fleet.policy``). Every message opens the device's ``Adapter``
-(taking its state lock) and closes it again.
+``fleet-policy`` (when a global head is adopted: ``edgeft.fleet.policy``). Every message opens the device's
+``Adapter`` (taking its state lock) and closes it again.
 """
 
 from __future__ import annotations

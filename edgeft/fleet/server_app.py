@@ -2,8 +2,9 @@
 
 Run config (``flwr run ... --run-config``): ``bundle`` (the devices' bundle, as the server sees it), ``out`` (the
 server's fleet folder), ``rounds``, ``min-devices``, ``strategy`` (``auto``, ``statistics``,
-``statistics+fedavg``, ``fedavg`` or ``fedadam``), ``server-lr`` (FedAdam's step), ``epochs``, ``batch-size``, ``lr`` and ``seed`` (local training),
-``shrinkage`` (the statistics strategy's LDA), ``timeout`` (seconds to wait for devices and replies).
+``statistics+fedavg``, ``fedavg`` or ``fedadam``), ``server-lr`` (FedAdam's step), ``epochs``, ``batch-size``,
+``lr`` and ``seed`` (local training), ``shrinkage`` (the statistics strategy's LDA), ``timeout`` (seconds to
+wait for devices and replies).
 
 ``statistics`` (what ``auto`` picks when every device learns with ``slda`` or ``ncm``): each round, every device
 sends its class statistics (``edgeft.fleet.pooled_statistics``), the server adds them and writes the closed-form
