@@ -233,11 +233,19 @@ def test_fleet_policy_decides_on_a_head_better_overall_but_worse_on_the_devices_
                 own_accuracy = [right[labels == i].mean() for i in range(2)]
                 assert record["current_overall"] == pytest.approx(sum(own_accuracy) / 3)
                 assert overall_accuracies(fleet_scores, own, learned)[0] == record["candidate_overall"]
+                assert record["current_scored_by"] == "device"
+                # Now A holds global head 1, which knows blue: the fleet's scores of head 1 score it, on all classes.
+                again = device_a.adopt(head, list(CLASSES), 2, fleet_scores=fleet_scores, previous=(1, fleet_scores))
+                record = [r for r in read_lines(a.store.root / "metrics.jsonl") if r.get("adopted")][-1]["fleet_policy"]
+                assert record["current_scored_by"] == "fleet" and again.promoted
+                assert record["current_overall"] == record["candidate_overall"]
                 # A head that is worse everywhere is refused by the same policy, and logged as such.
                 garbage = {k: np.zeros_like(v) if k in ("head.weight", "head.bias") else v for k, v in head.items()}
                 garbage["head.bias"][2] = 1.0  # predicts blue for everything
                 zero_scores = device_a.score(garbage, list(CLASSES)).plus(device_b.score(garbage, list(CLASSES)))
-                refused = device_a.adopt(garbage, list(CLASSES), 2, fleet_scores=zero_scores)
+                refused = device_a.adopt(
+                    garbage, list(CLASSES), 3, fleet_scores=zero_scores, previous=(2, fleet_scores)
+                )
                 assert not refused.promoted and "fleet policy overall refused" in refused.reason
             if policy == "always":
                 broken = {k: np.full_like(v, np.nan) if k == "head.weight" else v for k, v in head.items()}

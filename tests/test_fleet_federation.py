@@ -166,6 +166,8 @@ def test_three_devices_federate_and_adopt_the_same_global_head(
                 assert record["policy"] == "overall" and record["decided_by"] == "overall", record
                 assert record["classes"] == 3 and record["guard_promoted"] == (judged["reason"].find("fall") < 0)
                 assert row["promoted"] == (record["candidate_overall"] >= record["current_overall"]), row
+                holds_previous = row is not rows[0] and rows[rows.index(row) - 1]["promoted"]
+                assert record["current_scored_by"] == ("fleet" if holds_previous else "device"), (row, rows)
                 continue
             assert row["fleet_policy"] == {"policy": "guard", "guard_promoted": row["promoted"], "decided_by": "guard"}
             if judged["current_accuracy"] is None:  # holdout too small: promoted without judging

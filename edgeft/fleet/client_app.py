@@ -20,6 +20,7 @@ from edgeft.fleet.records import (
     ARRAYS,
     CONFIG,
     METRICS,
+    PREVIOUS_SCORES,
     SCORES,
     STATISTICS,
     from_record,
@@ -117,10 +118,13 @@ def evaluate(message: Message, context: Context) -> Message:
         if STATISTICS in records:
             head = device.adapter.bundle.manifest.head
             total = read_statistics(records[STATISTICS], head.num_outputs, head.feature_dim, "the fleet's statistics")
-        scores = None
+        scores = previous = None
         if SCORES in records:
             scores = read_scores(records[SCORES], device.adapter.capacity, "the fleet's holdout scores")
-        result = device.adopt(from_record(records[ARRAYS]), classes, version, total, scores)
+        if PREVIOUS_SCORES in records:
+            counts = read_scores(records[PREVIOUS_SCORES], device.adapter.capacity, "the fleet's previous scores")
+            previous = (int(config["previous-version"]), counts)
+        result = device.adopt(from_record(records[ARRAYS]), classes, version, total, scores, previous)
         samples = len(device.replay())
     accuracy = result.holdout_accuracy if result.holdout_accuracy is not None else float("nan")
     metrics = MetricRecord(

@@ -103,6 +103,11 @@ class FleetDevice:
             self.fleet_policy,
         )
 
+    def _holds_global_head(self, version: int) -> bool:
+        """Is the current head global head ``version``, adopted and unchanged since?"""
+        meta = self.adapter.meta
+        return adopted_version(meta) == version and meta.get("head_version") == self.adapter.version
+
     def replay(self) -> ReplayBuffer:
         """The current version's latent replay buffer (empty before anything was learned)."""
         return self.adapter.replay_buffer()
@@ -165,26 +170,34 @@ class FleetDevice:
         version: int,
         total: ClassStatistics | None = None,
         fleet_scores: ClassScores | None = None,
+        previous: tuple[int, ClassScores] | None = None,
     ) -> LearnResult:
         """Make global head ``version`` current if this device's fleet policy agrees (committed and logged either way).
 
         ``total`` (statistics rounds): every device's statistics together, this device's included; the device keeps
         the others' part, so its later arrivals rewrite the head from the whole fleet's statistics and its own.
-        ``fleet_scores``: the global head's per-class holdout counts summed over the fleet (``overall`` policy).
+        ``fleet_scores``: the global head's per-class holdout counts summed over the fleet (``overall`` policy);
+        ``previous``: the previous global head's version and fleet-wide counts, which score the current head when it
+        is that head (it then knows classes this device never saw).
         """
         order = row_order(self.adapter.classes, global_classes, self.adapter.capacity)
         view = device_view(self.adapter.classes, global_classes)
         own = self.adapter.class_statistics()
         others = total.rows(order).minus(own) if total is not None and own is not None else None
         own_scores = learned = None
+        scored_by = "device"
         if self.fleet_policy == "overall" and fleet_scores is not None:
-            labels, right = self.adapter.holdout_correct(self.adapter.parameters(), view)
-            own_scores = _to_global_scores(class_scores(labels, right, self.adapter.capacity), order)
-            learned = np.zeros(self.adapter.capacity, bool)
-            learned[order[self.adapter.learned_rows(view)]] = True
+            if previous is not None and self._holds_global_head(previous[0]):
+                own_scores, learned, scored_by = previous[1], np.ones(self.adapter.capacity, bool), "fleet"
+            else:
+                labels, right = self.adapter.holdout_correct(self.adapter.parameters(), view)
+                own_scores = _to_global_scores(class_scores(labels, right, self.adapter.capacity), order)
+                learned = np.zeros(self.adapter.capacity, bool)
+                learned[order[self.adapter.learned_rows(view)]] = True
 
         def verdict(guarded: Decision, finite: bool) -> tuple[Decision, dict[str, Any]]:
-            return decide(self.fleet_policy, guarded, finite, fleet_scores, own_scores, learned)
+            decision, record = decide(self.fleet_policy, guarded, finite, fleet_scores, own_scores, learned)
+            return decision, {**record, "current_scored_by": scored_by} if own_scores is not None else record
 
         origin = f"{ORIGIN_PREFIX}{version}"
         return self.adapter.adopt(

@@ -6,7 +6,8 @@
   fleet has a holdout for, class-balanced, even if it is worse on the device's own classes. The global head's
   per-class holdout accuracy is measured by all devices together (each sends per-class correct and total counts
   for its own holdout, nothing else); the current head is scored on the device's own holdout, and counts 0 on
-  the classes it never learned (it cannot predict them).
+  the classes it never learned (it cannot predict them) — unless it is the previous global head, adopted and
+  unchanged since: then the fleet's counts for that head score it, on every class.
 * ``always``: adopt every global head with finite weights, whatever the guard says (its verdict is still logged).
 
 Every adoption's metrics line records the policy, the guard's own verdict and the figures the policy used.

@@ -16,6 +16,7 @@ CONFIG = "config"
 METRICS = "metrics"
 REPORT = "report"
 SCORES = "scores"
+PREVIOUS_SCORES = "previous-scores"
 STATISTICS = "statistics"
 
 

@@ -40,6 +40,7 @@ from edgeft.fleet.records import (
     ARRAYS,
     CONFIG,
     METRICS,
+    PREVIOUS_SCORES,
     SCORES,
     STATISTICS,
     from_record,
@@ -118,8 +119,10 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> GlobalStore:
     scored = any(r.fleet_policy == "overall" for r in reports)
     strategy = _chosen_strategy(settings.strategy, {r.head_learner for r in reports}, bundle)
     log(INFO, "strategy %s (asked: %s)", strategy, settings.strategy)
+    previous = None
     if strategy.startswith("statistics"):
-        _statistics_rounds(grid, settings, bundle, store, classes, scored, 1 if "+" in strategy else settings.rounds)
+        rounds = 1 if "+" in strategy else settings.rounds
+        previous = _statistics_rounds(grid, settings, bundle, store, classes, scored, rounds)
         if strategy == "statistics" or settings.rounds == 1:
             return store
     start = _starting_head(bundle, store, [r.moments for r in reports])
@@ -142,7 +145,7 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> GlobalStore:
         store.save(first + server_round - 1, from_record(arrays), classes, info)
         return MetricRecord({"version": first + server_round - 1})
 
-    _strategy(settings, bundle.manifest.head.num_outputs if scored else 0).start(
+    _strategy(settings, bundle.manifest.head.num_outputs if scored else 0, previous).start(
         grid,
         to_record(start),
         num_rounds=settings.rounds - 1 if strategy == "statistics+fedavg" else settings.rounds,
@@ -173,14 +176,16 @@ class _Scored:
 
     rows: int
     timeout: float
+    previous: tuple[int, ClassScores] | None = None
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
-        scores = scores_record(_fleet_scores(grid, arrays, config, self.rows, self.timeout))
+        scores = _fleet_scores(grid, arrays, config, self.rows, self.timeout)
         for message in messages:
-            message.content[SCORES] = scores
+            _attach_scores(message.content, scores, self.previous)
+        self.previous = (int(config["first-version"]) + server_round - 1, scores)
         return messages
 
 
@@ -192,8 +197,9 @@ class _ScoredFedAdam(_Scored, FedAdam):
     """FedAdam whose evaluate messages carry the fleet's holdout scores."""
 
 
-def _strategy(settings: FleetSettings, scored_rows: int) -> Strategy:
-    """The Flower strategy of ``settings``; with ``scored_rows`` (head outputs), one that sends holdout scores."""
+def _strategy(settings: FleetSettings, scored_rows: int, previous: tuple[int, ClassScores] | None) -> Strategy:
+    """The Flower strategy of ``settings``; with ``scored_rows`` (head outputs), one that sends holdout scores
+    (starting from ``previous``: the last global head's version and scores)."""
     nodes = {
         "min_train_nodes": settings.min_devices,
         "min_evaluate_nodes": settings.min_devices,
@@ -204,8 +210,16 @@ def _strategy(settings: FleetSettings, scored_rows: int) -> Strategy:
     if not scored_rows:
         return (FedAdam if fedadam else FedAvg)(**options)
     strategy = (_ScoredFedAdam if fedadam else _ScoredFedAvg)(**options)
-    strategy.rows, strategy.timeout = scored_rows, settings.timeout
+    strategy.rows, strategy.timeout, strategy.previous = scored_rows, settings.timeout, previous
     return strategy
+
+
+def _attach_scores(content: RecordDict, scores: ClassScores, previous: tuple[int, ClassScores] | None) -> None:
+    """Add a head's fleet-wide holdout scores to an evaluate message, and the previous global head's, if any."""
+    content[SCORES] = scores_record(scores)
+    if previous is not None:
+        content[PREVIOUS_SCORES] = scores_record(previous[1])
+        content.config_records[CONFIG]["previous-version"] = previous[0]
 
 
 def _fleet_scores(grid: Grid, arrays: ArrayRecord, config: ConfigRecord, rows: int, timeout: float) -> ClassScores:
@@ -237,12 +251,13 @@ def _statistics_rounds(
     classes: list[str],
     scored: bool,
     rounds: int,
-) -> None:
+) -> tuple[int, ClassScores] | None:
     """Each of ``rounds``: collect every device's class statistics, add them, save the closed-form head, have it
-    adopted."""
+    adopted. Returns the last head's version and fleet-wide holdout scores (None unless ``scored``)."""
     head = bundle.manifest.head
     first = (store.versions() or [0])[-1] + 1
     shared = {"classes": classes, "fingerprint": bundle.fingerprint, "first-version": first}
+    previous: tuple[int, ClassScores] | None = None
     for server_round in range(1, rounds + 1):
         config = ConfigRecord({**shared, "mode": "statistics", "server-round": server_round})
         parts = []
@@ -274,7 +289,8 @@ def _statistics_rounds(
         )
         if scored:
             scores = _fleet_scores(grid, arrays, ConfigRecord(shared), head.num_outputs, settings.timeout)
-            evaluate[SCORES] = scores_record(scores)
+            _attach_scores(evaluate, scores, previous)
+            previous = (version, scores)
         verdicts = [
             reply.content.metric_records[METRICS]
             for reply in _ask(grid, evaluate, MessageType.EVALUATE, settings.timeout)
@@ -286,6 +302,7 @@ def _statistics_rounds(
             sum(int(v["promoted"]) for v in verdicts),
             len(verdicts),
         )
+    return previous
 
 
 def _ask(grid: Grid, content: RecordDict, message_type: str, timeout: float) -> list[Message]:
