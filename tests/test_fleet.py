@@ -184,3 +184,101 @@ def test_pooled_device_statistics_give_the_central_lda_head(bundle_dir: Path, tm
         assert version is not None and FLEET_STATISTICS_FILE in version.files
     assert (after == 2).any()  # the fleet's blue is still predicted after a local arrival
     np.testing.assert_array_equal(after, expected_after)
+
+
+def test_fleet_policy_decides_on_a_head_better_overall_but_worse_on_the_devices_own_classes(
+    bundle_dir: Path, tmp_path: Path
+) -> None:
+    """Device A knows red and green, device B only blue. The fleet head knows all three but confuses half of the
+    red scans with green: the guard refuses it on A's holdout, ``overall`` adopts it, ``always`` adopts anything."""
+    from edgeft.fleet.policy import overall_accuracies
+    from edgeft.runtime.guard import GuardPolicy
+    from edgeft.runtime.history import read_lines
+
+    x, y = make_dataset(900, seed=31)
+    names = np.array(CLASSES)[y]
+    wide_holdout = GuardPolicy(holdout_fraction=0.3)
+    with Adapter(bundle_dir, tmp_path / "central", policy=GuardPolicy(enabled=False)) as central:
+        central.learn(x, names)
+        assert central.classes == list(CLASSES)
+        head = central.parameters()
+        probabilities = central.predict_proba(x)
+    red = y == 0
+    head["head.bias"] = head["head.bias"].copy()
+    head["head.bias"][0] -= np.median(np.log(probabilities[red, 0]) - np.log(probabilities[red, 1]))
+    verdicts = {}
+    for policy in ("guard", "overall", "always"):
+        with (
+            Adapter(bundle_dir, tmp_path / f"a-{policy}", policy=wide_holdout) as a,
+            Adapter(bundle_dir, tmp_path / f"b-{policy}", policy=wide_holdout) as b,
+        ):
+            a.learn(x[y != 2], names[y != 2])
+            b.learn(x[y == 2], names[y == 2])
+            device_a, device_b = FleetDevice(a, fleet_policy=policy), FleetDevice(b, fleet_policy=policy)
+            fleet_scores = device_a.score(head, list(CLASSES)).plus(device_b.score(head, list(CLASSES)))
+            labels, right = a.holdout_correct(a.parameters(), a.classes)  # A's current head on its holdout
+            held_by_b = len(b.holdout_correct(b.parameters(), b.classes)[0])
+            assert fleet_scores.total.tolist() == [int((labels == 0).sum()), int((labels == 1).sum()), held_by_b]
+            own = device_a.score(a.parameters(), list(CLASSES))
+            result = device_a.adopt(head, list(CLASSES), 1, fleet_scores=fleet_scores)
+            verdicts[policy] = result.promoted
+            row = [r for r in read_lines(a.store.root / "metrics.jsonl") if r.get("adopted")][-1]
+            record = row["fleet_policy"]
+            assert record["policy"] == policy and record["guard_promoted"] is False, record
+            assert "would fall" in row["guard"]["reason"]  # the guard alone refuses: A's red scans suffer
+            if policy == "overall":
+                assert record["decided_by"] == "overall" and record["classes"] == 3
+                assert record["candidate_overall"] > record["current_overall"], record
+                learned = np.array([True, True, False])
+                own_accuracy = [right[labels == i].mean() for i in range(2)]
+                assert record["current_overall"] == pytest.approx(sum(own_accuracy) / 3)
+                assert overall_accuracies(fleet_scores, own, learned)[0] == record["candidate_overall"]
+                assert record["current_scored_by"] == "device"
+                # Now A holds global head 1, which knows blue: the fleet's scores of head 1 score it, on all classes.
+                again = device_a.adopt(head, list(CLASSES), 2, fleet_scores=fleet_scores, previous=(1, fleet_scores))
+                record = [r for r in read_lines(a.store.root / "metrics.jsonl") if r.get("adopted")][-1]["fleet_policy"]
+                assert record["current_scored_by"] == "fleet" and again.promoted
+                assert record["current_overall"] == record["candidate_overall"]
+                # A head that is worse everywhere is refused by the same policy, and logged as such.
+                garbage = {k: np.zeros_like(v) if k in ("head.weight", "head.bias") else v for k, v in head.items()}
+                garbage["head.bias"][2] = 1.0  # predicts blue for everything
+                zero_scores = device_a.score(garbage, list(CLASSES)).plus(device_b.score(garbage, list(CLASSES)))
+                refused = device_a.adopt(
+                    garbage, list(CLASSES), 3, fleet_scores=zero_scores, previous=(2, fleet_scores)
+                )
+                assert not refused.promoted and "fleet policy overall refused" in refused.reason
+            if policy == "always":
+                broken = {k: np.full_like(v, np.nan) if k == "head.weight" else v for k, v in head.items()}
+                assert not device_a.adopt(broken, list(CLASSES), 2).promoted  # never a non-finite head
+    assert verdicts == {"guard": False, "overall": True, "always": True}
+    with pytest.raises(EdgeftError, match="unknown fleet policy 'lenient'"):
+        FleetDevice(a, fleet_policy="lenient")
+
+
+def test_fleet_device_refuses_an_unknown_policy_before_starting_flower(bundle_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgeft.cli import app
+
+    result = CliRunner().invoke(
+        app, ["fleet", "device", str(bundle_dir), "--state", str(tmp_path / "s"), "--fleet-policy", "lenient"]
+    )
+    assert result.exit_code == 2 and "guard, overall, always" in result.output, result.output
+
+
+def test_an_sgd_device_sends_the_lda_statistics_of_its_replay_buffer(bundle_dir: Path, tmp_path: Path) -> None:
+    """What ``statistics+fedavg`` starts from on sgd devices: their replayed samples' statistics, in fleet rows."""
+    x, y = make_dataset(200, seed=41)
+    names = np.array(CLASSES)[y]
+    with Adapter(bundle_dir, tmp_path / "sgd") as adapter:
+        adapter.learn(x, names)
+        assert adapter.class_statistics() is None
+        replay = adapter.replay_buffer()
+        statistics = FleetDevice(adapter).statistics(list(CLASSES))
+    replayed = np.array(adapter.classes)[replay.labels]
+    for row, name in enumerate(CLASSES):
+        mine = replay.features[replayed == name].astype(np.float64)
+        assert statistics.counts[row] == len(mine) > 0
+        np.testing.assert_allclose(statistics.sums[row], mine.sum(axis=0), rtol=1e-9)
+    everything = replay.features.astype(np.float64)
+    np.testing.assert_allclose(statistics.moment, everything.T @ everything, rtol=1e-9)

@@ -94,7 +94,12 @@ def devices(bundle_dir: Path, tmp_path: Path) -> Iterator[list[tuple[Path, Path]
 
 
 def _federate(
-    bundle_dir: Path, tmp_path: Path, devices: list[tuple[Path, Path | None]], rounds: int, device_args: list[str]
+    bundle_dir: Path,
+    tmp_path: Path,
+    devices: list[tuple[Path, Path | None]],
+    rounds: int,
+    device_args: list[str],
+    first_device_args: tuple[str, ...] = (),
 ) -> tuple[Path, str]:
     """Start a SuperLink and one SuperNode per device state, run ``edgeft fleet run`` to the end; (out, its log)."""
     port = _free_port()
@@ -111,6 +116,7 @@ def _federate(
         _wait_for_port(port, processes[0], link_log)
         for i, (state, inbox) in enumerate(devices):
             args = [*CLI, "fleet", "device", str(bundle_dir), "--state", str(state), *device_args]
+            args += list(first_device_args) if i == 0 else []
             args += ["--inbox", str(inbox)] if inbox else []
             args += ["--superlink", f"127.0.0.1:{port}", "--port", str(_free_port()), "--insecure", "--threads", "1"]
             processes.append(_start(args, tmp_path / f"supernode{i}.log", env))
@@ -125,30 +131,45 @@ def _federate(
         _stop(processes)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-4000:]
-    assert f"[ROUND {rounds}/{rounds}]" in log, log[-4000:]
+    assert f"[ROUND {rounds}/{rounds}]" in log or "[ROUND 1/1]" in log, log[-4000:]  # statistics+fedavg: 1 + 1
     return out, log
 
 
 def test_three_devices_federate_and_adopt_the_same_global_head(
     bundle_dir: Path, tmp_path: Path, devices: list[tuple[Path, Path]]
 ) -> None:
-    out, log = _federate(bundle_dir, tmp_path, list(devices), ROUNDS, [])
+    """Device 0 adopts by the ``overall`` fleet policy (judged on the fleet's holdout scores), the others by the
+    guard; ``auto`` on sgd devices runs a statistics round, then FedAvg."""
+    out, log = _federate(bundle_dir, tmp_path, list(devices), ROUNDS, [], ("--fleet-policy", "overall"))
+    assert "the fleet scored the global head" in log, log[-4000:]
     store = GlobalStore(out, Bundle.load(bundle_dir))
     assert store.versions() == list(range(1, ROUNDS + 1)), log[-4000:]
+    # auto on sgd devices with a linear head: the exact LDA head of their replay buffers, then FedAvg from it
+    assert [store.meta(v)["strategy"] for v in store.versions()] == ["statistics"] + ["fedavg"] * (ROUNDS - 1)
     assert store.registry() == list(CLASSES)
     final = store.load(ROUNDS)
     first = store.load(1)
     # One normaliser for the fleet, pooled from the devices' moments, kept in every round.
     assert np.abs(final.parameters["head.feature_mean"]).max() > 0
-    np.testing.assert_array_equal(final.parameters["head.feature_mean"], first.parameters["head.feature_mean"])
+    for name in ("head.feature_mean", "head.feature_scale"):  # FedAvg's float32 weighted mean may round (1e-7)
+        np.testing.assert_allclose(final.parameters[name], first.parameters[name], rtol=1e-6, atol=1e-7)
 
     policy = guard.GuardPolicy()
-    for state, inbox in devices:
+    for i, (state, inbox) in enumerate(devices):
         assert [p.name for p in (inbox / "done").iterdir()] == ["arrival.npz"]  # the new arrival was learned
         rows = [row for row in read_lines(state / "metrics.jsonl") if row.get("adopted")]
         assert [row["origin"] for row in rows] == [f"fleet global head {v}" for v in range(1, ROUNDS + 1)]
         for row in rows:  # each adoption was judged by the guard on the device's own holdout
             judged = row["guard"]
+            if i == 0:  # the overall policy decided, on all three classes the fleet's holdouts hold
+                record = row["fleet_policy"]
+                assert record["policy"] == "overall" and record["decided_by"] == "overall", record
+                assert record["classes"] == 3 and record["guard_promoted"] == (judged["reason"].find("fall") < 0)
+                assert row["promoted"] == (record["candidate_overall"] >= record["current_overall"]), row
+                holds_previous = row is not rows[0] and rows[rows.index(row) - 1]["promoted"]
+                assert record["current_scored_by"] == ("fleet" if holds_previous else "device"), (row, rows)
+                continue
+            assert row["fleet_policy"] == {"policy": "guard", "guard_promoted": row["promoted"], "decided_by": "guard"}
             if judged["current_accuracy"] is None:  # holdout too small: promoted without judging
                 assert row["promoted"] and judged["holdout_samples"] < policy.min_holdout, row
             elif judged["candidate_accuracy"] >= judged["current_accuracy"] - policy.tolerance:

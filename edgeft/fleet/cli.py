@@ -15,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from edgeft.fleet.policy import FLEET_POLICIES
+
 APP_DIR = Path(__file__).parent / "app"
 
 fleet = typer.Typer(
@@ -91,12 +93,23 @@ def device(
     head_learner: Annotated[
         str, typer.Option(help="How this device learns its arrivals: sgd, slda, ncm or slda+sgd (see edgeft adapt).")
     ] = "sgd",
+    fleet_policy: Annotated[
+        str,
+        typer.Option(
+            help="When to adopt a global head: guard (only if not worse, beyond the tolerance, on this device's own "
+            "holdout), overall (if at least as good over every class the fleet's holdouts hold, even if worse on "
+            "this device's own) or always."
+        ),
+    ] = "guard",
     insecure: InsecureOpt = False,
     root_certificates: Annotated[Path | None, typer.Option(help="CA certificate to trust the SuperLink's TLS.")] = None,
     auth_key: Annotated[Path | None, typer.Option(help="This device's private key for node authentication.")] = None,
 ) -> None:
     """Join a fleet: start Flower's SuperNode for this device's bundle and state (its ClientApp wraps the Adapter)."""
+    if fleet_policy not in FLEET_POLICIES:
+        raise typer.BadParameter(f"choose one of {', '.join(FLEET_POLICIES)}", param_hint="--fleet-policy")
     config = {"bundle": bundle.resolve(), "state": state.resolve(), "head-learner": head_learner}
+    config["fleet-policy"] = fleet_policy
     if inbox is not None:
         config["inbox"] = inbox.resolve()
     node_config = " ".join(f"{key}={_quoted(value)}" for key, value in config.items())
@@ -124,8 +137,10 @@ def run(
     strategy: Annotated[
         str,
         typer.Option(
-            help="auto (statistics when every device learns with slda or ncm, else fedavg), statistics (exact: "
-            "devices' class statistics add up to the central head), fedavg (sample-weighted) or fedadam."
+            help="auto (statistics when every device learns with slda or ncm, else statistics+fedavg for a linear "
+            "head, else fedavg), statistics (exact: devices' class statistics add up to the central head), "
+            "statistics+fedavg (one statistics round, then fedavg from that head), fedavg (sample-weighted) or "
+            "fedadam."
         ),
     ] = "auto",
     epochs: Annotated[int, typer.Option(min=0, help="Local epochs per round (0: the bundle's default).")] = 0,

@@ -1,8 +1,9 @@
 """The fleet's Flower ClientApp: one per device, run by ``flower-supernode`` next to the device's state.
 
 The SuperNode's node config names the device's files: ``bundle`` and ``state`` (required), ``inbox`` (a folder of
-new arrivals, learned before each round), ``threads``, ``ep`` and ``head-learner`` (how arrivals are learned). Every message opens the device's ``Adapter``
-(taking its state lock) and closes it again.
+new arrivals, learned before each round), ``threads``, ``ep``, ``head-learner`` (how arrivals are learned) and
+``fleet-policy`` (when a global head is adopted: ``edgeft.fleet.policy``). Every message opens the device's
+``Adapter`` (taking its state lock) and closes it again.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ from edgeft.fleet.records import (
     ARRAYS,
     CONFIG,
     METRICS,
+    PREVIOUS_SCORES,
+    SCORES,
     STATISTICS,
     from_record,
+    read_scores,
     read_statistics,
     report_content,
+    scores_record,
     statistics_record,
     to_record,
 )
@@ -46,7 +51,8 @@ def _device(context: Context) -> Iterator[FleetDevice]:
         threads=threads,
         head_learner=learner,
     ) as adapter:
-        yield FleetDevice(adapter, str(config["inbox"]) if config.get("inbox") else None, threads)
+        inbox = str(config["inbox"]) if config.get("inbox") else None
+        yield FleetDevice(adapter, inbox, threads, str(config.get("fleet-policy", "guard")))
 
 
 def _checked(device: FleetDevice, config: ConfigRecord) -> list[str]:
@@ -60,10 +66,17 @@ def _checked(device: FleetDevice, config: ConfigRecord) -> list[str]:
 
 @app.query()
 def report(message: Message, context: Context) -> Message:
-    """Ingest new arrivals, then tell the server this device's label map and feature moments."""
+    """Ingest new arrivals, then tell the server this device's label map and feature moments; or, asked to score a
+    global head, its per-class correct and total counts on this device's holdout."""
+    config = message.content.config_records[CONFIG]
     with _device(context) as device:
+        if config.get("mode") == "score":
+            scores = device.score(from_record(message.content.array_records[ARRAYS]), _checked(device, config))
+            return Message(RecordDict({SCORES: scores_record(scores)}), reply_to=message)
         result = device.report()
-    content = report_content(result.classes, result.fingerprint, result.moments, result.head_learner)
+    content = report_content(
+        result.classes, result.fingerprint, result.moments, result.head_learner, result.fleet_policy
+    )
     return Message(content, reply_to=message)
 
 
@@ -92,9 +105,10 @@ def train(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    """Adopt the round's global head through the promotion guard; report the verdict and holdout accuracy.
+    """Adopt the round's global head if the device's fleet policy agrees; report the verdict and holdout accuracy.
 
-    A statistics round also sends every device's statistics together: the device keeps the others' part."""
+    A statistics round also sends every device's statistics together: the device keeps the others' part. When a
+    device uses the ``overall`` policy, the head comes with the fleet's per-class holdout counts for it."""
     config = message.content.config_records[CONFIG]
     version = int(config["first-version"]) + int(config["server-round"]) - 1
     records = message.content.array_records
@@ -104,7 +118,13 @@ def evaluate(message: Message, context: Context) -> Message:
         if STATISTICS in records:
             head = device.adapter.bundle.manifest.head
             total = read_statistics(records[STATISTICS], head.num_outputs, head.feature_dim, "the fleet's statistics")
-        result = device.adopt(from_record(records[ARRAYS]), classes, version, total)
+        scores = previous = None
+        if SCORES in records:
+            scores = read_scores(records[SCORES], device.adapter.capacity, "the fleet's holdout scores")
+        if PREVIOUS_SCORES in records:
+            counts = read_scores(records[PREVIOUS_SCORES], device.adapter.capacity, "the fleet's previous scores")
+            previous = (int(config["previous-version"]), counts)
+        result = device.adopt(from_record(records[ARRAYS]), classes, version, total, scores, previous)
         samples = len(device.replay())
     accuracy = result.holdout_accuracy if result.holdout_accuracy is not None else float("nan")
     metrics = MetricRecord(

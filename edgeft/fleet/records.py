@@ -7,6 +7,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from edgeft.errors import EdgeftError
 from edgeft.fleet.normaliser import Moments
+from edgeft.fleet.policy import ClassScores
 from edgeft.runtime.class_statistics import ClassStatistics
 from edgeft.runtime.trainer import Parameters
 
@@ -14,6 +15,8 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 REPORT = "report"
+SCORES = "scores"
+PREVIOUS_SCORES = "previous-scores"
 STATISTICS = "statistics"
 
 
@@ -27,11 +30,14 @@ def from_record(record: ArrayRecord) -> Parameters:
     return {name: array.numpy() for name, array in record.items()}
 
 
-def report_content(classes: list[str], fingerprint: str, parts: Moments, head_learner: str = "sgd") -> RecordDict:
-    """A device's report: label map, bundle fingerprint and head learner, feature moments, sample count."""
+def report_content(
+    classes: list[str], fingerprint: str, parts: Moments, head_learner: str = "sgd", fleet_policy: str = "guard"
+) -> RecordDict:
+    """A device's report: label map, bundle fingerprint, head learner and fleet policy, feature moments, samples."""
+    report = {"classes": list(classes), "fingerprint": fingerprint, "head-learner": head_learner}
     return RecordDict(
         {
-            REPORT: ConfigRecord({"classes": list(classes), "fingerprint": fingerprint, "head-learner": head_learner}),
+            REPORT: ConfigRecord({**report, "fleet-policy": fleet_policy}),
             ARRAYS: ArrayRecord({"mean": Array(parts.mean), "var": Array(parts.var)}),
             METRICS: MetricRecord({"num-examples": parts.count}),
         }
@@ -53,6 +59,28 @@ def read_report(content: RecordDict) -> tuple[list[str], str, Moments]:
 def reported_learner(content: RecordDict) -> str:
     """The head learner a device's report names (``sgd`` for devices that do not say)."""
     return str(content.config_records[REPORT].get("head-learner", "sgd"))
+
+
+def reported_policy(content: RecordDict) -> str:
+    """The fleet policy a device's report names (``guard`` for devices that do not say)."""
+    return str(content.config_records[REPORT].get("fleet-policy", "guard"))
+
+
+def scores_record(scores: ClassScores) -> ArrayRecord:
+    """Per-class holdout counts as an ArrayRecord (int64)."""
+    return ArrayRecord({name: Array(np.ascontiguousarray(getattr(scores, name))) for name in ("correct", "total")})
+
+
+def read_scores(record: ArrayRecord, num_classes: int, origin: str) -> ClassScores:
+    """Per-class holdout counts from an ArrayRecord, or a clear error naming ``origin`` if they do not fit."""
+    try:
+        correct, total = (record[name].numpy() for name in ("correct", "total"))
+    except KeyError as exc:
+        raise EdgeftError(f"{origin}: its holdout scores lack {exc}") from None
+    shapes = correct.shape == total.shape == (num_classes,) and correct.dtype == total.dtype == np.int64
+    if not shapes or (correct < 0).any() or (correct > total).any():
+        raise EdgeftError(f"{origin}: its holdout scores do not fit this bundle's {num_classes} outputs")
+    return ClassScores(correct, total)
 
 
 def statistics_record(statistics: ClassStatistics) -> ArrayRecord:

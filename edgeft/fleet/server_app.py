@@ -1,19 +1,27 @@
 """The fleet's Flower ServerApp: pool a normaliser, align classes, run federated rounds, save each global head.
 
 Run config (``flwr run ... --run-config``): ``bundle`` (the devices' bundle, as the server sees it), ``out`` (the
-server's fleet folder), ``rounds``, ``min-devices``, ``strategy`` (``auto``, ``statistics``, ``fedavg`` or
-``fedadam``), ``server-lr`` (FedAdam's step), ``epochs``, ``batch-size``, ``lr`` and ``seed`` (local training),
-``shrinkage`` (the statistics strategy's LDA), ``timeout`` (seconds to wait for devices and replies).
+server's fleet folder), ``rounds``, ``min-devices``, ``strategy`` (``auto``, ``statistics``,
+``statistics+fedavg``, ``fedavg`` or ``fedadam``), ``server-lr`` (FedAdam's step), ``epochs``, ``batch-size``,
+``lr`` and ``seed`` (local training), ``shrinkage`` (the statistics strategy's LDA), ``timeout`` (seconds to
+wait for devices and replies).
 
 ``statistics`` (what ``auto`` picks when every device learns with ``slda`` or ``ncm``): each round, every device
 sends its class statistics (``edgeft.fleet.pooled_statistics``), the server adds them and writes the closed-form
 head, exactly the head of one device that had every device's samples; devices then adopt it through their guard.
-``auto`` picks ``fedavg`` otherwise.
+``statistics+fedavg`` (what ``auto`` picks for other devices when the head is linear): one statistics round (an
+``sgd`` device sends the statistics of its replay buffer's samples), then FedAvg rounds from that head for the
+rest of ``rounds``. ``auto`` picks ``fedavg`` otherwise.
+
+When a device reports the ``overall`` fleet policy (``edgeft.fleet.policy``), each round's global head is first
+scored by every device on its own holdout (per-class correct and total counts); the sums go to every device with
+the head, so that device can judge the head on all the fleet's classes.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from logging import INFO, WARNING
 
@@ -26,25 +34,31 @@ from edgeft.bundle import Bundle
 from edgeft.errors import EdgeftError
 from edgeft.fleet.alignment import extend_registry
 from edgeft.fleet.normaliser import Moments, pooled_normaliser
+from edgeft.fleet.policy import ClassScores
 from edgeft.fleet.pooled_statistics import STATISTICS_LEARNERS, global_head, pooled
 from edgeft.fleet.records import (
     ARRAYS,
     CONFIG,
     METRICS,
+    PREVIOUS_SCORES,
+    SCORES,
     STATISTICS,
     from_record,
     read_report,
+    read_scores,
     read_statistics,
     reported_learner,
+    reported_policy,
+    scores_record,
     statistics_record,
     to_record,
 )
 from edgeft.fleet.store import GlobalStore
-from edgeft.runtime.slda import DEFAULT_SHRINKAGE
+from edgeft.runtime.slda import DEFAULT_SHRINKAGE, closed_form_head
 from edgeft.runtime.trainer import Parameters, stored_state
 
 app = ServerApp()
-STRATEGIES = ("auto", "statistics", "fedavg", "fedadam")
+STRATEGIES = ("auto", "statistics", "statistics+fedavg", "fedavg", "fedadam")
 
 
 @dataclass(frozen=True)
@@ -100,13 +114,18 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> GlobalStore:
     bundle = Bundle.load(settings.bundle)
     store = GlobalStore(settings.out, bundle)
     reports = _reports(grid, settings, bundle.fingerprint)
-    classes = extend_registry(store.registry(), [names for names, _, _ in reports], bundle.manifest.head.num_outputs)
+    classes = extend_registry(store.registry(), [r.classes for r in reports], bundle.manifest.head.num_outputs)
     store.save_registry(classes)
-    learners = {learner for _, _, learner in reports}
-    if settings.strategy == "statistics" or (settings.strategy == "auto" and learners <= set(STATISTICS_LEARNERS)):
-        _statistics_rounds(grid, settings, bundle, store, classes)
-        return store
-    start = _starting_head(bundle, store, [parts for _, parts, _ in reports])
+    scored = any(r.fleet_policy == "overall" for r in reports)
+    strategy = _chosen_strategy(settings.strategy, {r.head_learner for r in reports}, bundle)
+    log(INFO, "strategy %s (asked: %s)", strategy, settings.strategy)
+    previous = None
+    if strategy.startswith("statistics"):
+        rounds = 1 if "+" in strategy else settings.rounds
+        previous = _statistics_rounds(grid, settings, bundle, store, classes, scored, rounds)
+        if strategy == "statistics" or settings.rounds == 1:
+            return store
+    start = _starting_head(bundle, store, [r.moments for r in reports])
     first = (store.versions() or [0])[-1] + 1
     shared = {"classes": classes, "fingerprint": bundle.fingerprint}
     train_config = ConfigRecord(
@@ -122,13 +141,14 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> GlobalStore:
     def save(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
             return None
-        store.save(first + server_round - 1, from_record(arrays), classes, {"round": server_round})
+        info = {"round": server_round, "strategy": "fedadam" if strategy == "fedadam" else "fedavg"}
+        store.save(first + server_round - 1, from_record(arrays), classes, info)
         return MetricRecord({"version": first + server_round - 1})
 
-    _strategy(settings).start(
+    _strategy(settings, bundle.manifest.head.num_outputs if scored else 0, previous).start(
         grid,
         to_record(start),
-        num_rounds=settings.rounds,
+        num_rounds=settings.rounds - 1 if strategy == "statistics+fedavg" else settings.rounds,
         timeout=settings.timeout,
         train_config=train_config,
         evaluate_config=ConfigRecord({**shared, "first-version": first}),
@@ -137,25 +157,108 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> GlobalStore:
     return store
 
 
-def _strategy(settings: FleetSettings) -> Strategy:
+def _chosen_strategy(asked: str, learners: set[str], bundle: Bundle) -> str:
+    """``asked``, or for ``auto``: ``statistics`` when every device keeps class statistics (slda/ncm),
+    ``statistics+fedavg`` when the head is linear, else ``fedavg``."""
+    if asked != "auto":
+        return asked
+    if learners <= set(STATISTICS_LEARNERS):
+        return "statistics"
+    try:
+        closed_form_head(bundle, "slda")
+    except EdgeftError:
+        return "fedavg"
+    return "statistics+fedavg"
+
+
+class _Scored:
+    """Mixin for a Flower strategy: each evaluate message also carries the fleet's holdout scores of the head."""
+
+    rows: int
+    timeout: float
+    previous: tuple[int, ClassScores] | None = None
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
+        scores = _fleet_scores(grid, arrays, config, self.rows, self.timeout)
+        for message in messages:
+            _attach_scores(message.content, scores, self.previous)
+        self.previous = (int(config["first-version"]) + server_round - 1, scores)
+        return messages
+
+
+class _ScoredFedAvg(_Scored, FedAvg):
+    """FedAvg whose evaluate messages carry the fleet's holdout scores."""
+
+
+class _ScoredFedAdam(_Scored, FedAdam):
+    """FedAdam whose evaluate messages carry the fleet's holdout scores."""
+
+
+def _strategy(settings: FleetSettings, scored_rows: int, previous: tuple[int, ClassScores] | None) -> Strategy:
+    """The Flower strategy of ``settings``; with ``scored_rows`` (head outputs), one that sends holdout scores
+    (starting from ``previous``: the last global head's version and scores)."""
     nodes = {
         "min_train_nodes": settings.min_devices,
         "min_evaluate_nodes": settings.min_devices,
         "min_available_nodes": settings.min_devices,
     }
-    if settings.strategy == "fedadam":
-        return FedAdam(eta=settings.server_lr, **nodes)
-    return FedAvg(**nodes)
+    fedadam = settings.strategy == "fedadam"
+    options = {"eta": settings.server_lr, **nodes} if fedadam else nodes
+    if not scored_rows:
+        return (FedAdam if fedadam else FedAvg)(**options)
+    strategy = (_ScoredFedAdam if fedadam else _ScoredFedAvg)(**options)
+    strategy.rows, strategy.timeout, strategy.previous = scored_rows, settings.timeout, previous
+    return strategy
+
+
+def _attach_scores(content: RecordDict, scores: ClassScores, previous: tuple[int, ClassScores] | None) -> None:
+    """Add a head's fleet-wide holdout scores to an evaluate message, and the previous global head's, if any."""
+    content[SCORES] = scores_record(scores)
+    if previous is not None:
+        content[PREVIOUS_SCORES] = scores_record(previous[1])
+        content.config_records[CONFIG]["previous-version"] = previous[0]
+
+
+def _fleet_scores(grid: Grid, arrays: ArrayRecord, config: ConfigRecord, rows: int, timeout: float) -> ClassScores:
+    """Ask every device to score a global head on its holdout; the per-class counts summed over the fleet."""
+    query = ConfigRecord({"mode": "score", "classes": config["classes"], "fingerprint": config["fingerprint"]})
+    total: ClassScores | None = None
+    for reply in _ask(grid, RecordDict({CONFIG: query, ARRAYS: arrays}), MessageType.QUERY, timeout):
+        origin = f"device {reply.metadata.src_node_id}"
+        try:
+            scores = read_scores(reply.content.array_records[SCORES], rows, origin)
+        except EdgeftError as exc:
+            log(WARNING, "%s; its holdout left out of the fleet's scores", exc)
+            continue
+        total = scores if total is None else total.plus(scores)
+    if total is None:
+        raise EdgeftError("no device scored the global head on its holdout")
+    judged = total.total > 0
+    balanced = float((total.correct[judged] / total.total[judged]).mean()) if judged.any() else float("nan")
+    log(INFO, "the fleet scored the global head on %d holdout samples of %d classes: class-balanced accuracy %.3f",
+        int(total.total.sum()), int(judged.sum()), balanced)  # fmt: skip
+    return total
 
 
 def _statistics_rounds(
-    grid: Grid, settings: FleetSettings, bundle: Bundle, store: GlobalStore, classes: list[str]
-) -> None:
-    """Each round: collect every device's class statistics, add them, save the closed-form head, have it adopted."""
+    grid: Grid,
+    settings: FleetSettings,
+    bundle: Bundle,
+    store: GlobalStore,
+    classes: list[str],
+    scored: bool,
+    rounds: int,
+) -> tuple[int, ClassScores] | None:
+    """Each of ``rounds``: collect every device's class statistics, add them, save the closed-form head, have it
+    adopted. Returns the last head's version and fleet-wide holdout scores (None unless ``scored``)."""
     head = bundle.manifest.head
     first = (store.versions() or [0])[-1] + 1
     shared = {"classes": classes, "fingerprint": bundle.fingerprint, "first-version": first}
-    for server_round in range(1, settings.rounds + 1):
+    previous: tuple[int, ClassScores] | None = None
+    for server_round in range(1, rounds + 1):
         config = ConfigRecord({**shared, "mode": "statistics", "server-round": server_round})
         parts = []
         for reply in _ask(grid, RecordDict({CONFIG: config}), MessageType.TRAIN, settings.timeout):
@@ -176,13 +279,18 @@ def _statistics_rounds(
         store.save(version, global_head(bundle, total, settings.shrinkage), classes, info)
         log(INFO, "[ROUND %d/%d] global head %d from %d devices' statistics (%d samples)", server_round,
             settings.rounds, version, len(parts), total.total)  # fmt: skip
+        arrays = to_record(store.load(version).parameters)
         evaluate = RecordDict(
             {
                 STATISTICS: statistics_record(total),
-                ARRAYS: to_record(store.load(version).parameters),
+                ARRAYS: arrays,
                 CONFIG: ConfigRecord({**shared, "server-round": server_round}),
             }
         )
+        if scored:
+            scores = _fleet_scores(grid, arrays, ConfigRecord(shared), head.num_outputs, settings.timeout)
+            _attach_scores(evaluate, scores, previous)
+            previous = (version, scores)
         verdicts = [
             reply.content.metric_records[METRICS]
             for reply in _ask(grid, evaluate, MessageType.EVALUATE, settings.timeout)
@@ -194,6 +302,7 @@ def _statistics_rounds(
             sum(int(v["promoted"]) for v in verdicts),
             len(verdicts),
         )
+    return previous
 
 
 def _ask(grid: Grid, content: RecordDict, message_type: str, timeout: float) -> list[Message]:
@@ -208,8 +317,18 @@ def _ask(grid: Grid, content: RecordDict, message_type: str, timeout: float) -> 
     return replies
 
 
-def _reports(grid: Grid, settings: FleetSettings, fingerprint: str) -> list[tuple[list[str], Moments, str]]:
-    """Label maps, feature moments and head learners of the connected devices that run this bundle."""
+@dataclass(frozen=True)
+class _Reported:
+    """What one device reported: label map, feature moments, head learner and fleet policy."""
+
+    classes: list[str]
+    moments: Moments
+    head_learner: str
+    fleet_policy: str
+
+
+def _reports(grid: Grid, settings: FleetSettings, fingerprint: str) -> list[_Reported]:
+    """Label maps, feature moments, head learners and fleet policies of the connected devices on this bundle."""
     deadline = time.monotonic() + settings.timeout
     while len(nodes := list(grid.get_node_ids())) < settings.min_devices:
         if time.monotonic() > deadline:
@@ -228,8 +347,8 @@ def _reports(grid: Grid, settings: FleetSettings, fingerprint: str) -> list[tupl
         if device_fingerprint != fingerprint:
             log(WARNING, "device %s runs another bundle; left out", reply.metadata.src_node_id)
             continue
-        reports.append((classes, parts, reported_learner(reply.content)))
-    samples = sum(p.count for _, p, _ in reports)
+        reports.append(_Reported(classes, parts, reported_learner(reply.content), reported_policy(reply.content)))
+    samples = sum(r.moments.count for r in reports)
     log(INFO, "%d devices reported, %d samples in their replay buffers", len(reports), samples)
     return reports
 

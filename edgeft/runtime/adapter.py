@@ -352,13 +352,15 @@ class Adapter:
         *,
         origin: str,
         fleet_statistics: ClassStatistics | None = None,
+        verdict: Callable[[guard.Decision, bool], tuple[guard.Decision, dict[str, Any]]] | None = None,
     ) -> LearnResult:
         """Make a head trained elsewhere (e.g. a fleet's federated head) current, if the guard agrees; commit.
 
         ``classes`` is that head's label map: the device's classes must be its prefix (the fleet assigns outputs
         to new names in one agreed order). Replay and holdout stay as they are. ``fleet_statistics`` (slda/ncm,
         in this device's row order) are the other devices' class statistics behind that head: kept with it, later
-        arrivals rewrite the head from them and this device's own.
+        arrivals rewrite the head from them and this device's own. ``verdict`` (a fleet policy) turns the guard's
+        decision and whether the head's weights are finite into the final decision and a record for the log.
         """
         trainer, _replay, holdout = self._open()
         if len(classes) > self.capacity or list(classes[: len(self.classes)]) != self.classes:
@@ -372,10 +374,15 @@ class Adapter:
             except ValueError as exc:
                 raise EdgeftError(f"{origin}: {exc}") from None
             decision = self._judge(None, current, trainer.parameters(), holdout, list(classes))
+            record: dict[str, Any] = {}
+            if verdict is not None:
+                decision, record = verdict(decision, parameters_finite(trainer.parameters()))
             promoted_writers = {**self._unchanged_writers(self._version, skip=HEAD_FILES), **trainer.writers()}
             if fleet_statistics is not None and self._closed_form is not None:
                 promoted_writers[FLEET_STATISTICS_FILE] = fleet_statistics.save
             arrival = {"origin": origin, "inputs": [], "samples": 0, "adopted": True}
+            if record:
+                arrival["fleet_policy"] = record
             meta = self._commit(trainer, decision, promoted_writers, list(classes), None, 0, arrival)
             if decision.promoted and FLEET_STATISTICS_FILE in promoted_writers:
                 self._fleet_statistics = fleet_statistics
@@ -650,20 +657,40 @@ class Adapter:
             head, known = self.bundle.manifest.head, len(classes)
             now, new = (tasks.outputs(head, self._predictor.logits(features, p), known) for p in (current, candidate))
             return tasks.judge(head, self.policy, now, new, targets[:, :known], self.thresholds)
-        counts = self._version.meta.get("class_counts", {}) if self._version else {}
-        learned = np.array([i for i, name in enumerate(classes) if counts.get(name, 0) > 0], np.int64)
-        features, labels = holdout.features, holdout.labels
-        if self._fixed_holdout is not None:
-            fixed_features, names = self._fixed_holdout
-            index = {name: i for i, name in enumerate(classes)}
-            rows = np.array([name in index and counts.get(name, 0) > 0 for name in names], bool)
-            features = fixed_features[rows]
-            labels = np.array([index[name] for name in names[rows]], np.int64)
+        learned = self.learned_rows(classes)
+        features, labels = self._holdout_samples(holdout, classes)
         if not len(labels) or not len(learned):
             return guard.decide(self.policy, None, None)
         now = guard.correct_among(self._predictor.logits(features, current), labels, learned)
         new = guard.correct_among(self._predictor.logits(features, candidate), labels, learned)
         return guard.decide(self.policy, now, new)
+
+    def learned_rows(self, classes: list[str]) -> np.ndarray:
+        """Indices into ``classes`` of the classes the current version has learned samples of."""
+        counts = self._version.meta.get("class_counts", {}) if self._version else {}
+        return np.array([i for i, name in enumerate(classes) if counts.get(name, 0) > 0], np.int64)
+
+    def _holdout_samples(self, holdout: ReplayBuffer, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The guard's holdout features and labels (indices into ``classes``); of a fixed holdout, learned classes'."""
+        if self._fixed_holdout is None:
+            return holdout.features, holdout.labels
+        counts = self._version.meta.get("class_counts", {}) if self._version else {}
+        fixed_features, names = self._fixed_holdout
+        index = {name: i for i, name in enumerate(classes)}
+        rows = np.array([name in index and counts.get(name, 0) > 0 for name in names], bool)
+        return fixed_features[rows], np.array([index[name] for name in names[rows]], np.int64)
+
+    def holdout_correct(
+        self, parameters: Parameters, classes: list[str], among: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The guard's holdout labels (indices into ``classes``, this device's own first) and, per sample, whether
+        head ``parameters`` predicts it right choosing among the ``among`` indices (default: the learned classes)."""
+        _trainer, _replay, holdout = self._open()
+        features, labels = self._holdout_samples(holdout, classes)
+        allowed = self.learned_rows(classes) if among is None else among
+        if not len(labels) or not len(allowed):
+            return labels, np.zeros(len(labels), bool)
+        return labels, guard.correct_among(self._predictor.logits(features, parameters), labels, allowed)
 
     def _meta(
         self,
