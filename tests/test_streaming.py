@@ -197,3 +197,20 @@ def test_head_outputs_of_many_rows_are_computed_in_chunks_that_add_up(bundle: Bu
     assert len(whole) == len(rows)
     one_by_one = [predictor.logits(rows[i : i + 1].astype(np.float32), parameters)[0] for i in range(0, len(rows), 97)]
     np.testing.assert_allclose(whole[::97], np.stack(one_by_one), rtol=1e-5, atol=1e-6)
+
+
+def test_samples_held_back_for_pending_are_charged_to_the_budget_as_raw_inputs(bundle: Bundle, tmp_path: Path) -> None:
+    """Labels the head has no room for wait in memory as raw inputs until the file is read: the budget counts them,
+    so a big arrival of new classes at a full head is refused instead of growing without bound."""
+    from edgeft.runtime.arrivals import read_arrival
+
+    x, _ = make_dataset(400, seed=6)  # 400 x 768 bytes of inputs, their features 400 x 6 floats
+    _npz(tmp_path / "new.npz", x, np.array(["purple"] * 400))  # the head's three outputs are all named
+    in_use = MemoryBudget(0, "test").in_use()
+    tight = ArrivalLimits(MemoryBudget(int((in_use + 100 * 768) / 0.9), "a budget for a quarter of the inputs"))
+    with Adapter(bundle, tmp_path / "state", ep="cpu") as adapter:
+        with pytest.raises(DataError, match="new.npz: .* samples of labels the head has no room for needs about"):
+            read_arrival(adapter, [str(tmp_path / "new.npz")], None, relearn=False, limits=tight)
+        roomy = ArrivalLimits(MemoryBudget(in_use + 2**26, "test"))
+        arrival = read_arrival(adapter, [str(tmp_path / "new.npz")], None, relearn=False, limits=roomy)
+        assert arrival.embedded is not None and arrival.embedded.unfit == 400

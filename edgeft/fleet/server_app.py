@@ -260,13 +260,14 @@ def _statistics_rounds(
     previous: tuple[int, ClassScores] | None = None
     for server_round in range(1, rounds + 1):
         config = ConfigRecord({**shared, "mode": "statistics", "server-round": server_round})
-        parts = []
+        parts, pooled_nodes = [], []
         for reply in _ask(grid, RecordDict({CONFIG: config}), MessageType.TRAIN, settings.timeout):
             origin = f"device {reply.metadata.src_node_id}"
             try:
                 parts.append(
                     read_statistics(reply.content.array_records[ARRAYS], head.num_outputs, head.feature_dim, origin)
                 )
+                pooled_nodes.append(reply.metadata.src_node_id)
             except EdgeftError as exc:
                 log(WARNING, "%s; left out of round %d", exc, server_round)
         if len(parts) < settings.min_devices:
@@ -293,7 +294,9 @@ def _statistics_rounds(
             previous = (version, scores)
         verdicts = [
             reply.content.metric_records[METRICS]
-            for reply in _ask(grid, evaluate, MessageType.EVALUATE, settings.timeout)
+            # Only to the devices whose statistics are in the total: another would keep the total minus its own
+            # statistics as "the others'", which are not in it.
+            for reply in _ask(grid, evaluate, MessageType.EVALUATE, settings.timeout, pooled_nodes)
         ]
         log(
             INFO,
@@ -305,9 +308,13 @@ def _statistics_rounds(
     return previous
 
 
-def _ask(grid: Grid, content: RecordDict, message_type: str, timeout: float) -> list[Message]:
-    """Send ``content`` to every connected device; return the replies without errors (errors are logged)."""
-    messages = [Message(content, dst_node_id=node, message_type=message_type) for node in grid.get_node_ids()]
+def _ask(
+    grid: Grid, content: RecordDict, message_type: str, timeout: float, nodes: Iterable[int] | None = None
+) -> list[Message]:
+    """Send ``content`` to ``nodes`` (default: every connected device); return the replies without errors (errors
+    are logged)."""
+    targets = grid.get_node_ids() if nodes is None else nodes
+    messages = [Message(content, dst_node_id=node, message_type=message_type) for node in targets]
     replies = []
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():

@@ -384,8 +384,8 @@ class Adapter:
             if record:
                 arrival["fleet_policy"] = record
             meta = self._commit(trainer, decision, promoted_writers, list(classes), None, 0, arrival)
-            if decision.promoted and FLEET_STATISTICS_FILE in promoted_writers:
-                self._fleet_statistics = fleet_statistics
+            if decision.promoted and fleet_statistics is not None and self._closed_form is not None:
+                self._fleet_statistics = fleet_statistics  # else the last ones stay, on disk (copied) as in memory
         except BaseException:
             self._forget_uncommitted()
             raise
@@ -481,15 +481,19 @@ class Adapter:
             if centred is not None:
                 trainer.set_parameters(centred)
         keep = ~to_holdout
-        all_f, all_y, passes, replayed = training_set(features, labels, keep, replay, epochs, rng, self._replay_per_new)
-        train_f = all_f[: len(train_y)]
+        trains_sgd = self._closed_form is None or self._closed_form.then_sgd
+        if trains_sgd:
+            all_f, all_y, passes, replayed = training_set(
+                features, labels, keep, replay, epochs, rng, self._replay_per_new
+            )
+            train_f = all_f[: len(train_y)]
+        else:  # a closed-form head: one pass over the arrival's statistics, no training set
+            train_f, all_y, epochs, passes, replayed = features[keep], train_y, 0, 0, 0
         loss: float | None = None
         if self._closed_form is not None and self._statistics is not None and len(train_y):
             normaliser = self.bundle.manifest.head.normaliser
             others = self._fleet_statistics
             learn_statistics(self._closed_form, trainer, self._statistics, train_f, train_y, normaliser, others)
-        trains_sgd = self._closed_form is None or self._closed_form.then_sgd
-        epochs, passes = (epochs, passes) if trains_sgd else (0, 0)
         if len(all_y) and trains_sgd:
             schedule = learning_rates(self.schedule, lr, steps_per_fit(len(all_y), passes, batch_size))
             loss = trainer.fit(

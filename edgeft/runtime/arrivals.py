@@ -78,7 +78,7 @@ def read_arrival(
         if digest in consumed:
             arrival.skipped.append(f"{name} (already learned in version {consumed[digest]})")
             return
-        arrival.embedded = arrival.embedded or ArrivalEmbedder(adapter, ", ".join(paths))
+        arrival.embedded = arrival.embedded or ArrivalEmbedder(adapter, ", ".join(paths), limits)
         received = arrival.embedded.add(batches(), progress)
         arrival.inputs.append({"name": name, "sha256": digest, "samples": received})
 

@@ -45,7 +45,7 @@ def merged_model(  # noqa: ANN201 - onnx.ModelProto
     )
     if {LOGITS, PROBABILITIES, VALUES} & taken:
         raise EdgeftError(
-            f"{bundle.backbone_path} already has a tensor named '{LOGITS}', '{PROBABILITIES}' or '{VALUES}'"
+            f"{backbone or bundle.backbone_path} already has a tensor named '{LOGITS}', '{PROBABILITIES}' or '{VALUES}'"
         )
     feature = graph.output[0].name
     head_features = head.graph.input[0].name

@@ -2,8 +2,9 @@
 
 Every update trains on the new samples together with the buffer's, so the head keeps what earlier arrivals
 taught it; replay never reruns the backbone. An arrival rehearses at most ``REPLAY_PER_NEW`` buffered samples per
-new one (``rehearsal``), so a trickle of small arrivals costs what they hold, not the buffer's size each time. Each class keeps at most ``per_class`` samples, chosen by
-reservoir sampling over every sample of that class ever seen (each has the same chance to be kept).
+new one (``training_set``), so a trickle of small arrivals costs what they hold, not the buffer's size each time.
+Each class keeps at most ``per_class`` samples, chosen by reservoir sampling over every sample of that class ever
+seen (each has the same chance to be kept).
 """
 
 from __future__ import annotations

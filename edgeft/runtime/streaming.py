@@ -20,6 +20,7 @@ from edgeft.runtime.tasks import is_target_task
 
 if TYPE_CHECKING:
     from edgeft.runtime.adapter import Adapter
+    from edgeft.runtime.limits import ArrivalLimits
 
 Progress = Callable[[int], None]
 
@@ -57,8 +58,9 @@ class ArrivalEmbedder:
     """Accumulates the features and labels of one arrival's batches (see the module docstring); ``adapter`` gives
     the label map, the head's capacity, the input check and the backbone."""
 
-    def __init__(self, adapter: Adapter, origin: str) -> None:
+    def __init__(self, adapter: Adapter, origin: str, limits: ArrivalLimits | None = None) -> None:
         self._adapter = adapter
+        self._limits = limits  # charged for the raw inputs of samples held back for pending/
         self.origin = origin
         self._classes = list(adapter.classes)
         self._grown = list(self._classes)
@@ -107,7 +109,12 @@ class ArrivalEmbedder:
         self.overflow += [name for name in encoded.overflow if name not in self.overflow]
         fits = encoded.fits
         if not fits.all():
-            self._unfit_x.append(x[~fits])
+            unfit = x[~fits]
+            if self._limits is not None:  # raw inputs, not features: they wait in memory until the file is read
+                self._limits.charge(
+                    batch.origin, unfit.nbytes, f"{len(unfit)} samples of labels the head has no room for"
+                )
+            self._unfit_x.append(unfit)
             self._unfit_y.append(text[~fits])
             x, y = x[fits], y[fits]
         if len(x):

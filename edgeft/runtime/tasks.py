@@ -29,8 +29,8 @@ TASKS = (MULTILABEL, REGRESSION)
 DEFAULT_THRESHOLD = 0.5
 LIST_SEPARATOR = ";"  # separates label names (or target values) inside one CSV cell
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
-MIN_TUNING_POSITIVES = 5
-OUTPUT_BIAS = "head.bias"  # the new head's final layer bias (edgeft.export.head.BIAS)  # a label's threshold is tuned only when the holdout holds this many of its positives
+MIN_TUNING_POSITIVES = 5  # a label's threshold is tuned only when the holdout holds this many of its positives
+OUTPUT_BIAS = "head.bias"  # the new head's final layer bias (edgeft.export.head.BIAS)
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,7 @@ def _learn(
     The entry is streamed: read, checked and embedded batch by batch; it is learned (and its unfit samples parked)
     only once all of it was read, so an entry bad anywhere is quarantined whole.
     """
-    embedded = ArrivalEmbedder(adapter, str(entry))
+    embedded = ArrivalEmbedder(adapter, str(entry), limits)
     received = embedded.add(stream_path(entry, adapter.bundle.manifest, need_labels=True, limits=limits), stop.check)
     if embedded.unfit:
         parked = inbox.keep_pending(entry, *embedded.unfit_samples())
