@@ -1,12 +1,13 @@
-"""Fleet benchmark through the real Flower deployment: the issue's split on the real backbone, `edgeft fleet ...`.
+"""Fleet benchmark through the real Flower deployment: a non-IID split on the real backbone, `edgeft fleet ...`.
 
-Three device states learn the digits {0-3}, {3-6}, {6-9} (``bench_fleet.split("slices")``, features cached as
-there) with ``--head-learner`` (default sgd) and the guard on. Then a SuperLink (``edgeft fleet server``), one
-SuperNode per device (``edgeft fleet device``) and ``edgeft fleet run --rounds R --min-devices 3`` (strategy
+Device states learn a split of the digits (``--split``, one of ``bench_fleet.SPLITS``; default ``slices``: three
+devices with {0-3}, {3-6}, {6-9}; features cached as in bench_fleet) with ``--head-learner`` (default sgd) and the guard on. Then a SuperLink (``edgeft fleet server``), one
+SuperNode per device (``edgeft fleet device``) and ``edgeft fleet run --rounds R --min-devices N`` (strategy
 ``auto``) run as separate processes on loopback (insecure, 127.0.0.1 only). Reported: each device's local-only
 and final accuracy on the 540 held-out scans, the central head of the same learner, the strategy each saved global
 head came from, and the run's wall time.
-Usage: ``python tools/bench_fleet_flower.py [--rounds 5] [--head-learner sgd] [--out t.md]`` (needs the fleet extra).
+Usage: ``python tools/bench_fleet_flower.py [--split slices] [--rounds 5] [--head-learner sgd] [--out t.md]`` (needs
+the fleet extra).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_fleet import BUNDLE, ROOT, accuracy, embedded, relative_difference, split
+from bench_fleet import BUNDLE, ROOT, SPLITS, accuracy, embedded, relative_difference, split
 
 from edgeft.bundle import Bundle
 from edgeft.fleet.store import GlobalStore
@@ -84,7 +85,18 @@ def federate(states: list[Path], work: Path, rounds: int, learner: str) -> tuple
             processes.append(start(args, work / f"supernode{i}.log", env))
         out, began = work / "fleet", time.monotonic()
         run = subprocess.run(
-            [*CLI, "fleet", "run", str(BUNDLE), "--out", str(out), "--rounds", str(rounds), "--min-devices", "3"],
+            [
+                *CLI,
+                "fleet",
+                "run",
+                str(BUNDLE),
+                "--out",
+                str(out),
+                "--rounds",
+                str(rounds),
+                "--min-devices",
+                str(len(states)),
+            ],
             capture_output=True,
             text=True,
             env=env,
@@ -100,6 +112,7 @@ def federate(states: list[Path], work: Path, rounds: int, learner: str) -> tuple
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=SPLITS, default="slices")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--head-learner", default="sgd")
     parser.add_argument("--seed", type=int, default=0)
@@ -110,7 +123,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = embedded(args.cache, work)
-        parts = split("slices", data.train_y.astype(int), np.random.default_rng(args.seed))
+        parts = split(args.split, data.train_y.astype(int), np.random.default_rng(args.seed))
         policy = GuardPolicy(enabled=not args.no_guard)
         with Adapter(BUNDLE, work / "central", head_learner=args.head_learner, policy=policy) as central:
             central.learn_features(data.train, data.train_y, seed=args.seed)
@@ -129,7 +142,8 @@ def main() -> None:
                 final.append(accuracy(adapter, data))
                 difference = max(difference, relative_difference(adapter.parameters(), central_head))
     lines = [
-        f"Real Flower deployment, `edgeft fleet run --rounds {args.rounds}` (auto), {args.head_learner} devices; "
+        f"Real Flower deployment, split {args.split}, `edgeft fleet run --rounds {args.rounds}` (auto), "
+        f"{args.head_learner} devices; "
         f"guard {'off' if args.no_guard else 'on'}; global heads by round: {', '.join(strategies)}; run {took:.0f} s; "
         f"devices' heads max |W - W_central| / max |W_central| {difference:.1e}",
         "",
