@@ -26,7 +26,7 @@ if ! command -v qemu-x86_64-static >/dev/null; then
 fi
 python_bin="$("$PYTHON" -c 'import sys; print(sys.executable)')"
 haswell() { qemu-x86_64-static -cpu Haswell "$python_bin" "$@" 2> >(grep -v "TCG doesn't support" >&2); }
-family="$(haswell -c 'from edgeft.runtime.int8_check import cpu_family; print(cpu_family())')"
+family="$(haswell -c 'from edgeft.common.int8_probe import cpu_family; print(cpu_family())')"
 if [[ "$family" != "x86-saturating" ]]; then
     echo "int8: under qemu -cpu Haswell the kernel probe says '$family', expected x86-saturating" >&2
     exit 1
