@@ -1,8 +1,8 @@
 """edgeft: fine-tune a frozen model's new head on edge devices, with any onnxruntime.
 
 The device side (``Adapter``, ``Bundle``, ``evaluate``, ``GuardPolicy``) needs onnxruntime and numpy only;
-``export_bundle`` (the workstation side) also needs onnx. Each name is imported on first use, so
-``import edgeft`` stays cheap.
+``export_bundle(ExportConfig(...))`` (the workstation side) also needs onnx. Each name is imported on first use,
+so ``import edgeft`` stays cheap.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from edgeft.bundle import Bundle
-    from edgeft.export import export_bundle
+    from edgeft.export import ExportConfig, export_bundle
     from edgeft.runtime.adapter import Adapter
     from edgeft.runtime.evaluation import evaluate
     from edgeft.runtime.guard import GuardPolicy
@@ -27,10 +27,21 @@ _LAZY = {
     "Bundle": "edgeft.bundle",
     "GuardPolicy": "edgeft.runtime.guard",
     "evaluate": "edgeft.runtime.evaluation",
+    "ExportConfig": "edgeft.export",
     "export_bundle": "edgeft.export",
 }
 
-__all__ = ["Adapter", "Bundle", "DataError", "EdgeftError", "GuardPolicy", "evaluate", "export_bundle", "__version__"]
+__all__ = [
+    "Adapter",
+    "Bundle",
+    "DataError",
+    "EdgeftError",
+    "ExportConfig",
+    "GuardPolicy",
+    "evaluate",
+    "export_bundle",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

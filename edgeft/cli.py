@@ -266,7 +266,7 @@ def export(
 ) -> None:
     """Cut the head off MODEL, attach a new trainable head, write a validated bundle."""
     from edgeft.bundle import Defaults
-    from edgeft.export import export_bundle
+    from edgeft.export import ExportConfig, export_bundle
 
     shape = _csv_ints(input_shape, "--input-shape")
     if quantize is None:  # int8-only options set in a config file or the environment do not apply to float exports
@@ -293,7 +293,7 @@ def export(
     }
     with _reported():
         source, example = _export_source(model, torch_factory, shape)
-        bundle = export_bundle(
+        config = ExportConfig(
             source,
             out,
             classes=classes.split(",") if classes else None,
@@ -329,6 +329,7 @@ def export(
             float_fallback=int8_fallback,
             force=force,
         )
+        bundle = export_bundle(config)
         m = bundle.manifest
         if as_json:
             typer.echo(json.dumps({"bundle": str(bundle.path), "manifest": json.loads(m.to_json())}))

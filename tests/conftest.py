@@ -10,7 +10,7 @@ from helpers import CLASSES, make_dataset
 from tiny_models import classifier, save
 
 from edgeft.bundle import Bundle, Defaults
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 
 # Training defaults recorded in the session bundle: small enough to keep every learn call fast.
 TEST_DEFAULTS = Defaults(epochs=10, batch_size=16, lr=0.05, seed=0)
@@ -26,7 +26,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle_dir(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle exported once from ``tiny_model`` for the classes red/green/blue; never modified by tests."""
     out = tmp_path_factory.mktemp("bundle") / "bundle"
-    export_bundle(tiny_model, out, classes=list(CLASSES), defaults=TEST_DEFAULTS)
+    export_bundle(ExportConfig(tiny_model, out, classes=list(CLASSES), defaults=TEST_DEFAULTS))
     return out
 
 

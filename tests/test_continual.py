@@ -13,7 +13,7 @@ from helpers import CLASSES, make_dataset
 
 from edgeft.bundle import Bundle
 from edgeft.errors import DataError, EdgeftError
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.guard import GuardPolicy, decide
 from edgeft.runtime.history import read_lines
@@ -28,7 +28,7 @@ Data = tuple[np.ndarray, np.ndarray]
 def open_bundle(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     """A bundle that knows only 'red' and reserves outputs for 3 more classes."""
     out = tmp_path_factory.mktemp("open") / "bundle"
-    return export_bundle(tiny_model, out, classes=["red"], max_classes=4, defaults=TEST_DEFAULTS)
+    return export_bundle(ExportConfig(tiny_model, out, classes=["red"], max_classes=4, defaults=TEST_DEFAULTS))
 
 
 def _names(y: np.ndarray) -> np.ndarray:
@@ -84,7 +84,7 @@ def test_labels_beyond_capacity_are_refused_and_nothing_is_committed(
 def test_open_set_bundle_without_classes_predicts_only_after_learning(
     tiny_model: Path, tmp_path: Path, train_data: Data
 ) -> None:
-    bundle = export_bundle(tiny_model, tmp_path / "b", max_classes=3, defaults=TEST_DEFAULTS)
+    bundle = export_bundle(ExportConfig(tiny_model, tmp_path / "b", max_classes=3, defaults=TEST_DEFAULTS))
     x, y = train_data
     with Adapter(bundle, tmp_path / "state") as adapter:
         with pytest.raises(Exception, match="knows no classes yet"):

@@ -26,7 +26,7 @@ from tiny_models import CHANNELS, HIDDEN, ORIGINAL_CLASSES, SIZE, classifier, sa
 from edgeft.bundle import FORMAT_VERSION, MANIFEST_FILE, Bundle
 from edgeft.common.ort import training_api
 from edgeft.errors import EdgeftError
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.export.artifacts import check_trainable_set
 
 HEAD_PARAMETERS = {"head.weight", "head.bias", "head.feature_mean", "head.feature_scale"}
@@ -186,7 +186,7 @@ def test_inference_head_applies_checkpoint_parameters(bundle_dir: Path) -> None:
 @pytest.mark.parametrize("head", ["gemm", "matmul_add"])
 def test_backbone_with_original_head_reproduces_original_model(head: str, tmp_path: Path) -> None:
     model = classifier(head=head, tail=("Softmax",), seed=7)
-    bundle = export_bundle(save(model, tmp_path / "m.onnx"), tmp_path / "b", num_classes=2)
+    bundle = export_bundle(ExportConfig(save(model, tmp_path / "m.onnx"), tmp_path / "b", num_classes=2))
     x = np.random.default_rng(1).uniform(0, 1, (6, CHANNELS, SIZE, SIZE)).astype(np.float32)
     (features,) = run_onnx(bundle.backbone_path, {"image": x})
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
@@ -198,21 +198,21 @@ def test_backbone_with_original_head_reproduces_original_model(head: str, tmp_pa
 
 
 def test_num_classes_names_classes_by_index(tiny_model: Path, tmp_path: Path) -> None:
-    bundle = export_bundle(tiny_model, tmp_path / "b", num_classes=4)
+    bundle = export_bundle(ExportConfig(tiny_model, tmp_path / "b", num_classes=4))
     assert bundle.manifest.classes == ["0", "1", "2", "3"]
     assert bundle.manifest.head.num_outputs == 4
 
 
 def test_class_names_are_stripped(tiny_model: Path, tmp_path: Path) -> None:
-    bundle = export_bundle(tiny_model, tmp_path / "b", classes=[" cat", "dog "])
+    bundle = export_bundle(ExportConfig(tiny_model, tmp_path / "b", classes=[" cat", "dog "]))
     assert bundle.manifest.classes == ["cat", "dog"]
 
 
 def test_max_classes_reserves_outputs(tiny_model: Path, tmp_path: Path) -> None:
-    bundle = export_bundle(tiny_model, tmp_path / "b", classes=["cat"], max_classes=6)
+    bundle = export_bundle(ExportConfig(tiny_model, tmp_path / "b", classes=["cat"], max_classes=6))
     assert bundle.manifest.classes == ["cat"]
     assert bundle.manifest.head.num_outputs == 6
-    open_set = export_bundle(tiny_model, tmp_path / "open", max_classes=4)
+    open_set = export_bundle(ExportConfig(tiny_model, tmp_path / "open", max_classes=4))
     assert open_set.manifest.classes == [] and open_set.manifest.head.num_outputs == 4
 
 
@@ -232,7 +232,7 @@ def test_max_classes_reserves_outputs(tiny_model: Path, tmp_path: Path) -> None:
 )
 def test_bad_class_arguments(kwargs: dict, message: str, tiny_model: Path, tmp_path: Path) -> None:
     with pytest.raises(EdgeftError, match=message):
-        export_bundle(tiny_model, tmp_path / "b", **kwargs)
+        export_bundle(ExportConfig(tiny_model, tmp_path / "b", **kwargs))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -241,9 +241,9 @@ def test_existing_output_needs_force(tiny_model: Path, tmp_path: Path) -> None:
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(EdgeftError, match="already exists.*--force"):
-        export_bundle(tiny_model, out, num_classes=2)
+        export_bundle(ExportConfig(tiny_model, out, num_classes=2))
     assert (out / "keep.txt").read_text() == "mine"
-    bundle = export_bundle(tiny_model, out, num_classes=3, force=True)
+    bundle = export_bundle(ExportConfig(tiny_model, out, num_classes=3, force=True))
     assert not (out / "keep.txt").exists()
     assert bundle.manifest.classes == ["0", "1", "2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
@@ -253,7 +253,7 @@ def test_failed_forced_export_keeps_the_old_bundle(bundle_dir: Path, tiny_model:
     out = copy_tree(bundle_dir, tmp_path / "b")
     before = _sha256(out / MANIFEST_FILE)
     with pytest.raises(EdgeftError, match="no tensor named"):
-        export_bundle(tiny_model, out, num_classes=2, cut="nope", force=True)
+        export_bundle(ExportConfig(tiny_model, out, num_classes=2, cut="nope", force=True))
     assert _sha256(out / MANIFEST_FILE) == before
     Bundle.load(out)
 
@@ -262,7 +262,7 @@ def test_force_over_an_existing_file(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.write_text("not a bundle")
     try:
-        bundle = export_bundle(tiny_model, out, num_classes=2, force=True)
+        bundle = export_bundle(ExportConfig(tiny_model, out, num_classes=2, force=True))
     except EdgeftError as exc:
         assert str(out) in str(exc)
     else:
@@ -273,14 +273,14 @@ def test_random_bytes_are_not_an_onnx_model(tmp_path: Path) -> None:
     path = tmp_path / "random.onnx"
     path.write_bytes(os.urandom(512))
     with pytest.raises(EdgeftError, match="not a valid ONNX model") as info:
-        export_bundle(path, tmp_path / "b", num_classes=2)
+        export_bundle(ExportConfig(path, tmp_path / "b", num_classes=2))
     assert str(path) in str(info.value)
     assert not (tmp_path / "b").exists()
 
 
 def test_missing_model_file(tmp_path: Path) -> None:
     with pytest.raises(EdgeftError, match="does not exist") as info:
-        export_bundle(tmp_path / "missing.onnx", tmp_path / "b", num_classes=2)
+        export_bundle(ExportConfig(tmp_path / "missing.onnx", tmp_path / "b", num_classes=2))
     assert "missing.onnx" in str(info.value)
 
 
@@ -292,8 +292,8 @@ def test_dynamic_input_needs_input_shape(tmp_path: Path) -> None:
         dims[axis].dim_param = "HW"[axis - 2]
     path = save(model, tmp_path / "dyn.onnx")
     with pytest.raises(EdgeftError, match=r"dynamic axes \[2, 3\].*--input-shape"):
-        export_bundle(path, tmp_path / "b", num_classes=2)
-    bundle = export_bundle(path, tmp_path / "b", num_classes=2, input_shape=[1, CHANNELS, 5, 7])
+        export_bundle(ExportConfig(path, tmp_path / "b", num_classes=2))
+    bundle = export_bundle(ExportConfig(path, tmp_path / "b", num_classes=2, input_shape=[1, CHANNELS, 5, 7]))
     assert bundle.manifest.input.shape == ["batch", CHANNELS, "H", "W"]
     assert bundle.manifest.head.feature_dim == HIDDEN
     # The backbone runs on any image size, with any batch.

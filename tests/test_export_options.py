@@ -14,7 +14,7 @@ from zoo.onnx_families import FAMILIES, Graph
 
 from edgeft.common.ort import resolve_placement
 from edgeft.errors import EdgeftError
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.export import sources as sources_module
 from edgeft.export.artifacts import ort_training_installed
 from edgeft.export.cuts import list_cuts
@@ -38,7 +38,7 @@ def _original(model: onnx.ModelProto, tensor: str, x: np.ndarray, name: str = "i
     ],
 )
 def test_pool_turns_feature_maps_into_vectors(pool: str, reduce, tiny_model: Path, tmp_path: Path) -> None:
-    bundle = export_bundle(tiny_model, tmp_path / "b", num_classes=2, cut="relu", pool=pool)
+    bundle = export_bundle(ExportConfig(tiny_model, tmp_path / "b", num_classes=2, cut="relu", pool=pool))
     x = _images()
     (features,) = run_onnx(bundle.backbone_path, {"image": x})
     expected = reduce(_original(onnx.load(str(tiny_model)), "relu", x))
@@ -49,7 +49,9 @@ def test_pool_turns_feature_maps_into_vectors(pool: str, reduce, tiny_model: Pat
 @pytest.mark.parametrize("pool", ["cls", "avg", "max"])
 def test_pool_over_transformer_tokens(pool: str, tmp_path: Path) -> None:
     model = FAMILIES["transformer"]()
-    bundle = export_bundle(save(model, tmp_path / "t.onnx"), tmp_path / "b", num_classes=2, cut="encoded", pool=pool)
+    bundle = export_bundle(
+        ExportConfig(save(model, tmp_path / "t.onnx"), tmp_path / "b", num_classes=2, cut="encoded", pool=pool)
+    )
     x = np.random.default_rng(0).normal(size=(3, 6, 5)).astype(np.float32)
     tokens = _original(model, "encoded", x, "x")
     expected = {"cls": tokens[:, 0], "avg": tokens.mean(1), "max": tokens.max(1)}[pool]
@@ -81,7 +83,7 @@ def test_pool_over_transformer_tokens(pool: str, tmp_path: Path) -> None:
 )
 def test_bad_options_are_explained(kwargs: dict, message: str, tiny_model: Path, tmp_path: Path) -> None:
     with pytest.raises(EdgeftError, match=message):
-        export_bundle(tiny_model, tmp_path / "b", num_classes=5, **kwargs)
+        export_bundle(ExportConfig(tiny_model, tmp_path / "b", num_classes=5, **kwargs))
     assert not (tmp_path / "b").exists()
 
 
@@ -90,12 +92,12 @@ def test_unfreeze_from_must_be_on_every_path(tmp_path: Path) -> None:
     with pytest.raises(
         EdgeftError, match="not a tensor that every path.*candidates: stem, stem.bn, stem.relu, b1.add, b1.out, pool"
     ):
-        export_bundle(path, tmp_path / "b", num_classes=2, unfreeze_from="b1.relu1")
+        export_bundle(ExportConfig(path, tmp_path / "b", num_classes=2, unfreeze_from="b1.relu1"))
 
 
 def test_mlp_head_computes_what_it_says(tiny_model: Path, tmp_path: Path) -> None:
     bundle = export_bundle(
-        tiny_model, tmp_path / "b", num_classes=3, head="mlp:7,5", activation="gelu", dropout=0.3, seed=4
+        ExportConfig(tiny_model, tmp_path / "b", num_classes=3, head="mlp:7,5", activation="gelu", dropout=0.3, seed=4)
     )
     head = bundle.manifest.head
     assert (head.kind, head.hidden, head.activation, head.dropout) == ("mlp", [7, 5], "gelu", 0.3)
@@ -111,8 +113,12 @@ def test_mlp_head_computes_what_it_says(tiny_model: Path, tmp_path: Path) -> Non
         h = gelu(h @ params[f"head.hidden{i}.weight"].T + params[f"head.hidden{i}.bias"])
     np.testing.assert_allclose(logits, h @ params["head.weight"].T + params["head.bias"], rtol=1e-4, atol=1e-5)
     # Seeded: the same seed gives the same initial head, another seed another one.
-    again = export_bundle(tiny_model, tmp_path / "c", num_classes=3, head="mlp:7,5", activation="gelu", seed=4)
-    other = export_bundle(tiny_model, tmp_path / "d", num_classes=3, head="mlp:7,5", activation="gelu", seed=5)
+    again = export_bundle(
+        ExportConfig(tiny_model, tmp_path / "c", num_classes=3, head="mlp:7,5", activation="gelu", seed=4)
+    )
+    other = export_bundle(
+        ExportConfig(tiny_model, tmp_path / "d", num_classes=3, head="mlp:7,5", activation="gelu", seed=5)
+    )
     np.testing.assert_array_equal(initial_parameters(again.path)["head.weight"], params["head.weight"])
     assert not np.array_equal(initial_parameters(other.path)["head.weight"], params["head.weight"])
 
@@ -132,7 +138,7 @@ def _train(bundle_path: Path, features: np.ndarray, targets: np.ndarray, lr: flo
 )
 def test_tasks_train_with_their_loss(task: str, loss: str, tiny_model: Path, tmp_path: Path) -> None:
     names = ["x", "y", "z"]
-    bundle = export_bundle(tiny_model, tmp_path / "b", classes=names, task=task, loss=loss)
+    bundle = export_bundle(ExportConfig(tiny_model, tmp_path / "b", classes=names, task=task, loss=loss))
     assert (bundle.manifest.head.task, bundle.manifest.head.loss) == (task, loss)
     rng = np.random.default_rng(0)
     features = rng.normal(size=(64, HIDDEN)).astype(np.float32)
@@ -144,14 +150,17 @@ def test_tasks_train_with_their_loss(task: str, loss: str, tiny_model: Path, tmp
 
 def test_single_regression_target_and_label(tiny_model: Path, tmp_path: Path) -> None:
     assert (
-        export_bundle(tiny_model, tmp_path / "r", classes=["price"], task="regression").manifest.head.num_outputs == 1
+        export_bundle(
+            ExportConfig(tiny_model, tmp_path / "r", classes=["price"], task="regression")
+        ).manifest.head.num_outputs
+        == 1
     )
     assert (
-        export_bundle(tiny_model, tmp_path / "m", classes=["cat"], task="multilabel").manifest.head.loss
+        export_bundle(ExportConfig(tiny_model, tmp_path / "m", classes=["cat"], task="multilabel")).manifest.head.loss
         == "bce_with_logits"
     )
     with pytest.raises(EdgeftError, match="fixed set of targets"):
-        export_bundle(tiny_model, tmp_path / "x", classes=["a"], max_classes=4, task="regression")
+        export_bundle(ExportConfig(tiny_model, tmp_path / "x", classes=["a"], max_classes=4, task="regression"))
 
 
 @pytest.mark.parametrize(
@@ -160,7 +169,9 @@ def test_single_regression_target_and_label(tiny_model: Path, tmp_path: Path) ->
 def test_optimizer_and_weight_decay_are_in_the_artifacts(
     optimizer: str, decay: float, op: str, tiny_model: Path, tmp_path: Path
 ) -> None:
-    bundle = export_bundle(tiny_model, tmp_path / "b", num_classes=3, optimizer=optimizer, weight_decay=decay)
+    bundle = export_bundle(
+        ExportConfig(tiny_model, tmp_path / "b", num_classes=3, optimizer=optimizer, weight_decay=decay)
+    )
     assert (bundle.manifest.head.optimizer, bundle.manifest.head.weight_decay) == (optimizer, decay)
     step_outputs = {o.name for o in onnx.load(str(bundle.train_path("train_step.onnx"))).graph.output}
     assert ("new.adamw.m.head.weight" in step_outputs) == (optimizer == "adamw")
@@ -179,7 +190,7 @@ def test_optimizer_and_weight_decay_are_in_the_artifacts(
 @pytest.mark.parametrize("family", ["mlp", "efficientnet", "resnet"])
 def test_keep_head_reproduces_original_logits(family: str, tmp_path: Path) -> None:
     model = FAMILIES[family]()
-    bundle = export_bundle(save(model, tmp_path / "m.onnx"), tmp_path / "b", keep_head=True)
+    bundle = export_bundle(ExportConfig(save(model, tmp_path / "m.onnx"), tmp_path / "b", keep_head=True))
     validation = bundle.manifest.validation
     assert validation["logits_max_abs_diff"] <= validation["logits_atol"]
     assert bundle.manifest.head.normaliser == {} and len(bundle.manifest.classes) == 5
@@ -196,9 +207,11 @@ def test_keep_head_reproduces_original_logits(family: str, tmp_path: Path) -> No
 def test_keep_head_refuses_squeezenet_relu(tmp_path: Path) -> None:
     path = save(FAMILIES["squeezenet"](), tmp_path / "s.onnx")
     with pytest.raises(EdgeftError, match="nonlinearity"):
-        export_bundle(path, tmp_path / "b", keep_head=True)
+        export_bundle(ExportConfig(path, tmp_path / "b", keep_head=True))
     with pytest.raises(EdgeftError, match="has 5 outputs, the new one 3"):
-        export_bundle(save(FAMILIES["mlp"](), tmp_path / "m.onnx"), tmp_path / "b", keep_head=True, num_classes=3)
+        export_bundle(
+            ExportConfig(save(FAMILIES["mlp"](), tmp_path / "m.onnx"), tmp_path / "b", keep_head=True, num_classes=3)
+        )
 
 
 def _with_round(where: str) -> onnx.ModelProto:
@@ -217,12 +230,12 @@ def _with_round(where: str) -> onnx.ModelProto:
 def test_non_differentiable_op_on_gradient_path_is_named(tmp_path: Path) -> None:
     path = save(_with_round("trainable"), tmp_path / "m.onnx")
     with pytest.raises(EdgeftError, match="cannot differentiate the Round node 'round'.*move the freeze line"):
-        export_bundle(path, tmp_path / "b", num_classes=2, unfreeze_from="relu1")
+        export_bundle(ExportConfig(path, tmp_path / "b", num_classes=2, unfreeze_from="relu1"))
     assert not (tmp_path / "b").exists()
     # Frozen, the same op does not matter.
-    export_bundle(path, tmp_path / "b", num_classes=2)
+    export_bundle(ExportConfig(path, tmp_path / "b", num_classes=2))
     frozen = save(_with_round("frozen"), tmp_path / "f.onnx")
-    bundle = export_bundle(frozen, tmp_path / "f", num_classes=2, unfreeze_from="relu1")
+    bundle = export_bundle(ExportConfig(frozen, tmp_path / "f", num_classes=2, unfreeze_from="relu1"))
     assert "c2.w" in bundle.manifest.head.trainable
 
 
@@ -275,10 +288,10 @@ def test_output_picks_one_of_several(tmp_path: Path) -> None:
     model = classifier()
     model.graph.output.append(helper.make_tensor_value_info("relu", onnx.TensorProto.FLOAT, ["N", HIDDEN, SIZE, SIZE]))
     path = save(model, tmp_path / "two.onnx")
-    bundle = export_bundle(path, tmp_path / "b", num_classes=2, output="tail0", keep_head=False)
+    bundle = export_bundle(ExportConfig(path, tmp_path / "b", num_classes=2, output="tail0", keep_head=False))
     assert bundle.manifest.source["cut_tensor"] == "features"
     with pytest.raises(EdgeftError, match="depends on 1 layers"):
-        export_bundle(path, tmp_path / "c", num_classes=2, output="relu", remove_layers=2)
+        export_bundle(ExportConfig(path, tmp_path / "c", num_classes=2, output="relu", remove_layers=2))
 
 
 @pytest.mark.parametrize("opset", [11, 13, 18, 21])
@@ -288,12 +301,14 @@ def test_models_of_other_opsets(opset: int, tmp_path: Path) -> None:
     if opset >= 18:
         model.ir_version = 8 if opset == 18 else 10
     path = save(model, tmp_path / "m.onnx")
-    bundle = export_bundle(path, tmp_path / "b", num_classes=2, cut="relu", pool="avg")
+    bundle = export_bundle(ExportConfig(path, tmp_path / "b", num_classes=2, cut="relu", pool="avg"))
     assert onnx.load(str(bundle.backbone_path)).opset_import[0].version == opset
     x = _images()
     (features,) = run_onnx(bundle.backbone_path, {"image": x})
     np.testing.assert_allclose(features, _original(model, "relu", x).mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
-    unfrozen = export_bundle(path, tmp_path / "u", num_classes=2, cut="relu", pool="avg", unfreeze_from="conv")
+    unfrozen = export_bundle(
+        ExportConfig(path, tmp_path / "u", num_classes=2, cut="relu", pool="avg", unfreeze_from="conv")
+    )
     assert unfrozen.manifest.head.unfrozen == ["relu"]
 
 
@@ -304,11 +319,11 @@ def test_external_data_is_loaded(tmp_path: Path) -> None:
     onnx.save(
         model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data", size_threshold=0
     )
-    bundle = export_bundle(path, tmp_path / "b", num_classes=2)
+    bundle = export_bundle(ExportConfig(path, tmp_path / "b", num_classes=2))
     assert bundle.manifest.head.feature_dim == HIDDEN
     (path.parent / "m.data").unlink()
     with pytest.raises(EdgeftError, match="external data files that are missing.*m.data"):
-        export_bundle(path, tmp_path / "c", num_classes=2)
+        export_bundle(ExportConfig(path, tmp_path / "c", num_classes=2))
 
 
 def test_models_over_the_protobuf_limit_are_refused(
@@ -317,7 +332,7 @@ def test_models_over_the_protobuf_limit_are_refused(
     size = tiny_model.stat().st_size
     monkeypatch.setattr(sources_module, "PROTOBUF_LIMIT", size - 1)
     with pytest.raises(EdgeftError, match=r"GiB with its external data; edgeft exports models up to 2 GiB"):
-        export_bundle(tiny_model, tmp_path / "b", num_classes=2)
+        export_bundle(ExportConfig(tiny_model, tmp_path / "b", num_classes=2))
 
 
 def test_validation_catches_a_backbone_that_differs(
@@ -335,7 +350,7 @@ def test_validation_catches_a_backbone_that_differs(
 
     monkeypatch.setattr(exporter, "extract_backbone", tampered)
     with pytest.raises(EdgeftError, match="differs from the original at 'features'"):
-        export_bundle(tiny_model, tmp_path / "b", num_classes=2)
+        export_bundle(ExportConfig(tiny_model, tmp_path / "b", num_classes=2))
 
 
 def test_torch_sources_without_torch_say_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -347,4 +362,4 @@ def test_torch_sources_without_torch_say_how_to_install(monkeypatch: pytest.Monk
     with pytest.raises(EdgeftError, match=r"pip install 'edgeft\[torch\]' \(torch==2.13.0"):
         module_from_spec("zoo.torch_families:mlp")
     with pytest.raises(EdgeftError, match=r"edgeft\[torch\]"):
-        export_bundle(object(), tmp_path / "b", num_classes=2)
+        export_bundle(ExportConfig(object(), tmp_path / "b", num_classes=2))

@@ -11,7 +11,7 @@ from tiny_models import classifier, save
 
 from edgeft.bundle import Bundle, Defaults
 from edgeft.errors import EdgeftError
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.fleet.alignment import device_view, extend_registry, row_order, to_device, to_global
 from edgeft.fleet.device import FleetDevice, TrainOptions, adopted_version
 from edgeft.fleet.normaliser import moments, pooled_normaliser
@@ -28,7 +28,9 @@ def wide_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("wide")
     model = save(classifier(), root / "tiny.onnx")
     defaults = Defaults(epochs=10, batch_size=16, lr=0.05, seed=0)
-    return export_bundle(model, root / "bundle", classes=list(CLASSES), max_classes=5, defaults=defaults).path
+    return export_bundle(
+        ExportConfig(model, root / "bundle", classes=list(CLASSES), max_classes=5, defaults=defaults)
+    ).path
 
 
 def test_registry_keeps_old_outputs_and_adds_new_names_sorted() -> None:

@@ -17,7 +17,7 @@ from tiny_models import classifier
 from edgeft.bundle import FLOAT_BACKBONE_FILE, MANIFEST_FILE, Bundle, hash_tree, sha256_file
 from edgeft.common.int8_probe import PROBE_FILE, cpu_family, cpu_signature, save_probe
 from edgeft.errors import EdgeftError
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.export.quantize import MIN_MEAN_COSINE, PROBE_MARGIN, PROBE_SAMPLES
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.history import METRICS_FILE
@@ -31,7 +31,9 @@ def int8_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = root / "tiny.onnx"
     onnx.save(classifier(), str(model))
     x, y = make_dataset(200, seed=3)
-    return export_bundle(model, root / "int8", classes=list(CLASSES), quantize="int8", calibration=(x, y)).path
+    return export_bundle(
+        ExportConfig(model, root / "int8", classes=list(CLASSES), quantize="int8", calibration=(x, y))
+    ).path
 
 
 def _disagreeing_copy(int8_bundle: Path, path: Path, fallback: bool) -> Path:
@@ -146,17 +148,23 @@ def test_int8_bundle_ships_its_float_backbone_unless_told_not_to(int8_bundle: Pa
     assert sha256_file(fallback) == record["sha256"] and fallback.stat().st_size == record["bytes"]
     x, y = make_dataset(200, seed=3)
     lean = export_bundle(
-        int8_bundle.parent / "tiny.onnx",
-        tmp_path / "lean",
-        classes=list(CLASSES),
-        quantize="int8",
-        calibration=(x, y),
-        float_fallback=False,
+        ExportConfig(
+            int8_bundle.parent / "tiny.onnx",
+            tmp_path / "lean",
+            classes=list(CLASSES),
+            quantize="int8",
+            calibration=(x, y),
+            float_fallback=False,
+        )
     )
     assert lean.float_backbone_path is None and not (lean.path / FLOAT_BACKBONE_FILE).exists()
     assert "file" not in lean.manifest.quantization["float_backbone"]
     with pytest.raises(EdgeftError, match="--int8-fallback / --no-int8-fallback is only used with --quantize int8"):
-        export_bundle(int8_bundle.parent / "tiny.onnx", tmp_path / "float", classes=list(CLASSES), float_fallback=False)
+        export_bundle(
+            ExportConfig(
+                int8_bundle.parent / "tiny.onnx", tmp_path / "float", classes=list(CLASSES), float_fallback=False
+            )
+        )
     shown = run_cli("info", int8_bundle)
     assert shown.returncode == 0 and f"else the float backbone ({FLOAT_BACKBONE_FILE}) is used" in shown.stdout
     assert "else the bundle is refused" in run_cli("info", lean.path).stdout

@@ -15,7 +15,7 @@ from tiny_models import CHANNELS, SIZE
 from edgeft.bundle import MANIFEST_FILE, Bundle
 from edgeft.common.int8_probe import cpu_family
 from edgeft.errors import EdgeftError
-from edgeft.export import export_bundle, float_prefix
+from edgeft.export import ExportConfig, export_bundle, float_prefix
 from edgeft.export.quantize import (
     FAMILY_TARGETS,
     MAX_CALIBRATION,
@@ -100,9 +100,9 @@ def calibration() -> tuple[np.ndarray, np.ndarray]:
 def bundles(model_path: Path, calibration: tuple, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(float bundle, int8 bundle) of the same model, classes and seed."""
     root = tmp_path_factory.mktemp("bundles")
-    float_dir = export_bundle(model_path, root / "float", classes=list(CLASSES)).path
+    float_dir = export_bundle(ExportConfig(model_path, root / "float", classes=list(CLASSES))).path
     int8_dir = export_bundle(
-        model_path, root / "int8", classes=list(CLASSES), quantize="int8", calibration=calibration
+        ExportConfig(model_path, root / "int8", classes=list(CLASSES), quantize="int8", calibration=calibration)
     ).path
     return float_dir, int8_dir
 
@@ -140,7 +140,9 @@ def avx2_bundle(model_path: Path, calibration: tuple, tmp_path_factory: pytest.T
     """The int8 bundle of the same model for x86 CPUs without VNNI (7-bit weights)."""
     out = tmp_path_factory.mktemp("avx2") / "int8"
     return export_bundle(
-        model_path, out, classes=list(CLASSES), quantize="int8", calibration=calibration, target_cpu="avx2"
+        ExportConfig(
+            model_path, out, classes=list(CLASSES), quantize="int8", calibration=calibration, target_cpu="avx2"
+        )
     ).path
 
 
@@ -190,7 +192,9 @@ def test_adapter_learns_on_the_int8_bundle_as_well_as_on_the_float_one(
 def test_degenerate_bias_channel_is_repaired(calibration: tuple, tmp_path: Path) -> None:
     source = tmp_path / "dead.onnx"
     onnx.save(_model(dead_channel=True), str(source))
-    bundle = export_bundle(source, tmp_path / "int8", classes=list(CLASSES), quantize="int8", calibration=calibration)
+    bundle = export_bundle(
+        ExportConfig(source, tmp_path / "int8", classes=list(CLASSES), quantize="int8", calibration=calibration)
+    )
     assert bundle.manifest.quantization["repaired_bias_channels"] == {"conv": 1}
     x, _ = make_dataset(32, seed=12)
     (features,) = run_onnx(bundle.backbone_path, {"image": x})
@@ -205,7 +209,11 @@ def test_quantisation_that_disagrees_fails_with_its_figures(model_path: Path, tm
         with pytest.raises(
             EdgeftError, match=rf"disagree with the float ones .*mean_cosine 0\.\d+.*\({how}.*not shipped"
         ):
-            export_bundle(model_path, out, classes=list(CLASSES), quantize="int8", calibration=x, keep_float=keep_float)
+            export_bundle(
+                ExportConfig(
+                    model_path, out, classes=list(CLASSES), quantize="int8", calibration=x, keep_float=keep_float
+                )
+            )
         assert not out.exists()
 
 
@@ -230,7 +238,7 @@ def test_quantisation_that_disagrees_fails_with_its_figures(model_path: Path, tm
 )
 def test_bad_quantisation_requests(kwargs: dict, message: str, model_path: Path, tmp_path: Path) -> None:
     with pytest.raises(EdgeftError, match=message):
-        export_bundle(model_path, tmp_path / "b", classes=list(CLASSES), **kwargs)
+        export_bundle(ExportConfig(model_path, tmp_path / "b", classes=list(CLASSES), **kwargs))
 
 
 @pytest.mark.slow
@@ -386,9 +394,13 @@ def test_auto_keeps_the_layer_that_quantises_badly_float(deep_path: Path, tmp_pa
     x[::8] *= 1e4  # outliers stretch the input's calibrated range: int8 inputs lose ordinary samples entirely
     with pytest.raises(EdgeftError, match="disagree with the float ones"):
         export_bundle(
-            deep_path, tmp_path / "all", classes=list(CLASSES), quantize="int8", calibration=(x, y), keep_float=0
+            ExportConfig(
+                deep_path, tmp_path / "all", classes=list(CLASSES), quantize="int8", calibration=(x, y), keep_float=0
+            )
         )
-    bundle = export_bundle(deep_path, tmp_path / "auto", classes=list(CLASSES), quantize="int8", calibration=(x, y))
+    bundle = export_bundle(
+        ExportConfig(deep_path, tmp_path / "auto", classes=list(CLASSES), quantize="int8", calibration=(x, y))
+    )
     record = bundle.manifest.quantization
     layers = record["float_layers"]
     assert layers["chosen"] == "auto" and layers["count"] == 1 and layers["weight_layers"] == ["conv1"]
@@ -396,7 +408,8 @@ def test_auto_keeps_the_layer_that_quantises_badly_float(deep_path: Path, tmp_pa
     assert record["validation"]["mean_cosine"] >= float_prefix.TARGET_MEAN_COSINE
     assert float_weight_layers(onnx.load(str(bundle.backbone_path))) == ["conv1"]
     (reference,) = run_onnx(
-        export_bundle(deep_path, tmp_path / "float", classes=list(CLASSES)).backbone_path, {"image": x[1:64:8]}
+        export_bundle(ExportConfig(deep_path, tmp_path / "float", classes=list(CLASSES))).backbone_path,
+        {"image": x[1:64:8]},
     )
     (features,) = run_onnx(bundle.backbone_path, {"image": x[1:64:8]})
     np.testing.assert_allclose(features, reference, atol=0.05 * np.abs(reference).max())
@@ -404,12 +417,14 @@ def test_auto_keeps_the_layer_that_quantises_badly_float(deep_path: Path, tmp_pa
 
 def test_keep_float_fixed_number_of_layers(deep_path: Path, calibration: tuple, tmp_path: Path) -> None:
     bundle = export_bundle(
-        deep_path,
-        tmp_path / "b",
-        classes=list(CLASSES),
-        quantize="int8",
-        calibration=calibration,
-        keep_float=np.int64(2),
+        ExportConfig(
+            deep_path,
+            tmp_path / "b",
+            classes=list(CLASSES),
+            quantize="int8",
+            calibration=calibration,
+            keep_float=np.int64(2),
+        )
     )
     layers = bundle.manifest.quantization["float_layers"]
     assert (layers["chosen"], layers["count"], layers["search"]) == ("fixed", 2, [])
@@ -418,7 +433,9 @@ def test_keep_float_fixed_number_of_layers(deep_path: Path, calibration: tuple, 
         EdgeftError, match="--keep-float 3 would leave nothing int8: the frozen part has 3 weight layers"
     ):
         export_bundle(
-            deep_path, tmp_path / "c", classes=list(CLASSES), quantize="int8", calibration=calibration, keep_float=3
+            ExportConfig(
+                deep_path, tmp_path / "c", classes=list(CLASSES), quantize="int8", calibration=calibration, keep_float=3
+            )
         )
     assert not (tmp_path / "c").exists()
 
@@ -485,7 +502,7 @@ def test_auto_search_doubles_bisects_and_stays_under_the_compute_cap(tmp_path: P
     source = tmp_path / "chain.onnx"
     onnx.save(_chain_model(), str(source))
     bundle = export_bundle(
-        source, tmp_path / "b", classes=list(CLASSES), quantize="int8", calibration=_outlier_calibration()
+        ExportConfig(source, tmp_path / "b", classes=list(CLASSES), quantize="int8", calibration=_outlier_calibration())
     )
     record = bundle.manifest.quantization
     layers = record["float_layers"]
@@ -507,7 +524,14 @@ def test_unnamed_node_after_the_float_prefix_is_still_quantised(tmp_path: Path) 
     source = tmp_path / "chain.onnx"
     onnx.save(_chain_model(unnamed="conv9"), str(source))
     bundle = export_bundle(
-        source, tmp_path / "b", classes=list(CLASSES), quantize="int8", calibration=_outlier_calibration(), keep_float=8
+        ExportConfig(
+            source,
+            tmp_path / "b",
+            classes=list(CLASSES),
+            quantize="int8",
+            calibration=_outlier_calibration(),
+            keep_float=8,
+        )
     )
     backbone = onnx.load(str(bundle.backbone_path))
     assert float_weight_layers(backbone) == [f"conv{i}" for i in range(1, 9)]  # the unnamed conv9 is int8
@@ -528,9 +552,16 @@ def test_backbone_without_weight_layers_is_refused_for_int8(tmp_path: Path) -> N
         EdgeftError, match=r"plain\.onnx: the frozen part has no layer with weights .* without --quantize"
     ):
         export_bundle(
-            source, tmp_path / "b", classes=list(CLASSES), quantize="int8", calibration=make_dataset(40, 1)[0]
+            ExportConfig(
+                source, tmp_path / "b", classes=list(CLASSES), quantize="int8", calibration=make_dataset(40, 1)[0]
+            )
         )
-    assert export_bundle(source, tmp_path / "f", classes=list(CLASSES), keep_float="auto").manifest.quantization == {}
+    assert (
+        export_bundle(
+            ExportConfig(source, tmp_path / "f", classes=list(CLASSES), keep_float="auto")
+        ).manifest.quantization
+        == {}
+    )
 
 
 @pytest.mark.slow

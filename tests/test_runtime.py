@@ -18,7 +18,7 @@ from helpers import CLASSES, SUBPROCESS_TIMEOUT, flip_byte, softmax
 
 from edgeft.bundle import Bundle, Defaults
 from edgeft.errors import DataError, EdgeftError
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.head_state import HeadState
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.guard import GuardPolicy
@@ -138,7 +138,12 @@ def test_replay_buffer_keeps_at_most_per_class_samples(
 ) -> None:
     per_class = 4
     small = export_bundle(
-        tiny_model, tmp_path / "small", classes=list(CLASSES), defaults=Defaults(epochs=1, replay_per_class=per_class)
+        ExportConfig(
+            tiny_model,
+            tmp_path / "small",
+            classes=list(CLASSES),
+            defaults=Defaults(epochs=1, replay_per_class=per_class),
+        )
     )
     x, y = train_data
     seen = np.zeros(len(CLASSES), np.int64)
@@ -343,7 +348,7 @@ def test_state_of_another_bundle_is_refused(
     x, y = train_data
     with Adapter(bundle, state_dir) as adapter:
         adapter.learn(x[:12], y[:12], epochs=1)
-    other = export_bundle(tiny_model, tmp_path / "other", classes=["a", "b", "c"])
+    other = export_bundle(ExportConfig(tiny_model, tmp_path / "other", classes=["a", "b", "c"]))
     assert other.fingerprint != bundle.fingerprint
     with pytest.raises(EdgeftError, match="belongs to another bundle"):
         Adapter(other, state_dir)

@@ -11,7 +11,7 @@ from helpers import CLASSES, make_dataset, one_error_line, run_cli, run_onnx
 from tiny_models import classifier, save
 
 from edgeft.errors import EdgeftError
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.class_statistics import STATISTICS_FILE, ClassStatistics
 from edgeft.runtime.guard import GuardPolicy
@@ -163,7 +163,7 @@ def test_unsupported_heads_and_learners_are_clear_errors(
     bundle_dir: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     mlp = tmp_path / "mlp"
-    export_bundle(save(classifier(), tmp_path / "tiny.onnx"), mlp, classes=list(CLASSES), head="mlp:8")
+    export_bundle(ExportConfig(save(classifier(), tmp_path / "tiny.onnx"), mlp, classes=list(CLASSES), head="mlp:8"))
     with pytest.raises(EdgeftError, match="needs a linear head"):
         Adapter(mlp, tmp_path / "s", head_learner="slda")
     with pytest.raises(EdgeftError, match="unknown head learner 'lda'"):

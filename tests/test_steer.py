@@ -14,7 +14,7 @@ from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset, one_error_li
 
 from edgeft.bundle import Bundle
 from edgeft.errors import EdgeftError
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.runtime import drift
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.continual_metrics import summarise
@@ -161,7 +161,9 @@ def test_continual_metrics_by_their_definitions() -> None:
 
 @pytest.fixture()
 def open_bundle(tiny_model: Path, tmp_path: Path) -> Bundle:
-    return export_bundle(tiny_model, tmp_path / "open", classes=["red"], max_classes=4, defaults=TEST_DEFAULTS)
+    return export_bundle(
+        ExportConfig(tiny_model, tmp_path / "open", classes=["red"], max_classes=4, defaults=TEST_DEFAULTS)
+    )
 
 
 def test_eval_tasks_matrix_matches_each_heads_accuracy(open_bundle: Bundle, state_dir: Path) -> None:

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from tiny_models import CHANNELS, HIDDEN, ORIGINAL_CLASSES, SIZE, classifier, save
 
 from edgeft.errors import EdgeftError
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.export.surgery import cut_at, extract_backbone, find_head
 
 HEAD_NODES = {"gemm": ("fc",), "matmul_add": ("fc.add", "fc.matmul"), "matmul": ("fc.matmul",)}
@@ -101,7 +101,7 @@ def test_extracted_backbone_equals_original_at_cut(head: str) -> None:
 @pytest.mark.parametrize("head", sorted(HEAD_NODES))
 def test_export_records_cut_and_backbone_matches(head: str, tmp_path: Path) -> None:
     model = classifier(head=head, tail=("LogSoftmax",), seed=1)
-    bundle = export_bundle(save(model, tmp_path / "m.onnx"), tmp_path / "b", num_classes=2)
+    bundle = export_bundle(ExportConfig(save(model, tmp_path / "m.onnx"), tmp_path / "b", num_classes=2))
     source = bundle.manifest.source
     assert source["cut_tensor"] == "features"
     assert source["removed_head_nodes"] == ["tail0", *HEAD_NODES[head]]
@@ -114,7 +114,7 @@ def test_export_records_cut_and_backbone_matches(head: str, tmp_path: Path) -> N
     ("tensor", "dim"), [("relu", HIDDEN * SIZE * SIZE), ("pool", HIDDEN), ("conv", HIDDEN * SIZE * SIZE)]
 )
 def test_cut_at_intermediate_tensor_flattens_features(tensor: str, dim: int, tiny_model: Path, tmp_path: Path) -> None:
-    bundle = export_bundle(tiny_model, tmp_path / "b", classes=["x", "y"], cut=tensor)
+    bundle = export_bundle(ExportConfig(tiny_model, tmp_path / "b", classes=["x", "y"], cut=tensor))
     manifest = bundle.manifest
     assert manifest.source["cut_tensor"] == tensor
     assert manifest.source["removed_head_nodes"] == []
@@ -141,11 +141,11 @@ def test_several_outputs_need_output_choice(tmp_path: Path) -> None:
         find_head(model)
     path = save(model, tmp_path / "two.onnx")
     with pytest.raises(EdgeftError, match="--output"):
-        export_bundle(path, tmp_path / "b", num_classes=2)
+        export_bundle(ExportConfig(path, tmp_path / "b", num_classes=2))
     assert not (tmp_path / "b").exists()
     cut = find_head(model, output="tail0")
     assert (cut.feature_tensor, cut.head_nodes) == ("features", ("tail0", "fc"))
-    bundle = export_bundle(path, tmp_path / "b", num_classes=2, output="tail0")
+    bundle = export_bundle(ExportConfig(path, tmp_path / "b", num_classes=2, output="tail0"))
     assert bundle.manifest.source["cut_tensor"] == "features"
 
 
@@ -158,13 +158,13 @@ def test_unknown_cut_tensor(tiny_model: Path, tmp_path: Path) -> None:
     with pytest.raises(EdgeftError, match="no tensor named 'nope'"):
         cut_at(onnx.load(str(tiny_model)), "nope")
     with pytest.raises(EdgeftError, match="nope"):
-        export_bundle(tiny_model, tmp_path / "b", num_classes=2, cut="nope")
+        export_bundle(ExportConfig(tiny_model, tmp_path / "b", num_classes=2, cut="nope"))
     assert not (tmp_path / "b").exists()
 
 
 def test_cut_at_model_input_is_refused(tiny_model: Path, tmp_path: Path) -> None:
     with pytest.raises(EdgeftError, match="model input"):
-        export_bundle(tiny_model, tmp_path / "b", num_classes=2, cut="image")
+        export_bundle(ExportConfig(tiny_model, tmp_path / "b", num_classes=2, cut="image"))
 
 
 def test_graph_without_linear_head_asks_for_cut(tmp_path: Path) -> None:
@@ -173,8 +173,8 @@ def test_graph_without_linear_head_asks_for_cut(tmp_path: Path) -> None:
         find_head(model)
     path = save(model, tmp_path / "nohead.onnx")
     with pytest.raises(EdgeftError, match="--cut"):
-        export_bundle(path, tmp_path / "b", num_classes=2)
-    bundle = export_bundle(path, tmp_path / "b", num_classes=2, cut="flat")
+        export_bundle(ExportConfig(path, tmp_path / "b", num_classes=2))
+    bundle = export_bundle(ExportConfig(path, tmp_path / "b", num_classes=2, cut="flat"))
     assert bundle.manifest.head.feature_dim == HIDDEN
     _assert_backbone_matches(model, onnx.load(str(bundle.backbone_path)), "flat")
 

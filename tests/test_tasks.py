@@ -16,7 +16,7 @@ from helpers import CLASSES, make_dataset, needs_ort, one_error_line, run_cli, r
 from edgeft.bundle import Bundle, Defaults
 from edgeft.common.paired_test import significantly_worse
 from edgeft.errors import DataError
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.inbox import Inbox
@@ -160,7 +160,7 @@ def task_bundles(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("task-bundles")
     defaults = Defaults(epochs=5, batch_size=16, lr=0.05, seed=0)
     return {
-        task: export_bundle(tiny_model, root / task, classes=list(CLASSES), task=task, defaults=defaults)
+        task: export_bundle(ExportConfig(tiny_model, root / task, classes=list(CLASSES), task=task, defaults=defaults))
         for task in (MULTILABEL, REGRESSION)
     }
 
@@ -284,7 +284,9 @@ def test_predictions_of_a_classifier_are_its_predict(bundle: Bundle, train_data:
 
 def test_regression_output_starts_at_the_targets_centre(tiny_model: Path, tmp_path: Path) -> None:
     """Targets far from zero: the first training starts the output bias at their mean, so a small lr suffices."""
-    bundle = export_bundle(tiny_model, tmp_path / "b", classes=["price"], task=REGRESSION)  # lr 1e-3 by default
+    bundle = export_bundle(
+        ExportConfig(tiny_model, tmp_path / "b", classes=["price"], task=REGRESSION)
+    )  # lr 1e-3 by default
     x, _ = make_dataset(200, seed=7)
     price = 1000 + 10 * _levels(x)[:, 0]
     with Adapter(bundle, tmp_path / "s", policy=GuardPolicy(enabled=False)) as adapter:
@@ -332,7 +334,9 @@ def guard_sign_test_would_pass(current: np.ndarray, candidate: np.ndarray, targe
 @needs_ort
 @pytest.mark.parametrize("task", [MULTILABEL, REGRESSION])
 def test_ort_trainer_learns_these_heads(task: str, tiny_model: Path, tmp_path: Path) -> None:
-    bundle = export_bundle(tiny_model, tmp_path / "b", classes=list(CLASSES), task=task, ort_artifacts=True)
+    bundle = export_bundle(
+        ExportConfig(tiny_model, tmp_path / "b", classes=list(CLASSES), task=task, ort_artifacts=True)
+    )
     x, _ = make_dataset(300, seed=9)
     targets = (_levels(x) > 0).astype(np.float32) if task == MULTILABEL else _levels(x)
     with Adapter(bundle, tmp_path / "s", trainer="ort") as adapter:

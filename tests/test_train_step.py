@@ -19,7 +19,7 @@ from zoo.onnx_families import FAMILIES
 from edgeft.bundle import TRAIN_STEP_FILE, Bundle
 from edgeft.common.ort import resolve_placement
 from edgeft.errors import EdgeftError
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.export import head as head_graph
 from edgeft.export.artifacts import ort_training_installed
 from edgeft.export.train_step import LOSSES, Optimizer, build_train_step, new_name
@@ -126,7 +126,9 @@ UNFROZEN = {
 def test_unfrozen_layers_gradients_match_finite_differences(family: str, tmp_path: Path) -> None:
     path = save(FAMILIES[family](), tmp_path / f"{family}.onnx")
     bundle = export_bundle(
-        path, tmp_path / "b", classes=["a", "b", "c"], optimizer="sgd", ort_artifacts=False, **UNFROZEN[family]
+        ExportConfig(
+            path, tmp_path / "b", classes=["a", "b", "c"], optimizer="sgd", ort_artifacts=False, **UNFROZEN[family]
+        )
     )
     head = bundle.manifest.head
     assert head.trainers == ["onnx"] and head.unfrozen
@@ -410,11 +412,11 @@ def test_an_unfrozen_layer_the_portable_trainer_cannot_differentiate_is_named(tm
     path = save(FAMILIES["transformer"](), tmp_path / "t.onnx")
     options = {"classes": ["a", "b", "c"], "cut": "encoded", "pool": "cls", "unfreeze_from": "embed"}
     with pytest.raises(EdgeftError, match="MatMul only by a 2-D right operand.*edgeft\\[ort\\]"):
-        export_bundle(path, tmp_path / "b", ort_artifacts=False, **options)
+        export_bundle(ExportConfig(path, tmp_path / "b", ort_artifacts=False, **options))
     assert not (tmp_path / "b").exists()
     if ort_training_installed():  # ORT can: the bundle is written for the ORT trainer alone, with a warning
         with pytest.warns(UserWarning, match="ORT training artifacts only"):
-            bundle = export_bundle(path, tmp_path / "c", **options)
+            bundle = export_bundle(ExportConfig(path, tmp_path / "c", **options))
         assert bundle.manifest.head.trainers == ["ort"]
         with Adapter(bundle, tmp_path / "state") as adapter:
             assert adapter.trainer_kind == "ort"

@@ -12,7 +12,7 @@ from zoo.exercise import adapt_predict_export, inputs_for
 from zoo.onnx_families import FAMILIES
 
 from edgeft.bundle import Bundle, Defaults
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 
 CLASSES = ["a", "b", "c"]
 DEFAULTS = Defaults(epochs=3, batch_size=8, lr=0.01)
@@ -53,7 +53,7 @@ def _trainable(bundle_path: Path) -> set[str]:
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_exports_with_detected_head(family: str, tmp_path: Path) -> None:
     path = save(FAMILIES[family](), tmp_path / f"{family}.onnx")
-    bundle = export_bundle(path, tmp_path / "b", classes=CLASSES, defaults=DEFAULTS)
+    bundle = export_bundle(ExportConfig(path, tmp_path / "b", classes=CLASSES, defaults=DEFAULTS))
     tensor, dim, pool = DETECTED[family]
     manifest = bundle.manifest
     assert (manifest.source["cut_tensor"], manifest.head.feature_dim, manifest.head.pool) == (tensor, dim, pool)
@@ -67,7 +67,7 @@ def test_family_exports_with_other_cut_head_or_unfreezing(family: str, tmp_path:
     options, unfrozen = VARIANTS[family]
     options = {"classes": CLASSES, **options}
     path = save(FAMILIES[family](), tmp_path / f"{family}.onnx")
-    bundle = export_bundle(path, tmp_path / "b", defaults=DEFAULTS, **options)
+    bundle = export_bundle(ExportConfig(path, tmp_path / "b", defaults=DEFAULTS, **options))
     trainable = _trainable(bundle.path)
     new_layers = {n for n in trainable if n.startswith("head.")}
     assert trainable == set(bundle.manifest.head.trainable)
@@ -86,17 +86,19 @@ def test_family_exports_with_other_cut_head_or_unfreezing(family: str, tmp_path:
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_exports_int8_with_its_first_weight_layer_float(family: str, tmp_path: Path) -> None:
     path = save(FAMILIES[family](), tmp_path / f"{family}.onnx")
-    float_bundle = export_bundle(path, tmp_path / "float", classes=CLASSES, defaults=DEFAULTS)
+    float_bundle = export_bundle(ExportConfig(path, tmp_path / "float", classes=CLASSES, defaults=DEFAULTS))
     x = inputs_for(float_bundle, seed=1)
     # The target CPU is the one the test runs on (--target-cpu auto, the default; README: int8).
     bundle = export_bundle(
-        path,
-        tmp_path / "b",
-        classes=CLASSES,
-        defaults=DEFAULTS,
-        quantize="int8",
-        calibration=x,
-        keep_float=1,
+        ExportConfig(
+            path,
+            tmp_path / "b",
+            classes=CLASSES,
+            defaults=DEFAULTS,
+            quantize="int8",
+            calibration=x,
+            keep_float=1,
+        )
     )
     layers = bundle.manifest.quantization["float_layers"]
     backbone = onnx.load(str(bundle.backbone_path))

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from zoo.torch_families import FAMILIES  # noqa: E402  (needs torch)
 
-from edgeft.export import export_bundle  # noqa: E402
+from edgeft.export import ExportConfig, export_bundle  # noqa: E402
 from edgeft.export.torch_source import example_from_shape  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -24,7 +24,7 @@ TESTS_DIR = Path(__file__).parent
 def _export(family: str, out: Path, **options: object):  # noqa: ANN202
     factory, shape = FAMILIES[family]
     options = {"classes": CLASSES, **options}
-    return export_bundle(factory(), out, example_input=example_from_shape(shape), **options)
+    return export_bundle(ExportConfig(factory(), out, example_input=example_from_shape(shape), **options))
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

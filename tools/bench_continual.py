@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.guard import GuardPolicy
 
@@ -182,7 +182,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         bundle = root / "open"
-        export_bundle(BUNDLE / "backbone.onnx", bundle, cut="features", max_classes=10)
+        export_bundle(ExportConfig(BUNDLE / "backbone.onnx", bundle, cut="features", max_classes=10))
         embedder = Adapter(BUNDLE, root / "embed", ep="cpu")
         chunks = [np.load(p) for p in sorted(STREAM.glob("*.npz"))]
         train = (np.concatenate([embedder.embed(c["x"]) for c in chunks]), np.concatenate([c["y"] for c in chunks]))

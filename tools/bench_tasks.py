@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.tasks import micro_f1, score
 
@@ -120,7 +120,11 @@ def main() -> None:
         for name, task, loss, classes, tune in heads:
             bundle = root / f"{task}-{loss}"
             if not bundle.exists():
-                export_bundle(BUNDLE / "backbone.onnx", bundle, cut="features", classes=classes, task=task, loss=loss)
+                export_bundle(
+                    ExportConfig(
+                        BUNDLE / "backbone.onnx", bundle, cut="features", classes=classes, task=task, loss=loss
+                    )
+                )
             results = [
                 run(bundle, root / f"{name}-{seed}", task, arrivals, test, seed, tune) for seed in range(args.seeds)
             ]

@@ -38,7 +38,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from edgeft.bundle import Bundle, Defaults, Preprocessing
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORT_SCRIPT = ROOT / "tools" / "export_efficientnet_lite0.py"
@@ -88,22 +88,24 @@ def export_default(classifier: Path, out: Path, seed: int = 0, **quantization: o
     """The default bundle: EfficientNet-Lite0 features, a new 10-class head; optionally an int8 backbone.
     ``seed``: the head's initial weights and the int8 calibration / held-out split (0 for the shipped bundles)."""
     return export_bundle(
-        classifier,
-        out,
-        classes=[str(d) for d in range(10)],
-        preprocessing=Preprocessing(
-            color="L",
-            layout="NCHW",
-            scale=1.0,
-            mean=[0.0],
-            std=[1.0],
-            note="raw grey pixels 0..255; resize to 224x224, grey to RGB and (x-127)/128 run inside backbone.onnx",
-        ),
-        defaults=DEFAULTS,
-        seed=seed,
-        ort_artifacts=True,  # both trainers: the portable train step and ORT training's artifacts
-        force=True,
-        **quantization,
+        ExportConfig(
+            classifier,
+            out,
+            classes=[str(d) for d in range(10)],
+            preprocessing=Preprocessing(
+                color="L",
+                layout="NCHW",
+                scale=1.0,
+                mean=[0.0],
+                std=[1.0],
+                note="raw grey pixels 0..255; resize to 224x224, grey to RGB and (x-127)/128 run inside backbone.onnx",
+            ),
+            defaults=DEFAULTS,
+            seed=seed,
+            ort_artifacts=True,  # both trainers: the portable train step and ORT training's artifacts
+            force=True,
+            **quantization,
+        )
     )
 
 

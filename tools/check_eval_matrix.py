@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from bench_continual import BUNDLE, STREAM, TASKS, TEST, Run, task_accuracies
 
-from edgeft.export import export_bundle
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.evaluation import evaluate
 from edgeft.runtime.guard import GuardPolicy
@@ -27,7 +27,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         bundle = root / "open"
-        export_bundle(BUNDLE / "backbone.onnx", bundle, cut="features", max_classes=10)
+        export_bundle(ExportConfig(BUNDLE / "backbone.onnx", bundle, cut="features", max_classes=10))
         chunks = [np.load(p) for p in sorted(STREAM.glob("*.npz"))]
         x, y = np.concatenate([c["x"] for c in chunks]), np.concatenate([c["y"] for c in chunks])
         with np.load(TEST) as data:

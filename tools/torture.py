@@ -81,11 +81,13 @@ def tiny_bundle(directory: Path) -> Path:
     from tiny_models import classifier, save
 
     from edgeft.bundle import Defaults
-    from edgeft.export import export_bundle
+    from edgeft.export import ExportConfig, export_bundle
 
     model = save(classifier(), directory / "tiny.onnx")
     return export_bundle(
-        model, directory / "bundle", classes=list(CLASSES), defaults=Defaults(epochs=10, batch_size=16, lr=0.05)
+        ExportConfig(
+            model, directory / "bundle", classes=list(CLASSES), defaults=Defaults(epochs=10, batch_size=16, lr=0.05)
+        )
     ).path
 
 

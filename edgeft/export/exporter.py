@@ -1,4 +1,12 @@
-"""``export_bundle``: pretrained ONNX classifier in, validated edgeft bundle out."""
+"""``export_bundle``: pretrained ONNX classifier in, validated edgeft bundle out.
+
+One function per step, each taking what it needs and returning what it made: ``load_source`` (an ONNX file or a
+torch module), ``find_cut`` (where the head starts and the freeze line), ``cut_backbone`` (the frozen part, checked
+against the original), ``build_head`` (the new head's graph and initial parameters), ``validate_head`` (unfrozen
+layers and a kept head reproduce the original), ``build_training`` (the portable train step, checked),
+``write_files`` (the bundle's files in a staging directory, ORT artifacts checked), ``make_manifest``,
+``quantize_staged`` (int8 backbone, checked against the float one) and ``publish`` (atomically in place).
+"""
 
 from __future__ import annotations
 
@@ -39,9 +47,10 @@ from edgeft.errors import EdgeftError
 from edgeft.export import head as head_graph
 from edgeft.export.artifacts import Training, check_artifacts_run, generate_head_artifacts, ort_training_installed
 from edgeft.export.body import build_body
+from edgeft.export.config import ExportConfig, output_names
 from edgeft.export.graph import is_channels_last, real_inputs
 from edgeft.export.pooling import Pooling, choose_pooling, numpy_pool
-from edgeft.export.quantize import check_request, quantize_backbone, read_calibration
+from edgeft.export.quantize import quantize_backbone, read_calibration
 from edgeft.export.sources import load_onnx
 from edgeft.export.surgery import (
     HeadCut,
@@ -64,214 +73,22 @@ CUT_RTOL = 1e-4
 LOGITS_ATOL = 1e-4
 LOGITS_RTOL = 1e-3
 VALIDATION_BATCH = 2
-TASK_LOSSES = {"classification": ("cross_entropy",), "multilabel": ("bce_with_logits",), "regression": ("mse", "l1")}
 
 _ONNX_TO_NUMPY = {onnx.TensorProto.FLOAT: "float32"}
 
 
-def export_bundle(
-    model: str | Path | Any,
-    out: str | Path,
-    *,
-    classes: Sequence[str] | None = None,
-    num_classes: int | None = None,
-    max_classes: int | None = None,
-    cut: str | None = None,
-    remove_layers: int | None = None,
-    output: str | None = None,
-    input_shape: Sequence[int] | None = None,
-    example_input: Any = None,
-    pool: str | None = None,
-    head: str = "linear",
-    activation: str = "relu",
-    dropout: float = 0.0,
-    unfreeze_from: str | None = None,
-    unfreeze_last: int | None = None,
-    keep_head: bool = False,
-    task: str = "classification",
-    loss: str | None = None,
-    optimizer: str = "adamw",
-    weight_decay: float = 0.0,
-    momentum: float = 0.0,
-    ort_artifacts: bool | None = None,
-    preprocessing: Preprocessing | dict[str, Any] | None = None,
-    defaults: Defaults | None = None,
-    seed: int = 0,
-    quantize: str | None = None,
-    calibration: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
-    keep_float: int | str | None = None,
-    target_cpu: str | None = None,
-    float_fallback: bool | None = None,
-    force: bool = False,
-) -> Bundle:
-    """Cut the head off ``model`` (an ONNX file, or a torch.nn.Module with ``example_input``), attach a new
-    trainable head, validate everything against the original, and write the bundle.
+@dataclass(frozen=True)
+class Source:
+    """The model to export as ONNX, the file to hash, the name to record and the input shape to validate with."""
 
-    Where to cut: found automatically, ``cut`` (a tensor name) or ``remove_layers`` (layers with weights, counted
-    back from ``output``). ``pool`` turns N-D features into vectors; ``head`` is ``linear`` or ``mlp:H1,H2``;
-    ``unfreeze_from`` / ``unfreeze_last`` make original layers before the cut trainable too; ``keep_head`` starts
-    from the original classifier. ``classes`` names the outputs (or ``num_classes`` numbers them); ``max_classes``
-    reserves outputs for classes that do not exist yet. ``quantize="int8"`` quantises the backbone with
-    ``calibration`` data (a path in a format ``adapt`` reads, an array ``x`` or ``(x, y)``), keeping ``keep_float``
-    weight layers from the input float (a number, or ``"auto"``, the default: as few as bring the int8 features
-    close to the float ones; see edgeft.export.float_prefix), for ``target_cpu`` (quantize.TARGET_CPUS; None or auto: the
-    export machine's kind; vnni and arm64: full 8-bit weights; avx2: 7-bit weights that x86 CPUs without VNNI do
-    not saturate), shipping the float backbone as well unless
-    ``float_fallback`` is False (None: True for int8), for devices whose int8 kernels fail the bundle's self-check
-    (edgeft.runtime.int8_check). The bundle always carries the portable train step
-    (standard ONNX ops; ``momentum`` applies to SGD there); ``ort_artifacts`` adds ONNX Runtime training artifacts
-    too (None: when ORT training is installed). Raises EdgeftError
-    with a clear message when the model cannot be exported or the exported parts do not reproduce the original.
-    """
-    destination = Path(out)
-    if destination.exists() and not force:
-        raise EdgeftError(f"{destination} already exists; choose another output or pass --force to replace it")
-    loss = _loss(task, loss)
-    float_layers = check_request(quantize, calibration, keep_float, target_cpu, float_fallback)
-    hidden = _hidden_layers(head)
-    if activation not in head_graph.ACTIVATIONS:
-        raise EdgeftError(f"unknown activation '{activation}'; choose one of {', '.join(head_graph.ACTIVATIONS)}")
-    if not 0.0 <= dropout < 1.0:
-        raise EdgeftError(f"dropout must be in [0, 1), got {dropout}")
-    with tempfile.TemporaryDirectory(prefix="edgeft-source-") as scratch:
-        original, source_path, source_name = _load_source(model, example_input, Path(scratch))
-        if example_input is not None and input_shape is None:
-            input_shape = list(example_input.shape)
-        head_cut = _choose_cut(original, cut, remove_layers, output)
-        freeze = freeze_line(original, head_cut.feature_tensor, unfreeze_from, unfreeze_last)
-        if keep_head and classes is None and num_classes is None and max_classes is None and head_cut.linear:
-            num_classes = head_cut.linear.weight.shape[0]
-        class_names = _class_names(classes, num_classes, max_classes, task)
-        capacity = max_classes if max_classes is not None else len(class_names)
-        parts = _split(original, head_cut, freeze, pool, input_shape, seed, source_path)
-        keep = _kept_head(head_cut, parts.pooling.kind, hidden, capacity) if keep_head else None
-        spec = head_graph.HeadSpec(
-            feature_dim=parts.features.shape[1],
-            num_outputs=capacity,
-            hidden=hidden,
-            activation=activation,
-            dropout=dropout,
-            normalise=parts.body is None and keep is None,
-            body=parts.body,
-        )
-        parameters = head_graph.initial_parameters(spec, seed, keep)
-        inference = head_graph.inference_head(spec, parameters)
-        checks = _validate_head(inference, parameters, parts, head_cut, keep is not None, source_path)
-        training = Training(spec.trainable, spec.frozen, loss, optimizer, weight_decay)
-        with_ort = (ort_training_installed() and not momentum) if ort_artifacts is None else ort_artifacts
-        if optimizer == "sgd" and weight_decay:
-            raise EdgeftError("the SGD optimizer has no weight decay; use --optimizer adamw or --weight-decay 0")
-        if momentum and optimizer != "sgd":
-            raise EdgeftError("--momentum applies to --optimizer sgd (AdamW has its own moments)")
-        if momentum and with_ort:
-            raise EdgeftError(
-                "ORT training's SGD has no momentum: export with --no-ort-artifacts, or without --momentum"
-            )
-        step, trainers = _portable_step(spec, parameters, loss, Optimizer(optimizer, weight_decay, momentum), with_ort)
-        if step is not None:
-            diff = check_train_step(step, parameters, parts.features, checks["logits"], loss, spec.dropout)
-            checks["record"]["train_step_loss_diff"] = diff
-        make_directory(destination.parent)
-        with tempfile.TemporaryDirectory(prefix=".edgeft-export-", dir=destination.parent) as tmp:
-            staging = Path(tmp) / "bundle"
-            staging.mkdir()
-            onnx.save(parts.backbone, str(staging / BACKBONE_FILE))
-            onnx.save(inference, str(staging / HEAD_FILE))
-            (staging / TRAIN_DIR).mkdir()
-            if step is not None:
-                onnx.save(step, str(staging / TRAIN_DIR / TRAIN_STEP_FILE))
-                HeadState(parameters).save(staging / TRAIN_DIR / INITIAL_HEAD_FILE)
-            if with_ort:
-                generate_head_artifacts(head_graph.training_head(spec, parameters), staging / TRAIN_DIR, training)
-                _validate_artifacts(staging / TRAIN_DIR, parts.features, checks, task, capacity)
-            manifest = Manifest(
-                format_version=FORMAT_VERSION,
-                producer={"name": "edgeft", "version": __version__, "created": _creation_time()},
-                source={
-                    "file": source_name,
-                    "sha256": sha256_file(source_path),
-                    "cut_tensor": head_cut.feature_tensor,
-                    "freeze_tensor": freeze,
-                    "removed_head_nodes": list(head_cut.head_nodes),
-                    "original_outputs": head_cut.original_classes,
-                },
-                input=parts.input,
-                preprocessing=_preprocessing(preprocessing, parts.input),
-                feature=TensorSpec(parts.backbone.graph.output[0].name, ["batch", spec.feature_dim]),
-                head=HeadInfo(
-                    kind="mlp" if hidden else "linear",
-                    feature_dim=spec.feature_dim,
-                    num_outputs=spec.num_outputs,
-                    trainable=spec.trainable,
-                    frozen=spec.frozen,
-                    normaliser={"mean": head_graph.FEATURE_MEAN, "scale": head_graph.FEATURE_SCALE}
-                    if spec.normalise
-                    else {},
-                    loss=loss,
-                    optimizer=optimizer,
-                    task=task,
-                    hidden=list(hidden),
-                    activation=activation if hidden else "",
-                    dropout=dropout if hidden else 0.0,
-                    pool=parts.pooling.kind,
-                    weight_decay=weight_decay,
-                    unfrozen=_unfrozen_nodes(parts.body),
-                    trainers=trainers,
-                    momentum=momentum,
-                ),
-                classes=class_names,
-                defaults=defaults or Defaults(),
-                validation={
-                    "cut_max_abs_diff": parts.max_diff,
-                    "cut_atol": CUT_ATOL,
-                    "cut_rtol": CUT_RTOL,
-                    "samples": VALIDATION_BATCH,
-                    "trainable_parameters_checked": True,
-                    **checks.pop("record"),
-                },
-            )
-            if quantize:
-                calibrated = read_calibration(calibration, manifest)
-                record = quantize_backbone(
-                    staging / BACKBONE_FILE,
-                    manifest.input.name,
-                    calibrated,
-                    seed,
-                    source_name,
-                    keep_float=float_layers,
-                    target_cpu=target_cpu,
-                    float_fallback=float_fallback is not False,
-                )
-                manifest = replace(manifest, quantization=record)
-            manifest = replace(manifest, files=hash_tree(staging))
-            (staging / MANIFEST_FILE).write_text(manifest.to_json())
-            fsync_tree(staging)  # durable before it gets its name: a power cut leaves no bundle or a whole one
-            if destination.is_dir():
-                shutil.rmtree(destination)
-            elif destination.exists():
-                destination.unlink()
-            staging.rename(destination)
-            fsync_directory(destination.parent)
-    return Bundle.load(destination)
-
-
-def _portable_step(
-    spec: head_graph.HeadSpec, parameters: dict[str, np.ndarray], loss: str, optimizer: Optimizer, with_ort: bool
-) -> tuple[onnx.ModelProto | None, list[str]]:
-    """The portable train step and the trainers the bundle will carry. A head the portable trainer cannot
-    differentiate still exports with ORT artifacts alone (``--trainer ort`` on the device); without them it fails."""
-    try:
-        step = build_train_step(spec, parameters, loss, optimizer)
-    except EdgeftError as exc:
-        if not with_ort:
-            raise EdgeftError(f"{exc} (install edgeft[ort] for ORT artifacts)") from None
-        warnings.warn(f"{exc}; the bundle carries ORT training artifacts only", stacklevel=3)
-        return None, ["ort"]
-    return step, ["onnx", "ort"] if with_ort else ["onnx"]
+    model: onnx.ModelProto
+    path: Path
+    name: str
+    input_shape: Sequence[int] | None
 
 
 @dataclass(frozen=True)
-class _Parts:
+class Parts:
     """The original model split at the freeze line, with what validation computed on the way."""
 
     backbone: onnx.ModelProto
@@ -284,70 +101,119 @@ class _Parts:
     max_diff: float
 
 
-def _load_source(model: Any, example_input: Any, scratch: Path) -> tuple[onnx.ModelProto, Path, str]:
-    """(model, file to hash, name to record) for an ONNX path or a torch.nn.Module."""
+@dataclass(frozen=True)
+class NewHead:
+    """The new head: its spec, initial parameters, inference graph, output names and whether it kept the original."""
+
+    spec: head_graph.HeadSpec
+    parameters: dict[str, np.ndarray]
+    inference: onnx.ModelProto
+    classes: list[str]
+    kept: bool
+
+
+@dataclass(frozen=True)
+class HeadChecks:
+    """What ``validate_head`` measured (manifest validation entries) and the head's logits on the sample."""
+
+    record: dict[str, float]
+    logits: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrainingFiles:
+    """The trainers the bundle carries: the portable train step (None when it cannot be built) and whether ORT
+    training artifacts come too, with the train step's checked loss difference."""
+
+    step: onnx.ModelProto | None
+    trainers: list[str]
+    with_ort: bool
+    training: Training
+    step_loss_diff: float | None
+
+
+def export_bundle(config: ExportConfig) -> Bundle:
+    """Cut the head off ``config.model``, attach a new trainable head, validate everything against the original,
+    and write the bundle to ``config.out`` (see ExportConfig for the options).
+
+    A ``quantize="int8"`` export keeps ``keep_float`` weight layers from the input float (a number, or ``"auto"``,
+    the default: as few as bring the int8 features close to the float ones; see edgeft.export.float_prefix), for
+    ``target_cpu`` (quantize.TARGET_CPUS; None or auto: the export machine's kind; vnni and arm64: full 8-bit
+    weights; avx2: 7-bit weights that x86 CPUs without VNNI do not saturate), shipping the float backbone as well
+    unless ``float_fallback`` is False (None: True for int8), for devices whose int8 kernels fail the bundle's
+    self-check (edgeft.runtime.int8_check). The bundle always carries the portable train step (standard ONNX ops;
+    ``momentum`` applies to SGD there). Raises EdgeftError with a clear message when the model cannot be exported
+    or the exported parts do not reproduce the original.
+    """
+    destination = Path(config.out)
+    if destination.exists() and not config.force:
+        raise EdgeftError(f"{destination} already exists; choose another output or pass --force to replace it")
+    with tempfile.TemporaryDirectory(prefix="edgeft-source-") as scratch:
+        source = load_source(config, Path(scratch))
+        head_cut, freeze = find_cut(config, source)
+        parts = cut_backbone(config, source, head_cut, freeze)
+        new_head = build_head(config, parts, head_cut)
+        checks = validate_head(new_head, parts, head_cut, source.path)
+        training = build_training(config, new_head, parts, checks.logits)
+        make_directory(destination.parent)
+        with tempfile.TemporaryDirectory(prefix=".edgeft-export-", dir=destination.parent) as tmp:
+            staging = Path(tmp) / "bundle"
+            artifacts_diff = write_files(staging, parts, new_head, training, checks.logits, config.task)
+            validation = {**checks.record}
+            if training.step_loss_diff is not None:
+                validation["train_step_loss_diff"] = training.step_loss_diff
+            if artifacts_diff is not None:
+                validation["artifacts_max_abs_diff"] = artifacts_diff
+            manifest = make_manifest(config, source, head_cut, freeze, parts, new_head, training, validation)
+            if config.quantize:
+                manifest = replace(manifest, quantization=quantize_staged(config, staging, manifest, source.name))
+            publish(staging, manifest, destination)
+    return Bundle.load(destination)
+
+
+def load_source(config: ExportConfig, scratch: Path) -> Source:
+    """The model as ONNX: read from its file, or exported from a torch.nn.Module with ``example_input`` into
+    ``scratch``."""
+    input_shape = config.input_shape
+    if config.example_input is not None and input_shape is None:
+        input_shape = list(config.example_input.shape)
+    model = config.model
     if isinstance(model, (str, os.PathLike)):
-        return load_onnx(model), Path(model), Path(model).name
+        return Source(load_onnx(model), Path(model), Path(model).name, input_shape)
     path = scratch / "model.onnx"
-    torch_to_onnx(model, example_input, path)
-    return load_onnx(path), path, f"{type(model).__module__}.{type(model).__qualname__} (torch)"
+    torch_to_onnx(model, config.example_input, path)
+    name = f"{type(model).__module__}.{type(model).__qualname__} (torch)"
+    return Source(load_onnx(path), path, name, input_shape)
 
 
-def _choose_cut(model: onnx.ModelProto, cut: str | None, remove: int | None, output: str | None) -> HeadCut:
-    if cut is not None and remove is not None:
-        raise EdgeftError("give either --cut or --remove-layers, not both")
-    if cut is not None:
-        return cut_at(model, cut)
-    if remove is not None:
-        return remove_layers(model, remove, output)
-    return find_head(model, output)
+def find_cut(config: ExportConfig, source: Source) -> tuple[HeadCut, str | None]:
+    """Where the head starts (found automatically, ``cut`` or ``remove_layers``) and the freeze line before it
+    (None when everything before the cut stays frozen)."""
+    if config.cut is not None:
+        head_cut = cut_at(source.model, config.cut)
+    elif config.remove_layers is not None:
+        head_cut = remove_layers(source.model, config.remove_layers, config.output)
+    else:
+        head_cut = find_head(source.model, config.output)
+    freeze = freeze_line(source.model, head_cut.feature_tensor, config.unfreeze_from, config.unfreeze_last)
+    return head_cut, freeze
 
 
-def _loss(task: str, loss: str | None) -> str:
-    if task not in TASK_LOSSES:
-        raise EdgeftError(f"unknown task '{task}'; choose one of {', '.join(TASK_LOSSES)}")
-    allowed = TASK_LOSSES[task]
-    if loss is None:
-        return allowed[0]
-    if loss not in allowed:
-        raise EdgeftError(f"loss '{loss}' does not fit task '{task}'; it takes {' or '.join(allowed)}")
-    return loss
-
-
-def _hidden_layers(head: str) -> tuple[int, ...]:
-    """``linear`` -> (), ``mlp:64,32`` -> (64, 32)."""
-    if head == "linear":
-        return ()
-    kind, _, sizes = head.partition(":")
-    try:
-        hidden = tuple(int(s) for s in sizes.split(",")) if kind == "mlp" and sizes else ()
-    except ValueError:
-        hidden = ()
-    if not hidden or min(hidden) < 1:
-        raise EdgeftError(f"unknown head '{head}'; use linear or mlp:H1,H2 (hidden layer sizes, e.g. mlp:128,64)")
-    return hidden
-
-
-def _split(
-    original: onnx.ModelProto,
-    head_cut: HeadCut,
-    freeze: str | None,
-    pool: str | None,
-    input_shape: Sequence[int] | None,
-    seed: int,
-    source: Path,
-) -> _Parts:
+def cut_backbone(config: ExportConfig, source: Source, head_cut: HeadCut, freeze: str | None) -> Parts:
     """Split at the freeze line, run the original on a seeded input, and check the backbone reproduces it."""
+    original, path = source.model, source.path
     cut = head_cut.feature_tensor
     frozen_end = freeze or cut
     plain = extract_backbone(original, frozen_end, Pooling("none", (), False))
-    input_spec = _input_spec(plain, source)
-    sample = _sample_input(input_spec, input_shape, seed)
+    input_spec = _input_spec(plain, path)
+    sample = _sample_input(input_spec, source.input_shape, config.seed)
     wanted = [t for t in (cut, freeze, head_cut.linear.logits_tensor if head_cut.linear else None) if t]
     reference = dict(
-        zip(wanted, _run(with_extra_outputs(original, wanted), {input_spec.name: sample}, wanted, source), strict=True)
+        zip(wanted, _run(with_extra_outputs(original, wanted), {input_spec.name: sample}, wanted, path), strict=True)
     )
-    pooling = choose_pooling(pool or head_cut.pool, reference[cut].shape[1:], is_channels_last(original, cut), cut)
+    pooling = choose_pooling(
+        config.pool or head_cut.pool, reference[cut].shape[1:], is_channels_last(original, cut), cut
+    )
     if freeze:
         flat = Pooling("flatten", reference[freeze].shape[1:], False)
         backbone = extract_backbone(original, freeze, flat)
@@ -358,18 +224,206 @@ def _split(
         body = None
         expected = numpy_pool(pooling, reference[cut])
     _make_batch_dynamic(backbone)
-    (features,) = _run(backbone, {input_spec.name: sample}, None, source)
+    (features,) = _run(backbone, {input_spec.name: sample}, None, path)
     if features.shape != expected.shape:
-        raise EdgeftError(f"{source}: backbone output {features.shape} does not match the cut tensor {expected.shape}")
+        raise EdgeftError(f"{path}: backbone output {features.shape} does not match the cut tensor {expected.shape}")
     max_diff = float(np.max(np.abs(features - expected))) if features.size else 0.0
     if not np.allclose(features, expected, atol=CUT_ATOL, rtol=CUT_RTOL):
         raise EdgeftError(
-            f"{source}: the exported backbone differs from the original at '{frozen_end}' "
+            f"{path}: the exported backbone differs from the original at '{frozen_end}' "
             f"(max abs diff {max_diff:.3g}, tolerance atol={CUT_ATOL} rtol={CUT_RTOL})"
         )
     if features.ndim != 2 or features.shape[1] == 0:
-        raise EdgeftError(f"{source}: the feature tensor at the cut has shape {features.shape}, not [batch, D]")
-    return _Parts(backbone, input_spec, pooling, body, sample, features, reference, max_diff)
+        raise EdgeftError(f"{path}: the feature tensor at the cut has shape {features.shape}, not [batch, D]")
+    return Parts(backbone, input_spec, pooling, body, sample, features, reference, max_diff)
+
+
+def build_head(config: ExportConfig, parts: Parts, head_cut: HeadCut) -> NewHead:
+    """The new head's output names, spec, initial parameters (seeded, or the original classifier's with
+    ``keep_head``) and inference graph."""
+    num_classes = config.num_classes
+    if config.derives_classes and head_cut.linear:
+        num_classes = head_cut.linear.weight.shape[0]
+    classes = output_names(config.classes, num_classes, config.max_classes, config.task)
+    capacity = config.max_classes if config.max_classes is not None else len(classes)
+    hidden = config.hidden_layers
+    keep = _kept_head(head_cut, parts.pooling.kind, hidden, capacity) if config.keep_head else None
+    spec = head_graph.HeadSpec(
+        feature_dim=parts.features.shape[1],
+        num_outputs=capacity,
+        hidden=hidden,
+        activation=config.activation,
+        dropout=config.dropout,
+        normalise=parts.body is None and keep is None,
+        body=parts.body,
+    )
+    parameters = head_graph.initial_parameters(spec, config.seed, keep)
+    return NewHead(spec, parameters, head_graph.inference_head(spec, parameters), classes, keep is not None)
+
+
+def validate_head(new_head: NewHead, parts: Parts, head_cut: HeadCut, source: Path) -> HeadChecks:
+    """Run head.onnx with the initial parameters: unfrozen layers and a kept head must reproduce the original."""
+    feeds = {head_graph.FEATURES_INPUT: parts.features, **new_head.parameters}
+    record: dict[str, float] = {}
+    wanted = [head_graph.LOGITS_OUTPUT] + ([parts.body.output] if parts.body else [])
+    graph = with_extra_outputs(new_head.inference, wanted)
+    results = dict(zip(wanted, _run(graph, feeds, wanted, source), strict=True))
+    comparisons = []
+    if parts.body:
+        expected = numpy_pool(parts.pooling, parts.reference[head_cut.feature_tensor])
+        comparisons.append(("unfrozen_max_abs_diff", "unfrozen layers", results[parts.body.output], expected))
+    if new_head.kept:
+        expected = parts.reference[head_cut.linear.logits_tensor].reshape(len(parts.sample), -1)
+        comparisons.append(("logits_max_abs_diff", "kept head's logits", results[head_graph.LOGITS_OUTPUT], expected))
+    for key, what, got, expected in comparisons:
+        diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("inf")
+        if not np.isfinite(diff) or not np.allclose(got, expected, atol=LOGITS_ATOL, rtol=LOGITS_RTOL):
+            raise EdgeftError(
+                f"{source}: the bundle's {what} differ from the original (max abs diff {diff:.3g}, "
+                f"tolerance atol={LOGITS_ATOL} rtol={LOGITS_RTOL})"
+            )
+        record[key] = diff
+    if comparisons:
+        record.update(logits_atol=LOGITS_ATOL, logits_rtol=LOGITS_RTOL)
+    return HeadChecks(record, results[head_graph.LOGITS_OUTPUT])
+
+
+def build_training(config: ExportConfig, new_head: NewHead, parts: Parts, logits: np.ndarray) -> TrainingFiles:
+    """The portable train step, checked to give head.onnx's logits and the loss numpy computes, and whether ORT
+    training artifacts come too (``ort_artifacts``; None: when ORT training is installed and momentum is 0)."""
+    spec, parameters, loss = new_head.spec, new_head.parameters, config.resolved_loss
+    with_ort = (
+        (ort_training_installed() and not config.momentum) if config.ort_artifacts is None else config.ort_artifacts
+    )
+    training = Training(spec.trainable, spec.frozen, loss, config.optimizer, config.weight_decay)
+    optimizer = Optimizer(config.optimizer, config.weight_decay, config.momentum)
+    step, trainers = _portable_step(spec, parameters, loss, optimizer, with_ort)
+    diff = None
+    if step is not None:
+        diff = check_train_step(step, parameters, parts.features, logits, loss, spec.dropout)
+    return TrainingFiles(step, trainers, with_ort, training, diff)
+
+
+def write_files(
+    staging: Path, parts: Parts, new_head: NewHead, training: TrainingFiles, logits: np.ndarray, task: str
+) -> float | None:
+    """Write the backbone, the head, the train step with the initial head, and ORT training artifacts when asked
+    into ``staging`` (created). Returns how far the ORT artifacts' logits are from head.onnx's (None without)."""
+    staging.mkdir()
+    onnx.save(parts.backbone, str(staging / BACKBONE_FILE))
+    onnx.save(new_head.inference, str(staging / HEAD_FILE))
+    (staging / TRAIN_DIR).mkdir()
+    if training.step is not None:
+        onnx.save(training.step, str(staging / TRAIN_DIR / TRAIN_STEP_FILE))
+        HeadState(new_head.parameters).save(staging / TRAIN_DIR / INITIAL_HEAD_FILE)
+    if not training.with_ort:
+        return None
+    spec, parameters = new_head.spec, new_head.parameters
+    generate_head_artifacts(head_graph.training_head(spec, parameters), staging / TRAIN_DIR, training.training)
+    return _validate_artifacts(staging / TRAIN_DIR, parts.features, logits, task, spec.num_outputs)
+
+
+def make_manifest(
+    config: ExportConfig,
+    source: Source,
+    head_cut: HeadCut,
+    freeze: str | None,
+    parts: Parts,
+    new_head: NewHead,
+    training: TrainingFiles,
+    checks: dict[str, float],
+) -> Manifest:
+    """The manifest of a float bundle (files still to hash): where it came from, its tensors, head, classes,
+    training defaults and what validation measured (``checks``: the head's, train step's and artifacts' figures)."""
+    spec, hidden = new_head.spec, config.hidden_layers
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        producer={"name": "edgeft", "version": __version__, "created": _creation_time()},
+        source={
+            "file": source.name,
+            "sha256": sha256_file(source.path),
+            "cut_tensor": head_cut.feature_tensor,
+            "freeze_tensor": freeze,
+            "removed_head_nodes": list(head_cut.head_nodes),
+            "original_outputs": head_cut.original_classes,
+        },
+        input=parts.input,
+        preprocessing=_preprocessing(config.preprocessing, parts.input),
+        feature=TensorSpec(parts.backbone.graph.output[0].name, ["batch", spec.feature_dim]),
+        head=HeadInfo(
+            kind="mlp" if hidden else "linear",
+            feature_dim=spec.feature_dim,
+            num_outputs=spec.num_outputs,
+            trainable=spec.trainable,
+            frozen=spec.frozen,
+            normaliser={"mean": head_graph.FEATURE_MEAN, "scale": head_graph.FEATURE_SCALE} if spec.normalise else {},
+            loss=config.resolved_loss,
+            optimizer=config.optimizer,
+            task=config.task,
+            hidden=list(hidden),
+            activation=config.activation if hidden else "",
+            dropout=config.dropout if hidden else 0.0,
+            pool=parts.pooling.kind,
+            weight_decay=config.weight_decay,
+            unfrozen=_unfrozen_nodes(parts.body),
+            trainers=training.trainers,
+            momentum=config.momentum,
+        ),
+        classes=new_head.classes,
+        defaults=config.defaults or Defaults(),
+        validation={
+            "cut_max_abs_diff": parts.max_diff,
+            "cut_atol": CUT_ATOL,
+            "cut_rtol": CUT_RTOL,
+            "samples": VALIDATION_BATCH,
+            "trainable_parameters_checked": True,
+            **checks,
+        },
+    )
+
+
+def quantize_staged(config: ExportConfig, staging: Path, manifest: Manifest, source_name: str) -> dict[str, Any]:
+    """Quantise the staged backbone to int8 with the calibration data; returns the manifest's quantization record."""
+    calibrated = read_calibration(config.calibration, manifest)
+    return quantize_backbone(
+        staging / BACKBONE_FILE,
+        manifest.input.name,
+        calibrated,
+        config.seed,
+        source_name,
+        keep_float=config.float_layers,
+        target_cpu=config.target_cpu,
+        float_fallback=config.float_fallback is not False,
+    )
+
+
+def publish(staging: Path, manifest: Manifest, destination: Path) -> None:
+    """Hash the staged files into the manifest, write it, and move the bundle to ``destination`` (replacing what
+    is there), durable before it gets its name: a power cut leaves no bundle or a whole one."""
+    manifest = replace(manifest, files=hash_tree(staging))
+    (staging / MANIFEST_FILE).write_text(manifest.to_json())
+    fsync_tree(staging)
+    if destination.is_dir():
+        shutil.rmtree(destination)
+    elif destination.exists():
+        destination.unlink()
+    staging.rename(destination)
+    fsync_directory(destination.parent)
+
+
+def _portable_step(
+    spec: head_graph.HeadSpec, parameters: dict[str, np.ndarray], loss: str, optimizer: Optimizer, with_ort: bool
+) -> tuple[onnx.ModelProto | None, list[str]]:
+    """The portable train step and the trainers the bundle will carry. A head the portable trainer cannot
+    differentiate still exports with ORT artifacts alone (``--trainer ort`` on the device); without them it fails."""
+    try:
+        step = build_train_step(spec, parameters, loss, optimizer)
+    except EdgeftError as exc:
+        if not with_ort:
+            raise EdgeftError(f"{exc} (install edgeft[ort] for ORT artifacts)") from None
+        warnings.warn(f"{exc}; the bundle carries ORT training artifacts only", stacklevel=4)
+        return None, ["ort"]
+    return step, ["onnx", "ort"] if with_ort else ["onnx"]
 
 
 def _kept_head(head_cut: HeadCut, pool: str, hidden: tuple[int, ...], capacity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -391,52 +445,20 @@ def _kept_head(head_cut: HeadCut, pool: str, hidden: tuple[int, ...], capacity: 
     return linear.weight, bias.reshape(-1)
 
 
-def _validate_head(
-    inference: onnx.ModelProto,
-    parameters: dict[str, np.ndarray],
-    parts: _Parts,
-    head_cut: HeadCut,
-    kept: bool,
-    source: Path,
-) -> dict[str, Any]:
-    """Run head.onnx with the initial parameters: unfrozen layers and a kept head must reproduce the original."""
-    feeds = {head_graph.FEATURES_INPUT: parts.features, **parameters}
-    record: dict[str, Any] = {}
-    wanted = [head_graph.LOGITS_OUTPUT] + ([parts.body.output] if parts.body else [])
-    results = dict(zip(wanted, _run(with_extra_outputs(inference, wanted), feeds, wanted, source), strict=True))
-    comparisons = []
-    if parts.body:
-        expected = numpy_pool(parts.pooling, parts.reference[head_cut.feature_tensor])
-        comparisons.append(("unfrozen_max_abs_diff", "unfrozen layers", results[parts.body.output], expected))
-    if kept:
-        expected = parts.reference[head_cut.linear.logits_tensor].reshape(len(parts.sample), -1)
-        comparisons.append(("logits_max_abs_diff", "kept head's logits", results[head_graph.LOGITS_OUTPUT], expected))
-    for key, what, got, expected in comparisons:
-        diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("inf")
-        if not np.isfinite(diff) or not np.allclose(got, expected, atol=LOGITS_ATOL, rtol=LOGITS_RTOL):
-            raise EdgeftError(
-                f"{source}: the bundle's {what} differ from the original (max abs diff {diff:.3g}, "
-                f"tolerance atol={LOGITS_ATOL} rtol={LOGITS_RTOL})"
-            )
-        record[key] = diff
-    if comparisons:
-        record.update(logits_atol=LOGITS_ATOL, logits_rtol=LOGITS_RTOL)
-    return {"record": record, "logits": results[head_graph.LOGITS_OUTPUT]}
-
-
-def _validate_artifacts(directory: Path, features: np.ndarray, checks: dict[str, Any], task: str, outputs: int) -> None:
-    """The training artifacts load in ORT, and their eval model gives head.onnx's logits."""
+def _validate_artifacts(directory: Path, features: np.ndarray, logits: np.ndarray, task: str, outputs: int) -> float:
+    """The training artifacts load in ORT, and their eval model gives head.onnx's ``logits``; returns the max abs
+    difference."""
     if task == "classification":
         labels = np.zeros(len(features), np.int64)
     else:
         labels = np.zeros((len(features), outputs), np.float32)
-    logits = check_artifacts_run(directory, features, labels)
-    diff = float(np.max(np.abs(logits - checks["logits"])))
-    if not np.allclose(logits, checks["logits"], atol=LOGITS_ATOL, rtol=LOGITS_RTOL):
+    got = check_artifacts_run(directory, features, labels)
+    diff = float(np.max(np.abs(got - logits)))
+    if not np.allclose(got, logits, atol=LOGITS_ATOL, rtol=LOGITS_RTOL):
         raise EdgeftError(
             f"{directory}: the training artifacts' logits differ from head.onnx's (max abs diff {diff:.3g})"
         )
-    checks["record"]["artifacts_max_abs_diff"] = diff
+    return diff
 
 
 def _run(
@@ -456,33 +478,6 @@ def _creation_time() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     moment = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
     return moment.isoformat()
-
-
-def _class_names(
-    classes: Sequence[str] | None, num_classes: int | None, max_classes: int | None, task: str
-) -> list[str]:
-    """The initial output names (classes, labels or targets); with ``max_classes`` there may be fewer, never more."""
-    if classes is not None and num_classes is not None:
-        raise EdgeftError("give either --classes or --num-classes, not both")
-    if classes is None:
-        if num_classes is None and max_classes is None:
-            raise EdgeftError("say what the new head predicts: --classes a,b,c, --num-classes N or --max-classes N")
-        classes = [str(i) for i in range(num_classes or 0)]
-    names = [c.strip() for c in classes]
-    if any(not n for n in names) or len(set(names)) != len(names):
-        raise EdgeftError(f"class names must be non-empty and distinct, got {names}")
-    least = 2 if task == "classification" else 1
-    if max_classes is None:
-        if len(names) < least:
-            noun = "a classifier" if task == "classification" else f"a {task} head"
-            raise EdgeftError(f"{noun} needs at least {least} classes, got {len(names)}")
-    elif task == "regression":
-        raise EdgeftError("--max-classes reserves classes; a regression head has a fixed set of targets")
-    elif max_classes < max(least, len(names)):
-        raise EdgeftError(
-            f"--max-classes {max_classes} must be at least {least} and at least the {len(names)} classes given"
-        )
-    return names
 
 
 def _input_spec(backbone: onnx.ModelProto, source: Path) -> TensorSpec:
