@@ -22,12 +22,12 @@ import numpy as np
 import typer
 
 from edgeft import __version__
+from edgeft.common.budget import detect_budget
+from edgeft.data.limits import MAX_ARRIVAL_SAMPLES, ArrivalLimits
 from edgeft.errors import EdgeftError
 from edgeft.fleet.cli import fleet
 from edgeft.runtime import guard
 from edgeft.runtime.attempts import KEEP_ERRORS, MAX_ATTEMPTS
-from edgeft.runtime.budget import detect_budget
-from edgeft.runtime.limits import MAX_ARRIVAL_SAMPLES, ArrivalLimits
 from edgeft.runtime.schedule import SCHEDULES
 from edgeft.runtime.slda import DEFAULT_SHRINKAGE
 from edgeft.runtime.store import KEEP_VERSIONS
@@ -427,7 +427,7 @@ def _print_cuts(model: Path | None, torch_factory: str | None, shape: list[int] 
 
 
 def _load_samples(path: Path, bundle, need_labels: bool):  # noqa: ANN001, ANN202
-    from edgeft.runtime.sources import read_path
+    from edgeft.data.readers import read_path
 
     return read_path(path, bundle.manifest, need_labels)
 
@@ -515,8 +515,8 @@ def adapt(
 ) -> None:
     """Learn the head from new labelled data (--data now, or --watch an inbox) and commit versions to STATE."""
     from edgeft.bundle import Bundle
+    from edgeft.data.readers import concatenated
     from edgeft.runtime.adapter import Adapter
-    from edgeft.runtime.sources import concatenated
     from edgeft.runtime.watch import EntryPolicy
 
     if (data is None) == (watch is None):
@@ -692,7 +692,7 @@ def _accuracy(adapter, held_out) -> float | None:  # noqa: ANN001
     if not held_out:
         return None
     if len(held_out) > 1 and adapter.metric != "accuracy":  # micro-F1 and RMSE do not average over files
-        from edgeft.runtime.sources import concatenated
+        from edgeft.data.readers import concatenated
 
         x, y = concatenated(held_out, ", ".join(s.origin for s in held_out))
         return adapter.score(x, y, "held-out data")
@@ -883,9 +883,9 @@ def eval_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy of the current head on TEST (per-class and confusion matrix in --json); continual metrics."""
+    from edgeft.data.readers import concatenated
     from edgeft.runtime.adapter import Adapter
     from edgeft.runtime.evaluation import evaluate
-    from edgeft.runtime.sources import concatenated
     from edgeft.service.evaluation import format_evaluation
 
     with _reported():
@@ -1014,10 +1014,10 @@ def demo(
     threads: ThreadsOpt = None,
 ) -> None:
     """The main job: adapt the shipped default bundle on the demo stream, report held-out accuracy."""
+    from edgeft.data.readers import read_path
     from edgeft.progress import progress_bar
     from edgeft.runtime.adapter import Adapter
     from edgeft.runtime.labels import encode_known
-    from edgeft.runtime.sources import read_path
 
     root = _artifacts_dir()
     bundle_dir, stream_dir, test_file = root / "default", root / "demo" / "stream", root / "demo" / "test.npz"

@@ -91,7 +91,7 @@ def test_the_streaming_benchmark_builds_a_224_bundle_and_arrivals_edgeft_streams
     import bench_stream
 
     from edgeft.bundle import Bundle
-    from edgeft.runtime.sources import READ_BATCH, stream_path
+    from edgeft.data.readers import READ_BATCH, stream_path
 
     bundle = Bundle.load(bench_stream.bundle_224(tmp_path / "bundle"))
     assert bundle.manifest.input.shape == ["batch", 1, 224, 224]

@@ -73,7 +73,7 @@ def test_png_examples_predict_their_folder_label(demo_run: tuple) -> None:
     _, state = demo_run
     adapter = Adapter(ARTIFACTS / "default", state, ep="cpu")
     pngs = sorted((ARTIFACTS / "demo" / "images").glob("*/*.png"))
-    from edgeft.runtime.sources import read_image
+    from edgeft.data.readers import read_image
 
     x = np.stack([read_image(p, adapter.bundle.manifest) for p in pngs])
     predicted = adapter.predict(x)

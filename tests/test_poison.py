@@ -21,16 +21,16 @@ import pytest
 from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset, one_error_line, run_cli
 
 from edgeft.bundle import Bundle
+from edgeft.common.budget import MemoryBudget, cgroup_limit, detect_budget, parse_size
 from edgeft.common.faults import READING_ENV
+from edgeft.data.limits import ArrivalLimits
+from edgeft.data.readers import read_path
 from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.attempts import AttemptLedger, Attempts, poison_reason
-from edgeft.runtime.budget import MemoryBudget, cgroup_limit, detect_budget, parse_size
 from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.history import JOURNAL_FILE, read_lines
 from edgeft.runtime.inbox import Inbox
-from edgeft.runtime.limits import ArrivalLimits
-from edgeft.runtime.sources import read_path
 from edgeft.runtime.watch import StopFlag, watch
 from edgeft.service.metrics import collect
 

@@ -33,23 +33,45 @@ def _edgeft_imports(path: Path) -> set[str]:
     return {name for name in names if name.startswith("edgeft.")}
 
 
-def test_the_export_side_and_the_shared_modules_never_import_the_runtime() -> None:
-    """The arrow points one way: edgeft.runtime may use edgeft.export's neighbours, never the reverse. The one
-    exception left is the data readers (edgeft.runtime.sources), which the exporter's int8 calibration reads with."""
-    package = Path(edgeft.__file__).parent
-    sources = [
+def _neutral_sources(package: Path) -> list[Path]:
+    """The export side and the modules both sides share."""
+    return [
         *package.glob("export/*.py"),
         *package.glob("common/*.py"),
+        *package.glob("data/*.py"),
         package / "bundle.py",
         package / "head_state.py",
     ]
+
+
+def test_the_export_side_and_the_shared_modules_never_import_the_runtime() -> None:
+    """The arrow points one way: edgeft.runtime may use the export side's neighbours, never the reverse; the data
+    readers the exporter's int8 calibration uses live in edgeft.data, shared by both sides."""
+    package = Path(edgeft.__file__).parent
     backwards = {
         f"{path.relative_to(package)}: {name}"
-        for path in sources
+        for path in _neutral_sources(package)
         for name in _edgeft_imports(path)
-        if name.startswith("edgeft.runtime") and name != "edgeft.runtime.sources"
+        if name.startswith("edgeft.runtime")
     }
     assert not backwards
-    assert not any(
-        name.startswith("edgeft.runtime") for path in package.glob("common/*.py") for name in _edgeft_imports(path)
+
+
+def test_importing_every_export_and_shared_module_loads_no_runtime_module() -> None:
+    """The same, as Python sees it: import each of those modules in a fresh interpreter, then look for
+    edgeft.runtime in sys.modules (catches imports the source check cannot see, e.g. through a package)."""
+    package = Path(edgeft.__file__).parent
+    modules = sorted(
+        "edgeft." + ".".join(path.relative_to(package).with_suffix("").parts).removesuffix(".__init__")
+        for path in _neutral_sources(package)
     )
+    probe = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('edgeft.runtime')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    assert "edgeft.export.quantize" in modules and "edgeft.data.readers" in modules
+    assert out.stdout.strip() == "[]"

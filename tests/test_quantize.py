@@ -14,6 +14,7 @@ from tiny_models import CHANNELS, SIZE
 
 from edgeft.bundle import MANIFEST_FILE, Bundle
 from edgeft.common.int8_probe import cpu_family
+from edgeft.data.readers import Samples
 from edgeft.errors import EdgeftError
 from edgeft.export import ExportConfig, export_bundle, float_prefix
 from edgeft.export.quantize import (
@@ -29,7 +30,6 @@ from edgeft.export.quantize import (
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.int8_check import check_bundle
 from edgeft.runtime.merge import merged_model
-from edgeft.runtime.sources import Samples
 
 FEATURES = 4
 INT8_OPTIONS = ("--classes", "a,b", "--quantize", "int8", "--calibration")  # then the calibration file

@@ -14,9 +14,9 @@ from PIL import Image
 from tiny_models import CHANNELS, SIZE
 
 from edgeft.bundle import Bundle, Manifest, Preprocessing, TensorSpec
+from edgeft.data.readers import read_image, read_path
 from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter
-from edgeft.runtime.sources import read_image, read_path
 
 COLOURS = {"red": (200, 10, 30), "green": (5, 180, 60), "blue": (0, 40, 250)}
 

@@ -12,16 +12,16 @@ import pytest
 from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset
 
 from edgeft.bundle import Bundle
+from edgeft.common.budget import MemoryBudget
 from edgeft.common.ort import resolve_placement
+from edgeft.data.limits import ArrivalLimits
+from edgeft.data.readers import READ_BATCH, read_path, stream_path
 from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter
-from edgeft.runtime.budget import MemoryBudget
 from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.history import JOURNAL_FILE, read_lines
 from edgeft.runtime.inbox import Inbox
-from edgeft.runtime.limits import ArrivalLimits
 from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, training_set
-from edgeft.runtime.sources import READ_BATCH, read_path, stream_path
 from edgeft.runtime.streaming import FeatureBuffer
 from edgeft.runtime.trainer import PREDICT_ROWS, HeadPredictor, stored_state
 from edgeft.runtime.watch import StopFlag, watch

@@ -15,14 +15,15 @@ from helpers import CLASSES, make_dataset, needs_ort, one_error_line, run_cli, r
 
 from edgeft.bundle import Bundle, Defaults
 from edgeft.common.paired_test import significantly_worse
+from edgeft.data.readers import read_path
+from edgeft.data.targets import MULTILABEL, REGRESSION
 from edgeft.errors import DataError
 from edgeft.export import ExportConfig, export_bundle
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.inbox import Inbox
-from edgeft.runtime.sources import read_path
 from edgeft.runtime.target_replay import TargetBuffer
-from edgeft.runtime.tasks import MULTILABEL, REGRESSION, judge, micro_f1, tuned_thresholds
+from edgeft.runtime.tasks import judge, micro_f1, tuned_thresholds
 from edgeft.runtime.watch import StopFlag, watch
 
 LEARN = ("--lr", "0.05", "--epochs", "10")

@@ -49,10 +49,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from edgeft.bundle import Bundle, Manifest
+from edgeft.data.readers import Samples, read_path
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.features import EMBED_BATCH, session_options
 from edgeft.runtime.guard import GuardPolicy
-from edgeft.runtime.sources import Samples, read_path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLES = {"float": ROOT / "artifacts" / "default", "int8": ROOT / "artifacts" / "default-int8"}

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeft.data.readers import read_path
 from edgeft.runtime.adapter import Adapter
-from edgeft.runtime.sources import read_path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE, DEMO = ROOT / "artifacts" / "default", ROOT / "artifacts" / "demo"

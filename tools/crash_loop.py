@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torture import CLASSES, tiny_bundle  # noqa: E402
 
-from edgeft.runtime.budget import format_size, parse_size  # noqa: E402
+from edgeft.common.budget import format_size, parse_size  # noqa: E402
 from edgeft.runtime.history import JOURNAL_FILE, read_lines  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from edgeft.bundle import Bundle
+from edgeft.data.readers import concatenated, read_path
 from edgeft.errors import EdgeftError
 from edgeft.report.data import Evaluation, Report, arrivals, confusion_matrix
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.evaluation import evaluate
 from edgeft.runtime.history import METRICS_FILE, metrics_row, read_lines
 from edgeft.runtime.labels import encode_known
-from edgeft.runtime.sources import concatenated, read_path
 from edgeft.runtime.store import StateStore
 
 HOLDOUT_KIND = "holdout.npz"

@@ -21,6 +21,7 @@ import numpy as np
 from edgeft.bundle import Bundle
 from edgeft.common.atomic import make_directory, write_atomic
 from edgeft.common.ort import Placement, resolve_placement
+from edgeft.data.targets import is_target_task, parse_targets
 from edgeft.errors import DataError, EdgeftError
 from edgeft.runtime import drift, guard, tasks
 from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, STATISTICS_FILE, ClassStatistics
@@ -131,7 +132,7 @@ class Adapter:
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.task = self.bundle.manifest.head.task
-        self._targets = tasks.is_target_task(self.bundle.manifest.head)
+        self._targets = is_target_task(self.bundle.manifest.head)
         self.tune_thresholds = tune_thresholds and self.task == tasks.MULTILABEL
         self.head_learner = head_learner_name(head_learner)
         self._closed_form = closed_form_head(self.bundle, self.head_learner, shrinkage)
@@ -277,7 +278,7 @@ class Adapter:
         """Head outputs for labels, new names taking free outputs; ``overflow`` lists names that do not fit.
         Multi-label and regression labels become float targets (the label map is fixed; bad labels raise)."""
         if self._targets:
-            values = tasks.parse_targets(y, self.bundle.manifest.head, self.classes, origin)
+            values = parse_targets(y, self.bundle.manifest.head, self.classes, origin)
             return tasks.Targets(values, self.classes)
         return encode_growing(np.asarray(y), self.classes, self.capacity, origin)
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from edgeft.data.limits import ArrivalLimits
+from edgeft.data.readers import Samples, json_line_batches, stream_path
 from edgeft.runtime.adapter import Adapter, LearnResult, Progress
 from edgeft.runtime.inbox import PENDING_DIR, fingerprint, write_pending
-from edgeft.runtime.limits import ArrivalLimits
-from edgeft.runtime.sources import Samples, json_line_batches, stream_path
 from edgeft.runtime.streaming import ArrivalEmbedder
 
 STDIN = "-"

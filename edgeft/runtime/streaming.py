@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeft.data.readers import Samples
+from edgeft.data.targets import is_target_task
 from edgeft.errors import DataError
 from edgeft.runtime.labels import encode_growing, label_names
-from edgeft.runtime.sources import Samples
-from edgeft.runtime.tasks import is_target_task
 
 if TYPE_CHECKING:
+    from edgeft.data.limits import ArrivalLimits
     from edgeft.runtime.adapter import Adapter
-    from edgeft.runtime.limits import ArrivalLimits
 
 Progress = Callable[[int], None]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeft.data.targets import MULTILABEL
 from edgeft.errors import EdgeftError
-from edgeft.runtime.tasks import MULTILABEL
 
 
 class TargetBuffer:

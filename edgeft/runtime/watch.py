@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeft.common.budget import MemoryBudget, detect_budget
 from edgeft.common.faults import crash_point, crash_reading
+from edgeft.data.limits import MAX_ARRIVAL_SAMPLES, ArrivalLimits
+from edgeft.data.readers import stream_path
 from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter, LearnResult
 from edgeft.runtime.attempts import MAX_ATTEMPTS, poison_reason
-from edgeft.runtime.budget import MemoryBudget, detect_budget
 from edgeft.runtime.inbox import Inbox, fingerprint
-from edgeft.runtime.limits import MAX_ARRIVAL_SAMPLES, ArrivalLimits
-from edgeft.runtime.sources import stream_path
 from edgeft.runtime.streaming import ArrivalEmbedder
 
 Event = Callable[..., None]

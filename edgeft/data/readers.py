@@ -3,7 +3,7 @@
 Image folders are ``LABEL/*.png|jpg``; images are converted, resized and normalised as the bundle's
 manifest says. CSV files have a header; the label column (default ``label``) holds names or indices and every
 other column is a number. JSON lines hold one object per line: ``{"x": [...], "y": label}``. Multi-label and
-regression bundles read their labels as float targets (``edgeft.runtime.tasks.parse_targets``): a multi-hot or
+regression bundles read their labels as float targets (``edgeft.data.targets.parse_targets``): a multi-hot or
 numeric ``y`` in .npz, a list of names or numbers in JSON, ``;``-separated names or numbers in a CSV cell.
 Every problem raises DataError naming the file. What a read may cost is bounded by ``ArrivalLimits``: each file
 is charged before it is unpacked or parsed, so a decompression bomb is refused from its headers.
@@ -29,9 +29,9 @@ from typing import IO
 import numpy as np
 
 from edgeft.bundle import Manifest
+from edgeft.data.limits import COPIES, TEXT_COST, ArrivalLimits
+from edgeft.data.targets import cell_targets, is_target_task, json_label_ok, parse_targets
 from edgeft.errors import DataError
-from edgeft.runtime.limits import COPIES, TEXT_COST, ArrivalLimits
-from edgeft.runtime.tasks import cell_targets, is_target_task, json_label_ok, parse_targets
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 ARRAY_SUFFIXES = frozenset({".npz", ".npy"})

@@ -7,8 +7,8 @@ refused up front with its figures (a DataError: quarantined, never found out by 
 
 from __future__ import annotations
 
+from edgeft.common.budget import MemoryBudget, detect_budget, format_size
 from edgeft.errors import DataError
-from edgeft.runtime.budget import MemoryBudget, detect_budget, format_size
 
 ARRAY_CEILING = 2**31  # no array over 2 GiB whatever the budget (the fixed cap before there were budgets)
 COPIES = 3  # inputs exist up to three times while an arrival is read, checked (as float32) and split
