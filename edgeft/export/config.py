@@ -186,7 +186,7 @@ class ExportConfig:
             if data.get("defaults") is not None:
                 data["defaults"] = Defaults(**data["defaults"])
             return cls(**data)
-        except TypeError as exc:
+        except (TypeError, EdgeftError) as exc:
             raise EdgeftError(f"{origin}: {exc}") from None
 
 
