@@ -25,7 +25,7 @@ from onnx import numpy_helper
 from edgeft.bundle import FLOAT_BACKBONE_FILE, Manifest, sha256_file
 from edgeft.common.int8_probe import PROBE_FILE, cpu_family, save_probe
 from edgeft.common.paired_test import lost_and_won, significantly_worse
-from edgeft.data.readers import Samples
+from edgeft.data.readers import Samples, read_path
 from edgeft.errors import EdgeftError
 from edgeft.export import float_prefix
 
@@ -121,8 +121,6 @@ def float_layers(keep_float: object) -> int | str:
 def read_calibration(source: str | Path | np.ndarray | tuple[np.ndarray, np.ndarray], manifest: Manifest) -> Samples:
     """Calibration samples from a path (the formats ``adapt`` reads), an array ``x``, or ``(x, y)``."""
     if isinstance(source, (str, Path)):
-        from edgeft.data.readers import read_path
-
         samples = read_path(source, manifest, need_labels=False)
         x = np.concatenate([s.x for s in samples])
         labelled = all(s.y is not None for s in samples)

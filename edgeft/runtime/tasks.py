@@ -10,6 +10,7 @@ learn float targets of the head's width, ``[N, outputs]``:
   and on MAE for an L1 head (each loss's own scale).
 
 The label map of these heads is fixed at export: an unknown label name is an error, never a new output.
+Reading these labels from files (multi-hot rows, numbers) is ``edgeft.data.targets``'s.
 """
 
 from __future__ import annotations
