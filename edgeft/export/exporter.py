@@ -159,11 +159,7 @@ def export_bundle(config: ExportConfig) -> Bundle:
         with tempfile.TemporaryDirectory(prefix=".edgeft-export-", dir=destination.parent) as tmp:
             staging = Path(tmp) / "bundle"
             artifacts_diff = write_files(staging, parts, new_head, training, checks.logits, config.task)
-            validation = {**checks.record}
-            if training.step_loss_diff is not None:
-                validation["train_step_loss_diff"] = training.step_loss_diff
-            if artifacts_diff is not None:
-                validation["artifacts_max_abs_diff"] = artifacts_diff
+            validation = _validation_figures(checks, training, artifacts_diff)
             manifest = make_manifest(config, source, head_cut, freeze, parts, new_head, training, validation)
             if config.quantize:
                 manifest = replace(manifest, quantization=quantize_staged(config, staging, manifest, source.name))
@@ -409,6 +405,16 @@ def publish(staging: Path, manifest: Manifest, destination: Path) -> None:
         destination.unlink()
     staging.rename(destination)
     fsync_directory(destination.parent)
+
+
+def _validation_figures(checks: HeadChecks, training: TrainingFiles, artifacts_diff: float | None) -> dict[str, float]:
+    """The head's, the train step's and the ORT artifacts' checked differences, as the manifest records them."""
+    figures = dict(checks.record)
+    if training.step_loss_diff is not None:
+        figures["train_step_loss_diff"] = training.step_loss_diff
+    if artifacts_diff is not None:
+        figures["artifacts_max_abs_diff"] = artifacts_diff
+    return figures
 
 
 def _portable_step(
