@@ -47,14 +47,17 @@ class DemoRun:
 
     @property
     def classes(self) -> list[str]:
+        """The bundle's class names."""
         return self.adapter.classes
 
     @property
     def test_samples(self) -> int:
+        """How many held-out digits the accuracy is measured on."""
         return len(self.test.x)
 
     @property
     def provider(self) -> str:
+        """The execution provider the backbone runs on."""
         return self.adapter.placement.name
 
     @cached_property
