@@ -13,8 +13,10 @@ import onnx
 import onnxruntime
 import pytest
 from tiny_models import CHANNELS, SIZE
+from typer.testing import CliRunner, Result
 
 from edgeft.bundle import TRAIN_ARTIFACTS, TRAIN_STEP_FILE, Bundle
+from edgeft.cli import app
 from edgeft.export.artifacts import ort_training_installed
 from edgeft.head_state import HeadState
 
@@ -43,6 +45,20 @@ def make_dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m edgeft.cli ARGS`` in a real subprocess and capture its text output."""
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=SUBPROCESS_TIMEOUT)
+
+
+def invoke_cli(*args: str | os.PathLike[str], stdin: str | bytes | None = None) -> Result:
+    """Run ``edgeft ARGS`` in this process through typer's CliRunner (stdout and stderr apart); the run must end by
+    exiting (any code), never by an exception the command line let escape."""
+    result = CliRunner().invoke(app, [str(a) for a in args], input=stdin, prog_name="edgeft")
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
+    return result
+
+
+def usage_message(result: Result) -> str:
+    """A usage error's text without the box rich draws around it, wrapped lines joined by single spaces."""
+    text = "".join(" " if c in "│╭╮╰╯─" else c for c in result.stderr)
+    return " ".join(text.split())
 
 
 def float_weight_layers(backbone: onnx.ModelProto) -> list[str]:

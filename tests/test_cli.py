@@ -1,4 +1,5 @@
-"""The ``edgeft`` command line, mostly in real subprocesses: the whole workflow, exit codes, error reports."""
+"""The ``edgeft`` command line in this process (typer's CliRunner): the whole workflow, exit codes, error reports;
+the console script and ``python -m edgeft.cli`` in real subprocesses."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
-from helpers import CLASSES, SUBPROCESS_TIMEOUT, copy_tree, flip_byte, make_dataset, one_error_line, run_cli
+from helpers import CLASSES, SUBPROCESS_TIMEOUT, copy_tree, flip_byte, invoke_cli, make_dataset, one_error_line
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from typer.testing import CliRunner
@@ -70,43 +71,47 @@ def test_console_script_and_module_entry_points() -> None:
 @pytest.mark.slow
 def test_full_workflow(tiny_model: Path, tmp_path: Path) -> None:
     bundle, state = tmp_path / "bundle", tmp_path / "state"
-    done = run_cli("export", tiny_model, "-o", bundle, "--classes", ",".join(CLASSES), "--epochs", "10", "--lr", "0.05")
-    assert done.returncode == 0, done.stderr
+    done = invoke_cli(
+        "export", tiny_model, "-o", bundle, "--classes", ",".join(CLASSES), "--epochs", "10", "--lr", "0.05"
+    )
+    assert done.exit_code == 0, done.stderr
     assert f"wrote {bundle}: cut at 'features' (6 features), new head for 3 classes" in done.stdout
 
-    done = run_cli("info", bundle)
-    assert done.returncode == 0, done.stderr
+    done = invoke_cli("info", bundle)
+    assert done.exit_code == 0, done.stderr
     assert "classes     red, green, blue" in done.stdout
     assert "cut         'features' -> features 'features' [6]" in done.stdout
     assert "defaults    epochs 10, batch 16, lr 0.05" in done.stdout
-    done = run_cli("info", bundle, "--json")
+    done = invoke_cli("info", bundle, "--json")
     manifest = json.loads(done.stdout)
     assert manifest["classes"] == list(CLASSES)
     assert manifest["source"]["file"] == tiny_model.name
 
     train = _save_npz(tmp_path / "train.npz", 120, seed=1)
     held_out = _save_npz(tmp_path / "test.npz", 120, seed=2, names=False)
-    done = run_cli("adapt", bundle, "--data", train, "--state", state, "--eval", held_out, "--json")
-    assert done.returncode == 0, done.stderr
+    done = invoke_cli("adapt", bundle, "--data", train, "--state", state, "--eval", held_out, "--json")
+    assert done.exit_code == 0, done.stderr
     report = json.loads(done.stdout)
     assert (report["version"], report["samples"], report["epochs"], report["provider"]) == (1, 120, 10, "cpu")
     assert report["accuracy_after"] >= 0.8, report
     assert report["accuracy_after"] >= report["accuracy_before"] + 0.1, report
 
-    done = run_cli("adapt", bundle, "-d", train, "-s", state)
-    assert done.returncode == 0, done.stderr
+    done = invoke_cli("adapt", bundle, "-d", train, "-s", state)
+    assert done.exit_code == 0, done.stderr
     assert f"skipped {train} (already learned in version 1)" in done.stdout
     assert "nothing new to learn; version 1 stays current" in done.stdout
-    done = run_cli("adapt", bundle, "-d", train, "-s", state, "--eval", held_out, "--epochs", "2", "--relearn")
-    assert done.returncode == 0, done.stderr
+    done = invoke_cli("adapt", bundle, "-d", train, "-s", state, "--eval", held_out, "--epochs", "2", "--relearn")
+    assert done.exit_code == 0, done.stderr
     assert "2 epochs, loss " in done.stdout and "version 2 promoted" in done.stdout
     assert "held-out accuracy: " in done.stdout
 
     x, _ = make_dataset(5, seed=3)
     np.save(tmp_path / "new.npy", x)
     Image.new("RGB", (8, 8), (250, 10, 10)).save(tmp_path / "red.png")
-    done = run_cli("predict", bundle, tmp_path / "new.npy", tmp_path / "red.png", "-s", state, "--json", "--top", "3")
-    assert done.returncode == 0, done.stderr
+    done = invoke_cli(
+        "predict", bundle, tmp_path / "new.npy", tmp_path / "red.png", "-s", state, "--json", "--top", "3"
+    )
+    assert done.exit_code == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["version"] == 2
     rows = result["predictions"]
@@ -120,15 +125,15 @@ def test_full_workflow(tiny_model: Path, tmp_path: Path) -> None:
     assert rows[5]["label"] in CLASSES and len(rows[5]["top"]) == 3
     assert sum(t["probability"] for t in rows[5]["top"]) == pytest.approx(1.0, abs=1e-5)
 
-    done = run_cli("predict", bundle, tmp_path / "new.npy", "-s", state, "--top", "2")
-    assert done.returncode == 0, done.stderr
+    done = invoke_cli("predict", bundle, tmp_path / "new.npy", "-s", state, "--top", "2")
+    assert done.exit_code == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 5
     assert lines[0].startswith(f"{tmp_path / 'new.npy'}#0\t{rows[0]['label']} ")
 
     merged = tmp_path / "merged.onnx"
-    done = run_cli("export-inference", bundle, "-s", state, "-o", merged)
-    assert done.returncode == 0, done.stderr
+    done = invoke_cli("export-inference", bundle, "-s", state, "-o", merged)
+    assert done.exit_code == 0, done.stderr
     assert "head version 2" in done.stdout
     session = onnxruntime.InferenceSession(str(merged), providers=["CPUExecutionProvider"])
     probabilities = session.run(["probabilities"], {"image": x})[0]
@@ -136,27 +141,24 @@ def test_full_workflow(tiny_model: Path, tmp_path: Path) -> None:
     assert json.loads(session.get_modelmeta().custom_metadata_map["edgeft.classes"]) == list(CLASSES)
 
 
-@pytest.mark.slow
 def test_missing_model_file(tmp_path: Path) -> None:
-    done = run_cli("export", tmp_path / "nope.onnx", "-o", tmp_path / "b", "--num-classes", "2")
-    assert done.returncode == 1
+    done = invoke_cli("export", tmp_path / "nope.onnx", "-o", tmp_path / "b", "--num-classes", "2")
+    assert done.exit_code == 1
     assert "nope.onnx does not exist" in one_error_line(done.stderr)
     assert not (tmp_path / "b").exists()
 
 
-@pytest.mark.slow
 def test_non_onnx_model_file(tmp_path: Path) -> None:
     model = tmp_path / "model.onnx"
     model.write_bytes(bytes(range(256)) * 4)
-    done = run_cli("export", model, "-o", tmp_path / "b", "--classes", "a,b")
-    assert done.returncode == 1
+    done = invoke_cli("export", model, "-o", tmp_path / "b", "--classes", "a,b")
+    assert done.exit_code == 1
     assert f"{model} is not a valid ONNX model" in one_error_line(done.stderr)
 
 
-@pytest.mark.slow
 def test_existing_output_without_force(bundle_dir: Path, tiny_model: Path) -> None:
-    done = run_cli("export", tiny_model, "-o", bundle_dir, "--classes", "a,b")
-    assert done.returncode == 1
+    done = invoke_cli("export", tiny_model, "-o", bundle_dir, "--classes", "a,b")
+    assert done.exit_code == 1
     assert "--force" in one_error_line(done.stderr)
 
 
@@ -165,23 +167,23 @@ def test_corrupt_bundle(bundle_dir: Path, tmp_path: Path) -> None:
     flip_byte(bundle / "backbone.onnx")
     data = _save_npz(tmp_path / "d.npz", 6, seed=0)
     for args in (["adapt", bundle, "-d", data, "-s", tmp_path / "s"], ["info", bundle]):
-        done = run_cli(*args)
-        assert done.returncode == 1
+        done = invoke_cli(*args)
+        assert done.exit_code == 1
         assert f"{bundle / 'backbone.onnx'} is corrupt" in one_error_line(done.stderr)
     assert not (tmp_path / "s").exists()
 
 
 def test_directory_that_is_not_a_bundle(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", make_dataset(2, seed=0)[0])
-    done = run_cli("predict", tmp_path, tmp_path / "x.npy", "-s", tmp_path / "s")
-    assert done.returncode == 1
+    done = invoke_cli("predict", tmp_path, tmp_path / "x.npy", "-s", tmp_path / "s")
+    assert done.exit_code == 1
     assert "manifest.json is missing" in one_error_line(done.stderr)
 
 
 def test_unknown_execution_provider(bundle_dir: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", make_dataset(2, seed=0)[0])
-    done = run_cli("predict", bundle_dir, tmp_path / "x.npy", "-s", tmp_path / "s", "--ep", "warp-drive")
-    assert done.returncode == 1
+    done = invoke_cli("predict", bundle_dir, tmp_path / "x.npy", "-s", tmp_path / "s", "--ep", "warp-drive")
+    assert done.exit_code == 1
     assert "execution provider 'warp-drive'" in one_error_line(done.stderr)
 
 
@@ -189,8 +191,8 @@ def test_labels_beyond_capacity_exit_1_and_are_kept_pending(bundle_dir: Path, tm
     x, _ = make_dataset(4, seed=0)
     np.savez(tmp_path / "bad.npz", x=x, y=np.array(["red", "green", "teal", "blue"]))
     state = tmp_path / "state"
-    done = run_cli("adapt", bundle_dir, "-d", tmp_path / "bad.npz", "-s", state)
-    assert done.returncode == 1
+    done = invoke_cli("adapt", bundle_dir, "-d", tmp_path / "bad.npz", "-s", state)
+    assert done.exit_code == 1
     line = one_error_line(done.stderr)
     assert str(tmp_path / "bad.npz") in line and "unknown label(s) ['teal']" in line and "3 outputs" in line
     assert "version 1 promoted" in done.stdout and "learned 3 samples" in done.stdout
@@ -212,30 +214,28 @@ def test_labels_beyond_capacity_exit_1_and_are_kept_pending(bundle_dir: Path, tm
         pytest.param(["fly"], id="unknown-command"),
     ],
 )
-@pytest.mark.slow
-def test_usage_errors_exit_2(args: list[str], bundle_dir: Path, tiny_model: Path, tmp_path: Path) -> None:
+def test_usage_errors_exit_2(
+    args: list[str], bundle_dir: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     paths = {
         "BUNDLE": str(bundle_dir),
         "MODEL": str(tiny_model),
         "state": str(tmp_path / "s"),
         "out": str(tmp_path / "o"),
     }
-    done = run_cli(*[paths.get(a, a) for a in args], cwd=tmp_path)
-    assert done.returncode == 2, (done.stdout, done.stderr)
+    monkeypatch.chdir(tmp_path)
+    done = invoke_cli(*[paths.get(a, a) for a in args])
+    assert done.exit_code == 2, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
     assert "Usage:" in done.stderr
     assert not (tmp_path / "s").exists() and not (tmp_path / "o").exists()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("option", [["--mean", "0.5,abc"], ["--input-shape", "1,three,8,8"]])
 def test_malformed_number_list_is_a_usage_error(option: list[str], tiny_model: Path, tmp_path: Path) -> None:
-    done = run_cli("export", tiny_model, "-o", tmp_path / "b", "--classes", "a,b", *option)
-    assert done.returncode == 2, done.stderr
+    done = invoke_cli("export", tiny_model, "-o", tmp_path / "b", "--classes", "a,b", *option)
+    assert done.exit_code == 2, done.stderr
     assert "unexpected" not in done.stderr
-
-
-# In-process runs through typer's CliRunner: same app object, much faster than a subprocess.
 
 
 def test_in_process_info_json(bundle_dir: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset, one_error_line, run_cli
+from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, invoke_cli, make_dataset, one_error_line, run_cli
 
 from edgeft.bundle import Bundle
 from edgeft.common.budget import MemoryBudget, cgroup_limit, detect_budget, parse_size
@@ -90,8 +90,8 @@ def test_the_cgroup_limit_is_the_smallest_up_the_hierarchy(version: str, tmp_pat
 def test_an_explicit_budget_wins_and_a_bad_one_is_a_usage_error(bundle_dir: Path, tmp_path: Path) -> None:
     assert detect_budget("1G") == MemoryBudget(2**30, "--memory-budget")
     assert detect_budget("auto").bytes > 0
-    done = run_cli("adapt", bundle_dir, "-s", tmp_path / "s", "--data", tmp_path, "--memory-budget", "lots")
-    assert done.returncode == 2 and "not a size" in done.stderr
+    done = invoke_cli("adapt", bundle_dir, "-s", tmp_path / "s", "--data", tmp_path, "--memory-budget", "lots")
+    assert done.exit_code == 2 and "not a size" in done.stderr
 
 
 def test_the_array_cap_follows_the_budget(bundle: Bundle, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import CLASSES, make_dataset, needs_ort, one_error_line, run_cli, run_onnx
+from helpers import CLASSES, invoke_cli, make_dataset, needs_ort, one_error_line, run_onnx
 
 from edgeft.bundle import Bundle, Defaults
 from edgeft.common.paired_test import significantly_worse
@@ -42,14 +42,14 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> Path:
 
 def _export(tiny_model: Path, out: Path, task: str, loss: str | None = None, classes: str = ",".join(CLASSES)) -> Path:
     args = ["export", tiny_model, "-o", out, "--classes", classes, "--task", task]
-    done = run_cli(*args, *(["--loss", loss] if loss else []))
-    assert done.returncode == 0, done.stderr
+    done = invoke_cli(*args, *(["--loss", loss] if loss else []))
+    assert done.exit_code == 0, done.stderr
     return out
 
 
 def _json(*args: object) -> dict:
-    done = run_cli(*args, "--json")
-    assert done.returncode == 0, done.stderr
+    done = invoke_cli(*args, "--json")
+    assert done.exit_code == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -109,7 +109,7 @@ def test_multilabel_head_adapts_predicts_and_exports(tiny_model: Path, tmp_path:
     assert _json("predict", bundle, test, "--state", state)["predictions"] == rows  # the head stayed as it was
 
     merged = tmp_path / "merged.onnx"
-    assert run_cli("export-inference", bundle, "--state", state, "-o", merged).returncode == 0
+    assert invoke_cli("export-inference", bundle, "--state", state, "-o", merged).exit_code == 0
     probabilities = run_onnx(merged, {"image": x[300:]}, ["probabilities"])[0]
     np.testing.assert_allclose(probabilities, scores, atol=1e-5)
     props = {p.key: p.value for p in onnx.load(str(merged)).metadata_props}
@@ -152,7 +152,7 @@ def test_regression_head_adapts_predicts_and_exports(loss: str, targets: int, ti
     assert refused["promoted"] is False and metric in refused["reason"], json.dumps(refused)
 
     merged = tmp_path / "merged.onnx"
-    assert run_cli("export-inference", bundle, "--state", state, "-o", merged).returncode == 0
+    assert invoke_cli("export-inference", bundle, "--state", state, "-o", merged).exit_code == 0
     np.testing.assert_allclose(run_onnx(merged, {"image": x[300:]}, ["values"])[0], predicted, atol=1e-5)
 
 
@@ -217,10 +217,8 @@ def test_cli_names_the_file_with_unknown_labels(task_bundles: dict[str, Bundle],
     x, _ = make_dataset(4, seed=5)
     bad = tmp_path / "bad.jsonl"
     bad.write_text("".join(json.dumps({"x": xi.tolist(), "y": ["teal"]}) + "\n" for xi in x))
-    done = run_cli("adapt", task_bundles[MULTILABEL].path, "--state", tmp_path / "s", "-d", bad)
-    assert done.returncode == 1 and one_error_line(done.stderr).startswith(
-        f"edgeft: error: {bad}: sample 1 has unknown"
-    )
+    done = invoke_cli("adapt", task_bundles[MULTILABEL].path, "--state", tmp_path / "s", "-d", bad)
+    assert done.exit_code == 1 and one_error_line(done.stderr).startswith(f"edgeft: error: {bad}: sample 1 has unknown")
     assert not (tmp_path / "s" / "CURRENT").exists()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeft.data.readers import Samples, concatenated
 from edgeft.errors import DataError, EdgeftError
 from edgeft.runtime import tasks as target_tasks
 from edgeft.runtime.adapter import Adapter
@@ -64,6 +65,18 @@ def first_learned(adapter: Adapter) -> dict[str, int]:
             if count > 0:
                 first.setdefault(name, number)
     return first
+
+
+def held_out_metric(adapter: Adapter, held_out: list[Samples]) -> float | None:
+    """The task's metric (accuracy, micro-F1, MAE or RMSE) of the current head on labelled held-out data (None
+    without any)."""
+    if not held_out:
+        return None
+    if len(held_out) > 1 and adapter.metric != "accuracy":  # micro-F1 and RMSE do not average over files
+        x, y = concatenated(held_out, ", ".join(s.origin for s in held_out))
+        return adapter.score(x, y, "held-out data")
+    correct = sum(adapter.score(s.x, s.y, s.origin) * len(s.x) for s in held_out)
+    return correct / sum(len(s.x) for s in held_out)
 
 
 def evaluate(

@@ -7,6 +7,7 @@ from typing import Any
 
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.inbox import Inbox
+from edgeft.runtime.int8_check import describe as describe_int8
 from edgeft.runtime.watch import EntryPolicy, StopFlag, WatchSummary, watch
 from edgeft.service.logs import EventLog
 from edgeft.service.metrics import write_textfile
@@ -25,6 +26,26 @@ class WatchdogStop(StopFlag):
     def check(self, _done: int = 0) -> None:
         self._notifier.watchdog()
         super().check(_done)
+
+
+def log_start(log: EventLog, adapter: Adapter, entries: EntryPolicy) -> None:
+    """The ``started`` event with what this watch runs with; for an int8 bundle, the self-check's verdict on this CPU
+    (``int8_checked``, or ``int8_fallback`` as a warning)."""
+    log(
+        "started",
+        bundle=str(adapter.bundle.path),
+        state=str(adapter.store.root),
+        provider=adapter.placement.name,
+        guard=adapter.policy.__dict__,
+        memory_budget=entries.budget.describe(),
+        max_arrival_samples=entries.max_samples,
+        max_attempts=entries.max_attempts,
+        backbone=adapter.backbone_path.name,
+        int8_check=adapter.int8_check,
+    )
+    if adapter.int8_check is not None:
+        event = "int8_checked" if adapter.int8_check["ok"] else "int8_fallback"
+        log(event, reason=describe_int8(adapter.int8_check), **adapter.int8_check)
 
 
 def run_watch(
