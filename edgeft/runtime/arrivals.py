@@ -18,7 +18,9 @@ from typing import IO, Any
 
 from edgeft.runtime.adapter import Adapter, LearnResult, Progress
 from edgeft.runtime.inbox import PENDING_DIR, fingerprint, write_pending
+from edgeft.runtime.learn_options import LearnOptions
 from edgeft.runtime.limits import ArrivalLimits
+from edgeft.runtime.pipeline import learn_embedded
 from edgeft.runtime.sources import Samples, json_line_batches, stream_path
 from edgeft.runtime.streaming import ArrivalEmbedder
 
@@ -96,25 +98,14 @@ def read_arrival(
 
 
 def learn_arrival(
-    adapter: Adapter, arrival: Arrival, learn_options: dict[str, Any], progress: Progress | None
+    adapter: Adapter, arrival: Arrival, options: LearnOptions, progress: Progress | None
 ) -> OneShotResult:
     """Learn an arrival's samples whose labels fit; park the others in ``STATE/pending/``."""
     embedded = arrival.embedded
     if embedded is None:
         return OneShotResult(None, arrival.skipped, 0, None, [])
-    origin = embedded.origin
-    pending_path = None
-    if embedded.unfit:
-        name = hashlib.sha256(origin.encode()).hexdigest()[:16]
-        pending_path = write_pending(adapter.store.root / PENDING_DIR, name, *embedded.unfit_samples())
-    result = None
-    if len(embedded.features):
-        result = adapter.learn_features(
-            embedded.features,
-            embedded.labels,
-            origin=origin,
-            inputs=arrival.inputs,
-            progress=progress,
-            **learn_options,
-        )
-    return OneShotResult(result, arrival.skipped, embedded.unfit, pending_path, embedded.overflow)
+    pending_dir, name = adapter.store.root / PENDING_DIR, hashlib.sha256(embedded.origin.encode()).hexdigest()[:16]
+    learned = learn_embedded(
+        adapter, embedded, arrival.inputs, options, lambda x, y: write_pending(pending_dir, name, x, y), progress
+    )
+    return OneShotResult(learned.result, arrival.skipped, embedded.unfit, learned.parked, embedded.overflow)
