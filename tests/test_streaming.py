@@ -250,3 +250,24 @@ def test_one_shot_adapt_and_watch_mode_learn_an_arrival_alike(bundle: Bundle, tm
     journals = [read_lines(tmp_path / s / JOURNAL_FILE) for s in ("one-shot", "watched")]
     records = [[(Path(r["name"]).name, r["sha256"], r["samples"]) for r in journal] for journal in journals]
     assert records[0] == records[1] == [("arrival.npz", records[0][0][1], 60)]  # one-shot names the path given
+
+
+def test_stdin_is_spooled_only_while_the_disk_keeps_room_for_commits(tmp_path: Path) -> None:
+    """More than the allowance is refused part-way with a clear error; within it, the spool holds stdin exactly."""
+    import hashlib
+    import io
+    import shutil
+
+    from edgeft.runtime.arrivals import SPOOL_CHUNK, SPOOL_RESERVE_BYTES, SPOOL_RESERVE_SHARE, spool, spool_allowance
+
+    data = os.urandom(3 * SPOOL_CHUNK + 17)
+    with (tmp_path / "spool").open("w+b") as spooled:
+        assert spool(io.BytesIO(data), spooled, len(data)) == hashlib.sha256(data).hexdigest()
+        assert spooled.read() == data
+    with (tmp_path / "refused").open("w+b") as spooled:
+        with pytest.raises(DataError, match=r"stdin: more than 2\.0 MiB, .* pass them with --data"):
+            spool(io.BytesIO(data), spooled, 2 * SPOOL_CHUNK)
+        assert spooled.tell() <= 2 * SPOOL_CHUNK  # stopped at the chunk that went over, not after the whole stream
+    usage = shutil.disk_usage(tmp_path)
+    reserve = max(SPOOL_RESERVE_BYTES, int(usage.total * SPOOL_RESERVE_SHARE))
+    assert abs(spool_allowance(tmp_path) - max(0, usage.free - reserve)) < 64 << 20  # other writers move free space

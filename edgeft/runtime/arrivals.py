@@ -3,20 +3,24 @@
 Inputs the journal already holds (same sha256) are skipped unless ``relearn`` is set; samples whose labels do not
 fit the head are written to ``STATE/pending/`` and reported, the rest is learned. Every input is streamed (read,
 checked and embedded a batch at a time; edgeft/runtime/streaming.py); stdin is spooled to an unnamed file in the
-state directory first, hashed on the way, so it can be skipped before it is embedded.
+state directory first, hashed on the way, so it can be skipped before it is embedded; the spool stops with a DataError
+before it would leave the state's filesystem too full for commits (spool_allowance).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter, LearnResult, Progress
+from edgeft.runtime.budget import format_size
 from edgeft.runtime.inbox import PENDING_DIR, fingerprint, write_pending
 from edgeft.runtime.learn_options import LearnOptions
 from edgeft.runtime.limits import ArrivalLimits
@@ -26,6 +30,8 @@ from edgeft.runtime.streaming import ArrivalEmbedder
 
 STDIN = "-"
 SPOOL_CHUNK = 1 << 20
+SPOOL_RESERVE_BYTES = 64 << 20  # stdin is spooled only while the state's filesystem keeps this much free ...
+SPOOL_RESERVE_SHARE = 0.05  # ... or this share of its size, whichever is more
 
 
 @dataclass
@@ -49,10 +55,25 @@ class OneShotResult:
     overflow: list[str]
 
 
-def _spool(stdin: IO[bytes] | None, spool: IO[bytes]) -> str:
-    """Copy ``stdin`` to ``spool`` a chunk at a time and rewind it; the sha256 of what was copied."""
+def spool_allowance(folder: Path) -> int:
+    """Bytes of stdin that may be spooled in ``folder``: its filesystem's free space less SPOOL_RESERVE_BYTES or
+    SPOOL_RESERVE_SHARE of its size, whichever is more, so that commits to the state still find room."""
+    usage = shutil.disk_usage(folder)
+    return max(0, usage.free - max(SPOOL_RESERVE_BYTES, int(usage.total * SPOOL_RESERVE_SHARE)))
+
+
+def spool(stdin: IO[bytes] | None, spool: IO[bytes], allowance: int) -> str:
+    """Copy ``stdin`` to ``spool`` a chunk at a time and rewind it; the sha256 of what was copied. DataError once
+    more than ``allowance`` bytes came (spool_allowance): nothing of it is learned."""
     digest = hashlib.sha256()
+    copied = 0
     while stdin is not None and (chunk := stdin.read(SPOOL_CHUNK)):
+        copied += len(chunk)
+        if copied > allowance:
+            raise DataError(
+                f"stdin: more than {format_size(allowance)}, as much as edgeft spools to disk while leaving room "
+                "for the state's commits; write the data to files and pass them with --data, or free disk space"
+            )
         digest.update(chunk)
         spool.write(chunk)
     spool.seek(0)
@@ -88,9 +109,9 @@ def read_arrival(
         if name != STDIN:
             embed(name, fingerprint(Path(name)), lambda n=name: stream_path(n, manifest, True, limits))
             continue
-        with tempfile.TemporaryFile(dir=adapter.store.root) as spool:  # unnamed: nothing left behind
-            digest = _spool(stdin, spool)
-            lines = io.TextIOWrapper(spool, encoding="utf-8", errors="replace")
+        with tempfile.TemporaryFile(dir=adapter.store.root) as spooled:  # unnamed: nothing left behind
+            digest = spool(stdin, spooled, spool_allowance(adapter.store.root))
+            lines = io.TextIOWrapper(spooled, encoding="utf-8", errors="replace")
             embed(name, digest, lambda t=lines: json_line_batches(t, "stdin", manifest, True, limits, manifest))
     if arrival.embedded is not None:
         arrival.embedded.origin = ", ".join(i["name"] for i in arrival.inputs)
