@@ -13,13 +13,14 @@ from edgeft.bundle import Bundle, Defaults
 from edgeft.errors import EdgeftError
 from edgeft.export import ExportConfig, export_bundle
 from edgeft.fleet.alignment import device_view, extend_registry, row_order, to_device, to_global
-from edgeft.fleet.device import FleetDevice, TrainOptions, adopted_version
+from edgeft.fleet.device import FleetDevice, adopted_version
 from edgeft.fleet.normaliser import moments, pooled_normaliser
 from edgeft.fleet.store import GlobalStore
 from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.learn_options import LearnOptions
 from edgeft.runtime.trainer import feature_normaliser
 
-OPTIONS = TrainOptions(epochs=5, batch_size=16, lr=0.05, seed=0)
+OPTIONS = LearnOptions(epochs=5, batch_size=16, lr=0.05, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from conftest import TEST_DEFAULTS
 from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset, one_error_line, run_cli
 
 from edgeft.bundle import Bundle
-from edgeft.errors import EdgeftError
+from edgeft.errors import DataError, EdgeftError
 from edgeft.export import ExportConfig, export_bundle
 from edgeft.runtime import drift
 from edgeft.runtime.adapter import Adapter
@@ -274,3 +274,27 @@ def test_a_rollback_killed_anywhere_leaves_a_consistent_state(point: str, bundle
     assert journal == [(1, "learned"), (2, "learned"), (3, "learned"), (4, "rolled_back")]
     assert [row["version"] for row in read_lines(state / "metrics.jsonl")] == [1, 2, 3, 4]
     assert json.loads((state / "CURRENT").read_text()) == {"version": 4}
+
+
+def test_eval_of_a_folder_streamed_in_batches_equals_eval_of_the_arrays(open_bundle: Bundle, tmp_path: Path) -> None:
+    """``evaluate_path`` reads and embeds test data a batch at a time; the figures are those of the whole arrays."""
+    from edgeft.data.readers import READ_BATCH
+    from edgeft.runtime.evaluation import evaluate_path
+
+    x, y = make_dataset(60, seed=3)
+    tx, ty = make_dataset(2 * READ_BATCH + 5, seed=4)  # over two files, several batches each
+    names = np.array(CLASSES)
+    test = tmp_path / "test"
+    test.mkdir()
+    half = len(tx) // 2
+    np.savez(test / "a.npz", x=tx[:half], y=names[ty[:half]])
+    np.savez(test / "b.npz", x=tx[half:], y=names[ty[half:]])
+    with Adapter(open_bundle, tmp_path / "state", policy=NO_GUARD) as adapter:
+        adapter.learn(x[:30], names[y[:30]])
+        adapter.learn(x[30:], names[y[30:]])
+        whole = evaluate(adapter, tx, names[ty], per_version=True, tasks=True)
+        streamed = evaluate_path(adapter, test, per_version=True, tasks=True)
+    assert streamed == whole
+    np.savez(test / "c.npz", x=tx[:4], y=ty[:4])  # indices where the others have names
+    with Adapter(open_bundle, tmp_path / "state") as adapter, pytest.raises(DataError, match="names, others indices"):
+        evaluate_path(adapter, test)

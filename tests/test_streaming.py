@@ -214,3 +214,60 @@ def test_samples_held_back_for_pending_are_charged_to_the_budget_as_raw_inputs(b
         roomy = ArrivalLimits(MemoryBudget(in_use + 2**26, "test"))
         arrival = read_arrival(adapter, [str(tmp_path / "new.npz")], None, relearn=False, limits=roomy)
         assert arrival.embedded is not None and arrival.embedded.unfit == 400
+
+
+def test_one_shot_adapt_and_watch_mode_learn_an_arrival_alike(bundle: Bundle, tmp_path: Path) -> None:
+    """Both go through one learn-an-arrival step: the same file, with labels the head cannot hold, gives the same
+    head, the same journal record and the same parked samples either way."""
+    from edgeft.runtime.arrivals import learn_arrival, read_arrival
+    from edgeft.runtime.learn_options import LearnOptions
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    x, y = make_dataset(60, seed=11)
+    labels = np.array(CLASSES)[y].astype("<U8")
+    labels[:5] = "violet"  # the head's outputs are all named: these wait in pending/
+    arrival_file = _npz(inbox / "arrival.npz", x, labels)
+    options = LearnOptions(epochs=3, lr=0.01)
+    with Adapter(bundle, tmp_path / "one-shot", policy=GuardPolicy(enabled=False)) as adapter:
+        arrival = read_arrival(adapter, [str(arrival_file)], None, relearn=False)
+        outcome = learn_arrival(adapter, arrival, options, None)
+        one_shot = adapter.parameters()
+        assert outcome.pending == 5 and outcome.pending_path is not None and outcome.result is not None
+        with np.load(outcome.pending_path, allow_pickle=False) as parked:
+            one_shot_parked = parked["x"].copy(), parked["y"].copy()
+    with Adapter(bundle, tmp_path / "watched", policy=GuardPolicy(enabled=False)) as adapter:
+        summary = watch(adapter, Inbox(inbox), emit=lambda e, **f: None, stop=StopFlag(), once=True, options=options)
+        watched = adapter.parameters()
+        assert (summary.learned, summary.pending_samples) == (1, 5)
+    (parked_file,) = (inbox / "pending").iterdir()
+    with np.load(parked_file, allow_pickle=False) as parked:
+        np.testing.assert_array_equal(parked["x"], one_shot_parked[0])
+        np.testing.assert_array_equal(parked["y"], one_shot_parked[1])
+    assert one_shot.keys() == watched.keys()
+    for name in one_shot:
+        np.testing.assert_array_equal(one_shot[name], watched[name], err_msg=name)
+    journals = [read_lines(tmp_path / s / JOURNAL_FILE) for s in ("one-shot", "watched")]
+    records = [[(Path(r["name"]).name, r["sha256"], r["samples"]) for r in journal] for journal in journals]
+    assert records[0] == records[1] == [("arrival.npz", records[0][0][1], 60)]  # one-shot names the path given
+
+
+def test_stdin_is_spooled_only_while_the_disk_keeps_room_for_commits(tmp_path: Path) -> None:
+    """More than the allowance is refused part-way with a clear error; within it, the spool holds stdin exactly."""
+    import hashlib
+    import io
+    import shutil
+
+    from edgeft.runtime.arrivals import SPOOL_CHUNK, SPOOL_RESERVE_BYTES, SPOOL_RESERVE_SHARE, spool, spool_allowance
+
+    data = os.urandom(3 * SPOOL_CHUNK + 17)
+    with (tmp_path / "spool").open("w+b") as spooled:
+        assert spool(io.BytesIO(data), spooled, len(data)) == hashlib.sha256(data).hexdigest()
+        assert spooled.read() == data
+    with (tmp_path / "refused").open("w+b") as spooled:
+        with pytest.raises(DataError, match=r"stdin: more than 2\.0 MiB, .* pass them with --data"):
+            spool(io.BytesIO(data), spooled, 2 * SPOOL_CHUNK)
+        assert spooled.tell() <= 2 * SPOOL_CHUNK  # stopped at the chunk that went over, not after the whole stream
+    usage = shutil.disk_usage(tmp_path)
+    reserve = max(SPOOL_RESERVE_BYTES, int(usage.total * SPOOL_RESERVE_SHARE))
+    assert abs(spool_allowance(tmp_path) - max(0, usage.free - reserve)) < 64 << 20  # other writers move free space

@@ -44,12 +44,13 @@ from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from edgeft.bundle import Bundle
-from edgeft.fleet.device import FleetDevice, TrainOptions
+from edgeft.fleet.device import FleetDevice
 from edgeft.fleet.normaliser import pooled_normaliser
 from edgeft.fleet.pooled_statistics import global_head, pooled
 from edgeft.fleet.records import from_record, to_record
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.guard import GuardPolicy
+from edgeft.runtime.learn_options import LearnOptions
 from edgeft.runtime.slda import DEFAULT_SHRINKAGE
 from edgeft.runtime.trainer import Parameters, stored_state
 
@@ -146,7 +147,7 @@ def nbytes(arrays: dict[str, np.ndarray]) -> int:
 
 
 def fedavg_rounds(
-    fleet: list[FleetDevice], head: Parameters, classes: list[str], options: TrainOptions, rounds: int, first: int
+    fleet: list[FleetDevice], head: Parameters, classes: list[str], options: LearnOptions, rounds: int, first: int
 ) -> tuple[list[int], int]:
     """``rounds`` of FedAvg from ``head``, each global head adopted through the guards; (bytes per device, refusals)."""
     sent, refused = [0] * len(fleet), 0
@@ -197,7 +198,7 @@ def run_strategy(
         reports = [device.report() for device in fleet]
         sent = [nbytes({"mean": r.moments.mean, "var": r.moments.var}) for r in reports]
         refused, rounds = 0, 0
-        options = TrainOptions(args.epochs, adapters[0].bundle.manifest.defaults.batch_size, args.lr, args.seed)
+        options = LearnOptions(args.epochs, adapters[0].bundle.manifest.defaults.batch_size, args.lr, args.seed)
         if server == "fedavg":
             head = stored_state(adapters[0].bundle, None).parameters
             head["head.feature_mean"], head["head.feature_scale"] = pooled_normaliser([r.moments for r in reports])

@@ -25,6 +25,7 @@ from edgeft.common.budget import detect_budget
 from edgeft.data.limits import MAX_ARRIVAL_SAMPLES, ArrivalLimits
 from edgeft.runtime import guard
 from edgeft.runtime.attempts import KEEP_ERRORS, MAX_ATTEMPTS
+from edgeft.runtime.learn_options import LearnOptions
 from edgeft.runtime.schedule import SCHEDULES
 from edgeft.runtime.slda import DEFAULT_SHRINKAGE
 from edgeft.runtime.store import KEEP_VERSIONS
@@ -130,7 +131,7 @@ def adapt(
     policy = guard.GuardPolicy(
         holdout_fraction=0.0 if holdout else holdout_fraction, tolerance=tolerance, enabled=not no_guard
     )
-    learn_options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    learn_options = LearnOptions(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     try:
         budget = detect_budget(memory_budget)
     except ValueError as exc:
@@ -171,7 +172,7 @@ def _adapt_once(
     adapter: Adapter,
     data: list[str],
     relearn: bool,
-    learn_options: dict,
+    learn_options: LearnOptions,
     eval_data: Path | None,
     as_json: bool,
     limits: ArrivalLimits,
@@ -239,7 +240,7 @@ def _watch(
     inbox_dir: Path,
     once: bool,
     poll: float,
-    learn_options: dict,
+    learn_options: LearnOptions,
     as_json: bool,
     logs: dict,
     entries: EntryPolicy,
@@ -262,7 +263,7 @@ def _watch(
         metrics_file=logs["metrics"],
         once=once,
         poll_seconds=poll,
-        learn_options=learn_options,
+        options=learn_options,
         policy=entries,
     )
     if as_json:

@@ -36,15 +36,13 @@ def eval_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Accuracy of the current head on TEST (per-class and confusion matrix in --json); continual metrics."""
-    from edgeft.data.readers import concatenated, read_path
     from edgeft.runtime.adapter import Adapter
-    from edgeft.runtime.evaluation import evaluate
+    from edgeft.runtime.evaluation import evaluate_path
     from edgeft.service.evaluation import format_evaluation
 
     with reported(ctx):
         adapter = Adapter(bundle, state, ep=ep, threads=threads)
-        x, y = concatenated(read_path(data, adapter.bundle.manifest, need_labels=True), str(data))
-        result = evaluate(adapter, x, y, per_version=per_version, tasks=tasks, origin=str(data))
+        result = evaluate_path(adapter, data, per_version=per_version, tasks=tasks)
         typer.echo(json.dumps(result) if as_json else format_evaluation(result))
 
 

@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from edgeft.errors import EdgeftError
-from edgeft.fleet.device import FleetDevice, TrainOptions
+from edgeft.fleet.device import FleetDevice
 from edgeft.fleet.records import (
     ARRAYS,
     CONFIG,
@@ -32,6 +32,7 @@ from edgeft.fleet.records import (
     to_record,
 )
 from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.learn_options import LearnOptions
 
 app = ClientApp()
 
@@ -92,7 +93,7 @@ def train(message: Message, context: Context) -> Message:
             statistics = device.statistics(classes)
             metrics = MetricRecord({"num-examples": statistics.total, **ingested})
             return Message(RecordDict({ARRAYS: statistics_record(statistics), METRICS: metrics}), reply_to=message)
-        options = TrainOptions(
+        options = LearnOptions(
             epochs=int(config["epochs"]),
             batch_size=int(config["batch-size"]),
             lr=float(config["lr"]),

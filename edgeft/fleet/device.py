@@ -22,6 +22,7 @@ from edgeft.runtime.adapter import Adapter, LearnResult
 from edgeft.runtime.class_statistics import ClassStatistics
 from edgeft.runtime.guard import Decision
 from edgeft.runtime.inbox import Inbox
+from edgeft.runtime.learn_options import LearnOptions
 from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.schedule import learning_rates
 from edgeft.runtime.slda import closed_form_head
@@ -29,16 +30,6 @@ from edgeft.runtime.trainer import Parameters, open_trainer, steps_per_fit
 from edgeft.runtime.watch import StopFlag, watch
 
 ORIGIN_PREFIX = "fleet global head "
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Local training in one round: epochs over the replay buffer, batch size, learning rate, seed."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    seed: int
 
 
 @dataclass(frozen=True)
@@ -112,8 +103,10 @@ class FleetDevice:
         """The current version's latent replay buffer (empty before anything was learned)."""
         return self.adapter.replay_buffer()
 
-    def train(self, global_head: Parameters, global_classes: list[str], options: TrainOptions) -> TrainOutcome:
-        """Train a copy of the global head on the replay buffer (nothing is committed); ingest arrivals first."""
+    def train(self, global_head: Parameters, global_classes: list[str], options: LearnOptions) -> TrainOutcome:
+        """Train a copy of the global head on the replay buffer (nothing is committed); ingest arrivals first.
+        ``options`` left None take the bundle's defaults."""
+        options = options.resolved(self.adapter.bundle.manifest.defaults)
         replay = self.replay()
         if not len(replay):
             raise EdgeftError(

@@ -29,6 +29,7 @@ from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
 from edgeft.runtime.int8_check import backbone_to_use, cached_check
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
+from edgeft.runtime.learn_options import LearnOptions
 from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, training_set
 from edgeft.runtime.rollback import RollbackPlan, plan, rollback_meta
 from edgeft.runtime.schedule import learning_rates
@@ -62,16 +63,6 @@ Progress = Callable[[int], None]
 REJECTED_DIR = "rejected"
 KEEP_REJECTED = 5
 HEAD_FILES = (HEAD_STATE_FILE, ORT_CHECKPOINT_FILE)  # a version's head, in either trainer's files
-
-
-@dataclass(frozen=True)
-class LearnOptions:
-    """How one arrival is trained: epochs over new + replayed features, batch size, base learning rate, seed."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    seed: int
 
 
 @dataclass(frozen=True)
@@ -325,17 +316,7 @@ class Adapter:
         progress: Progress | None = None,
     ) -> LearnResult:
         """Learn one arrival of precomputed features; ``inputs`` (name, sha256, samples) go to the journal."""
-        defaults = self.bundle.manifest.defaults
-        options = LearnOptions(
-            epochs=defaults.epochs if epochs is None else epochs,
-            batch_size=defaults.batch_size if batch_size is None else batch_size,
-            lr=defaults.lr if lr is None else lr,
-            seed=defaults.seed if seed is None else seed,
-        )
-        if options.epochs < 1 or options.batch_size < 1 or not options.lr > 0:
-            raise EdgeftError(
-                f"epochs and batch size must be at least 1 and lr positive (got {epochs}, {batch_size}, {lr})"
-            )
+        options = LearnOptions(epochs, batch_size, lr, seed).resolved(self.bundle.manifest.defaults)
         if len(features) == 0:
             raise DataError(f"{origin}: no samples to learn from")
         _check_lengths(len(features), len(y), origin)

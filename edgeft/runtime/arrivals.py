@@ -3,27 +3,35 @@
 Inputs the journal already holds (same sha256) are skipped unless ``relearn`` is set; samples whose labels do not
 fit the head are written to ``STATE/pending/`` and reported, the rest is learned. Every input is streamed (read,
 checked and embedded a batch at a time; edgeft/runtime/streaming.py); stdin is spooled to an unnamed file in the
-state directory first, hashed on the way, so it can be skipped before it is embedded.
+state directory first, hashed on the way, so it can be skipped before it is embedded; the spool stops with a DataError
+before it would leave the state's filesystem too full for commits (spool_allowance).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from edgeft.common.budget import format_size
 from edgeft.data.limits import ArrivalLimits
 from edgeft.data.readers import Samples, json_line_batches, stream_path
+from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter, LearnResult, Progress
 from edgeft.runtime.inbox import PENDING_DIR, fingerprint, write_pending
+from edgeft.runtime.learn_options import LearnOptions
+from edgeft.runtime.pipeline import learn_embedded
 from edgeft.runtime.streaming import ArrivalEmbedder
 
 STDIN = "-"
 SPOOL_CHUNK = 1 << 20
+SPOOL_RESERVE_BYTES = 64 << 20  # stdin is spooled only while the state's filesystem keeps this much free ...
+SPOOL_RESERVE_SHARE = 0.05  # ... or this share of its size, whichever is more
 
 
 @dataclass
@@ -47,10 +55,25 @@ class OneShotResult:
     overflow: list[str]
 
 
-def _spool(stdin: IO[bytes] | None, spool: IO[bytes]) -> str:
-    """Copy ``stdin`` to ``spool`` a chunk at a time and rewind it; the sha256 of what was copied."""
+def spool_allowance(folder: Path) -> int:
+    """Bytes of stdin that may be spooled in ``folder``: its filesystem's free space less SPOOL_RESERVE_BYTES or
+    SPOOL_RESERVE_SHARE of its size, whichever is more, so that commits to the state still find room."""
+    usage = shutil.disk_usage(folder)
+    return max(0, usage.free - max(SPOOL_RESERVE_BYTES, int(usage.total * SPOOL_RESERVE_SHARE)))
+
+
+def spool(stdin: IO[bytes] | None, spool: IO[bytes], allowance: int) -> str:
+    """Copy ``stdin`` to ``spool`` a chunk at a time and rewind it; the sha256 of what was copied. DataError once
+    more than ``allowance`` bytes came (spool_allowance): nothing of it is learned."""
     digest = hashlib.sha256()
+    copied = 0
     while stdin is not None and (chunk := stdin.read(SPOOL_CHUNK)):
+        copied += len(chunk)
+        if copied > allowance:
+            raise DataError(
+                f"stdin: more than {format_size(allowance)}, as much as edgeft spools to disk while leaving room "
+                "for the state's commits; write the data to files and pass them with --data, or free disk space"
+            )
         digest.update(chunk)
         spool.write(chunk)
     spool.seek(0)
@@ -86,9 +109,9 @@ def read_arrival(
         if name != STDIN:
             embed(name, fingerprint(Path(name)), lambda n=name: stream_path(n, manifest, True, limits))
             continue
-        with tempfile.TemporaryFile(dir=adapter.store.root) as spool:  # unnamed: nothing left behind
-            digest = _spool(stdin, spool)
-            lines = io.TextIOWrapper(spool, encoding="utf-8", errors="replace")
+        with tempfile.TemporaryFile(dir=adapter.store.root) as spooled:  # unnamed: nothing left behind
+            digest = spool(stdin, spooled, spool_allowance(adapter.store.root))
+            lines = io.TextIOWrapper(spooled, encoding="utf-8", errors="replace")
             embed(name, digest, lambda t=lines: json_line_batches(t, "stdin", manifest, True, limits, manifest))
     if arrival.embedded is not None:
         arrival.embedded.origin = ", ".join(i["name"] for i in arrival.inputs)
@@ -96,25 +119,14 @@ def read_arrival(
 
 
 def learn_arrival(
-    adapter: Adapter, arrival: Arrival, learn_options: dict[str, Any], progress: Progress | None
+    adapter: Adapter, arrival: Arrival, options: LearnOptions, progress: Progress | None
 ) -> OneShotResult:
     """Learn an arrival's samples whose labels fit; park the others in ``STATE/pending/``."""
     embedded = arrival.embedded
     if embedded is None:
         return OneShotResult(None, arrival.skipped, 0, None, [])
-    origin = embedded.origin
-    pending_path = None
-    if embedded.unfit:
-        name = hashlib.sha256(origin.encode()).hexdigest()[:16]
-        pending_path = write_pending(adapter.store.root / PENDING_DIR, name, *embedded.unfit_samples())
-    result = None
-    if len(embedded.features):
-        result = adapter.learn_features(
-            embedded.features,
-            embedded.labels,
-            origin=origin,
-            inputs=arrival.inputs,
-            progress=progress,
-            **learn_options,
-        )
-    return OneShotResult(result, arrival.skipped, embedded.unfit, pending_path, embedded.overflow)
+    pending_dir, name = adapter.store.root / PENDING_DIR, hashlib.sha256(embedded.origin.encode()).hexdigest()[:16]
+    learned = learn_embedded(
+        adapter, embedded, arrival.inputs, options, lambda x, y: write_pending(pending_dir, name, x, y), progress
+    )
+    return OneShotResult(learned.result, arrival.skipped, embedded.unfit, learned.parked, embedded.overflow)

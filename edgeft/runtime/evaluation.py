@@ -11,6 +11,7 @@ each retained version's figure.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from edgeft.runtime.continual_metrics import summarise
 from edgeft.runtime.history import METRICS_FILE, read_lines
 from edgeft.runtime.labels import label_names
 from edgeft.runtime.store import Version
+from edgeft.runtime.streaming import embed_labelled
 from edgeft.runtime.trainer import HeadPredictor, stored_state
 
 
@@ -89,17 +91,50 @@ def evaluate(
     origin: str = "test",
 ) -> dict[str, Any]:
     """Score the state's heads on labelled raw inputs ``x``/``y`` (names or indices of the current classes)."""
-    current = adapter.store.current()
-    if current is None:
-        raise EdgeftError(f"state {adapter.store.root} has no committed version; learn something first")
+    _current(adapter)
     if len(x) != len(y):
         raise DataError(f"{origin}: {len(x)} samples but {len(y)} labels; give exactly one label per sample")
     if len(x) == 0:
         raise DataError(f"{origin}: no samples to evaluate on")
-    if adapter.metric != "accuracy":
-        return _evaluate_targets(adapter, current, x, y, per_version=per_version, tasks=tasks, origin=origin)
-    names = label_names(np.asarray(y), adapter.classes, origin).astype(object)
     features = adapter.embed(x, origin)
+    return evaluate_features(adapter, features, y, per_version=per_version, tasks=tasks, origin=origin)
+
+
+def evaluate_path(
+    adapter: Adapter, path: str | Path, *, per_version: bool = False, tasks: bool = False
+) -> dict[str, Any]:
+    """``evaluate`` on the labelled test data at ``path`` (any format adapt reads), read and embedded a batch at a
+    time, so a test set larger than memory can be scored."""
+    _current(adapter)
+    features, y = embed_labelled(adapter, path)
+    return evaluate_features(adapter, features, y, per_version=per_version, tasks=tasks, origin=str(path))
+
+
+def _current(adapter: Adapter) -> Version:
+    current = adapter.store.current()
+    if current is None:
+        raise EdgeftError(f"state {adapter.store.root} has no committed version; learn something first")
+    return current
+
+
+def evaluate_features(
+    adapter: Adapter,
+    features: np.ndarray,
+    y: np.ndarray,
+    *,
+    per_version: bool = False,
+    tasks: bool = False,
+    origin: str = "test",
+) -> dict[str, Any]:
+    """``evaluate`` on the backbone's ``features`` of the test inputs."""
+    current = _current(adapter)
+    if len(features) != len(y):
+        raise DataError(f"{origin}: {len(features)} samples but {len(y)} labels; give exactly one label per sample")
+    if len(features) == 0:
+        raise DataError(f"{origin}: no samples to evaluate on")
+    if adapter.metric != "accuracy":
+        return _evaluate_targets(adapter, current, features, y, per_version=per_version, tasks=tasks, origin=origin)
+    names = label_names(np.asarray(y), adapter.classes, origin).astype(object)
     predictor = HeadPredictor(adapter.bundle, adapter.placement, None)
     predicted = _predicted(predictor, adapter, current, features)
     result: dict[str, Any] = {
@@ -155,7 +190,14 @@ def evaluate(
 
 
 def _evaluate_targets(
-    adapter: Adapter, current: Version, x: np.ndarray, y: np.ndarray, *, per_version: bool, tasks: bool, origin: str
+    adapter: Adapter,
+    current: Version,
+    features: np.ndarray,
+    y: np.ndarray,
+    *,
+    per_version: bool,
+    tasks: bool,
+    origin: str,
 ) -> dict[str, Any]:
     """``evaluate`` for a multi-label or regression head: its metric, per label or target, and per version."""
     if tasks:
@@ -164,7 +206,6 @@ def _evaluate_targets(
         )
     head, classes = adapter.bundle.manifest.head, adapter.classes
     targets = adapter.encode(y, origin).values[:, : len(classes)]
-    features = adapter.embed(x, origin)
     predictor = HeadPredictor(adapter.bundle, adapter.placement, None)
 
     def scores(version: Version) -> np.ndarray:

@@ -9,11 +9,13 @@ refused whole. What stays in memory is the features (``4 * feature_dim`` bytes a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgeft.data.readers import Samples
+from edgeft.data.limits import ArrivalLimits
+from edgeft.data.readers import Samples, stream_path
 from edgeft.data.targets import is_target_task
 from edgeft.errors import DataError
 from edgeft.runtime.labels import encode_growing, label_names
@@ -140,3 +142,17 @@ class ArrivalEmbedder:
     def unfit_samples(self) -> tuple[np.ndarray, np.ndarray]:
         """Inputs and label names of the samples whose labels do not fit (for ``pending/``)."""
         return np.concatenate(self._unfit_x), np.concatenate(self._unfit_y)
+
+
+def embed_labelled(adapter: Adapter, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of labelled data at ``path`` (test data), read and embedded a batch at a time: memory
+    follows the features (and labels), not the inputs. DataError if label kinds mix or reading fails."""
+    features = FeatureBuffer(adapter.bundle.manifest.head.feature_dim)
+    labels: list[np.ndarray] = []
+    for batch in stream_path(path, adapter.bundle.manifest, True, ArrivalLimits.for_reading()):
+        y = np.asarray(batch.y)
+        if labels and (labels[0].dtype.kind == "U") != (y.dtype.kind == "U"):
+            raise DataError(f"{path}: some labels are class names, others indices; use one kind")
+        features.append(adapter.embed(batch.x, batch.origin))
+        labels.append(y)
+    return features.array(), np.concatenate(labels) if labels else np.empty(0, np.int64)

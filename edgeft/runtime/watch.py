@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from edgeft.common.budget import MemoryBudget, detect_budget
 from edgeft.common.faults import crash_point, crash_reading
@@ -28,6 +29,8 @@ from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter, LearnResult
 from edgeft.runtime.attempts import MAX_ATTEMPTS, poison_reason
 from edgeft.runtime.inbox import Inbox, fingerprint
+from edgeft.runtime.learn_options import LearnOptions
+from edgeft.runtime.pipeline import learn_embedded
 from edgeft.runtime.streaming import ArrivalEmbedder
 
 Event = Callable[..., None]
@@ -103,7 +106,7 @@ def learn_entry(
     consumed: dict[str, int],
     summary: WatchSummary,
     emit: Event,
-    learn_options: dict[str, Any],
+    options: LearnOptions,
     stop: StopFlag,
     policy: EntryPolicy | None = None,
 ) -> LearnResult | None:
@@ -125,7 +128,7 @@ def learn_entry(
             return None
         with inbox.attempts.attempt(entry.name, digest, abandoned=Interrupted, transient=OSError):
             crash_reading(entry.name)
-            result = _learn(adapter, inbox, entry, digest, summary, emit, learn_options, stop, policy.limits())
+            result = _learn(adapter, inbox, entry, digest, summary, emit, options, stop, policy.limits())
     except DataError as exc:
         reason = " ".join(str(exc).split())  # one line, whatever the file name or message holds
         if entry.exists() or entry.is_symlink():
@@ -190,7 +193,7 @@ def _learn(
     digest: str,
     summary: WatchSummary,
     emit: Event,
-    learn_options: dict[str, Any],
+    options: LearnOptions,
     stop: StopFlag,
     limits: ArrivalLimits,
 ) -> LearnResult | None:
@@ -201,8 +204,9 @@ def _learn(
     """
     embedded = ArrivalEmbedder(adapter, str(entry), limits)
     received = embedded.add(stream_path(entry, adapter.bundle.manifest, need_labels=True, limits=limits), stop.check)
-    if embedded.unfit:
-        parked = inbox.keep_pending(entry, *embedded.unfit_samples())
+
+    def park(x: np.ndarray, y: np.ndarray) -> Path:
+        parked = inbox.keep_pending(entry, x, y)
         summary.pending_samples += embedded.unfit
         emit(
             "pending",
@@ -212,12 +216,10 @@ def _learn(
             path=str(parked),
             reason=f"labels {embedded.overflow[:5]} do not fit the head's {adapter.capacity} outputs",
         )
-    if not len(embedded.features):
-        return None
+        return parked
+
     inputs = [{"name": entry.name, "sha256": digest, "samples": received}]
-    return adapter.learn_features(
-        embedded.features, embedded.labels, origin=str(entry), inputs=inputs, progress=stop.check, **learn_options
-    )
+    return learn_embedded(adapter, embedded, inputs, options, park, stop.check).result
 
 
 def watch(
@@ -228,7 +230,7 @@ def watch(
     stop: StopFlag,
     poll_seconds: float = 1.0,
     once: bool = False,
-    learn_options: dict[str, Any] | None = None,
+    options: LearnOptions | None = None,
     on_idle: Callable[[], None] | None = None,
     policy: EntryPolicy | None = None,
 ) -> WatchSummary:
@@ -250,7 +252,7 @@ def watch(
             if stop.requested:
                 break
             try:
-                learn_entry(adapter, inbox, entry, consumed, summary, emit, learn_options or {}, stop, policy)
+                learn_entry(adapter, inbox, entry, consumed, summary, emit, options or LearnOptions(), stop, policy)
             except Interrupted:
                 emit("interrupted", entry=entry.name, reason="stop requested; nothing of this entry was committed")
                 break

@@ -8,6 +8,7 @@ from typing import Any
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.inbox import Inbox
 from edgeft.runtime.int8_check import describe as describe_int8
+from edgeft.runtime.learn_options import LearnOptions
 from edgeft.runtime.watch import EntryPolicy, StopFlag, WatchSummary, watch
 from edgeft.service.logs import EventLog
 from edgeft.service.metrics import write_textfile
@@ -57,7 +58,7 @@ def run_watch(
     metrics_file: Path | None,
     once: bool,
     poll_seconds: float,
-    learn_options: dict[str, Any],
+    options: LearnOptions,
     policy: EntryPolicy | None = None,
 ) -> WatchSummary:
     """Run the watch loop until SIGTERM/SIGINT (or, with ``once``, until the inbox is empty)."""
@@ -89,7 +90,7 @@ def run_watch(
         stop=stop,
         poll_seconds=poll_seconds,
         once=once,
-        learn_options=learn_options,
+        options=options,
         on_idle=notifier.watchdog,
         policy=policy,
     )
