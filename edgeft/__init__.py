@@ -1,6 +1,6 @@
 """edgeft: fine-tune a frozen model's new head on edge devices, with any onnxruntime.
 
-The device side (``Adapter``, ``Bundle``, ``evaluate``, ``GuardPolicy``) needs onnxruntime and numpy only;
+The device side (``Adapter``, ``Bundle``, ``evaluate``, ``GuardPolicy``, ``LearnOptions``) needs onnxruntime and numpy only;
 ``export_bundle(ExportConfig(...))`` (the workstation side) also needs onnx. Each name is imported on first use,
 so ``import edgeft`` stays cheap.
 """
@@ -21,11 +21,13 @@ if TYPE_CHECKING:
     from edgeft.runtime.adapter import Adapter
     from edgeft.runtime.evaluation import evaluate
     from edgeft.runtime.guard import GuardPolicy
+    from edgeft.runtime.learn_options import LearnOptions
 
 _LAZY = {
     "Adapter": "edgeft.runtime.adapter",
     "Bundle": "edgeft.bundle",
     "GuardPolicy": "edgeft.runtime.guard",
+    "LearnOptions": "edgeft.runtime.learn_options",
     "evaluate": "edgeft.runtime.evaluation",
     "ExportConfig": "edgeft.export",
     "export_bundle": "edgeft.export",
@@ -38,6 +40,7 @@ __all__ = [
     "EdgeftError",
     "ExportConfig",
     "GuardPolicy",
+    "LearnOptions",
     "evaluate",
     "export_bundle",
     "__version__",

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import SUBPROCESS_TIMEOUT
 
 import edgeft
@@ -17,6 +18,15 @@ def test_every_public_name_resolves() -> None:
         assert getattr(edgeft, name) is not None, name
     assert issubclass(edgeft.DataError, edgeft.EdgeftError)
     assert edgeft.GuardPolicy().tolerance >= 0
+
+
+def test_learn_options_take_the_bundles_defaults_where_unset_and_refuse_bad_values() -> None:
+    from edgeft.bundle import Defaults
+
+    defaults = Defaults(epochs=10, batch_size=16, lr=1e-3, seed=0)
+    assert edgeft.LearnOptions(epochs=3).resolved(defaults) == edgeft.LearnOptions(3, 16, 1e-3, 0)
+    with pytest.raises(edgeft.EdgeftError, match="lr positive"):
+        edgeft.LearnOptions(lr=0.0).resolved(defaults)
 
 
 def test_importing_edgeft_loads_neither_onnxruntime_nor_onnx() -> None:
