@@ -85,7 +85,8 @@ class ClassStatistics:
             raise EdgeftError("these statistics keep only the trace of the scatter (nearest class mean), not LDA's")
         seen = self.counts > 0
         sums = self.sums[seen]
-        return self.moment - (sums / self.counts[seen][:, None]).T @ sums
+        between = (sums / self.counts[seen][:, None]).T @ sums
+        return np.subtract(self.moment, between, out=between)  # one D×D array, not two
 
     def within_class_variance(self) -> float:
         """Mean per-feature within-class variance: trace(scatter) / (samples × features)."""
