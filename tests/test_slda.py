@@ -10,12 +10,14 @@ import pytest
 from helpers import CLASSES, make_dataset, one_error_line, run_cli, run_onnx
 from tiny_models import classifier, save
 
+from edgeft.bundle import sha256_file
+from edgeft.common.positive_definite import BLOCK
 from edgeft.errors import EdgeftError
 from edgeft.export import ExportConfig, export_bundle
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.class_statistics import STATISTICS_FILE, ClassStatistics
 from edgeft.runtime.guard import GuardPolicy
-from edgeft.runtime.slda import DEFAULT_SHRINKAGE, UNSEEN_BIAS
+from edgeft.runtime.slda import DEFAULT_SHRINKAGE, UNSEEN_BIAS, ClosedFormHead
 
 NO_GUARD = GuardPolicy(enabled=False)
 
@@ -198,3 +200,77 @@ def test_rollback_brings_the_statistics_back_and_learning_continues_from_them(
         assert len(adapter.history()) == 4
     continued = read_statistics(tmp_path / "s", bundle_dir)
     assert continued.counts.sum() == 60 + len(f[120:])  # the rolled-back arrival is not in them
+
+
+def direct_solve_head(
+    statistics: ClassStatistics, mean: np.ndarray, scale: np.ndarray, shrinkage: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The LDA head as first written: covariance, shrinkage with np.eye and an LU solve (np.linalg.solve)."""
+    centred = statistics.means() - mean
+    variance = statistics.within_class_variance()
+    covariance = statistics.within_class_scatter() / statistics.total
+    shrunk = (1.0 - shrinkage) * covariance + shrinkage * variance * np.eye(len(covariance))
+    weight = np.linalg.solve(shrunk, centred.T).T
+    bias = -0.5 * np.einsum("kd,kd->k", centred, weight)
+    weight[statistics.counts == 0], bias[statistics.counts == 0] = 0.0, UNSEEN_BIAS
+    return (weight / scale).astype(np.float32), bias.astype(np.float32)
+
+
+def test_the_cholesky_head_equals_the_direct_solve_after_many_arrivals_and_reloads(tmp_path: Path) -> None:
+    """Many features (several solve blocks), fewer samples than features at first, saved and reloaded every time."""
+    rng = np.random.default_rng(0)
+    classes, dim = 10, 3 * BLOCK + 5
+    centres = rng.standard_normal((classes, dim)) * np.geomspace(2.0, 0.01, dim)
+    mixing = rng.standard_normal((dim, dim)) * np.geomspace(1.0, 1e-3, dim)  # correlated, spread spectrum
+    mean, scale = rng.standard_normal(dim), rng.uniform(0.5, 2.0, dim)
+    learner = ClosedFormHead("slda", DEFAULT_SHRINKAGE)
+    statistics = ClassStatistics.empty(classes, dim, full=True)
+    for arrival in range(40):
+        labels = rng.integers(0, min(classes, 2 + arrival // 4), 16)  # classes keep arriving, some unseen for long
+        statistics.add(centres[labels] + rng.standard_normal((16, dim)) @ mixing, labels)
+        statistics.save(tmp_path / "statistics.npz")
+        reloaded = ClassStatistics.load(tmp_path / "statistics.npz", classes, dim)
+        np.testing.assert_array_equal(reloaded.moment, statistics.moment)  # the upper triangle loses nothing
+        statistics = reloaded
+        weight, bias = learner.linear_head(statistics, mean, scale)
+        expected_weight, expected_bias = direct_solve_head(statistics, mean, scale, DEFAULT_SHRINKAGE)
+        np.testing.assert_allclose(weight, expected_weight, rtol=1e-6, atol=1e-9 * np.abs(expected_weight).max())
+        np.testing.assert_allclose(bias, expected_bias, rtol=1e-6)
+    assert statistics.total > dim and (statistics.counts > 0).all()
+
+
+def test_statistics_that_store_the_whole_moment_still_load_and_continue(
+    bundle_dir: Path, features: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """A state whose statistics file holds the whole [D, D] moment (as edgeft wrote it before the upper triangle)."""
+    f, names = features["train"], np.array(CLASSES)[features["train_y"]]
+    with Adapter(bundle_dir, tmp_path / "old", policy=NO_GUARD, head_learner="slda") as adapter:
+        adapter.learn_features(f[:70], names[:70])
+        first = adapter.store.current()
+    assert first is not None
+    path, statistics = first.files[STATISTICS_FILE], read_statistics(tmp_path / "old", bundle_dir)
+    with path.open("wb") as handle:  # the layout before: np.savez(counts, sums, moment) with the whole matrix
+        np.savez(handle, counts=statistics.counts, sums=statistics.sums, moment=statistics.moment)
+    metadata = path.with_name(f"{first.number:06d}.json")
+    meta = json.loads(metadata.read_text())
+    meta["sha256"][STATISTICS_FILE] = sha256_file(path)
+    metadata.write_text(json.dumps(meta))
+    with Adapter(bundle_dir, tmp_path / "old", policy=NO_GUARD, head_learner="slda") as adapter:
+        adapter.learn_features(f[70:], names[70:])
+        continued = adapter.parameters()
+    with Adapter(bundle_dir, tmp_path / "new", policy=NO_GUARD, head_learner="slda") as adapter:
+        adapter.learn_features(f[:70], names[:70])
+        adapter.learn_features(f[70:], names[70:])
+        expected = adapter.parameters()
+    assert_same_statistics(read_statistics(tmp_path / "old", bundle_dir), read_statistics(tmp_path / "new", bundle_dir))
+    for name in ("head.weight", "head.bias"):
+        np.testing.assert_allclose(continued[name], expected[name], rtol=1e-5, atol=1e-6)
+    with np.load(metadata.with_name(f"{first.number + 1:06d}.{STATISTICS_FILE}")) as data:
+        assert "moment_upper" in data and "moment" not in data  # the next version is written in the new layout
+
+
+def test_a_statistics_file_with_a_wrong_triangle_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "statistics.npz"
+    np.savez(path, counts=np.zeros(3, np.int64), sums=np.zeros((3, 6)), moment_upper=np.zeros(20))
+    with pytest.raises(EdgeftError, match=r"statistics.npz is not valid class statistics .*upper triangle of \[6, 6\]"):
+        ClassStatistics.load(path, 3, 6)

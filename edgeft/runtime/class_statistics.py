@@ -4,7 +4,9 @@ They are all a closed-form head (streaming LDA, nearest class mean) needs, they 
 samples in any order, in one call or many, in one process or several, on one device or a fleet, gives the same
 result up to float64 rounding), and their size does not grow with the number of samples. ``moment`` is the full
 matrix sum of x xᵀ [D, D] for LDA (``full``), or only its trace, the sum of squared norms, for NCM.
-Stored as a plain .npz (no pickles) in float64, so statistics continue across processes exactly.
+Stored as a plain .npz (no pickles) in float64, so statistics continue across processes exactly; the symmetric
+moment as its upper triangle only (``moment_upper``, row by row: half the bytes to write, fsync and hash with
+every version). Files that hold the whole matrix (``moment`` [D, D], as written before) still load.
 """
 
 from __future__ import annotations
@@ -78,12 +80,13 @@ class ClassStatistics:
         return self.sums / np.maximum(self.counts, 1)[:, None]
 
     def within_class_scatter(self) -> np.ndarray:
-        """Σ over samples of (x − μ_class)(x − μ_class)ᵀ [D, D] (full statistics only)."""
+        """Σ over samples of (x − μ_class)(x − μ_class)ᵀ [D, D], a new array (full statistics only)."""
         if not self.full:
             raise EdgeftError("these statistics keep only the trace of the scatter (nearest class mean), not LDA's")
         seen = self.counts > 0
         sums = self.sums[seen]
-        return self.moment - (sums / self.counts[seen][:, None]).T @ sums
+        between = (sums / self.counts[seen][:, None]).T @ sums
+        return np.subtract(self.moment, between, out=between)  # one D×D array, not two
 
     def within_class_variance(self) -> float:
         """Mean per-feature within-class variance: trace(scatter) / (samples × features)."""
@@ -92,16 +95,18 @@ class ClassStatistics:
         return (float(self.trace()) - between) / max(self.total * self.sums.shape[1], 1)
 
     def save(self, path: Path) -> None:
-        """Write the statistics as an uncompressed .npz (no pickles)."""
+        """Write the statistics as an uncompressed .npz (no pickles); a full moment as its upper triangle."""
+        moment = {"moment_upper": upper_triangle(self.moment)} if self.full else {"moment": self.moment}
         with path.open("wb") as handle:
-            np.savez(handle, counts=self.counts, sums=self.sums, moment=self.moment)
+            np.savez(handle, counts=self.counts, sums=self.sums, **moment)
 
     @classmethod
     def load(cls, path: Path, num_classes: int, feature_dim: int) -> ClassStatistics:
         """Read statistics written by ``save``; raise EdgeftError naming the file if they do not fit this head."""
         try:
             with np.load(path, allow_pickle=False) as data:
-                counts, sums, moment = data["counts"], data["sums"], data["moment"]
+                counts, sums = data["counts"], data["sums"]
+                moment = _upper_moment(data["moment_upper"], feature_dim) if "moment_upper" in data else data["moment"]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             raise EdgeftError(f"{path} is not valid class statistics ({type(exc).__name__}: {exc})") from None
         shapes_ok = (
@@ -116,3 +121,25 @@ class ClassStatistics:
                 f"[{num_classes}, {feature_dim}] float64 and a float64 moment"
             )
         return cls(counts, sums, moment)
+
+
+def upper_triangle(matrix: np.ndarray) -> np.ndarray:
+    """The upper triangle of a square matrix, diagonal included, row by row [D(D+1)/2]."""
+    return np.concatenate([matrix[row, row:] for row in range(len(matrix))])
+
+
+def symmetric_from_upper(packed: np.ndarray, size: int) -> np.ndarray:
+    """The symmetric [size, size] matrix whose upper triangle ``packed`` holds (as ``upper_triangle`` writes it)."""
+    rows, columns = np.triu_indices(size)
+    matrix = np.empty((size, size), packed.dtype)
+    matrix[rows, columns] = packed
+    matrix[columns, rows] = packed
+    return matrix
+
+
+def _upper_moment(packed: np.ndarray, feature_dim: int) -> np.ndarray:
+    """A stored upper triangle as the whole moment, or a ValueError if it does not fit ``feature_dim``."""
+    if packed.shape != (feature_dim * (feature_dim + 1) // 2,) or packed.dtype != np.float64:
+        raise ValueError(f"moment_upper is {packed.dtype} {list(packed.shape)}, not a float64 upper triangle of "
+                         f"[{feature_dim}, {feature_dim}]")  # fmt: skip
+    return symmetric_from_upper(packed, feature_dim)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgeft.bundle import Bundle
+from edgeft.common.positive_definite import solve_positive_definite
 from edgeft.errors import EdgeftError
 from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, STATISTICS_FILE, ClassStatistics
 
@@ -73,9 +74,11 @@ class ClosedFormHead:
         if self.kind == "ncm":
             weight = centred / variance
         else:
-            covariance = statistics.within_class_scatter() / max(statistics.total, 1)
-            shrunk = (1.0 - self.shrinkage) * covariance + self.shrinkage * variance * np.eye(len(covariance))
-            weight = np.linalg.solve(shrunk, centred.T).T
+            # (1 − ε)Σ + εσ²I, built in the scatter's own fresh array (no further D×D temporaries)
+            shrunk = statistics.within_class_scatter()
+            shrunk *= (1.0 - self.shrinkage) / max(statistics.total, 1)
+            shrunk.flat[:: len(shrunk) + 1] += self.shrinkage * variance
+            weight = solve_positive_definite(shrunk, centred.T).T
         bias = -0.5 * np.einsum("kd,kd->k", centred, weight)
         unseen = statistics.counts == 0
         weight[unseen], bias[unseen] = 0.0, UNSEEN_BIAS
