@@ -7,11 +7,16 @@ Layout::
       CURRENT                   JSON pointer {"version": N}, replaced atomically after a commit
       versions/000007.head.npz  head state: parameters, optimizer state, step count (edgeft.head_state)
       versions/000007.ckpt      only from the ORT trainer: its own checkpoint (keeps ORT's AdamW moments)
-      versions/000007.replay.npz  latent replay buffer that belongs to this checkpoint
-      versions/000007.json      metadata: bundle fingerprint, sha256 of each file above, counts, metrics
+      versions/000007.buffers.npz  which segment rows make up this version's replay buffer and holdout
+      versions/000007.json      metadata: bundle fingerprint, sha256 of each file above, the segments the buffers
+                                use (sha256 and rows of each), counts, metrics
+      segments/000007.npz       features and labels written once by version 7's commit (edgeft.runtime.replay_store)
 
-A version is committed by writing its files, then its metadata, then CURRENT, each atomically.
-A crash before CURRENT is replaced leaves the previous version current; leftovers are pruned later.
+A version is committed by writing its segment (if it adds rows), its files, then its metadata, then CURRENT, each
+atomically. A crash before CURRENT is replaced leaves the previous version current; leftovers are pruned later.
+Pruning, after each commit, removes the versions beyond ``keep`` and then every segment that no committed version
+still on disk lists, so a segment is never removed while a version that could be loaded or rolled back to uses it.
+States written before segments keep a whole ``replay.npz`` and ``holdout.npz`` per version; they still load.
 """
 
 from __future__ import annotations
