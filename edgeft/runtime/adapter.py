@@ -28,7 +28,7 @@ from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
 from edgeft.runtime.int8_check import backbone_to_use, cached_check
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
-from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, training_set
+from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, Rows, training_set
 from edgeft.runtime.rollback import RollbackPlan, plan, rollback_meta
 from edgeft.runtime.schedule import learning_rates
 from edgeft.runtime.slda import (
@@ -482,18 +482,18 @@ class Adapter:
                 trainer.set_parameters(centred)
         keep = ~to_holdout
         trains_sgd = self._closed_form is None or self._closed_form.then_sgd
+        train_f = Rows([features], np.flatnonzero(keep))  # the arrival's training share, read, not copied
         if trains_sgd:
             all_f, all_y, passes, replayed = training_set(
                 features, labels, keep, replay, epochs, rng, self._replay_per_new
             )
-            train_f = all_f[: len(train_y)]
         else:  # a closed-form head: one pass over the arrival's statistics, no training set
-            train_f, all_y, epochs, passes, replayed = features[keep], train_y, 0, 0, 0
+            all_f, all_y, epochs, passes, replayed = train_f, train_y, 0, 0, 0
         loss: float | None = None
         if self._closed_form is not None and self._statistics is not None and len(train_y):
             normaliser = self.bundle.manifest.head.normaliser
             others = self._fleet_statistics
-            learn_statistics(self._closed_form, trainer, self._statistics, train_f, train_y, normaliser, others)
+            learn_statistics(self._closed_form, trainer, self._statistics, features[keep], train_y, normaliser, others)
         if len(all_y) and trains_sgd:
             schedule = learning_rates(self.schedule, lr, steps_per_fit(len(all_y), passes, batch_size))
             loss = trainer.fit(
