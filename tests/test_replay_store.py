@@ -171,6 +171,7 @@ def test_a_damaged_or_missing_segment_is_an_error_naming_it(bundle: Bundle, stat
         assert adapter.learn(x[:8], y[:8], epochs=1).version == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["rename:2", "rename:5"])  # segment durable; all but CURRENT durable
 def test_a_kill_between_segment_and_commit_leaves_a_loadable_state(
     bundle_dir: Path, tmp_path: Path, point: str

@@ -6,7 +6,7 @@ once, durably, before the version that lists it, and never changed. A version's 
 which segment each buffered sample is (``replay_segment``, ``replay_row``, and the buffer's bookkeeping:
 ``replay_seen``, a target buffer's ``replay_buckets``; ``holdout_*`` alike), and its metadata lists every segment
 it uses with its sha256 and row count (``segments``), checked before a segment is read. An arrival therefore writes
-what it adds (and an index of 16 bytes per buffered sample), not the whole buffer; a rollback copies the index.
+what it adds (and an index of 8 bytes per buffered sample), not the whole buffer; a rollback copies the index.
 
 Merging keeps the segments few and mostly alive: a commit rewrites, into its own segment, the rows still buffered
 from (a) the newest segments, newest first, while each holds no more buffered rows than the commit writes so far
@@ -39,10 +39,6 @@ BUFFERS_FILE = "buffers.npz"
 WHOLE_BUFFER_FILES = ("replay.npz", "holdout.npz")  # states written before segments: one whole file per buffer
 BUFFER_KINDS = (BUFFERS_FILE, *WHOLE_BUFFER_FILES)
 Buffer = ReplayBuffer | TargetBuffer
-
-
-def segment_number(name: str) -> int:
-    return int(name.split(".")[0])
 
 
 def segment_name(number: int) -> str:

@@ -44,7 +44,7 @@ KEEP_VERSIONS = 5
 
 @dataclass(frozen=True)
 class Version:
-    """One committed head: its number, its files by kind (``head.npz``, ``replay.npz``, ...) and metadata."""
+    """One committed head: its number, its files by kind (``head.npz``, ``buffers.npz``, ...) and metadata."""
 
     number: int
     files: dict[str, Path]
