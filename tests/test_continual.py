@@ -196,9 +196,10 @@ def test_replay_memory_cap(bundle: Bundle, state_dir: Path, train_data: Data) ->
     one_per_class_mb = 4 * head.feature_dim * head.num_outputs / 2**20
     with Adapter(bundle, state_dir, replay_mb=one_per_class_mb * 7.5) as adapter:
         adapter.learn(*train_data)
-    with np.load(state_dir / "versions" / "000001.replay.npz", allow_pickle=False) as replay:
-        assert np.bincount(replay["labels"]).tolist() == [7, 7, 7]
-        assert replay["features"].nbytes <= one_per_class_mb * 7.5 * 2**20
+    with Adapter(bundle, state_dir, replay_mb=one_per_class_mb * 7.5) as reopened:  # the buffer as committed
+        replay = reopened.replay_buffer()
+        assert np.bincount(replay.labels).tolist() == [7, 7, 7]
+        assert replay.features.nbytes <= one_per_class_mb * 7.5 * 2**20
 
 
 def test_guard_lets_a_new_class_in(open_bundle: Bundle, state_dir: Path) -> None:

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import torture  # noqa: E402
 
 # Every crash point at least once: a progress tick of feature extraction (the first) and of training, the atomic
-# rename of the checkpoint (1), replay buffer (2), version metadata (4) and CURRENT (5), the journal and metrics
-# appends, the move to done/, and a kill after a random-looking delay.
+# rename of the replay segment (1), checkpoint (2), version metadata (4) and CURRENT (5) (3: the buffers' index),
+# the journal and metrics appends, the move to done/, and a kill after a random-looking delay.
 PLAN = [
     "tick:1",
     "rename:1",
@@ -94,7 +94,7 @@ def test_the_checker_catches_a_broken_state(
         next((copy / "inbox" / "done").glob("*.npz")).unlink()
 
     def tear_the_replay_buffer(copy: Path) -> None:
-        replay = sorted((copy / "state" / "versions").glob("*.replay.npz"))[-1]
+        replay = sorted((copy / "state" / "segments").glob("*.npz"))[-1]
         replay.write_bytes(replay.read_bytes()[:-10])
 
     def learn_a_file_again(copy: Path) -> None:
@@ -126,7 +126,8 @@ def _file_size_limit(limit: int) -> Callable[[], None]:
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
-# Smaller than a checkpoint with optimizer state (about 1 kB for the tiny head), larger than CURRENT and the lock.
+# Smaller than the replay segment of 40 samples (the first file a commit writes, about 1.3 kB) and a checkpoint with
+# optimizer state (about 1 kB for the tiny head), larger than CURRENT and the lock.
 FULL_DISK = 600
 
 
@@ -134,11 +135,11 @@ def _intact_at_version_1(bundle_dir: Path, state: Path) -> None:
     current = StateStore(state, Bundle.load(bundle_dir).fingerprint).current()  # verifies every file's sha256
     assert current is not None and current.number == 1
     assert sorted(p.name for p in (state / "versions").iterdir()) == [
+        "000001.buffers.npz",
         "000001.head.npz",
-        "000001.holdout.npz",
         "000001.json",
-        "000001.replay.npz",
     ]  # nothing torn, no temp files left behind
+    assert [p.name for p in (state / "segments").iterdir()] == ["000001.npz"]
     assert [r["version"] for r in read_lines(state / "journal.jsonl")] == [1]
 
 
@@ -156,7 +157,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one_and_exits_1(bundle
     )
     assert done.returncode == 1, done.stderr
     line = one_error_line(done.stderr)
-    assert f"{state / 'versions' / '000002.head.npz'}: cannot write it" in line and "the previous file stays" in line
+    assert f"{state / 'segments' / '000002.npz'}: cannot write it" in line and "the previous file stays" in line
     _intact_at_version_1(bundle_dir, state)
     # Space again: the same data is learned (nothing of it was journaled).
     again = run_cli("adapt", bundle_dir, "-s", state, "--data", more, "--no-guard", "--json")
@@ -197,7 +198,7 @@ def test_full_disk_in_watch_mode_commits_nothing_and_retries(bundle_dir: Path, t
         if process.stderr:
             process.stderr.close()
     assert [e["event"] for e in errors] == ["error"] * 3  # the same entry, tried again and again
-    assert all(str(state / "versions" / "000002.head.npz") in e["reason"] for e in errors), errors
+    assert all(str(state / "segments" / "000002.npz") in e["reason"] for e in errors), errors
     assert (inbox / "b.npz").is_file() and not any((inbox / "done").iterdir())
     _intact_at_version_1(bundle_dir, state)
     drained = subprocess.run([*args, "--once"], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)

@@ -15,12 +15,16 @@ import pytest
 from helpers import CLASSES, SUBPROCESS_TIMEOUT, copy_tree, make_dataset, one_error_line, run_cli
 from PIL import Image
 
+from edgeft.bundle import Bundle
 from edgeft.errors import EdgeftError
 from edgeft.report import collect, write_report
 from edgeft.report.data import Evaluation, Report, arrivals, confusion_matrix
 from edgeft.report.figure import DPI, REFUSED, SIZE_INCHES
+from edgeft.runtime import replay_store
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.guard import GuardPolicy
+from edgeft.runtime.replay import ReplayBuffer
+from edgeft.runtime.store import StateStore
 
 FIGURE_SIZE = (int(SIZE_INCHES[0] * DPI), int(SIZE_INCHES[1] * DPI))
 
@@ -53,9 +57,13 @@ def report(bundle_dir: Path, learned_state: Path) -> Report:
     return collect(bundle_dir, learned_state, ep="cpu")
 
 
-def _holdout_labels(state: Path) -> np.ndarray:
-    with np.load(state / "versions" / "000004.holdout.npz", allow_pickle=False) as data:
-        return data["labels"]
+def _holdout(bundle_dir: Path, state: Path) -> ReplayBuffer:
+    """Version 4's holdout reservoir, read from its segments without the lock (as the report reads it)."""
+    store = StateStore(state, Bundle.load(bundle_dir).fingerprint)
+    head = Bundle.load(bundle_dir).manifest.head
+    holdout = ReplayBuffer(head.feature_dim, head.num_outputs, 10**6)
+    replay_store.load(store, store.load(4), {"holdout": holdout})
+    return holdout
 
 
 def test_arrivals_keep_one_row_per_version_in_order_and_name_each_verdict() -> None:
@@ -103,14 +111,13 @@ def test_collect_reads_every_arrival_and_marks_the_refusal(report: Report) -> No
 def test_holdout_evaluation_is_the_current_head_on_the_holdout_reservoir(
     report: Report, bundle_dir: Path, learned_state: Path
 ) -> None:
-    labels = _holdout_labels(learned_state)
+    holdout = _holdout(bundle_dir, learned_state)
+    labels = holdout.labels
     evaluation = report.evaluation
     assert evaluation is not None and "holdout reservoir of version 4" in evaluation.source
     assert evaluation.samples == len(labels) > 20
     assert evaluation.support == np.bincount(labels, minlength=3).tolist()
-    with np.load(learned_state / "versions" / "000004.holdout.npz", allow_pickle=False) as data:
-        features = data["features"]
-    predicted = Adapter(bundle_dir, learned_state, ep="cpu").predict_proba_features(features).argmax(axis=1)
+    predicted = Adapter(bundle_dir, learned_state, ep="cpu").predict_proba_features(holdout.features).argmax(axis=1)
     assert evaluation.accuracy == pytest.approx(float((predicted == labels).mean()))
     assert evaluation.accuracy > 0.8  # a head that learned the task, not a constant
 
@@ -204,8 +211,11 @@ def test_html_has_the_versions_table_with_the_refusal(html_page: _Page) -> None:
     assert rows[2][header.index("Input")] == "flood.npz"
 
 
-def test_html_per_class_and_confusion_tables_count_the_holdout(html_page: _Page, learned_state: Path) -> None:
-    labels = _holdout_labels(learned_state)
+def test_html_per_class_and_confusion_tables_count_the_holdout(
+    html_page: _Page, bundle_dir: Path, learned_state: Path
+) -> None:
+    holdout = _holdout(bundle_dir, learned_state)
+    labels = holdout.labels
     header, *rows = html_page.tables["per-class"]
     assert header[:4] == ["Class", "Samples", "Correct", "Accuracy"]
     assert [row[0] for row in rows] == list(CLASSES)

@@ -367,8 +367,8 @@ def test_corrupt_state_is_refused(bundle: Bundle, state_dir: Path, train_data: D
     flip_byte(checkpoint)
     assert Adapter(bundle, state_dir).version == 1
 
-    flip_byte(state_dir / "versions" / "000001.replay.npz")
-    with pytest.raises(EdgeftError, match="000001.replay.npz is corrupt"):
+    flip_byte(state_dir / "versions" / "000001.buffers.npz")
+    with pytest.raises(EdgeftError, match="000001.buffers.npz is corrupt"):
         Adapter(bundle, state_dir)
 
     (state_dir / "versions" / "000001.json").write_text("{oops")

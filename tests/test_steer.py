@@ -251,9 +251,9 @@ def test_a_changed_world_raises_a_drift_alarm_in_metrics(bundle: Bundle, state_d
     assert line.endswith("1 alarms so far") and "Page-Hinkley" in line
 
 
-# a rollback commit renames head, replay, holdout, metadata, then CURRENT (5th), then appends journal and metrics
+# a rollback commit renames head, buffers' index, metadata, then CURRENT (4th), then appends journal and metrics
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["rename:1", "rename:5", "append:2"])
+@pytest.mark.parametrize("point", ["rename:1", "rename:4", "append:2"])
 def test_a_rollback_killed_anywhere_leaves_a_consistent_state(point: str, bundle_dir: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     with Adapter(bundle_dir, state, policy=NO_GUARD) as adapter:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -176,6 +177,25 @@ def test_bounded_rehearsal_draws_afresh_each_epoch_in_as_many_steps() -> None:
     assert all(len(r) == 40 for r in rounds) and rounds[0] != rounds[1]  # without replacement, drawn afresh
     x, _, passes, replayed = training_set(features, np.zeros(5, np.int64), keep, buffer, 3, rng, per_new=None)
     assert (passes, replayed, len(x)) == (3, 300, 304)
+
+
+def test_the_training_set_reads_the_arrival_without_copying_it() -> None:
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(20_000, 64)).astype(np.float32)  # 5 MB of arrival features
+    labels = np.arange(20_000) % 3
+    keep = rng.random(20_000) > 0.1
+    buffer = ReplayBuffer(64, 3, 100)
+    buffer.add(features[:300], labels[:300], rng)
+    tracemalloc.start()
+    x, y, passes, _ = training_set(features, labels, keep, buffer, 10, rng, per_new=None)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < features.nbytes / 4  # positions, labels and their temporaries, not the features (a copy: 4.6 MB)
+    assert (len(x), passes) == (int(keep.sum()) + 300, 10)
+    order = rng.permutation(len(x))[:50]
+    expected = np.concatenate([features[keep], buffer.features])[order]
+    np.testing.assert_array_equal(x[order], expected)  # the rows a batch reads are the same as a copy's
+    np.testing.assert_array_equal(y, np.concatenate([labels[keep], buffer.labels]))
 
 
 def test_the_feature_buffer_takes_a_declared_source_in_one_allocation() -> None:

@@ -22,6 +22,7 @@ from edgeft.export import ExportConfig, export_bundle
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.inbox import Inbox
+from edgeft.runtime.replay import NOT_STORED
 from edgeft.runtime.target_replay import TargetBuffer
 from edgeft.runtime.tasks import judge, micro_f1, tuned_thresholds
 from edgeft.runtime.watch import StopFlag, watch
@@ -234,7 +235,7 @@ def test_multilabel_replay_keeps_rare_labels() -> None:
     assert (kept[:, 0] == 1).sum() == 6 + 4  # the common label fills its bucket, no more
 
 
-def test_regression_replay_is_one_reservoir(tmp_path: Path) -> None:
+def test_regression_replay_is_one_reservoir() -> None:
     rng = np.random.default_rng(1)
     buffer = TargetBuffer(REGRESSION, feature_dim=2, outputs=2, per_class=10)
     firsts = []
@@ -245,9 +246,7 @@ def test_regression_replay_is_one_reservoir(tmp_path: Path) -> None:
         firsts.append((trial.labels[:, 0] < 50).mean())
     assert len(trial) == 20 and abs(float(np.mean(firsts)) - 0.5) < 0.05
     buffer.add(np.ones((3, 2), np.float32), np.zeros((3, 2), np.float32), rng)
-    buffer.save(tmp_path / "r.npz")
-    loaded = TargetBuffer.load(tmp_path / "r.npz", REGRESSION, 2, 2, 10)
-    np.testing.assert_array_equal(loaded.features, buffer.features)
+    assert len(buffer) == 3 and (buffer.stored == NOT_STORED).all()  # new rows, for the next commit's segment
 
 
 def test_thresholds_are_tuned_per_label_on_the_holdout(task_bundles: dict[str, Bundle], tmp_path: Path) -> None:

@@ -18,13 +18,15 @@ def _init(rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> onnx.T
     return numpy_helper.from_array(rng.normal(0, 0.5, shape).astype(np.float32), name)
 
 
-def classifier(head: str = "gemm", tail: tuple[str, ...] = ("Softmax",), seed: int = 0) -> onnx.ModelProto:
-    """Conv → Relu → GlobalAveragePool → Flatten → head → tail ops, on [N, 3, 8, 8] images.
+def classifier(
+    head: str = "gemm", tail: tuple[str, ...] = ("Softmax",), seed: int = 0, hidden: int = HIDDEN
+) -> onnx.ModelProto:
+    """Conv → Relu → GlobalAveragePool → Flatten → head → tail ops, on [N, 3, 8, 8] images; ``hidden`` features.
 
     ``head``: ``gemm`` (Gemm, transB=1), ``matmul_add`` (MatMul + Add) or ``matmul`` (no bias).
     """
     rng = np.random.default_rng(seed)
-    inits = [_init(rng, "conv.w", (HIDDEN, CHANNELS, 3, 3)), _init(rng, "conv.b", (HIDDEN,))]
+    inits = [_init(rng, "conv.w", (hidden, CHANNELS, 3, 3)), _init(rng, "conv.b", (hidden,))]
     nodes = [
         helper.make_node("Conv", ["image", "conv.w", "conv.b"], ["conv"], pads=[1, 1, 1, 1], name="conv"),
         helper.make_node("Relu", ["conv"], ["relu"], name="relu"),
@@ -32,14 +34,14 @@ def classifier(head: str = "gemm", tail: tuple[str, ...] = ("Softmax",), seed: i
         helper.make_node("Flatten", ["pool"], ["features"], axis=1, name="flatten"),
     ]
     if head == "gemm":
-        inits += [_init(rng, "fc.w", (ORIGINAL_CLASSES, HIDDEN)), _init(rng, "fc.b", (ORIGINAL_CLASSES,))]
+        inits += [_init(rng, "fc.w", (ORIGINAL_CLASSES, hidden)), _init(rng, "fc.b", (ORIGINAL_CLASSES,))]
         nodes.append(helper.make_node("Gemm", ["features", "fc.w", "fc.b"], ["scores"], transB=1, name="fc"))
     elif head == "matmul_add":
-        inits += [_init(rng, "fc.w", (HIDDEN, ORIGINAL_CLASSES)), _init(rng, "fc.b", (ORIGINAL_CLASSES,))]
+        inits += [_init(rng, "fc.w", (hidden, ORIGINAL_CLASSES)), _init(rng, "fc.b", (ORIGINAL_CLASSES,))]
         nodes.append(helper.make_node("MatMul", ["features", "fc.w"], ["mm"], name="fc.matmul"))
         nodes.append(helper.make_node("Add", ["mm", "fc.b"], ["scores"], name="fc.add"))
     elif head == "matmul":
-        inits.append(_init(rng, "fc.w", (HIDDEN, ORIGINAL_CLASSES)))
+        inits.append(_init(rng, "fc.w", (hidden, ORIGINAL_CLASSES)))
         nodes.append(helper.make_node("MatMul", ["features", "fc.w"], ["scores"], name="fc.matmul"))
     else:
         raise ValueError(head)

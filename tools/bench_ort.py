@@ -25,6 +25,7 @@ from edgeft.runtime import features as features_module
 from edgeft.runtime import onnx_trainer, ort_trainer
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.features import session_options
+from edgeft.runtime.replay_store import BUFFERS_FILE
 from edgeft.runtime.trainer import HEAD_STATE_FILE, choose_trainer, open_trainer
 
 CONTENDERS = ["inference", "edgeft", "ort-whole", "replay"]
@@ -96,7 +97,8 @@ def run_edgeft(args, warm: list[Arrival], arrivals: list[Arrival]) -> dict:  # n
             replayed_per_arrival_mean=float(np.mean(replayed)),
             commit_s_median=float(np.median(commit_s)),
             checkpoint_bytes=version.files[HEAD_STATE_FILE].stat().st_size,
-            replay_bytes=version.files["replay.npz"].stat().st_size,
+            replay_bytes=sum(adapter.store.segment_path(name).stat().st_size for name in version.meta["segments"])
+            + version.files[BUFFERS_FILE].stat().st_size,  # the buffers' segments and index
             version=version.number,
         )
         adapter.close()

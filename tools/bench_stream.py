@@ -11,14 +11,15 @@ For every arrival size, two processes run on the same file, each timed from spaw
 - ``inference``: import numpy and onnxruntime, open the backbone's InferenceSession (same options and threads),
   read ``x`` from the .npz member 16 samples at a time and run them: the least a careful user's program holds.
 - ``adapt``: ``python -m edgeft.cli adapt BUNDLE --data FILE --json`` into a state directory that already learned
-  one earlier arrival of 256 samples (replay buffer filled, as on a device in service), default options.
+  one earlier arrival of ``--warm`` samples (256: a replay buffer of about 230 features; 2400 fills the default
+  bundle's 2,000, as on a device long in service), default options.
 
 Reported per size: throughput ratio (inference seconds / adapt seconds, both whole process; by wall time and by
 CPU time, user + system, which a busy machine disturbs less), peak RSS of each and their difference, bytes adapt
 wrote. Rounds alternate the two contenders; medians are reported.
 
 Usage: ``python tools/bench_stream.py [--sizes 96,960,9600] [--rounds 1] [--threads 2] [--memory-budget 1G]
-[--out report.md]``. ``--memory-budget`` is passed to adapt (a small board's budget): the largest files then
+[--warm 256] [--out report.md]``. ``--memory-budget`` is passed to adapt (a small board's budget): the largest files then
 exceed what reading them whole would be allowed, so only a streaming reader learns them.
 """
 
@@ -151,6 +152,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="rounds alternating inference and adapt")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-budget", default="", help="--memory-budget for adapt (default: auto)")
+    parser.add_argument("--warm", type=int, default=256, help="samples the state learned before each arrival")
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--workdir", type=Path, help="where the bundle, data and states go (default: a temp dir)")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
@@ -159,7 +161,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-stream-", dir=args.workdir))
     try:
         bundle = bundle_224(work / "bundle")
-        warm_data = write_arrival(work / "warm.npz", 256, seed=1)
+        warm_data = write_arrival(work / "warm.npz", args.warm, seed=1)
         warm_state = work / "warm-state"
         run_child(adapt_command(args.python, bundle, warm_data, warm_state, args))
         rows = []

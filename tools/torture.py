@@ -3,7 +3,7 @@
 Each cycle drops new files into the inbox (written under a temporary name, then renamed), starts
 ``edgeft adapt BUNDLE -s STATE --watch INBOX`` in a subprocess and kills it with SIGKILL: either at a named crash point
 (``EDGEFT_CRASH_AT``, see edgeft/common/faults.py: a progress tick of feature extraction or training, an atomic
-rename of a checkpoint/replay/metadata/CURRENT file, a journal append, an inbox move — the N-th time, N random) or
+rename of a replay segment/checkpoint/buffer index/metadata/CURRENT file, a journal append, an inbox move — the N-th time, N random) or
 after a random delay. After every kill, with the process dead, the invariants are checked (``check``): the state
 loads and verifies; every retained version's checkpoint and replay buffer parse and belong together; every input is
 learned exactly once or still waits in the inbox (none lost, none double-counted, by the journal and the versions'
@@ -35,6 +35,7 @@ import numpy as np
 from edgeft.bundle import Bundle, sha256_file
 from edgeft.common.faults import ENV, POINTS
 from edgeft.errors import EdgeftError
+from edgeft.runtime import replay_store
 from edgeft.runtime.attempts import ATTEMPTS_DIR, AttemptLedger
 from edgeft.runtime.history import JOURNAL_FILE, METRICS_FILE, read_lines
 from edgeft.runtime.inbox import ATTEMPTS_SUFFIX, DONE_DIR, PENDING_DIR, QUARANTINE_DIR, pending_name
@@ -177,7 +178,8 @@ def _check_versions(store: StateStore, bundle: Bundle, problems: list[str]) -> d
         try:
             version = store.load(number)
             parameters = stored_state(bundle, version.files).parameters
-            replay = ReplayBuffer.load(version.files["replay.npz"], head.feature_dim, head.num_outputs, 10**6)
+            replay = ReplayBuffer(head.feature_dim, head.num_outputs, 10**6)
+            replay_store.load(store, version, {"replay": replay})  # every segment it uses, sha256 checked
         except (EdgeftError, KeyError, RuntimeError) as exc:
             problems.append(f"version {number} does not load whole: {type(exc).__name__}: {exc}")
             continue

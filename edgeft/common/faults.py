@@ -5,7 +5,7 @@ POINT, so a test can kill a real process at an exact moment:
 
 - ``tick``: a progress tick of feature extraction or training (watch mode),
 - ``rename``: an atomic write's temp file is complete and durable, just before it replaces its target
-  (checkpoint, replay buffer, holdout, version metadata, CURRENT, pending samples, quarantine reasons),
+  (replay segment, checkpoint, buffer index, version metadata, CURRENT, pending samples, quarantine reasons),
 - ``append``: just before a line block is appended to journal.jsonl or metrics.jsonl,
 - ``move``: just before an inbox entry is moved to ``done/`` or ``quarantine/``,
 - ``attempt``: an inbox entry's attempt record is durable in its temp file, just before it replaces the old one.

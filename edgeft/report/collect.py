@@ -13,13 +13,13 @@ from edgeft.bundle import Bundle
 from edgeft.data.readers import concatenated, read_path
 from edgeft.errors import EdgeftError
 from edgeft.report.data import Evaluation, Report, arrivals, confusion_matrix
+from edgeft.runtime import replay_store
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.evaluation import evaluate
 from edgeft.runtime.history import METRICS_FILE, metrics_row, read_lines
 from edgeft.runtime.labels import encode_known
-from edgeft.runtime.store import StateStore
-
-HOLDOUT_KIND = "holdout.npz"
+from edgeft.runtime.replay import ReplayBuffer
+from edgeft.runtime.store import StateStore, Version
 
 
 def collect(
@@ -48,7 +48,7 @@ def collect(
         x, y = concatenated(read_path(Path(eval_path), adapter.bundle.manifest, need_labels=True), str(eval_path))
         continual = evaluate(adapter, x, y, per_version=True, tasks=True, origin=str(eval_path))
     else:
-        evaluation, note = _evaluate_holdout(adapter, current.files.get(HOLDOUT_KIND), current.number)
+        evaluation, note = _evaluate_holdout(adapter, current)
     return Report(
         bundle=str(adapter.bundle.path),
         state=str(state),
@@ -74,17 +74,14 @@ def _evaluate_file(adapter: Adapter, path: Path) -> Evaluation:
     return Evaluation(f"eval data {path}", adapter.classes, confusion_matrix(labels, predicted, len(adapter.classes)))
 
 
-def _evaluate_holdout(adapter: Adapter, path: Path | None, version: int) -> tuple[Evaluation | None, str]:
+def _evaluate_holdout(adapter: Adapter, version: Version) -> tuple[Evaluation | None, str]:
     """The current head on its own version's holdout reservoir (never trained on), or why there is none."""
-    if path is None:
-        return None, "this state keeps no holdout reservoir; pass --eval FILE for per-class accuracy"
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            features, labels = data["features"], data["labels"].astype(np.int64)
-    except (OSError, ValueError, KeyError) as exc:
-        raise EdgeftError(f"{path} is not a valid holdout reservoir ({type(exc).__name__})") from None
-    if not len(labels):
+    head = adapter.bundle.manifest.head
+    holdout = ReplayBuffer(head.feature_dim, head.num_outputs, adapter.policy.holdout_per_class)
+    replay_store.load(adapter.store, version, {"holdout": holdout})
+    if not len(holdout):
         return None, "the holdout reservoir is empty (guard off or a fixed --holdout); pass --eval FILE"
-    predicted = adapter.predict_proba_features(features).argmax(axis=1)
-    source = f"the holdout reservoir of version {version}"
+    predicted = adapter.predict_proba_features(holdout.features).argmax(axis=1)
+    source = f"the holdout reservoir of version {version.number}"
+    labels = holdout.labels
     return Evaluation(source, adapter.classes, confusion_matrix(labels, predicted, len(adapter.classes))), ""

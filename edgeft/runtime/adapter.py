@@ -23,14 +23,14 @@ from edgeft.common.atomic import make_directory, write_atomic
 from edgeft.common.ort import Placement, resolve_placement
 from edgeft.data.targets import is_target_task, parse_targets
 from edgeft.errors import DataError, EdgeftError
-from edgeft.runtime import drift, guard, tasks
+from edgeft.runtime import drift, guard, replay_store, tasks
 from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, STATISTICS_FILE, ClassStatistics
 from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
 from edgeft.runtime.int8_check import backbone_to_use, cached_check
 from edgeft.runtime.labels import EncodedLabels, encode_growing, encode_known, label_names
 from edgeft.runtime.learn_options import LearnOptions
-from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, training_set
+from edgeft.runtime.replay import REPLAY_PER_NEW, ReplayBuffer, Rows, training_set
 from edgeft.runtime.rollback import RollbackPlan, plan, rollback_meta
 from edgeft.runtime.schedule import learning_rates
 from edgeft.runtime.slda import (
@@ -464,18 +464,18 @@ class Adapter:
                 trainer.set_parameters(centred)
         keep = ~to_holdout
         trains_sgd = self._closed_form is None or self._closed_form.then_sgd
+        train_f = Rows([features], np.flatnonzero(keep))  # the arrival's training share, read, not copied
         if trains_sgd:
             all_f, all_y, passes, replayed = training_set(
                 features, labels, keep, replay, epochs, rng, self._replay_per_new
             )
-            train_f = all_f[: len(train_y)]
         else:  # a closed-form head: one pass over the arrival's statistics, no training set
-            train_f, all_y, epochs, passes, replayed = features[keep], train_y, 0, 0, 0
+            all_f, all_y, epochs, passes, replayed = train_f, train_y, 0, 0, 0
         loss: float | None = None
         if self._closed_form is not None and self._statistics is not None and len(train_y):
             normaliser = self.bundle.manifest.head.normaliser
             others = self._fleet_statistics
-            learn_statistics(self._closed_form, trainer, self._statistics, train_f, train_y, normaliser, others)
+            learn_statistics(self._closed_form, trainer, self._statistics, features[keep], train_y, normaliser, others)
         if len(all_y) and trains_sgd:
             schedule = learning_rates(self.schedule, lr, steps_per_fit(len(all_y), passes, batch_size))
             loss = trainer.fit(
@@ -492,7 +492,7 @@ class Adapter:
             replay.add(train_f, train_y, rng)
             holdout.add(features[to_holdout], labels[to_holdout], rng)
         extra = self._tuned(trainer, holdout) if decision.promoted and self.tune_thresholds else {}
-        promoted_writers = {**trainer.writers(), "replay.npz": replay.save, "holdout.npz": holdout.save}
+        promoted_writers = trainer.writers()
         if self._statistics is not None:
             promoted_writers[STATISTICS_FILE] = self._statistics.save
         if self._fleet_statistics is not None:
@@ -564,6 +564,8 @@ class Adapter:
             **({"drift": signal} if signal else {}),
             **({"int8_check": self.int8_check} if self.int8_check else {}),  # issue 17: into metrics.jsonl
         }
+        buffers = {"replay": self._replay, "holdout": self._holdout}
+        writers[replay_store.BUFFERS_FILE], meta["segments"] = replay_store.persist(self.store, number, buffers, parent)
         self._version = self.store.commit(writers, meta, parent)
         if not decision.promoted:
             self._forget_uncommitted()  # the next arrival trains from the head that stayed current
@@ -713,18 +715,15 @@ class Adapter:
     def _unchanged_writers(
         self, parent: Version | None, skip: tuple[str, ...] = ()
     ) -> dict[str, Callable[[Path], None]]:
-        """Writers that copy the current version's files (but the kinds in ``skip``) into the next version; before
-        the first version, the bundle's starting head."""
+        """Writers that copy the current version's files (but the kinds in ``skip``, and the buffers: ``_commit``
+        stores those) into the next version; before the first version, the bundle's starting head."""
+        skip = (*skip, *replay_store.BUFFER_KINDS)
         sources = {kind: path for kind, path in (parent.files if parent else {}).items() if kind not in skip}
         writers: dict[str, Callable[[Path], None]] = {
             kind: (lambda dst, src=src: shutil.copyfile(src, dst)) for kind, src in sources.items()
         }
         if parent is None and HEAD_STATE_FILE not in skip:
             writers[HEAD_STATE_FILE] = stored_state(self.bundle, None).save
-        if self._replay is not None and "replay.npz" not in writers:
-            writers["replay.npz"] = self._replay.save
-        if self._holdout is not None and "holdout.npz" not in writers:
-            writers["holdout.npz"] = self._holdout.save
         return writers
 
     def _keep_aside(self, trainer: Trainer, number: int) -> None:
@@ -748,8 +747,9 @@ class Adapter:
             self._version = self.store.current()
             files = self._version.files if self._version else None
             self._trainer = open_trainer(self.bundle, files, self.placement, self.trainer_kind)
-            self._replay = self._load_buffer("replay.npz", self._replay_per_class)
-            self._holdout = self._load_buffer("holdout.npz", self.policy.holdout_per_class)
+            replay, holdout = self._new_buffer(self._replay_per_class), self._new_buffer(self.policy.holdout_per_class)
+            replay_store.load(self.store, self._version, {"replay": replay, "holdout": holdout})
+            self._replay, self._holdout = replay, holdout
             if self._closed_form is not None:
                 self._statistics = stored_statistics(self._closed_form, self.bundle, self._version)
                 self._fleet_statistics = stored_fleet_statistics(self.bundle, self._version)
@@ -758,17 +758,11 @@ class Adapter:
             self._history_behind = False
         return self._trainer, self._replay, self._holdout
 
-    def _load_buffer(self, kind: str, per_class: int) -> ReplayBuffer | TargetBuffer:
+    def _new_buffer(self, per_class: int) -> ReplayBuffer | TargetBuffer:
         head = self.bundle.manifest.head
         if self._targets:
-            if self._version is None or kind not in self._version.files:
-                return TargetBuffer(head.task, head.feature_dim, head.num_outputs, per_class)
-            return TargetBuffer.load(
-                self._version.files[kind], head.task, head.feature_dim, head.num_outputs, per_class
-            )
-        if self._version is None or kind not in self._version.files:
-            return ReplayBuffer(head.feature_dim, head.num_outputs, per_class)
-        return ReplayBuffer.load(self._version.files[kind], head.feature_dim, head.num_outputs, per_class)
+            return TargetBuffer(head.task, head.feature_dim, head.num_outputs, per_class)
+        return ReplayBuffer(head.feature_dim, head.num_outputs, per_class)
 
     def _embed_holdout(self, holdout: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Features and label names of a fixed holdout set (names, since the label map may still grow)."""

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from edgeft.runtime.replay import Rows
 from edgeft.runtime.schedule import Schedule
 
 
@@ -19,7 +20,7 @@ class EpochTrainer:
 
     def fit(
         self,
-        features: np.ndarray,
+        features: np.ndarray | Rows,
         labels: np.ndarray,
         *,
         epochs: int,

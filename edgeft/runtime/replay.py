@@ -9,6 +9,7 @@ seen (each has the same chance to be kept).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -18,58 +19,137 @@ from edgeft.errors import EdgeftError
 REPLAY_PER_NEW = 16
 
 
+NOT_STORED = -1  # a buffered row not yet written to a segment (edgeft.runtime.replay_store)
+
+
+def no_rows_stored(count: int) -> np.ndarray:
+    """Where ``count`` rows are stored: ``(segment, row)`` per row, all not yet stored."""
+    return np.full((count, 2), NOT_STORED, np.int64)
+
+
+def offer(
+    slots: dict[int, list[int]],
+    size: int,
+    groups: Iterable[int],
+    seen: np.ndarray,
+    per_group: int,
+    rng: np.random.Generator,
+) -> tuple[dict[int, int], int]:
+    """Reservoir sampling per group over a buffer of ``size`` rows (``slots``: each group's rows): which buffer row
+    each kept new sample takes (rows from ``size`` on are new ones), and how many new rows there are. ``groups`` is
+    each new sample's group, read in order after the previous sample was counted in ``seen``."""
+    taken: dict[int, int] = {}
+    grown = 0
+    for i, group in enumerate(groups):
+        seen[group] += 1
+        mine = slots.setdefault(group, [])
+        if len(mine) < per_group:
+            mine.append(size + grown)
+            taken[size + grown] = i
+            grown += 1
+        else:
+            j = int(rng.integers(seen[group]))
+            if j < per_group:
+                taken[mine[j]] = i
+    return taken, grown
+
+
+def grown(array: np.ndarray, rows: int) -> np.ndarray:
+    """``array`` with ``rows`` more (uninitialised) rows; itself when none."""
+    if not rows:
+        return array
+    return np.concatenate([array, np.empty((rows, *array.shape[1:]), array.dtype)])
+
+
+def slots_of(groups: np.ndarray) -> dict[int, list[int]]:
+    """Each group's buffer rows, in row order."""
+    slots: dict[int, list[int]] = {}
+    for i, group in enumerate(groups.tolist()):
+        slots.setdefault(int(group), []).append(i)
+    return slots
+
+
 class ReplayBuffer:
-    """Up to ``per_class`` feature vectors per class, with how many of each class were seen."""
+    """Up to ``per_class`` feature vectors per class, with how many of each class were seen, and where each row is
+    stored (``stored``: segment and row, ``NOT_STORED`` for rows added since the buffer was last committed)."""
 
     def __init__(self, feature_dim: int, num_classes: int, per_class: int) -> None:
         self.per_class = per_class
         self.features = np.empty((0, feature_dim), np.float32)
         self.labels = np.empty(0, np.int64)
         self.seen = np.zeros(num_classes, np.int64)
+        self.stored = no_rows_stored(0)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def add(self, features: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> None:
         """Offer new samples to each class's reservoir."""
-        keep_f, keep_y = list(self.features), list(self.labels)
-        slots: dict[int, list[int]] = {}
-        for i, label in enumerate(self.labels):
-            slots.setdefault(int(label), []).append(i)
-        for feature, label in zip(features, labels, strict=True):
-            c = int(label)
-            self.seen[c] += 1
-            mine = slots.setdefault(c, [])
-            if len(mine) < self.per_class:
-                mine.append(len(keep_y))
-                keep_f.append(feature)
-                keep_y.append(c)
-            else:
-                j = int(rng.integers(self.seen[c]))
-                if j < self.per_class:
-                    keep_f[mine[j]] = feature
-        if keep_y:
-            self.features = np.asarray(keep_f, np.float32).reshape(len(keep_y), -1)
-            self.labels = np.asarray(keep_y, np.int64)
+        size = len(self.labels)
+        taken, new = offer(slots_of(self.labels), size, (int(c) for c in labels), self.seen, self.per_class, rng)
+        self.features, self.labels = grown(self.features, new), grown(self.labels, new)
+        self.stored = grown(self.stored, new)
+        rows, sources = np.fromiter(taken, np.int64, len(taken)), np.fromiter(taken.values(), np.int64, len(taken))
+        self.features[rows] = features[sources]
+        self.labels[rows] = labels[sources]
+        self.stored[rows] = NOT_STORED
 
-    def save(self, path: Path) -> None:
-        """Write the buffer as a plain .npz (no pickles)."""
-        with path.open("wb") as handle:
-            np.savez(handle, features=self.features, labels=self.labels, seen=self.seen)
+    def bookkeeping(self) -> dict[str, np.ndarray]:
+        """What the buffer holds besides its rows: how many samples of each class it was offered."""
+        return {"seen": self.seen}
 
-    @classmethod
-    def load(cls, path: Path, feature_dim: int, num_classes: int, per_class: int) -> ReplayBuffer:
-        """Read a buffer written by ``save``; raise EdgeftError if it does not fit this bundle."""
-        buffer = cls(feature_dim, num_classes, per_class)
+    def restore(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        bookkeeping: dict[str, np.ndarray],
+        stored: np.ndarray,
+        origin: str,
+    ) -> None:
+        """Take rows and bookkeeping read from ``origin``; raise EdgeftError if they do not fit this bundle."""
+        seen = bookkeeping["seen"]
+        rows = len(features)
+        if features.shape[1:] != self.features.shape[1:] or labels.shape != (rows,) or seen.shape != self.seen.shape:
+            raise EdgeftError(f"{origin} does not match this bundle's features or classes")
+        self.features, self.labels = features.astype(np.float32), labels.astype(np.int64)
+        self.seen, self.stored = seen.astype(np.int64), stored.astype(np.int64)
+
+    def load_file(self, path: Path) -> None:
+        """Fill the buffer from a whole-buffer file (``replay.npz``/``holdout.npz`` of states written before
+        segments); its rows count as not yet stored."""
         try:
             with np.load(path, allow_pickle=False) as data:
                 features, labels, seen = data["features"], data["labels"], data["seen"]
         except (OSError, ValueError, KeyError) as exc:
             raise EdgeftError(f"{path} is not a valid replay buffer ({type(exc).__name__})") from None
-        if features.shape[1:] != (feature_dim,) or len(labels) != len(features) or seen.shape != (num_classes,):
+        if labels.shape != (len(features),):
             raise EdgeftError(f"{path} does not match this bundle's features or classes")
-        buffer.features, buffer.labels, buffer.seen = features.astype(np.float32), labels.astype(np.int64), seen
-        return buffer
+        self.restore(features, labels, {"seen": seen}, no_rows_stored(len(labels)), str(path))
+
+
+class Rows:
+    """Rows of the arrays ``sources`` stacked end to end, picked by ``positions`` and read only when indexed: a
+    training set that holds 8 bytes a row rather than a copy of the arrival's features (issue 19)."""
+
+    def __init__(self, sources: list[np.ndarray], positions: np.ndarray) -> None:
+        self._sources = sources
+        self._starts = np.cumsum([0, *(len(source) for source in sources)])
+        self._positions = positions
+        self.shape = (len(positions), *sources[0].shape[1:])
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    def __getitem__(self, index: np.ndarray | slice) -> np.ndarray:
+        """The rows at ``index`` (positions or a slice), gathered as float32."""
+        positions = self._positions[index]
+        rows = np.empty((len(positions), *self.shape[1:]), np.float32)
+        which = np.searchsorted(self._starts, positions, side="right") - 1
+        for k, source in enumerate(self._sources):
+            mine = which == k
+            if mine.any():
+                rows[mine] = source[positions[mine] - self._starts[k]]
+        return rows
 
 
 def training_set(
@@ -80,28 +160,21 @@ def training_set(
     epochs: int,
     rng: np.random.Generator,
     per_new: int | None = REPLAY_PER_NEW,
-) -> tuple[np.ndarray, np.ndarray, int, int]:
+) -> tuple[Rows, np.ndarray, int, int]:
     """What one arrival trains on: its samples ``features[keep]`` (the first rows) with buffered ones, how many
-    passes to make over the set, and how many buffered samples each epoch rehearses.
+    passes to make over the set, and how many buffered samples each epoch rehearses. The features are read from
+    the arrival and the buffer as batches are drawn (``Rows``), not copied.
 
     When the buffer holds at most ``per_new`` samples per new one (or ``per_new`` is None): the new samples and the
     whole buffer, ``epochs`` passes. Else one pass over ``epochs`` rounds, each the new samples and a fresh draw of
     ``per_new`` buffered samples per new one (uniform without replacement; the buffer is class-balanced, so is the
     draw in expectation): the same number of steps as ``epochs`` over that many, rehearsing more of the buffer.
     """
-    new = int(keep.sum())
-    if per_new is None or len(buffer) <= per_new * new:
+    new = np.flatnonzero(keep)
+    if per_new is None or len(buffer) <= per_new * len(new):
         draws, passes = [np.arange(len(buffer))], epochs
     else:
-        draws, passes = [np.sort(rng.choice(len(buffer), per_new * new, replace=False)) for _ in range(epochs)], 1
-    size = len(draws) * new + sum(len(d) for d in draws)
-    x = np.empty((size, features.shape[1]), np.float32)
-    y = np.empty((size, *labels.shape[1:]), labels.dtype)  # class indices, or a task's float targets
-    at = 0
-    for draw in draws:
-        np.compress(keep, features.astype(np.float32, copy=False), axis=0, out=x[at : at + new])
-        y[at : at + new] = labels[keep]
-        x[at + new : at + new + len(draw)] = buffer.features[draw]
-        y[at + new : at + new + len(draw)] = buffer.labels[draw]
-        at += new + len(draw)
-    return x, y, passes, len(draws[0])
+        draws, passes = [np.sort(rng.choice(len(buffer), per_new * len(new), replace=False)) for _ in range(epochs)], 1
+    positions = np.concatenate([np.concatenate([new, len(features) + draw]) for draw in draws])
+    y = np.concatenate([np.concatenate([labels[keep], buffer.labels[draw]]) for draw in draws])
+    return Rows([features, buffer.features], positions), y.astype(labels.dtype, copy=False), passes, len(draws[0])

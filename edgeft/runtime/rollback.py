@@ -2,7 +2,8 @@
 
 A version's ``head_source`` is the version that trained its head: its own number when an arrival (or a fleet
 round) was promoted, its parent's when the guard refused, the target's when it is a rollback. Rolling back to
-version N copies N's head, replay buffer and holdout into a new version whose ``head_source`` is N's. The inputs
+version N copies N's head and the index of its replay buffer and holdout (edgeft.runtime.replay_store: the
+segments it lists stay) into a new version whose ``head_source`` is N's. The inputs
 learned since stay consumed in the journal (status ``rolled_back``): a rollback never makes them learnable again
 by accident; ``adapt --relearn`` learns them again on purpose.
 """
@@ -89,6 +90,7 @@ def rollback_meta(parent: Version, chosen: RollbackPlan, created: str) -> dict[s
     return {
         **{key: previous[key] for key in ("drift",) if key in previous},
         **{key: target[key] for key in ("thresholds",) if key in target},  # a multi-label head's, tuned with it
+        **{key: target[key] for key in ("segments",) if key in target},  # its buffers' rows, in these segments
         "updates": updates,
         "created": created,
         "classes": list(target.get("classes", [])),

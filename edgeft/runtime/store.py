@@ -7,11 +7,16 @@ Layout::
       CURRENT                   JSON pointer {"version": N}, replaced atomically after a commit
       versions/000007.head.npz  head state: parameters, optimizer state, step count (edgeft.head_state)
       versions/000007.ckpt      only from the ORT trainer: its own checkpoint (keeps ORT's AdamW moments)
-      versions/000007.replay.npz  latent replay buffer that belongs to this checkpoint
-      versions/000007.json      metadata: bundle fingerprint, sha256 of each file above, counts, metrics
+      versions/000007.buffers.npz  which segment rows make up this version's replay buffer and holdout
+      versions/000007.json      metadata: bundle fingerprint, sha256 of each file above, the segments the buffers
+                                use (sha256 and rows of each), counts, metrics
+      segments/000007.npz       features and labels written once by version 7's commit (edgeft.runtime.replay_store)
 
-A version is committed by writing its files, then its metadata, then CURRENT, each atomically.
-A crash before CURRENT is replaced leaves the previous version current; leftovers are pruned later.
+A version is committed by writing its segment (if it adds rows), its files, then its metadata, then CURRENT, each
+atomically. A crash before CURRENT is replaced leaves the previous version current; leftovers are pruned later.
+Pruning, after each commit, removes the versions beyond ``keep`` and then every segment that no committed version
+still on disk lists, so a segment is never removed while a version that could be loaded or rolled back to uses it.
+States written before segments keep a whole ``replay.npz`` and ``holdout.npz`` per version; they still load.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +37,14 @@ from edgeft.errors import EdgeftError
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = "lock"
 VERSIONS_DIR = "versions"
+SEGMENTS_DIR = "segments"
+SEGMENT_NAME = re.compile(r"[0-9]{6,}\.npz")
 KEEP_VERSIONS = 5
 
 
 @dataclass(frozen=True)
 class Version:
-    """One committed head: its number, its files by kind (``head.npz``, ``replay.npz``, ...) and metadata."""
+    """One committed head: its number, its files by kind (``head.npz``, ``buffers.npz``, ...) and metadata."""
 
     number: int
     files: dict[str, Path]
@@ -60,8 +68,28 @@ class StateStore:
     def versions_dir(self) -> Path:
         return self.root / VERSIONS_DIR
 
+    @property
+    def segments_dir(self) -> Path:
+        return self.root / SEGMENTS_DIR
+
     def _path(self, number: int, kind: str) -> Path:
         return self.versions_dir / f"{number:06d}.{kind}"
+
+    def segment_path(self, name: str) -> Path:
+        """Where the segment ``name`` (listed in a version's ``segments``) lies."""
+        return self.segments_dir / name
+
+    def write_segment(self, number: int, write: Callable[[Path], None]) -> tuple[str, str]:
+        """Durably write the segment of the version ``number`` is about to commit; its name and sha256.
+
+        Requires the lock. Until a committed version lists it, it is garbage the next commit's pruning removes.
+        """
+        if self._lock_fd is None:
+            raise RuntimeError("write_segment() needs acquire() first")
+        make_directory(self.segments_dir)
+        name = f"{number:06d}.npz"
+        write_atomic(self.segment_path(name), write)
+        return name, sha256_file(self.segment_path(name))
 
     def current(self) -> Version | None:
         """The committed current version, verified, or None for a fresh state directory."""
@@ -115,6 +143,9 @@ class StateStore:
                 raise EdgeftError(f"state {self.root}: version {number} is missing {path.name}")
             if sha256_file(path) != digests[kind]:
                 raise EdgeftError(f"{path} is corrupt: its sha256 does not match {meta_path.name}")
+        for name in segments_of(meta, meta_path):  # hashed when read (edgeft.runtime.replay_store)
+            if not self.segment_path(name).is_file():
+                raise EdgeftError(f"state {self.root}: version {number} is missing {SEGMENTS_DIR}/{name}")
         return Version(number, files, meta)
 
     def acquire(self) -> None:
@@ -171,7 +202,43 @@ class StateStore:
         # Metadata first: a crash part-way never leaves a version that looks committed but lacks its files.
         for path in sorted(self.versions_dir.iterdir(), key=lambda p: not p.name.endswith(".json")):
             stem = path.name.split(".")[0]
-            stale_tmp = path.name.startswith(".") and path.name.endswith(".tmp")
             old = stem.isdigit() and int(stem) <= newest - self.keep
-            if stale_tmp or old:
+            if _stale_tmp(path) or old:
                 path.unlink(missing_ok=True)
+        self._prune_segments(newest)
+
+    def _prune_segments(self, newest: int) -> None:
+        """Remove segments no committed version on disk lists (written by a commit that crashed, or only listed by
+        pruned versions); if any metadata cannot be read, remove none."""
+        if not self.segments_dir.is_dir():
+            return
+        listed: set[str] = set()
+        for meta_path in self.versions_dir.glob("*.json"):
+            stem = meta_path.name.split(".")[0]
+            if not stem.isdigit() or int(stem) > newest:
+                continue
+            try:
+                listed.update(segments_of(json.loads(meta_path.read_text()), meta_path))
+            except (OSError, ValueError, EdgeftError):
+                return
+        for path in self.segments_dir.iterdir():
+            if _stale_tmp(path) or path.name not in listed:
+                path.unlink(missing_ok=True)
+
+
+def _stale_tmp(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def segments_of(meta: dict[str, Any], meta_path: Path) -> dict[str, dict[str, Any]]:
+    """The segments a version's metadata lists (name -> sha256 and rows); none in states written before them."""
+    segments = meta.get("segments", {})
+    if not isinstance(segments, dict) or not all(
+        SEGMENT_NAME.fullmatch(name)
+        and isinstance(entry, dict)
+        and isinstance(entry.get("sha256"), str)
+        and isinstance(entry.get("rows"), int)
+        for name, entry in segments.items()
+    ):
+        raise EdgeftError(f"{meta_path} is corrupt: its segments are not a mapping of name to sha256 and rows")
+    return segments

@@ -11,12 +11,14 @@ split evenly over its buckets, each a reservoir (every sample offered to a bucke
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from edgeft.data.targets import MULTILABEL
 from edgeft.errors import EdgeftError
+from edgeft.runtime.replay import NOT_STORED, grown, no_rows_stored, offer, slots_of
 
 
 class TargetBuffer:
@@ -30,6 +32,7 @@ class TargetBuffer:
         self.labels = np.empty((0, outputs), np.float32)  # the targets; named like ReplayBuffer's for the adapter
         self.bucket_of = np.empty(0, np.int64)
         self.seen = np.zeros(self.buckets, np.int64)
+        self.stored = no_rows_stored(0)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -44,50 +47,61 @@ class TargetBuffer:
 
     def add(self, features: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> None:
         """Offer new samples to their buckets' reservoirs."""
-        keep_f, keep_y, keep_b = list(self.features), list(self.labels), list(self.bucket_of)
-        slots: dict[int, list[int]] = {}
-        for i, bucket in enumerate(self.bucket_of):
-            slots.setdefault(int(bucket), []).append(i)
-        for feature, target in zip(features, targets, strict=True):
-            b = self._bucket(target)
-            self.seen[b] += 1
-            mine = slots.setdefault(b, [])
-            if len(mine) < self.per_bucket:
-                mine.append(len(keep_y))
-                keep_f.append(feature)
-                keep_y.append(target)
-                keep_b.append(b)
-            else:
-                j = int(rng.integers(self.seen[b]))
-                if j < self.per_bucket:
-                    keep_f[mine[j]], keep_y[mine[j]] = feature, target
-        if keep_y:
-            self.features = np.asarray(keep_f, np.float32).reshape(len(keep_y), -1)
-            self.labels = np.asarray(keep_y, np.float32).reshape(len(keep_y), -1)
-            self.bucket_of = np.asarray(keep_b, np.int64)
+        size = len(self.labels)
+        assigned: list[int] = []  # each sample's bucket, chosen as it is offered (it depends on what came before)
 
-    def save(self, path: Path) -> None:
-        """Write the buffer as a plain .npz (no pickles)."""
-        with path.open("wb") as handle:
-            np.savez(handle, features=self.features, targets=self.labels, buckets=self.bucket_of, seen=self.seen)
+        def buckets() -> Iterator[int]:
+            for target in targets:
+                assigned.append(self._bucket(target))
+                yield assigned[-1]
 
-    @classmethod
-    def load(cls, path: Path, task: str, feature_dim: int, outputs: int, per_class: int) -> TargetBuffer:
-        """Read a buffer written by ``save``; raise EdgeftError if it does not fit this bundle."""
-        buffer = cls(task, feature_dim, outputs, per_class)
+        taken, new = offer(slots_of(self.bucket_of), size, buckets(), self.seen, self.per_bucket, rng)
+        self.features, self.labels = grown(self.features, new), grown(self.labels, new)
+        self.bucket_of, self.stored = grown(self.bucket_of, new), grown(self.stored, new)
+        rows, sources = np.fromiter(taken, np.int64, len(taken)), np.fromiter(taken.values(), np.int64, len(taken))
+        self.features[rows] = features[sources]
+        self.labels[rows] = targets[sources]
+        self.bucket_of[rows] = np.asarray(assigned, np.int64)[sources]
+        self.stored[rows] = NOT_STORED
+
+    def bookkeeping(self) -> dict[str, np.ndarray]:
+        """What the buffer holds besides its rows: each row's bucket, how many samples each bucket was offered."""
+        return {"buckets": self.bucket_of, "seen": self.seen}
+
+    def restore(
+        self,
+        features: np.ndarray,
+        targets: np.ndarray,
+        bookkeeping: dict[str, np.ndarray],
+        stored: np.ndarray,
+        origin: str,
+    ) -> None:
+        """Take rows and bookkeeping read from ``origin``; raise EdgeftError if they do not fit this bundle."""
+        buckets, seen = bookkeeping["buckets"], bookkeeping["seen"]
+        rows = len(features)
+        if (
+            features.shape[1:] != self.features.shape[1:]
+            or targets.shape != (rows, self.labels.shape[1])
+            or buckets.shape != (rows,)
+            or seen.shape != self.seen.shape
+        ):
+            raise EdgeftError(f"{origin} does not match this bundle's features or targets")
+        self.features, self.labels = features.astype(np.float32), targets.astype(np.float32)
+        self.bucket_of, self.seen, self.stored = (
+            buckets.astype(np.int64),
+            seen.astype(np.int64),
+            stored.astype(np.int64),
+        )
+
+    def load_file(self, path: Path) -> None:
+        """Fill the buffer from a whole-buffer file (``replay.npz``/``holdout.npz`` of states written before
+        segments); its rows count as not yet stored."""
         try:
             with np.load(path, allow_pickle=False) as data:
                 features, targets, buckets, seen = data["features"], data["targets"], data["buckets"], data["seen"]
         except (OSError, ValueError, KeyError) as exc:
-            raise EdgeftError(f"{path} is not a valid replay buffer for a {task} head ({type(exc).__name__})") from None
-        rows = len(features)
-        if (
-            features.shape[1:] != (feature_dim,)
-            or targets.shape != (rows, outputs)
-            or buckets.shape != (rows,)
-            or seen.shape != (buffer.buckets,)
-        ):
-            raise EdgeftError(f"{path} does not match this bundle's features or targets")
-        buffer.features, buffer.labels = features.astype(np.float32), targets.astype(np.float32)
-        buffer.bucket_of, buffer.seen = buckets.astype(np.int64), seen.astype(np.int64)
-        return buffer
+            raise EdgeftError(
+                f"{path} is not a valid replay buffer for a {self.task} head ({type(exc).__name__})"
+            ) from None
+        bookkeeping = {"buckets": buckets, "seen": seen}
+        self.restore(features, targets, bookkeeping, no_rows_stored(len(features)), str(path))

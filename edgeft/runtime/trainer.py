@@ -21,6 +21,7 @@ from edgeft.errors import EdgeftError
 from edgeft.head_state import HeadState
 from edgeft.runtime.features import session_options
 from edgeft.runtime.onnx_trainer import HEAD_STATE_FILE, HEAD_TRAINING_THREADS, OnnxTrainer, Parameters
+from edgeft.runtime.replay import Rows
 from edgeft.runtime.schedule import Schedule
 
 TRAINERS = ("auto", "onnx", "ort")
@@ -42,7 +43,7 @@ class Trainer(Protocol):
 
     def fit(
         self,
-        features: np.ndarray,
+        features: np.ndarray | Rows,
         labels: np.ndarray,
         *,
         epochs: int,

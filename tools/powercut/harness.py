@@ -43,7 +43,7 @@ CLI = [sys.executable, "-m", "edgeft.cli"]
 WAIT_SECONDS = 60.0
 IDLE_SECONDS = 1.0
 # Paths a third of the cuts aim at (the power goes out at the 1st to 6th operation on one): the delicate moments.
-TARGETS = ("journal.jsonl", "metrics.jsonl", "/done", "quarantine", "/pending", "CURRENT", ".replay.npz", ".head.npz")
+TARGETS = ("journal.jsonl", "metrics.jsonl", "/done", "quarantine", "/pending", "CURRENT", "/segments/", ".head.npz")
 
 
 @dataclass
@@ -74,8 +74,8 @@ def where(op: dict) -> str:
         ("/lock", "taking the lock"),
         (JOURNAL_FILE, "journal append"),
         ("metrics.jsonl", "metrics append"),
-        (".replay.npz", "replay write"),
-        (".holdout.npz", "holdout write"),
+        ("/segments", "replay segment write"),
+        (".buffers.npz", "buffer index write"),
         (".head.npz", "head-state write"),
         (".json", "version metadata"),
         ("CURRENT", "CURRENT"),
