@@ -148,6 +148,12 @@ def test_missing_model_file(tmp_path: Path) -> None:
     assert not (tmp_path / "b").exists()
 
 
+def test_missing_data_file_is_named_as_missing(bundle_dir: Path, tmp_path: Path) -> None:
+    done = invoke_cli("adapt", bundle_dir, "-s", tmp_path / "state", "--data", tmp_path / "nope.npz")
+    assert done.exit_code == 1
+    assert one_error_line(done.stderr) == f"edgeft: error: {tmp_path / 'nope.npz'}: no such file or directory"
+
+
 def test_non_onnx_model_file(tmp_path: Path) -> None:
     model = tmp_path / "model.onnx"
     model.write_bytes(bytes(range(256)) * 4)

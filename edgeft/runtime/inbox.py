@@ -41,6 +41,8 @@ def _refuse_special(path: Path) -> None:
     """Symbolic links (they may point out of the inbox) and pipes, sockets or devices (reading may block forever)."""
     if path.is_symlink():
         raise DataError(f"{path}: is a symbolic link; edgeft reads only regular files in the inbox")
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
     if not path.is_file() and not path.is_dir():
         raise DataError(f"{path}: is not a regular file or folder (a pipe, socket or device); edgeft does not read it")
 
