@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -363,3 +364,21 @@ def test_torch_sources_without_torch_say_how_to_install(monkeypatch: pytest.Monk
         module_from_spec("zoo.torch_families:mlp")
     with pytest.raises(EdgeftError, match=r"edgeft\[torch\]"):
         export_bundle(ExportConfig(object(), tmp_path / "b", num_classes=2))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"color": "XYZ"}, "--color XYZ: image files are read as L or RGB"),
+        ({"color": "L"}, "--color L gives images 1 channel(s); input image takes 3"),
+        ({"mean": [1.0, 2.0, 3.0, 4.0, 5.0]}, "--mean: give 1 or 3 finite values for RGB images"),
+        ({"std": [0.0]}, "--std and --pixel-scale must be positive"),
+        ({"scale": -1.0}, "--std and --pixel-scale must be positive"),
+    ],
+)
+def test_image_preprocessing_that_cannot_fit_the_input_is_refused(
+    tiny_model: Path, tmp_path: Path, options: dict, message: str
+) -> None:
+    with pytest.raises(EdgeftError, match=re.escape(message)):
+        export_bundle(ExportConfig(tiny_model, tmp_path / "b", classes=["a", "b"], preprocessing=options))
+    assert not (tmp_path / "b").exists()

@@ -526,10 +526,36 @@ def _sample_input(spec: TensorSpec, input_shape: Sequence[int] | None, seed: int
     return rng.uniform(0.0, 1.0, shape).astype(spec.dtype)
 
 
+IMAGE_COLORS = {"L": 1, "RGB": 3}  # the Pillow modes image files are converted to, and their channels
+
+
 def _preprocessing(given: Preprocessing | dict[str, Any] | None, spec: TensorSpec) -> Preprocessing:
-    if isinstance(given, Preprocessing):
-        return given
-    return replace(_default_preprocessing(spec), **(given or {}))
+    prep = given if isinstance(given, Preprocessing) else replace(_default_preprocessing(spec), **(given or {}))
+    if prep.layout != "none":
+        _check_image_preprocessing(prep, spec)
+    return prep
+
+
+def _check_image_preprocessing(prep: Preprocessing, spec: TensorSpec) -> None:
+    """EdgeftError unless image files can become ``spec``'s input with ``prep``: a known colour mode whose channels
+    match the input's, one mean and std per channel (or one for all), positive finite scale and std."""
+    if prep.color not in IMAGE_COLORS:
+        raise EdgeftError(f"--color {prep.color}: image files are read as {' or '.join(IMAGE_COLORS)}")
+    axis = {"NCHW": 1, "NHWC": 3}.get(prep.layout)
+    if axis is None or len(spec.shape) != 4:
+        raise EdgeftError(f"image layout {prep.layout} does not fit the input {spec.name} of shape {spec.shape}")
+    channels = spec.shape[axis]
+    if isinstance(channels, int) and channels != IMAGE_COLORS[prep.color]:
+        raise EdgeftError(
+            f"--color {prep.color} gives images {IMAGE_COLORS[prep.color]} channel(s); input {spec.name} takes "
+            f"{channels}"
+        )
+    count = IMAGE_COLORS[prep.color]
+    for option, values in (("--mean", prep.mean), ("--std", prep.std)):
+        if len(values) not in (1, count) or not np.isfinite(values).all():
+            raise EdgeftError(f"{option}: give 1 or {count} finite values for {prep.color} images (got {values})")
+    if not (np.asarray(prep.std) > 0).all() or not (np.isfinite(prep.scale) and prep.scale > 0):
+        raise EdgeftError(f"--std and --pixel-scale must be positive (got {prep.std} and {prep.scale})")
 
 
 def _default_preprocessing(spec: TensorSpec) -> Preprocessing:
