@@ -92,10 +92,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score the state's heads on labelled raw inputs ``x``/``y`` (names or indices of the current classes)."""
     _current(adapter)
-    if len(x) != len(y):
-        raise DataError(f"{origin}: {len(x)} samples but {len(y)} labels; give exactly one label per sample")
-    if len(x) == 0:
-        raise DataError(f"{origin}: no samples to evaluate on")
+    _check_sizes(len(x), len(y), origin)  # before the backbone runs
     features = adapter.embed(x, origin)
     return evaluate_features(adapter, features, y, per_version=per_version, tasks=tasks, origin=origin)
 
@@ -108,6 +105,13 @@ def evaluate_path(
     _current(adapter)
     features, y = embed_labelled(adapter, path)
     return evaluate_features(adapter, features, y, per_version=per_version, tasks=tasks, origin=str(path))
+
+
+def _check_sizes(samples: int, labels: int, origin: str) -> None:
+    if samples != labels:
+        raise DataError(f"{origin}: {samples} samples but {labels} labels; give exactly one label per sample")
+    if samples == 0:
+        raise DataError(f"{origin}: no samples to evaluate on")
 
 
 def _current(adapter: Adapter) -> Version:
@@ -128,10 +132,7 @@ def evaluate_features(
 ) -> dict[str, Any]:
     """``evaluate`` on the backbone's ``features`` of the test inputs."""
     current = _current(adapter)
-    if len(features) != len(y):
-        raise DataError(f"{origin}: {len(features)} samples but {len(y)} labels; give exactly one label per sample")
-    if len(features) == 0:
-        raise DataError(f"{origin}: no samples to evaluate on")
+    _check_sizes(len(features), len(y), origin)
     if adapter.metric != "accuracy":
         return _evaluate_targets(adapter, current, features, y, per_version=per_version, tasks=tasks, origin=origin)
     names = label_names(np.asarray(y), adapter.classes, origin).astype(object)
