@@ -20,9 +20,12 @@ import numpy as np
 import onnx
 import onnxruntime
 
+from edgeft.export import graph
 from edgeft.export.surgery import with_extra_outputs
 
-WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+# The weight layers a float prefix counts: graph.WEIGHT_OPS (what --remove-layers and --unfreeze-last count) but
+# ConvTranspose, which the quantiser handles like any other node (see the module docstring).
+QUANTIZED_WEIGHT_OPS = graph.WEIGHT_OPS - {"ConvTranspose"}
 AUTO = "auto"
 # The search keeps the fewest leading weight layers float whose int8 features reach this mean cosine similarity to
 # the float features on held-out calibration samples, spending at most MAX_FLOAT_SHARE of the compute on them.
@@ -138,7 +141,7 @@ def search(
 
 def _weight(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
     """The weight initializer of a Conv, Gemm or MatMul node (its second input), or None."""
-    if node.op_type not in WEIGHT_OPS or len(node.input) < 2:
+    if node.op_type not in QUANTIZED_WEIGHT_OPS or len(node.input) < 2:
         return None
     weight = initializers.get(node.input[1])
     return weight if weight is not None and len(weight.dims) >= 2 else None
