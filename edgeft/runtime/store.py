@@ -42,6 +42,23 @@ SEGMENT_NAME = re.compile(r"[0-9]{6,}\.npz")
 KEEP_VERSIONS = 5
 
 
+def read_current_meta(root: Path) -> dict[str, Any]:
+    """The current version's metadata as committed, read without the lock and without verifying its files (status
+    and metrics read it while a learner may be committing); empty before the first commit."""
+    pointer = root / CURRENT_FILE
+    if not pointer.is_file():
+        return {}
+    number = int(json.loads(pointer.read_text())["version"])
+    return json.loads((root / VERSIONS_DIR / f"{number:06d}.json").read_text())
+
+
+def lock_holder(root: Path) -> int | None:
+    """The pid the lock file names: the last process that took the writer lock (None if none ever did)."""
+    lock = root / LOCK_FILE
+    text = lock.read_text().strip() if lock.is_file() else ""
+    return int(text) if text.isdigit() else None
+
+
 @dataclass(frozen=True)
 class Version:
     """One committed head: its number, its files by kind (``head.npz``, ``buffers.npz``, ...) and metadata."""

@@ -6,32 +6,22 @@ mode, the inbox's quarantine folder, so they survive restarts.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from edgeft.common.atomic import SHARED_FILE_MODE, make_directory, write_bytes_atomic
 from edgeft.runtime.guard import recorded_holdout_accuracy
 from edgeft.runtime.inbox import QUARANTINE_DIR
+from edgeft.runtime.store import read_current_meta
 from edgeft.runtime.tasks import recorded_figures
 from edgeft.service.queue import collect_inbox, counts
 
 Sample = tuple[str, str, str, list[tuple[str, float]]]  # name, type, help, [(labels, value)]
 
 
-def current_meta(state: Path) -> dict[str, Any]:
-    """The current version's metadata read as plain JSON (empty before the first commit)."""
-    pointer = state / "CURRENT"
-    if not pointer.is_file():
-        return {}
-    number = int(json.loads(pointer.read_text())["version"])
-    return json.loads((state / "versions" / f"{number:06d}.json").read_text())
-
-
 def collect(state: Path, inbox: Path | None = None) -> list[Sample]:
     """The metric families for one state directory (and its inbox)."""
-    meta = current_meta(state)
+    meta = read_current_meta(state)
     arrival = meta.get("arrival", {})
     updates = meta.get("updates", {})
     holdout = recorded_holdout_accuracy(arrival)

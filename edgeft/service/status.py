@@ -12,9 +12,8 @@ from edgeft.runtime.guard import recorded_holdout_accuracy
 from edgeft.runtime.history import METRICS_FILE, read_lines
 from edgeft.runtime.inbox import PENDING_DIR
 from edgeft.runtime.int8_check import describe, read_checks
-from edgeft.runtime.store import LOCK_FILE
+from edgeft.runtime.store import lock_holder, read_current_meta
 from edgeft.runtime.tasks import recorded_figures
-from edgeft.service.metrics import current_meta
 from edgeft.service.queue import collect_inbox, counts
 
 RECENT = 5
@@ -22,11 +21,9 @@ RECENT = 5
 
 def _learner(state: Path) -> dict[str, Any]:
     """Whether the process that last took the writer lock is still running."""
-    lock = state / LOCK_FILE
-    text = lock.read_text().strip() if lock.is_file() else ""
-    if not text.isdigit():
+    pid = lock_holder(state)
+    if pid is None:
         return {"pid": None, "running": False}
-    pid = int(text)
     try:
         os.kill(pid, 0)
         running = True
@@ -41,7 +38,11 @@ def collect_status(state: Path, inbox: Path | None = None) -> dict[str, Any]:
     """A summary of the state directory (and, given, the inbox's entry counts): versions, classes, counts, the
     last arrival, recent accuracy."""
     queue = {"inbox": {"path": str(inbox), **counts(collect_inbox(inbox))}} if inbox is not None else {}
-    if not (state / "CURRENT").is_file():
+    try:
+        meta = read_current_meta(state)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EdgeftError(f"state {state} is unreadable ({type(exc).__name__}: {exc})") from None
+    if not meta:
         if not state.is_dir():
             raise EdgeftError(f"state {state} does not exist")
         return {
@@ -51,10 +52,6 @@ def collect_status(state: Path, inbox: Path | None = None) -> dict[str, Any]:
             "int8_checks": read_checks(state),
             **queue,
         }
-    try:
-        meta = current_meta(state)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise EdgeftError(f"state {state} is unreadable ({type(exc).__name__}: {exc})") from None
     recent = list(read_lines(state / METRICS_FILE))[-RECENT:]
     arrival = meta.get("arrival", {})
     return {
