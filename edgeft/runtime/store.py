@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeft.bundle import sha256_file
-from edgeft.common.atomic import make_directory, write_atomic, write_bytes_atomic
+from edgeft.common.atomic import fsync_directory, make_directory, write_atomic, write_bytes_atomic
 from edgeft.errors import EdgeftError
 
 CURRENT_FILE = "CURRENT"
@@ -217,11 +217,15 @@ class StateStore:
 
     def _prune(self, newest: int) -> None:
         # Metadata first: a crash part-way never leaves a version that looks committed but lacks its files.
+        removed = False
         for path in sorted(self.versions_dir.iterdir(), key=lambda p: not p.name.endswith(".json")):
             stem = path.name.split(".")[0]
             old = stem.isdigit() and int(stem) <= newest - self.keep
             if _stale_tmp(path) or old:
                 path.unlink(missing_ok=True)
+                removed = True
+        if removed:  # the versions' removal durable before their segments' (else a power cut could bring back a
+            fsync_directory(self.versions_dir)  # version whose segment is gone)
         self._prune_segments(newest)
 
     def _prune_segments(self, newest: int) -> None:
