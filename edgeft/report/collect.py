@@ -53,7 +53,7 @@ def collect(
         bundle=str(adapter.bundle.path),
         state=str(state),
         version=current.number,
-        head_version=int(current.meta.get("head_version", current.number)),
+        head_version=current.number if current.record.head_version is None else current.record.head_version,
         classes=adapter.classes,
         arrivals=arrivals(rows),
         evaluation=evaluation,

@@ -57,6 +57,7 @@ from edgeft.runtime.trainer import (
     stored_state,
     trainer_name,
 )
+from edgeft.runtime.version_record import VersionRecord
 from edgeft.runtime.versions import collect_history
 
 Progress = Callable[[int], None]
@@ -159,8 +160,8 @@ class Adapter:
     @property
     def classes(self) -> list[str]:
         """Class names in head-output order: the bundle's, then those this device added."""
-        if self._version is not None and "classes" in self._version.meta:
-            return list(self._version.meta["classes"])
+        if self._version is not None and self._version.record.classes is not None:
+            return list(self._version.record.classes)
         return list(self.bundle.manifest.classes)
 
     @property
@@ -181,9 +182,14 @@ class Adapter:
         return self._version.number if self._version else 0
 
     @property
+    def record(self) -> VersionRecord | None:
+        """The current version's record (None before anything was learned)."""
+        return self._version.record if self._version else None
+
+    @property
     def meta(self) -> dict[str, Any]:
-        """The current version's metadata (empty before anything was learned)."""
-        return dict(self._version.meta) if self._version else {}
+        """The current version's record as plain JSON data (empty before anything was learned)."""
+        return self._version.meta if self._version else {}
 
     def parameters(self) -> Parameters:
         """The current head parameters (the bundle's initial head before anything was learned)."""
@@ -220,7 +226,7 @@ class Adapter:
     @property
     def thresholds(self) -> np.ndarray:
         """A multi-label head's per-label decision thresholds (0.5 unless tuned), in ``classes`` order."""
-        return tasks.thresholds_of(self.meta, self.classes)
+        return tasks.thresholds_of(self.record, self.classes)
 
     def outputs_features(self, features: np.ndarray) -> np.ndarray:
         """What a multi-label or regression head says for precomputed features: per-label sigmoid scores, or the
@@ -365,7 +371,7 @@ class Adapter:
             arrival = {"origin": origin, "inputs": [], "samples": 0, "adopted": True}
             if record:
                 arrival["fleet_policy"] = record
-            meta = self._commit(trainer, decision, promoted_writers, list(classes), None, 0, arrival)
+            record = self._commit(trainer, decision, promoted_writers, list(classes), None, 0, arrival)
             if decision.promoted and fleet_statistics is not None and self._closed_form is not None:
                 self._fleet_statistics = fleet_statistics  # else the last ones stay, on disk (copied) as in memory
         except BaseException:
@@ -383,7 +389,7 @@ class Adapter:
             reason=decision.reason,
             prequential_accuracy=None,
             holdout_accuracy=decision.holdout_accuracy,
-            new_classes=meta["arrival"]["new_classes"],
+            new_classes=record.arrival["new_classes"],
         )
 
     def history(self) -> list[dict[str, Any]]:
@@ -456,7 +462,7 @@ class Adapter:
             else guard.holdout_mask(len(labels), self.policy.holdout_fraction, rng)
         )
         train_y = labels[~to_holdout]
-        if not (parent and parent.meta.get("head_version")):  # the first head ever trained fixes the normaliser
+        if not (parent and parent.record.head_version):  # the first head ever trained fixes the normaliser
             trainer.set_normaliser(*feature_normaliser(features))
             current = trainer.parameters()
             centred = tasks.centred_output(self.bundle.manifest.head, current, train_y) if self._targets else None
@@ -513,7 +519,7 @@ class Adapter:
             "prequential": prequential,
             "seconds": round(time.monotonic() - started, 3),
         }
-        meta = self._commit(trainer, decision, promoted_writers, encoded.classes, labels, len(labels), arrival, extra)
+        record = self._commit(trainer, decision, promoted_writers, encoded.classes, labels, len(labels), arrival, extra)
         return LearnResult(
             samples=len(labels),
             trained=int(len(train_y)),
@@ -526,7 +532,7 @@ class Adapter:
             reason=decision.reason,
             prequential_accuracy=prequential["accuracy"],
             holdout_accuracy=decision.holdout_accuracy,
-            new_classes=meta["arrival"]["new_classes"],
+            new_classes=record.arrival["new_classes"],
         )
 
     def _commit(
@@ -539,9 +545,9 @@ class Adapter:
         received: int,
         arrival: dict[str, Any],
         extra: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> VersionRecord:
         """Commit the candidate (``promoted_writers``, label map ``classes``) if the guard promoted it; else keep it
-        aside and commit the unchanged head. Either way the arrival is recorded; returns the version's metadata.
+        aside and commit the unchanged head. Either way the arrival is recorded; returns the version's record.
         ``extra`` goes into the metadata of a promoted version (a multi-label head's tuned thresholds)."""
         parent = self._version
         number = (parent.number if parent else 0) + 1
@@ -555,7 +561,7 @@ class Adapter:
         if decision.promoted and extra:
             meta.update(extra)
         known_accuracy = arrival.get("prequential", {}).get("known_accuracy")
-        meta["drift"], signal = drift.update(parent.meta.get("drift") if parent else None, known_accuracy)
+        meta["drift"], signal = drift.update(parent.record.drift if parent else None, known_accuracy)
         meta["arrival"] = {
             **arrival,
             "guard": decision.to_dict(),
@@ -571,7 +577,7 @@ class Adapter:
             self._forget_uncommitted()  # the next arrival trains from the head that stayed current
         self._parameters = None
         self._record()
-        return self._version.meta
+        return self._version.record
 
     def _record(self) -> None:
         """Append the new version's log lines; the logs derive from committed versions, so a failure waits."""
@@ -655,14 +661,14 @@ class Adapter:
 
     def learned_rows(self, classes: list[str]) -> np.ndarray:
         """Indices into ``classes`` of the classes the current version has learned samples of."""
-        counts = self._version.meta.get("class_counts", {}) if self._version else {}
+        counts = self._version.record.class_counts if self._version else {}
         return np.array([i for i, name in enumerate(classes) if counts.get(name, 0) > 0], np.int64)
 
     def _holdout_samples(self, holdout: ReplayBuffer, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The guard's holdout features and labels (indices into ``classes``); of a fixed holdout, learned classes'."""
         if self._fixed_holdout is None:
             return holdout.features, holdout.labels
-        counts = self._version.meta.get("class_counts", {}) if self._version else {}
+        counts = self._version.record.class_counts if self._version else {}
         fixed_features, names = self._fixed_holdout
         index = {name: i for i, name in enumerate(classes)}
         rows = np.array([name in index and counts.get(name, 0) > 0 for name in names], bool)
@@ -689,27 +695,27 @@ class Adapter:
         labels: np.ndarray | None,
         received: int,
     ) -> dict[str, Any]:
-        previous = parent.meta if parent else {}
-        counts = dict(previous.get("class_counts", {}))
+        previous = parent.record if parent else None
+        counts = dict(previous.class_counts) if previous else {}
         if labels is not None and self._targets:
             for name, count in tasks.label_counts(self.bundle.manifest.head, labels, classes).items():
                 counts[name] = counts.get(name, 0) + count
         elif labels is not None:
             for index, count in zip(*np.unique(labels, return_counts=True), strict=True):
                 counts[classes[int(index)]] = counts.get(classes[int(index)], 0) + int(count)
-        accepted = int(previous.get("samples_accepted", 0)) + (len(labels) if labels is not None else 0)
-        updates = {"promoted": 0, "refused": 0, **previous.get("updates", {})}
+        accepted = (previous.samples_accepted if previous else 0) + (len(labels) if labels is not None else 0)
+        updates = {"promoted": 0, "refused": 0, **(previous.updates if previous else {})}
         updates["promoted" if promoted else "refused"] += 1
         return {
-            **({"thresholds": previous["thresholds"]} if "thresholds" in previous else {}),
+            **({"thresholds": previous.thresholds} if previous and previous.thresholds is not None else {}),
             "updates": updates,
             "created": datetime.now(timezone.utc).isoformat(),
             "classes": classes,
             "class_counts": counts,
             "samples_accepted": accepted,
-            "samples_received": int(previous.get("samples_received", 0)) + received,
-            "head_version": number if promoted else previous.get("head_version", 0),
-            "head_source": number if promoted else previous.get("head_source", previous.get("head_version", 0)),
+            "samples_received": (previous.samples_received if previous else 0) + received,
+            "head_version": number if promoted else ((previous.head_version or 0) if previous else 0),
+            "head_source": number if promoted else (previous.trained_head if previous else 0),
         }
 
     def _unchanged_writers(

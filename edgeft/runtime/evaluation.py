@@ -30,7 +30,7 @@ from edgeft.runtime.trainer import HeadPredictor, stored_state
 
 def _predicted(predictor: HeadPredictor, adapter: Adapter, version: Version, features: np.ndarray) -> np.ndarray:
     """Class names one version's head predicts (``""`` everywhere for a head that knows no class yet)."""
-    classes = list(version.meta.get("classes", []))
+    classes = list(version.record.classes or [])
     if not classes:
         return np.full(len(features), "", dtype=object)
     parameters = stored_state(adapter.bundle, version.files).parameters
@@ -60,7 +60,7 @@ def first_learned(adapter: Adapter) -> dict[str, int]:
     retained versions, so pruned versions still count)."""
     counts = {int(row["version"]): row.get("class_counts", {}) for row in read_lines(adapter.store.root / METRICS_FILE)}
     for number in adapter.store.retained():
-        counts.setdefault(number, adapter.store.load(number).meta.get("class_counts", {}))
+        counts.setdefault(number, adapter.store.load(number).record.class_counts)
     first: dict[str, int] = {}
     for number in sorted(counts):
         for name, count in counts[number].items():
@@ -226,7 +226,7 @@ def _evaluate_targets(
         for number in adapter.store.retained():
             version = current if number == current.number else adapter.store.load(number)
             value = target_tasks.score(
-                head, scores(version), targets, target_tasks.thresholds_of(version.meta, classes)
+                head, scores(version), targets, target_tasks.thresholds_of(version.record, classes)
             )
             result["per_version"].append({"version": number, metric: value})
     return result

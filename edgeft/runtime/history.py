@@ -75,26 +75,26 @@ def last_version(path: Path) -> tuple[int, int]:
 
 def journal_rows(version: Version) -> list[dict[str, Any]]:
     """Journal lines for the inputs a version consumed (or, for a rollback, the inputs whose learning it undid)."""
-    arrival = version.meta.get("arrival", {})
+    arrival = version.record.arrival
     status = "learned" if arrival.get("promoted", True) else "rejected"
     undone = arrival.get("rollback", {}).get("undone_inputs", [])  # still consumed: a rollback undoes, never forgets
     rows = [(status, item) for item in arrival.get("inputs", [])]
     rows += [("rolled_back", {**item, "learned_in": item["version"]}) for item in undone]
     return [
-        {**item, "time": version.meta.get("created"), "version": version.number, "status": state}
-        for state, item in rows
+        {**item, "time": version.record.created, "version": version.number, "status": state} for state, item in rows
     ]
 
 
 def metrics_row(version: Version) -> dict[str, Any]:
     """The metrics line of one version's arrival."""
-    arrival = {k: v for k, v in version.meta.get("arrival", {}).items() if k != "inputs"}
+    record = version.record
+    arrival = {k: v for k, v in record.arrival.items() if k != "inputs"}
     return {
-        "time": version.meta.get("created"),
+        "time": record.created,
         "version": version.number,
-        "head_version": version.meta.get("head_version", version.number),
-        "samples_accepted": version.meta.get("samples_accepted", 0),
-        "class_counts": version.meta.get("class_counts", {}),
+        "head_version": version.number if record.head_version is None else record.head_version,
+        "samples_accepted": record.samples_accepted,
+        "class_counts": record.class_counts,
         **arrival,
     }
 

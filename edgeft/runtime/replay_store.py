@@ -51,7 +51,7 @@ def persist(
     """Write the rows of ``buffers`` (by name) that no segment holds yet, with the rows merged, into the segment of
     version ``number``; mark them stored there. Returns the writer of the version's ``buffers.npz`` and the
     ``segments`` its metadata lists. ``parent``: the version the buffers were loaded from (None at first)."""
-    known = segments_of(parent.meta, store.versions_dir / f"{parent.number:06d}.json") if parent else {}
+    known = segments_of(parent.record, store.versions_dir / f"{parent.number:06d}.json") if parent else {}
     stored = np.concatenate([b.stored[:, 0] for b in buffers.values()])
     live = dict(zip(*np.unique(stored[stored != NOT_STORED], return_counts=True), strict=True))
     writing = int((stored == NOT_STORED).sum())
@@ -95,7 +95,7 @@ def load(store: StateStore, version: Version | None, buffers: dict[str, Buffer])
         return
     index_path = version.files[BUFFERS_FILE]
     index = _read(index_path.read_bytes(), index_path, "a version's buffer index")
-    listed = segments_of(version.meta, index_path)
+    listed = segments_of(version.record, index_path)
     wanted = {f"{name}_{key}" for name, b in buffers.items() for key in ("segment", "row", *b.bookkeeping())}
     if not wanted <= set(index):
         raise EdgeftError(f"{index_path} is corrupt: it lacks {sorted(wanted - set(index))}")

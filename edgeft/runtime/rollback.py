@@ -29,22 +29,18 @@ class RollbackPlan:
     undone_inputs: list[dict[str, Any]]
 
 
-def head_source(meta: dict[str, Any]) -> int:
-    """The version that trained this version's head (0: the bundle's initial head)."""
-    return int(meta.get("head_source", meta.get("head_version", 0)))
-
-
-def _is_rollback(meta: dict[str, Any]) -> bool:
-    return "rollback" in meta.get("arrival", {})
+def head_source(row: dict[str, Any]) -> int:
+    """The version that trained a metrics row's head (0: the bundle's initial head); a record's ``trained_head``."""
+    return int(row.get("head_source", row.get("head_version", 0)))
 
 
 def plan(store: StateStore, current: Version, number: int | None) -> RollbackPlan:
     """Choose the target (``number``, or by default the newest retained promoted head older than the current
     head) and list the arrivals whose learning it undoes; a clear error when there is nothing to roll back to."""
-    now = head_source(current.meta)
+    now = current.record.trained_head
     if number is None:
         candidates = [
-            n for n in store.retained() if n < now and head_source(store.load(n).meta) == n and n != current.number
+            n for n in store.retained() if n < now and store.load(n).record.trained_head == n and n != current.number
         ]
         if not candidates:
             raise EdgeftError(
@@ -53,7 +49,7 @@ def plan(store: StateStore, current: Version, number: int | None) -> RollbackPla
             )
         number = candidates[-1]
     target = store.retained_version(number)
-    source = head_source(target.meta)
+    source = target.record.trained_head
     if source == 0:
         raise EdgeftError(
             f"state {store.root}: version {number} still had the bundle's initial head; to start over, use a new "
@@ -64,39 +60,34 @@ def plan(store: StateStore, current: Version, number: int | None) -> RollbackPla
             f"state {store.root}: version {number}'s head (trained at version {source}) is already current"
         )
     later = [store.load(n) for n in store.retained() if number < n <= current.number]
-    already = {
-        item["sha256"] for v in later if _is_rollback(v.meta) for item in v.meta["arrival"]["rollback"]["undone_inputs"]
-    }
-    undone = [
-        v
-        for v in later
-        if v.meta.get("arrival", {}).get("promoted") and not _is_rollback(v.meta) and head_source(v.meta) == v.number
-    ]
+    records = [(v.number, v.record) for v in later]
+    already = {item["sha256"] for _, r in records if r.is_rollback for item in r.arrival["rollback"]["undone_inputs"]}
+    undone = [(n, r) for n, r in records if r.arrival.get("promoted") and not r.is_rollback and r.trained_head == n]
     inputs = [
-        {**item, "version": v.number}
-        for v in undone
-        for item in v.meta["arrival"].get("inputs", [])
+        {**item, "version": n}
+        for n, r in undone
+        for item in r.arrival.get("inputs", [])
         if item.get("sha256") not in already
     ]
-    return RollbackPlan(target, source, [v.number for v in undone], inputs)
+    return RollbackPlan(target, source, [n for n, _ in undone], inputs)
 
 
 def rollback_meta(parent: Version, chosen: RollbackPlan, created: str) -> dict[str, Any]:
-    """Metadata of the rollback version: the target's label map and counts, the parent's cumulative counters."""
-    previous, target = parent.meta, chosen.target.meta
-    updates = {"promoted": 0, "refused": 0, "rollbacks": 0, **previous.get("updates", {})}
+    """The rollback version's record fields: the target's label map and counts, the parent's cumulative counters."""
+    previous, target = parent.record, chosen.target.record
+    updates = {"promoted": 0, "refused": 0, "rollbacks": 0, **previous.updates}
     updates["rollbacks"] += 1
     number = parent.number + 1
     return {
-        **{key: previous[key] for key in ("drift",) if key in previous},
-        **{key: target[key] for key in ("thresholds",) if key in target},  # a multi-label head's, tuned with it
-        **{key: target[key] for key in ("segments",) if key in target},  # its buffers' rows, in these segments
+        **({"drift": previous.drift} if previous.drift is not None else {}),
+        **({"thresholds": target.thresholds} if target.thresholds is not None else {}),  # tuned with the head
+        **({"segments": target.segments} if target.segments is not None else {}),  # its buffers' rows
         "updates": updates,
         "created": created,
-        "classes": list(target.get("classes", [])),
-        "class_counts": dict(target.get("class_counts", {})),
-        "samples_accepted": int(previous.get("samples_accepted", 0)),
-        "samples_received": int(previous.get("samples_received", 0)),
+        "classes": list(target.classes or []),
+        "class_counts": dict(target.class_counts),
+        "samples_accepted": previous.samples_accepted,
+        "samples_received": previous.samples_received,
         "head_version": number,
         "head_source": chosen.head_source,
         "arrival": {

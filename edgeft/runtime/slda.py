@@ -137,7 +137,7 @@ def learn_statistics(
 def stored_statistics(learner: ClosedFormHead, bundle: Bundle, version: Version | None) -> ClassStatistics:
     """The statistics a version carries (none learned yet: empty), or a clear error when its samples were learned
     without them (by ``sgd``) or with only NCM's trace when LDA needs the whole covariance."""
-    learned = sum(version.meta.get("class_counts", {}).values()) if version else 0
+    learned = sum(version.record.class_counts.values()) if version else 0
     if not learned:
         return learner.empty(bundle)
     if STATISTICS_FILE not in version.files:

@@ -8,8 +8,9 @@ Layout::
       versions/000007.head.npz  head state: parameters, optimizer state, step count (edgeft.head_state)
       versions/000007.ckpt      only from the ORT trainer: its own checkpoint (keeps ORT's AdamW moments)
       versions/000007.buffers.npz  which segment rows make up this version's replay buffer and holdout
-      versions/000007.json      metadata: bundle fingerprint, sha256 of each file above, the segments the buffers
-                                use (sha256 and rows of each), counts, metrics
+      versions/000007.json      its VersionRecord (edgeft.runtime.version_record): bundle fingerprint, sha256 of
+                                each file above, the segments the buffers use (sha256 and rows of each), counts,
+                                metrics
       segments/000007.npz       features and labels written once by version 7's commit (edgeft.runtime.replay_store)
 
 A version is committed by writing its segment (if it adds rows), its files, then its metadata, then CURRENT, each
@@ -33,6 +34,7 @@ from typing import Any
 from edgeft.bundle import sha256_file
 from edgeft.common.atomic import fsync_directory, make_directory, write_atomic, write_bytes_atomic
 from edgeft.errors import EdgeftError
+from edgeft.runtime.version_record import VersionRecord
 
 CURRENT_FILE = "CURRENT"
 LOCK_FILE = "lock"
@@ -42,14 +44,43 @@ SEGMENT_NAME = re.compile(r"[0-9]{6,}\.npz")
 KEEP_VERSIONS = 5
 
 
-def read_current_meta(root: Path) -> dict[str, Any]:
-    """The current version's metadata as committed, read without the lock and without verifying its files (status
-    and metrics read it while a learner may be committing); empty before the first commit."""
+def read_pointer(root: Path) -> int | None:
+    """The number CURRENT points at (None before the first commit), or an error when it is corrupt."""
     pointer = root / CURRENT_FILE
     if not pointer.is_file():
-        return {}
-    number = int(json.loads(pointer.read_text())["version"])
-    return json.loads((root / VERSIONS_DIR / f"{number:06d}.json").read_text())
+        return None
+    try:
+        return int(json.loads(pointer.read_text())["version"])
+    except (ValueError, KeyError, TypeError):
+        raise EdgeftError(f'{pointer} is corrupt: expected JSON like {{"version": 3}}') from None
+
+
+def record_path(root: Path, number: int) -> Path:
+    """Where version ``number``'s metadata lies."""
+    return root / VERSIONS_DIR / f"{number:06d}.json"
+
+
+def read_record(root: Path, number: int) -> VersionRecord:
+    """Version ``number``'s metadata, without verifying its files; EdgeftError naming the file when it is missing,
+    corrupt or of a format this edgeft does not read."""
+    path = record_path(root, number)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise EdgeftError(f"state {root}: version {number} has no metadata file {path.name}") from None
+    return VersionRecord.from_json(text, str(path))
+
+
+def read_current_record(root: Path) -> VersionRecord | None:
+    """The current version's metadata as committed, read without the lock and without verifying its files (status
+    and metrics read it while a learner may be committing); None before the first commit."""
+    number = read_pointer(root)
+    return None if number is None else read_record(root, number)
+
+
+def stored_numbers(root: Path) -> list[int]:
+    """Numbers of every version whose metadata is on disk (committed or left by a commit that never finished)."""
+    return sorted({int(p.name.split(".")[0]) for p in (root / VERSIONS_DIR).glob("[0-9]*.json")})
 
 
 def lock_holder(root: Path) -> int | None:
@@ -61,11 +92,16 @@ def lock_holder(root: Path) -> int | None:
 
 @dataclass(frozen=True)
 class Version:
-    """One committed head: its number, its files by kind (``head.npz``, ``buffers.npz``, ...) and metadata."""
+    """One committed head: its number, its files by kind (``head.npz``, ``buffers.npz``, ...) and its record."""
 
     number: int
     files: dict[str, Path]
-    meta: dict[str, Any]
+    record: VersionRecord
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The record as the JSON object on disk (a copy; for callers that want plain data)."""
+        return self.record.to_dict()
 
 
 class StateStore:
@@ -110,22 +146,15 @@ class StateStore:
 
     def current(self) -> Version | None:
         """The committed current version, verified, or None for a fresh state directory."""
-        pointer = self.root / CURRENT_FILE
-        if not pointer.exists():
-            return None
-        try:
-            number = int(json.loads(pointer.read_text())["version"])
-        except (ValueError, KeyError, TypeError):
-            raise EdgeftError(f'{pointer} is corrupt: expected JSON like {{"version": 3}}') from None
-        return self._load(number)
+        number = read_pointer(self.root)
+        return None if number is None else self._load(number)
 
     def retained(self) -> list[int]:
         """Numbers of the committed versions still on disk, oldest first (at most the current one)."""
         current = self.current()
         if current is None:
             return []
-        numbers = {int(p.name.split(".")[0]) for p in self.versions_dir.glob("*.json") if p.name[0].isdigit()}
-        return sorted(n for n in numbers if n <= current.number)
+        return [n for n in stored_numbers(self.root) if n <= current.number]
 
     def load(self, number: int) -> Version:
         """One committed version, verified against its metadata's sha256."""
@@ -144,26 +173,20 @@ class StateStore:
         return self._load(number)
 
     def _load(self, number: int) -> Version:
-        meta_path = self._path(number, "json")
-        if not meta_path.is_file():
-            raise EdgeftError(f"state {self.root}: version {number} has no metadata file {meta_path.name}")
-        try:
-            meta = json.loads(meta_path.read_text())
-            digests = dict(meta["sha256"])
-        except (ValueError, KeyError, TypeError):
-            raise EdgeftError(f"{meta_path} is corrupt: not valid version metadata") from None
-        if meta.get("bundle") != self._fingerprint:
+        record = read_record(self.root, number)
+        meta_path = record_path(self.root, number)
+        if record.bundle != self._fingerprint:
             raise EdgeftError(f"state {self.root} belongs to another bundle; use a new --state directory for this one")
-        files = {kind: self._path(number, kind) for kind in digests}
+        files = {kind: self._path(number, kind) for kind in record.sha256}
         for kind, path in files.items():
             if not path.is_file():
                 raise EdgeftError(f"state {self.root}: version {number} is missing {path.name}")
-            if sha256_file(path) != digests[kind]:
+            if sha256_file(path) != record.sha256[kind]:
                 raise EdgeftError(f"{path} is corrupt: its sha256 does not match {meta_path.name}")
-        for name in segments_of(meta, meta_path):  # hashed when read (edgeft.runtime.replay_store)
+        for name in segments_of(record, meta_path):  # hashed when read (edgeft.runtime.replay_store)
             if not self.segment_path(name).is_file():
                 raise EdgeftError(f"state {self.root}: version {number} is missing {SEGMENTS_DIR}/{name}")
-        return Version(number, files, meta)
+        return Version(number, files, record)
 
     def acquire(self) -> None:
         """Take the writer lock, or fail naming the process that holds it. Released on exit or crash."""
@@ -190,9 +213,10 @@ class StateStore:
     def commit(
         self, writers: dict[str, Callable[[Path], None]], meta: dict[str, Any], parent: Version | None
     ) -> Version:
-        """Write a new version's files (kind -> writer) and metadata atomically, then make it current.
+        """Write a new version's files (kind -> writer) and its record atomically, then make it current.
 
-        Requires the lock. ``writers`` must include the head (``head.npz``); ``parent`` is the current version (None at first).
+        Requires the lock. ``writers`` must include the head (``head.npz``); ``meta`` holds the record's fields but
+        those the store fills in (version, parent, bundle, sha256); ``parent`` is the current version (None at first).
         """
         if self._lock_fd is None:
             raise RuntimeError("commit() needs acquire() first")
@@ -208,12 +232,11 @@ class StateStore:
             "bundle": self._fingerprint,
             "sha256": {kind: sha256_file(path) for kind, path in files.items()},
         }
-        write_bytes_atomic(
-            self._path(number, "json"), (json.dumps(full_meta, indent=2, sort_keys=True) + "\n").encode()
-        )
+        record = VersionRecord.from_dict(full_meta, f"version {number} of state {self.root}")
+        write_bytes_atomic(self._path(number, "json"), record.to_json().encode())
         write_bytes_atomic(self.root / CURRENT_FILE, json.dumps({"version": number}).encode())
         self._prune(number)
-        return Version(number, files, full_meta)
+        return Version(number, files, record)
 
     def _prune(self, newest: int) -> None:
         # Metadata first: a crash part-way never leaves a version that looks committed but lacks its files.
@@ -234,13 +257,12 @@ class StateStore:
         if not self.segments_dir.is_dir():
             return
         listed: set[str] = set()
-        for meta_path in self.versions_dir.glob("*.json"):
-            stem = meta_path.name.split(".")[0]
-            if not stem.isdigit() or int(stem) > newest:
+        for number in stored_numbers(self.root):
+            if number > newest:
                 continue
             try:
-                listed.update(segments_of(json.loads(meta_path.read_text()), meta_path))
-            except (OSError, ValueError, EdgeftError):
+                listed.update(segments_of(read_record(self.root, number), record_path(self.root, number)))
+            except (OSError, EdgeftError):
                 return
         for path in self.segments_dir.iterdir():
             if _stale_tmp(path) or path.name not in listed:
@@ -251,9 +273,9 @@ def _stale_tmp(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
-def segments_of(meta: dict[str, Any], meta_path: Path) -> dict[str, dict[str, Any]]:
-    """The segments a version's metadata lists (name -> sha256 and rows); none in states written before them."""
-    segments = meta.get("segments", {})
+def segments_of(record: VersionRecord, meta_path: Path) -> dict[str, dict[str, Any]]:
+    """The segments a version's record lists (name -> sha256 and rows); none in states written before them."""
+    segments = {} if record.segments is None else record.segments
     if not isinstance(segments, dict) or not all(
         SEGMENT_NAME.fullmatch(name)
         and isinstance(entry, dict)

@@ -24,6 +24,7 @@ from edgeft.bundle import HeadInfo
 from edgeft.common.paired_test import SIGN_TEST_Z, lost_and_won, significantly_worse
 from edgeft.data.targets import MULTILABEL, REGRESSION
 from edgeft.runtime import guard
+from edgeft.runtime.version_record import VersionRecord
 
 DEFAULT_THRESHOLD = 0.5
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -90,9 +91,9 @@ def metric_name(head: HeadInfo) -> str:
     return "rmse" if head.loss == "mse" else "mae"
 
 
-def thresholds_of(meta: dict[str, Any], classes: list[str]) -> np.ndarray:
-    """Per-label decision thresholds recorded with a version (0.5 for labels without one)."""
-    recorded = meta.get("thresholds", {})
+def thresholds_of(record: VersionRecord | None, classes: list[str]) -> np.ndarray:
+    """Per-label decision thresholds recorded with a version (0.5 for labels without one, or without a version)."""
+    recorded = (record.thresholds if record else None) or {}
     return np.array([float(recorded.get(name, DEFAULT_THRESHOLD)) for name in classes], np.float64)
 
 

@@ -6,7 +6,6 @@ out of that log, from the retained versions' metadata.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from edgeft.errors import EdgeftError
 from edgeft.runtime.guard import recorded_holdout_accuracy
 from edgeft.runtime.history import METRICS_FILE, metrics_row, read_lines
 from edgeft.runtime.rollback import head_source
-from edgeft.runtime.store import CURRENT_FILE, VERSIONS_DIR, Version
+from edgeft.runtime.store import CURRENT_FILE, Version, read_pointer, read_record, stored_numbers
 from edgeft.runtime.tasks import recorded_figures
 
 
@@ -51,24 +50,15 @@ def _summary(row: dict[str, Any], retained: set[int], current: int) -> dict[str,
 def collect_history(state: str | Path) -> list[dict[str, Any]]:
     """One summary per version, oldest first: time, origin, samples, accuracies, verdict, retained or pruned."""
     root = Path(state)
-    pointer = root / CURRENT_FILE
-    if not pointer.is_file():
+    current = read_pointer(root)
+    if current is None:
         raise EdgeftError(f"{root} has no committed version (no {CURRENT_FILE} file); learn something first")
-    try:
-        current = int(json.loads(pointer.read_text())["version"])
-    except (ValueError, KeyError, TypeError):
-        raise EdgeftError(f'{pointer} is corrupt: expected JSON like {{"version": 3}}') from None
     rows = {int(row["version"]): row for row in read_lines(root / METRICS_FILE) if "version" in row}
     retained = set()
-    for path in (root / VERSIONS_DIR).glob("[0-9]*.json"):
-        number = int(path.name.split(".")[0])
+    for number in stored_numbers(root):
         if number > current:
             continue  # written by a commit that never reached CURRENT
         retained.add(number)
         if number not in rows:
-            try:
-                meta = json.loads(path.read_text())
-            except ValueError:
-                raise EdgeftError(f"{path} is corrupt: not valid version metadata") from None
-            rows[number] = metrics_row(Version(number, {}, meta))
+            rows[number] = metrics_row(Version(number, {}, read_record(root, number)))
     return [_summary(rows[n], retained, current) for n in sorted(rows) if n <= current]

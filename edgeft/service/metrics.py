@@ -12,8 +12,9 @@ from pathlib import Path
 from edgeft.common.atomic import SHARED_FILE_MODE, make_directory, write_bytes_atomic
 from edgeft.runtime.guard import recorded_holdout_accuracy
 from edgeft.runtime.inbox import QUARANTINE_DIR
-from edgeft.runtime.store import read_current_meta
+from edgeft.runtime.store import read_current_record
 from edgeft.runtime.tasks import recorded_figures
+from edgeft.runtime.version_record import VersionRecord
 from edgeft.service.queue import collect_inbox, counts
 
 Sample = tuple[str, str, str, list[tuple[str, float]]]  # name, type, help, [(labels, value)]
@@ -21,26 +22,27 @@ Sample = tuple[str, str, str, list[tuple[str, float]]]  # name, type, help, [(la
 
 def collect(state: Path, inbox: Path | None = None) -> list[Sample]:
     """The metric families for one state directory (and its inbox)."""
-    meta = read_current_meta(state)
-    arrival = meta.get("arrival", {})
-    updates = meta.get("updates", {})
+    # before the first commit: version 0, nothing counted
+    record = read_current_record(state) or VersionRecord(version=0, parent=None, bundle="", sha256={})
+    arrival = record.arrival
+    updates = record.updates
     holdout = recorded_holdout_accuracy(arrival)
-    created = meta.get("created")
+    created = record.created
     families: list[Sample] = [
-        ("edgeft_version", "gauge", "Current committed state version.", [("", meta.get("version", 0))]),
-        ("edgeft_head_version", "gauge", "Version whose head is current.", [("", meta.get("head_version", 0))]),
-        ("edgeft_classes", "gauge", "Classes the head has learned.", [("", len(meta.get("classes", [])))]),
+        ("edgeft_version", "gauge", "Current committed state version.", [("", record.version)]),
+        ("edgeft_head_version", "gauge", "Version whose head is current.", [("", record.head_version or 0)]),
+        ("edgeft_classes", "gauge", "Classes the head has learned.", [("", len(record.classes or []))]),
         (
             "edgeft_samples_received_total",
             "counter",
             "Labelled samples received.",
-            [("", meta.get("samples_received", 0))],
+            [("", record.samples_received)],
         ),
         (
             "edgeft_samples_accepted_total",
             "counter",
             "Samples of promoted arrivals (trained or held out).",
-            [("", meta.get("samples_accepted", 0))],
+            [("", record.samples_accepted)],
         ),
         (
             "edgeft_updates_total",
@@ -103,7 +105,7 @@ def collect(state: Path, inbox: Path | None = None) -> list[Sample]:
             "edgeft_drift_alarms_total",
             "counter",
             "Page-Hinkley drift alarms on the prequential error of arrivals (classes already known).",
-            [("", meta.get("drift", {}).get("alarms", 0))],
+            [("", (record.drift or {}).get("alarms", 0))],
         )
     )
     signal = arrival.get("drift")

@@ -12,7 +12,7 @@ from edgeft.runtime.guard import recorded_holdout_accuracy
 from edgeft.runtime.history import METRICS_FILE, read_lines
 from edgeft.runtime.inbox import PENDING_DIR
 from edgeft.runtime.int8_check import describe, read_checks
-from edgeft.runtime.store import lock_holder, read_current_meta
+from edgeft.runtime.store import lock_holder, read_current_record
 from edgeft.runtime.tasks import recorded_figures
 from edgeft.service.queue import collect_inbox, counts
 
@@ -39,10 +39,10 @@ def collect_status(state: Path, inbox: Path | None = None) -> dict[str, Any]:
     last arrival, recent accuracy."""
     queue = {"inbox": {"path": str(inbox), **counts(collect_inbox(inbox))}} if inbox is not None else {}
     try:
-        meta = read_current_meta(state)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        record = read_current_record(state)
+    except OSError as exc:
         raise EdgeftError(f"state {state} is unreadable ({type(exc).__name__}: {exc})") from None
-    if not meta:
+    if record is None:
         if not state.is_dir():
             raise EdgeftError(f"state {state} does not exist")
         return {
@@ -53,17 +53,17 @@ def collect_status(state: Path, inbox: Path | None = None) -> dict[str, Any]:
             **queue,
         }
     recent = list(read_lines(state / METRICS_FILE))[-RECENT:]
-    arrival = meta.get("arrival", {})
+    arrival = record.arrival
     return {
         "state": str(state),
-        "version": meta.get("version"),
-        "head_version": meta.get("head_version"),
-        "created": meta.get("created"),
-        "classes": meta.get("classes", []),
-        "class_counts": meta.get("class_counts", {}),
-        "samples_received": meta.get("samples_received", 0),
-        "samples_accepted": meta.get("samples_accepted", 0),
-        "updates": meta.get("updates", {}),
+        "version": record.version,
+        "head_version": record.head_version,
+        "created": record.created,
+        "classes": record.classes or [],
+        "class_counts": record.class_counts,
+        "samples_received": record.samples_received,
+        "samples_accepted": record.samples_accepted,
+        "updates": record.updates,
         "last_arrival": {
             "origin": arrival.get("origin"),
             "samples": arrival.get("samples"),
@@ -74,7 +74,7 @@ def collect_status(state: Path, inbox: Path | None = None) -> dict[str, Any]:
             "drift": arrival.get("drift"),
             **recorded_figures(arrival),
         },
-        "drift_alarms": meta.get("drift", {}).get("alarms", 0),
+        "drift_alarms": (record.drift or {}).get("alarms", 0),
         "recent_prequential_accuracy": [r.get("prequential", {}).get("accuracy") for r in recent],
         "pending_files": len(list((state / PENDING_DIR).glob("*.npz"))),
         "rejected_heads": len(list((state / REJECTED_DIR).glob("*.head.npz"))),
