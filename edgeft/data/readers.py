@@ -29,6 +29,7 @@ from typing import IO
 import numpy as np
 
 from edgeft.bundle import Manifest
+from edgeft.data.label_kind import OneLabelKind
 from edgeft.data.limits import COPIES, TEXT_COST, ArrivalLimits
 from edgeft.data.targets import cell_targets, is_target_task, json_label_ok, parse_targets
 from edgeft.errors import DataError
@@ -608,8 +609,9 @@ def concatenated(samples: list[Samples], origin: str) -> tuple[np.ndarray, np.nd
     shapes = {s.x.shape[1:] for s in samples}
     if len(shapes) > 1:
         raise DataError(f"{origin}: inputs of different shapes {sorted(map(list, shapes))}; use one shape")
-    if len({np.asarray(s.y).dtype.kind == "U" for s in samples}) > 1:
-        raise DataError(f"{origin}: some labels are class names, others indices; use one kind")
+    kind = OneLabelKind(origin)
+    for s in samples:
+        kind.check(s.y)
     return np.concatenate([s.x for s in samples]), np.concatenate([np.asarray(s.y) for s in samples])
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeft.data.label_kind import OneLabelKind
 from edgeft.data.limits import ArrivalLimits
 from edgeft.data.readers import Samples, stream_path
 from edgeft.data.targets import is_target_task
@@ -73,7 +74,7 @@ class ArrivalEmbedder:
         self._unfit_y: list[np.ndarray] = []
         self.overflow: list[str] = []
         self._shape: tuple[int, ...] | None = None
-        self._names: bool | None = None
+        self._label_kind = OneLabelKind(origin)
         self.received = 0
         self._reserved_for: str | None = None
 
@@ -88,11 +89,9 @@ class ArrivalEmbedder:
         if batch.y is None:
             raise DataError(f"{batch.origin}: no labels")
         y = np.asarray(batch.y)
-        names = y.dtype.kind == "U"
-        if self._names is None:
-            self._names, self._shape = names, batch.x.shape[1:]
-        elif names != self._names:
-            raise DataError(f"{self.origin}: some labels are class names, others indices; use one kind")
+        self._label_kind.check(y)
+        if self._shape is None:
+            self._shape = batch.x.shape[1:]
         elif batch.x.shape[1:] != self._shape:
             shapes = sorted(map(list, {self._shape, batch.x.shape[1:]}))
             raise DataError(f"{self.origin}: inputs of different shapes {shapes}; use one shape")
@@ -149,10 +148,10 @@ def embed_labelled(adapter: Adapter, path: str | Path) -> tuple[np.ndarray, np.n
     follows the features (and labels), not the inputs. DataError if label kinds mix or reading fails."""
     features = FeatureBuffer(adapter.bundle.manifest.head.feature_dim)
     labels: list[np.ndarray] = []
+    kind = OneLabelKind(str(path))
     for batch in stream_path(path, adapter.bundle.manifest, True, ArrivalLimits.for_reading()):
         y = np.asarray(batch.y)
-        if labels and (labels[0].dtype.kind == "U") != (y.dtype.kind == "U"):
-            raise DataError(f"{path}: some labels are class names, others indices; use one kind")
+        kind.check(y)
         features.append(adapter.embed(batch.x, batch.origin))
         labels.append(y)
     return features.array(), np.concatenate(labels) if labels else np.empty(0, np.int64)
