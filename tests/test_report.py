@@ -22,6 +22,7 @@ from edgeft.report.data import Evaluation, Report, arrivals, confusion_matrix
 from edgeft.report.figure import DPI, REFUSED, SIZE_INCHES
 from edgeft.runtime import replay_store
 from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.replay import ReplayBuffer
 from edgeft.runtime.store import StateStore
@@ -120,6 +121,19 @@ def test_holdout_evaluation_is_the_current_head_on_the_holdout_reservoir(
     predicted = Adapter(bundle_dir, learned_state, ep="cpu").predict_proba_features(holdout.features).argmax(axis=1)
     assert evaluation.accuracy == pytest.approx(float((predicted == labels).mean()))
     assert evaluation.accuracy > 0.8  # a head that learned the task, not a constant
+
+
+def test_report_without_eval_data_runs_no_backbone(
+    report: Report, bundle_dir: Path, learned_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_backbone(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the report opened a backbone session")
+
+    monkeypatch.setattr(FeatureExtractor, "__init__", no_backbone)
+    found = collect(bundle_dir, learned_state, ep="cpu")
+    assert found.evaluation is not None and report.evaluation is not None
+    assert found.evaluation.matrix.tolist() == report.evaluation.matrix.tolist()
+    assert (found.arrivals, found.classes, found.head_version) == (report.arrivals, report.classes, report.head_version)
 
 
 def test_eval_file_evaluation_matches_adapter_evaluate(bundle_dir: Path, learned_state: Path, eval_file: Path) -> None:

@@ -1,7 +1,7 @@
 """``edgeft report``: a state directory's learning curve, versions and promotions, per-class accuracy and confusion
 matrix, as a self-contained HTML page or one PNG figure. Drawing needs the optional extra ``edgeft[report]``.
 
-    collect.py   read the state (metrics log, current head, holdout or --eval data) into a Report
+    collect.py   read the state (metrics log, current version, its holdout; --eval data through an Adapter)
     data.py      the Report and its computations, from plain rows and arrays
     figure.py    the four-panel figure (matplotlib, imported lazily)
     page.py      the HTML page: summary, embedded figure, tables
