@@ -1,5 +1,5 @@
 """The ``edgeft`` command line in this process (typer's CliRunner): the whole workflow, exit codes, error reports;
-the console script and ``python -m edgeft.cli`` in real subprocesses."""
+the console script, ``python -m edgeft`` and ``python -m edgeft.cli`` in real subprocesses."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def _gray_model(path: Path) -> Path:
 def test_console_script_and_module_entry_points() -> None:
     script = Path(sys.executable).parent / "edgeft"
     assert script.is_file(), "the edgeft console script is not installed next to the interpreter"
-    for command in ([str(script), "--version"], [sys.executable, "-m", "edgeft.cli", "--version"]):
+    modules = ([sys.executable, "-m", name, "--version"] for name in ("edgeft.cli", "edgeft"))
+    for command in ([str(script), "--version"], *modules):
         done = subprocess.run(command, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == f"edgeft {edgeft.__version__}"

@@ -3,6 +3,9 @@ code and message before anything is read or written, and the run's settings carr
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ from helpers import invoke_cli, one_error_line, usage_message
 from typer.main import get_command
 
 import edgeft
-from edgeft.cli import app
+from edgeft.cli import app, requested_command
 from edgeft.cli.output import EXIT_INTERNAL, Settings, reported
 
 
@@ -80,7 +83,7 @@ def test_version_and_top_level_help() -> None:
         pytest.param(["export", "M", "-o", "O", "--quantize", "int8", "--keep-float", "most"], "not 'most'"),
         pytest.param(["export", "M", "-o", "O", "--dropout", "1.5"], "--dropout"),
         pytest.param(["export", "M", "-o", "O", "--std", "0.2,x"], "expected comma-separated numbers, got '0.2,x'"),
-        pytest.param(["rollback", "B", "-s", "S", "0"], "'version': Input should be greater than or equal to 1"),
+        pytest.param(["rollback", "B", "-s", "S", "0"], "'version': 0 is not in the range x>=1"),
         pytest.param(["demo", "--epochs", "0"], "--epochs", id="demo-epochs-0"),
         pytest.param(["config", "show", "fly"], "no command 'fly'"),
         pytest.param(["config", "show", "config"], "no command 'config'"),
@@ -133,3 +136,47 @@ def test_unexpected_error_is_exit_70_without_debug(capsys: pytest.CaptureFixture
 def test_unexpected_error_propagates_with_debug() -> None:
     with pytest.raises(ZeroDivisionError, match="a bug"):
         _failing_inside_reported(Settings(debug=True))
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["adapt", "B", "-s", "S"], "adapt"),
+        (["-q", "--debug", "predict", "B"], "predict"),
+        (["export-inference", "B"], "export-inference"),
+        (["--config", "c.toml", "adapt", "B"], None),  # every table of the file is checked: the whole app
+        (["config", "show", "adapt"], None),  # `config show` reads every command's options
+        (["inbox", "list"], None),
+        (["--help"], None),
+        (["fly"], None),
+        ([], None),
+    ],
+)
+def test_a_run_builds_only_the_command_it_names(args: list[str], command: str | None) -> None:
+    assert requested_command(args) == command
+
+
+def test_a_plain_command_imports_no_other_command_module() -> None:
+    """`edgeft adapt` in a fresh interpreter: the adapt command's module, none of the others' (issue 19's start)."""
+    code = (
+        "import sys\nsys.argv = ['edgeft', '-q', 'adapt', '--help']\nfrom edgeft.cli import run\n"
+        "try:\n    run()\nexcept SystemExit:\n    pass\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('edgeft.cli.', 'edgeft.fleet')))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(done.stdout.splitlines()[-1].split())
+    assert "Usage: edgeft adapt [OPTIONS]" in " ".join(done.stdout.replace("│", " ").split())
+    assert "edgeft.cli.adapt" in loaded
+    assert loaded.isdisjoint({"edgeft.cli.export", "edgeft.cli.inspect", "edgeft.cli.continual", "edgeft.fleet.cli"})
+
+
+def test_a_config_from_the_environment_is_checked_whole_when_one_command_runs(tmp_path: Path) -> None:
+    """The one-command app still checks every [command] table of EDGEFT_CONFIG, against every command's options."""
+    config = tmp_path / "edgeft.toml"
+    config.write_text("[predict]\ntop = 2\n[export]\nclasses = 'a,b'\n[predcit]\ntop = 1\n")
+    env = {**os.environ, "EDGEFT_CONFIG": str(config)}
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeft.cli", "status", "-s", str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 1
+    assert "[predcit] is not a command" in done.stderr, done.stderr

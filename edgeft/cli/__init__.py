@@ -3,47 +3,50 @@
 Exit codes: 0 success; 1 an error edgeft explains (bad file, bad bundle, state in use, ...);
 2 a usage error (unknown option, missing argument); 70 an unexpected internal error (a bug: rerun
 with --debug and report the traceback).
+
+A run that names one plain command (``edgeft adapt ...``) builds the app with that command alone, so it imports
+and builds only what it needs (issue 19's cold start); everything else (``--help``, ``--config``, the command
+groups, shell completion) gets every command. ``edgeft.cli.app`` is the whole app, for tests and docs/cli.md.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import signal
+import sys
 import warnings
+from functools import cache
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from edgeft import __version__
-from edgeft.cli import adapt, continual, demo, export, inspect, predict
-from edgeft.cli.config import config_app
-from edgeft.cli.inbox import inbox_app
 from edgeft.cli.output import Settings, reported, warning_line
-from edgeft.fleet.cli import fleet
 
-app = typer.Typer(
-    help="Fine-tune a frozen model's new head on edge devices, with any onnxruntime.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=True,
-    context_settings={"auto_envvar_prefix": "EDGEFT"},
-)
-# The order here is the order of `edgeft --help` and docs/cli.md.
-app.command()(export.export)
-app.command()(adapt.adapt)
-app.command()(predict.predict)
-app.command("export-inference")(export.export_inference)
-app.command()(inspect.info)
-app.command()(inspect.check)
-app.command()(inspect.status)
-app.command("eval")(continual.eval_command)
-app.command()(continual.history)
-app.command()(continual.rollback)
-app.command()(demo.demo)
-app.command()(continual.report)
-app.add_typer(config_app, name="config")
-app.add_typer(fleet, name="fleet")
-app.add_typer(inbox_app, name="inbox")
+# Command name -> (module, function); the order is the order of `edgeft --help` and docs/cli.md.
+COMMANDS = {
+    "export": ("edgeft.cli.export", "export"),
+    "adapt": ("edgeft.cli.adapt", "adapt"),
+    "predict": ("edgeft.cli.predict", "predict"),
+    "export-inference": ("edgeft.cli.export", "export_inference"),
+    "info": ("edgeft.cli.inspect", "info"),
+    "check": ("edgeft.cli.inspect", "check"),
+    "status": ("edgeft.cli.inspect", "status"),
+    "eval": ("edgeft.cli.continual", "eval_command"),
+    "history": ("edgeft.cli.continual", "history"),
+    "rollback": ("edgeft.cli.continual", "rollback"),
+    "demo": ("edgeft.cli.demo", "demo"),
+    "report": ("edgeft.cli.continual", "report"),
+}
+# Group name -> (module, typer app). `config show` reads every command's options, so groups get the whole app.
+GROUPS = {
+    "config": ("edgeft.cli.config", "config_app"),
+    "fleet": ("edgeft.fleet.cli", "fleet"),
+    "inbox": ("edgeft.cli.inbox", "inbox_app"),
+}
+GLOBAL_FLAGS = {"-q", "--quiet", "-v", "--verbose", "--debug"}  # the callback's options that take no value
 
 
 def _version(value: bool) -> None:
@@ -52,7 +55,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def main(
     ctx: typer.Context,
     config: Annotated[
@@ -74,11 +76,51 @@ def main(
     if config is not None:
         from edgeft.service.config import load_config
 
-        with reported(ctx):
-            ctx.default_map = load_config(config, ctx.command.commands)
+        with reported(ctx):  # every [command] table is checked, not only this run's command's
+            ctx.default_map = load_config(config, typer.main.get_group(build_app()).commands)
+
+
+@cache
+def build_app(only: str | None = None) -> typer.Typer:
+    """The typer app with every command and group, or with the one command ``only``."""
+    app = typer.Typer(
+        help="Fine-tune a frozen model's new head on edge devices, with any onnxruntime.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=True,
+        context_settings={"auto_envvar_prefix": "EDGEFT"},
+    )
+    app.callback()(main)
+    for name, (module, function) in COMMANDS.items():
+        if only in (None, name):
+            app.command(name)(getattr(importlib.import_module(module), function))
+    if only is None:
+        for name, (module, group) in GROUPS.items():
+            app.add_typer(getattr(importlib.import_module(module), group), name=name)
+    return app
+
+
+def requested_command(args: list[str]) -> str | None:
+    """The plain command a command line runs (``-q adapt ...`` -> adapt), or None when it needs the whole app."""
+    for arg in args:
+        if arg not in GLOBAL_FLAGS:
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``edgeft.cli.app``: the whole app, built on first use."""
+    if name == "app":
+        return build_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "app"])
 
 
 def run() -> None:
     """Console-script entry point; a closed pipe (``edgeft predict ... | head``) ends it quietly."""
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    app(prog_name="edgeft")
+    completing = any(key.startswith("_EDGEFT_COMPLETE") for key in os.environ)
+    build_app(None if completing else requested_command(sys.argv[1:]))(prog_name="edgeft")
