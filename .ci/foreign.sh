@@ -12,7 +12,7 @@ tests=${*:-tests/test_train_step.py tests/test_runtime.py tests/test_export.py}
 # and miscomputes small matrix products (errors of order 1, measured; onnxruntime there agrees with x86 to 1e-7);
 # its generic ARMv8 kernels are right. An emulation artifact, so the emulated runs take the generic kernels.
 blas=""
-[ "$arch" = arm64 ] && blas="export OPENBLAS_CORETYPE=ARMV8"
+[ "$arch" = arm64 ] && blas="export OPENBLAS_CORETYPE=ARMV8 EDGEFT_TEST_TIME_SCALE=30"  # and the tests' hang guards x30
 ../shared/tools/foreign-root run --arch "$arch" --suite "$suite" -- "
 set -euo pipefail
 $blas

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import SUBPROCESS_TIMEOUT
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
@@ -65,7 +66,7 @@ def test_replay_contender_runs_against_the_current_runtime() -> None:
         [sys.executable, str(tools / "bench_ort.py"), "replay", "--threads", "2", "--ep", "cpu"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=SUBPROCESS_TIMEOUT,
         env={**os.environ, "PYTHONPATH": str(tools.parent)},
     )
     assert done.returncode == 0, done.stderr

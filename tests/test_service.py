@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CLASSES, CLI, make_dataset, run_cli
+from helpers import CLASSES, CLI, TIME_SCALE, make_dataset, run_cli
 from typer.testing import CliRunner, Result
 
 from edgeft.cli import app
@@ -104,13 +104,13 @@ def test_watch_under_a_fake_systemd(
     try:
         _npz(inbox / ".a.npz.tmp", 40, seed=1).rename(inbox / "a.npz")
         (inbox / "broken.npz").write_bytes(b"not an archive")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60 * TIME_SCALE
         while not (inbox / "done" / "a.npz").exists() or not (inbox / "quarantine" / "broken.npz").exists():
             assert time.monotonic() < deadline, process.stderr
             time.sleep(0.05)
         time.sleep(0.3)  # idle: watchdog pings keep coming
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
+        process.communicate(timeout=30 * TIME_SCALE)
     finally:
         process.kill()
     assert process.returncode == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CLASSES, CLI, make_dataset
+from helpers import CLASSES, CLI, TIME_SCALE, make_dataset
 from PIL import Image
 
 from edgeft.bundle import Bundle
@@ -112,7 +112,7 @@ def test_labels_beyond_capacity_are_kept_pending_and_the_rest_learned(bundle: Bu
 
 
 def _wait_for(predicate, seconds: float = 60.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + seconds
+    deadline = time.monotonic() + seconds * TIME_SCALE
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
@@ -134,7 +134,7 @@ def test_watch_process_learns_dropped_files_and_stops_cleanly(
             os.replace(staged, inbox / f"chunk{i}.npz")  # write, then rename: the documented way to drop a file
             _wait_for(lambda i=i: (inbox / "done" / f"chunk{i}.npz").exists())
         process.send_signal(signum)
-        out, err = process.communicate(timeout=30)
+        out, err = process.communicate(timeout=30 * TIME_SCALE)
     finally:
         process.kill()
     assert process.returncode == 0, err
