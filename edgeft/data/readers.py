@@ -29,7 +29,7 @@ from typing import IO
 import numpy as np
 
 from edgeft.bundle import Manifest
-from edgeft.data.limits import COPIES, TEXT_COST, ArrivalLimits
+from edgeft.data.limits import COPIES, TEXT_COST, ArrivalLimits, OverBudget
 from edgeft.data.targets import cell_targets, is_target_task, json_label_ok, parse_targets
 from edgeft.errors import DataError
 
@@ -97,7 +97,7 @@ def _check_npy_header(handle: IO[bytes], holds: int, path: Path, limits: Arrival
     elements = int(np.prod(shape, dtype=object))
     declared = elements * dtype.itemsize
     if declared > limits.array_bytes:
-        raise DataError(
+        raise OverBudget(
             f"{path}: an array of {declared} bytes{inside} is more than edgeft reads ({limits.array_bytes}: "
             f"{limits.why_array_bytes()})"
         )

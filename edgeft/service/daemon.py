@@ -41,6 +41,7 @@ def log_start(log: EventLog, adapter: Adapter, entries: EntryPolicy) -> None:
         memory_budget=entries.budget.describe(),
         max_arrival_samples=entries.max_samples,
         max_attempts=entries.max_attempts,
+        coalesce=entries.coalesce,
         backbone=adapter.backbone_path.name,
         int8_check=adapter.int8_check,
     )
