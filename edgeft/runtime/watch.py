@@ -303,11 +303,12 @@ def watch(
     on_idle: Callable[[], None] | None = None,
     policy: EntryPolicy | None = None,
 ) -> WatchSummary:
-    """Learn inbox entries as they come until ``stop`` is set (or, with ``once``, until the inbox is empty).
+    """Learn inbox entries as they come, those waiting together coalesced into arrivals of up to about
+    ``policy.coalesce`` samples (``learn_next``), until ``stop`` is set (or, with ``once``, the inbox is empty).
 
-    Write errors (a full disk, say) do not stop the loop: nothing was committed, the entry stays in the inbox and
-    is retried with growing back-off, behind the entries that were not tried yet. Any other error is logged and
-    the next entry taken; an entry failing the same way ``policy.max_attempts`` times is quarantined.
+    Write errors (a full disk, say) do not stop the loop: nothing was committed, the arrival's entries stay in the
+    inbox and are retried with growing back-off, behind the entries that were not tried yet. Any other error is
+    logged and the next entry taken; an entry failing the same way ``policy.max_attempts`` times is quarantined.
     """
     policy = policy or EntryPolicy()
     summary = WatchSummary()

@@ -15,6 +15,7 @@ from edgeft.service.metrics import write_textfile
 from edgeft.service.notify import Notifier
 
 UPDATE_EVENTS = frozenset({"learned", "refused", "skipped", "quarantined", "pending"})
+VERSION_EVENTS = frozenset({"learned", "refused"})  # one per entry of the arrival that committed the version
 
 
 class WatchdogStop(StopFlag):
@@ -71,13 +72,17 @@ def run_watch(
         if metrics_file is not None:
             write_textfile(metrics_file, adapter.store.root, inbox.root)
 
+    published: dict[str, int] = {}
+
     def emit(event: str, **fields: Any) -> None:
         log(event, **fields)
         if event == "watching":
             publish_metrics()
             notifier.ready(f"watching {inbox.root}; version {adapter.version}")
         elif event in UPDATE_EVENTS:
-            publish_metrics()
+            if event not in VERSION_EVENTS or published.get("version") != fields.get("version"):
+                publish_metrics()  # once per version: a coalesced arrival's entries were all moved before its events
+                published["version"] = fields.get("version", 0)
             notifier.status(f"{event} {fields.get('entry', '')}; version {adapter.version}")
         elif event in ("interrupted", "stopped"):
             notifier.stopping(f"stopping; version {adapter.version}")
