@@ -14,6 +14,7 @@ import pytest
 from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset
 
 from edgeft.bundle import Bundle, sha256_file
+from edgeft.common.budget import MemoryBudget
 from edgeft.common.faults import ENV
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.attempts import AttemptLedger
@@ -146,6 +147,27 @@ def test_a_copy_waiting_beside_its_original_is_skipped_not_learned_twice(bundle:
     summary, _ = _watch(bundle, state, inbox, coalesce=1024)
     assert (summary.learned, summary.skipped) == (2, 1)
     assert Adapter(bundle, state).meta["samples_received"] == 20
+
+
+def test_an_entry_over_the_memory_budget_waits_for_an_arrival_of_its_own(bundle: Bundle, tmp_path: Path) -> None:
+    """Refused by the budget while another entry is held, it is not quarantined there: read alone next, then refused."""
+    inbox, state = tmp_path / "inbox", tmp_path / "state"
+    inbox.mkdir()
+    _drop(inbox, "a.npz", 10, seed=1)
+    big = np.zeros((25_000, 3, 8, 8), np.float32)  # inputs are streamed, labels read whole: 20 MB of them here,
+    _drop(inbox, "big.npz", 10, seed=2, x=big, y=np.full(len(big), "red", "<U200"))  # more than 30 MiB allow
+    _drop(inbox, "c.npz", 10, seed=3)
+    in_use = MemoryBudget(0, "test").in_use()
+    policy = EntryPolicy(budget=MemoryBudget(int((in_use + 30 * 2**20) / 0.9), "test"), coalesce=1024)
+    seen: list[tuple[str, dict]] = []
+    with Adapter(bundle, state) as adapter:
+        summary = watch(
+            adapter, Inbox(inbox), emit=lambda e, **f: seen.append((e, f)), stop=StopFlag(), once=True, policy=policy
+        )
+    events = [(e, f.get("entry")) for e, f in seen if e in ("learned", "quarantined")]
+    assert events == [("learned", "a.npz"), ("quarantined", "big.npz"), ("learned", "c.npz")], seen
+    assert _inputs_by_version(state) == {1: ["a.npz"], 2: ["c.npz"]} and summary.quarantined == 1
+    assert "memory budget" in (inbox / "quarantine" / "big.npz.reason.txt").read_text()
 
 
 def _run(bundle_dir: Path, state: Path, inbox: Path, crash: str | None) -> subprocess.CompletedProcess[str]:

@@ -113,7 +113,7 @@ def _check_npz(path: Path, limits: ArrivalLimits) -> None:
             if not info.filename.endswith(".npy"):
                 raise DataError(f"{path}: member '{info.filename}' is not a .npy array; .npz files hold only those")
             if info.file_size > limits.array_bytes:
-                raise DataError(
+                raise OverBudget(
                     f"{path}: member '{info.filename}' unpacks to {info.file_size} bytes, more than edgeft reads "
                     f"({limits.array_bytes}: {limits.why_array_bytes()})"
                 )
@@ -232,7 +232,7 @@ def _npz_batches(path: Path, manifest: Manifest, need_labels: bool, limits: Arri
                 if name == "x":
                     continue
                 if info.file_size > limits.array_bytes:
-                    raise DataError(
+                    raise OverBudget(
                         f"{path}: member '{info.filename}' unpacks to {info.file_size} bytes, more than edgeft reads "
                         f"({limits.array_bytes}: {limits.why_array_bytes()})"
                     )
@@ -287,7 +287,7 @@ def _array_batches(
     whole = None
     if fortran and len(shape) > 1:
         if count * row_bytes > limits.array_bytes:
-            raise DataError(
+            raise OverBudget(
                 f"{path}: a Fortran-ordered array of {count * row_bytes} bytes is more than edgeft reads whole "
                 f"({limits.array_bytes}: {limits.why_array_bytes()}); save it in C order to stream it"
             )

@@ -176,19 +176,16 @@ def _gather(
         embedded = _read(adapter, inbox, entry, group.classes, summary, emit, stop, policy.limits())
         group.members.append(Member(entry, digest, embedded))
         return record is None  # a suspect is learned alone
-    except OverBudget:
-        if not group.members:
-            raise
-        group.open.remove(attempt)
-        inbox.attempts.take_back(attempt)
-        queue.insert(0, entry)  # it may fit once the others' features are gone: tried alone next
-        return False
     except DataError as exc:
+        if attempt is not None:
+            group.open.remove(attempt)
+        if isinstance(exc, OverBudget) and group.members and attempt is not None:
+            inbox.attempts.take_back(attempt)
+            queue.insert(0, entry)  # it may fit once the others' features are gone: tried alone next
+            return False
         reason = " ".join(str(exc).split())  # one line, whatever the file name or message holds
         if entry.exists() or entry.is_symlink():
             inbox.quarantine(entry, reason)
-        if attempt is not None:
-            group.open.remove(attempt)
         inbox.attempts.clear(entry.name)
         summary.quarantined += 1
         emit("quarantined", entry=entry.name, reason=reason)
