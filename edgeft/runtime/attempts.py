@@ -106,6 +106,17 @@ class AttemptLedger:
             path.unlink()
             fsync_directory(self.folder)
 
+    def clear_all(self, names: list[str]) -> None:
+        """Forget the entries ``names`` (an arrival's, learned), the folder fsynced once for all of them."""
+        removed = False
+        for name in names:
+            path = self._path(name)
+            if path.exists():
+                path.unlink()
+                removed = True
+        if removed:
+            fsync_directory(self.folder)
+
     def prune(self, present: set[str]) -> None:
         """Forget records of entries no longer waiting (a crash came between their move and their ``clear``)."""
         for record in self.records():

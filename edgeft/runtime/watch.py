@@ -201,11 +201,10 @@ def _finish(
     emit: Event,
 ) -> None:
     """After the commit: record the members as consumed, move them to ``done/``, forget their attempts, say so."""
-    for member in group.members:
-        if result is not None:
-            consumed[member.sha256] = result.version  # before the move: if moving fails, a retry skips the entry
-        inbox.done(member.entry)
-        inbox.attempts.clear(member.entry.name)
+    if result is not None:  # before the moves: if moving fails, a retry skips the entries
+        consumed.update({member.sha256: result.version for member in group.members})
+    inbox.done_all([member.entry for member in group.members])
+    inbox.attempts.clear_all(group.names)
     if result is None:
         return
     summary.versions.append(result.version)
