@@ -113,7 +113,8 @@ def learn_next(
     stop: StopFlag,
     policy: EntryPolicy | None = None,
 ) -> LearnResult | None:
-    """Take entries off the front of ``queue`` and learn them as one arrival; DataError never escapes, others do.
+    """Take entries off the front of ``queue`` and learn them as one arrival; a bad entry is quarantined (only one
+    that the learner refuses inside a coalesced arrival escapes, as any other error does).
 
     Entries already learned are skipped, poison and bad ones quarantined, each on its own; the others join the
     arrival (edgeft/runtime/coalesce.py) while it holds fewer than ``policy.coalesce`` samples. A suspect (an entry
@@ -130,9 +131,16 @@ def learn_next(
                 break
         if not group.members:
             return None
-        result = learn_fitting(
-            adapter, group.features(), group.labels(), group.origin, group.inputs(), options, stop.check
-        )
+        try:
+            result = learn_fitting(
+                adapter, group.features(), group.labels(), group.origin, group.inputs(), options, stop.check
+            )
+        except DataError as exc:
+            if len(group.members) > 1:
+                raise  # whose? each entry is tried alone next time
+            group.open.clear()
+            _quarantine(inbox, group.members[0].entry, exc, summary, emit)
+            return None
     except BaseException as exc:
         for record in group.open:
             inbox.attempts.fail(record, exc, abandoned=Interrupted, transient=OSError)
@@ -183,13 +191,18 @@ def _gather(
             inbox.attempts.take_back(attempt)
             queue.insert(0, entry)  # it may fit once the others' features are gone: tried alone next
             return False
-        reason = " ".join(str(exc).split())  # one line, whatever the file name or message holds
-        if entry.exists() or entry.is_symlink():
-            inbox.quarantine(entry, reason)
-        inbox.attempts.clear(entry.name)
-        summary.quarantined += 1
-        emit("quarantined", entry=entry.name, reason=reason)
+        _quarantine(inbox, entry, exc, summary, emit)
         return True
+
+
+def _quarantine(inbox: Inbox, entry: Path, exc: DataError, summary: WatchSummary, emit: Event) -> None:
+    """Move a bad entry to ``quarantine/`` with the error as its reason and forget its attempts."""
+    reason = " ".join(str(exc).split())  # one line, whatever the file name or message holds
+    if entry.exists() or entry.is_symlink():
+        inbox.quarantine(entry, reason)
+    inbox.attempts.clear(entry.name)
+    summary.quarantined += 1
+    emit("quarantined", entry=entry.name, reason=reason)
 
 
 def _finish(
