@@ -165,8 +165,9 @@ class AttemptLedger:
             self.take_back(record)
 
     def take_back(self, record: Attempts) -> None:
-        """Take the attempt back (the entry was not tried after all, or its attempt ended in an error noted in it); if the record cannot be written (a full disk), forget it rather than let this
-        attempt count as a death (deleting needs no space)."""
+        """Take the attempt back (the entry was not tried after all, or its attempt ended in an error noted in it);
+        if the record cannot be written (a full disk), forget it rather than let this attempt count as a death
+        (deleting needs no space)."""
         record.unfinished -= 1
         try:
             self.save(record)

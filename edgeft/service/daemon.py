@@ -72,17 +72,20 @@ def run_watch(
         if metrics_file is not None:
             write_textfile(metrics_file, adapter.store.root, inbox.root)
 
-    published: dict[str, int] = {}
+    published_version: int | None = None
 
     def emit(event: str, **fields: Any) -> None:
+        nonlocal published_version
         log(event, **fields)
         if event == "watching":
             publish_metrics()
             notifier.ready(f"watching {inbox.root}; version {adapter.version}")
         elif event in UPDATE_EVENTS:
-            if event not in VERSION_EVENTS or published.get("version") != fields.get("version"):
-                publish_metrics()  # once per version: a coalesced arrival's entries were all moved before its events
-                published["version"] = fields.get("version", 0)
+            # once per version: the entries of a coalesced arrival were all moved before its first event
+            if event not in VERSION_EVENTS or fields.get("version") != published_version:
+                publish_metrics()
+            if event in VERSION_EVENTS:
+                published_version = fields.get("version")
             notifier.status(f"{event} {fields.get('entry', '')}; version {adapter.version}")
         elif event in ("interrupted", "stopped"):
             notifier.stopping(f"stopping; version {adapter.version}")
