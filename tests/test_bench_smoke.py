@@ -100,3 +100,24 @@ def test_the_streaming_benchmark_builds_a_224_bundle_and_arrivals_edgeft_streams
     batches = list(stream_path(data, bundle.manifest))
     assert [b.x.shape for b in batches] == [(READ_BATCH, 1, 224, 224)] * 2 + [(8, 1, 224, 224)]
     assert all(0 <= int(v) < 10 for b in batches for v in b.y)
+
+
+def test_the_inbox_benchmark_writes_a_backlog_the_watch_takes_in_order(tmp_path: Path) -> None:
+    """tools/bench_inbox.py's workload: files of the demo stream, oldest first by mtime, and its drain check."""
+    import bench_inbox
+
+    from edgeft.bundle import Bundle
+    from edgeft.data.readers import stream_path
+    from edgeft.runtime.inbox import ready_entries
+
+    rest_x, _ = bench_inbox.write_inbox(tmp_path / "inbox", 5, 16)
+    entries = ready_entries(tmp_path / "inbox")
+    assert [p.name for p in entries] == [f"arrival-{i:03d}.npz" for i in range(5)]
+    manifest = Bundle.load(bench_common.BUNDLE).manifest
+    assert [len(b.x) for p in entries for b in stream_path(p, manifest, True)] == [16] * 5
+    assert len(rest_x) == sum(len(x) for x, _ in bench_common.stream_chunks()) - 80
+    (tmp_path / "inbox" / "done").mkdir()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "journal.jsonl").write_text("")
+    with pytest.raises(RuntimeError, match="0 of 5 files done"):
+        bench_inbox.check_drained(tmp_path / "state", tmp_path / "inbox", 5)

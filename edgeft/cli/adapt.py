@@ -22,7 +22,7 @@ from edgeft.cli.options import (
 )
 from edgeft.cli.output import EXIT_ERROR, Settings, fail, number, reported, settings
 from edgeft.common.budget import detect_budget
-from edgeft.data.limits import MAX_ARRIVAL_SAMPLES, ArrivalLimits
+from edgeft.data.limits import COALESCE_SAMPLES, MAX_ARRIVAL_SAMPLES, ArrivalLimits
 from edgeft.runtime import guard
 from edgeft.runtime.attempts import KEEP_ERRORS, MAX_ATTEMPTS
 from edgeft.runtime.learn_options import LearnOptions
@@ -108,6 +108,14 @@ def adapt(
             help="With --watch: an entry that killed the learner (or failed alike) this often is quarantined.",
         ),
     ] = MAX_ATTEMPTS,
+    coalesce: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="With --watch: entries waiting together are learned as one arrival (one version) of up to about "
+            "this many samples; 0 or 1: one arrival per entry.",
+        ),
+    ] = COALESCE_SAMPLES,
     keep_versions: KeepOpt = KEEP_VERSIONS,
     ep: EpOpt = "auto",
     trainer: TrainerOpt = "auto",
@@ -136,7 +144,7 @@ def adapt(
         budget = detect_budget(memory_budget)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--memory-budget") from None
-    entries = EntryPolicy(budget, max_arrival_samples or None, max_attempts)
+    entries = EntryPolicy(budget, max_arrival_samples or None, max_attempts, coalesce)
     shown = settings(ctx)
     with reported(ctx):
         loaded = Bundle.load(bundle)  # verified once, for the holdout's reader and the Adapter

@@ -14,6 +14,12 @@ ARRAY_CEILING = 2**31  # no array over 2 GiB whatever the budget (the fixed cap 
 COPIES = 3  # inputs exist up to three times while an arrival is read, checked (as float32) and split
 TEXT_COST = 16  # CSV and JSON lines: bytes of parsed Python objects per byte of text
 MAX_ARRIVAL_SAMPLES = 100_000
+COALESCE_SAMPLES = 1024  # watch mode: inbox entries waiting together are learned as one arrival of about this many
+
+
+class OverBudget(DataError):
+    """A file refused because the memory an arrival may use now has no room for it (what the process already holds
+    counts: a file refused while other entries of a coalesced arrival are held may fit on its own)."""
 
 
 class ArrivalLimits:
@@ -49,7 +55,7 @@ class ArrivalLimits:
         """Account ``cost`` bytes for ``what`` of ``origin``; DataError when the arrival would exceed its share."""
         self.charged += cost
         if self.charged > self.allowance:
-            raise DataError(
+            raise OverBudget(
                 f"{origin}: {what} needs about {format_size(cost)} to learn, more than edgeft reads within its memory "
                 f"budget ({format_size(self.allowance)} free for an arrival of {self.budget.describe()}); a "
                 "decompression bomb? Split the data into smaller files or raise --memory-budget"

@@ -30,7 +30,7 @@ import numpy as np
 
 from edgeft.bundle import Manifest
 from edgeft.data.label_kind import OneLabelKind
-from edgeft.data.limits import COPIES, TEXT_COST, ArrivalLimits
+from edgeft.data.limits import COPIES, TEXT_COST, ArrivalLimits, OverBudget
 from edgeft.data.targets import cell_targets, is_target_task, json_label_ok, parse_targets
 from edgeft.errors import DataError
 
@@ -98,7 +98,7 @@ def _check_npy_header(handle: IO[bytes], holds: int, path: Path, limits: Arrival
     elements = int(np.prod(shape, dtype=object))
     declared = elements * dtype.itemsize
     if declared > limits.array_bytes:
-        raise DataError(
+        raise OverBudget(
             f"{path}: an array of {declared} bytes{inside} is more than edgeft reads ({limits.array_bytes}: "
             f"{limits.why_array_bytes()})"
         )
@@ -114,7 +114,7 @@ def _check_npz(path: Path, limits: ArrivalLimits) -> None:
             if not info.filename.endswith(".npy"):
                 raise DataError(f"{path}: member '{info.filename}' is not a .npy array; .npz files hold only those")
             if info.file_size > limits.array_bytes:
-                raise DataError(
+                raise OverBudget(
                     f"{path}: member '{info.filename}' unpacks to {info.file_size} bytes, more than edgeft reads "
                     f"({limits.array_bytes}: {limits.why_array_bytes()})"
                 )
@@ -233,7 +233,7 @@ def _npz_batches(path: Path, manifest: Manifest, need_labels: bool, limits: Arri
                 if name == "x":
                     continue
                 if info.file_size > limits.array_bytes:
-                    raise DataError(
+                    raise OverBudget(
                         f"{path}: member '{info.filename}' unpacks to {info.file_size} bytes, more than edgeft reads "
                         f"({limits.array_bytes}: {limits.why_array_bytes()})"
                     )
@@ -288,7 +288,7 @@ def _array_batches(
     whole = None
     if fortran and len(shape) > 1:
         if count * row_bytes > limits.array_bytes:
-            raise DataError(
+            raise OverBudget(
                 f"{path}: a Fortran-ordered array of {count * row_bytes} bytes is more than edgeft reads whole "
                 f"({limits.array_bytes}: {limits.why_array_bytes()}); save it in C order to stream it"
             )

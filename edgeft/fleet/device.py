@@ -76,7 +76,7 @@ class FleetDevice:
         self.fleet_policy = fleet_policy
 
     def ingest(self) -> dict[str, int]:
-        """Learn every entry waiting in the inbox (one guarded version each); count what happened to them."""
+        """Learn every entry waiting in the inbox (coalesced into guarded versions); count what happened to them."""
         if self.inbox is None:
             return {"learned": 0, "refused": 0, "quarantined": 0}
         summary = watch(self.adapter, self.inbox, emit=_quiet, stop=StopFlag(), once=True)

@@ -106,6 +106,17 @@ class AttemptLedger:
             path.unlink()
             fsync_directory(self.folder)
 
+    def clear_all(self, names: list[str]) -> None:
+        """Forget the entries ``names`` (an arrival's, learned), the folder fsynced once for all of them."""
+        removed = False
+        for name in names:
+            path = self._path(name)
+            if path.exists():
+                path.unlink()
+                removed = True
+        if removed:
+            fsync_directory(self.folder)
+
     def prune(self, present: set[str]) -> None:
         """Forget records of entries no longer waiting (a crash came between their move and their ``clear``)."""
         for record in self.records():
@@ -126,26 +137,37 @@ class AttemptLedger:
         ``abandoned`` (a stop request) ends the attempt as if it never began; ``transient`` errors are counted as
         such; any other exception is noted by its message. A process killed inside the body leaves it counted.
         """
+        record = self.begin(name, sha256)
+        try:
+            yield record
+        except BaseException as exc:
+            self.fail(record, exc, abandoned=abandoned, transient=transient)
+            raise
+
+    def begin(self, name: str, sha256: str) -> Attempts:
+        """Count one more unfinished attempt at ``name`` durably; end it with ``fail`` or ``clear``."""
         record = self.get(name, sha256) or Attempts(name, sha256)
         record.unfinished += 1
         self.save(record)
-        try:
-            yield record
-        except abandoned:
-            self._end(record)
-            raise
-        except transient:
-            record.transient += 1
-            self._end(record)
-            raise
-        except Exception as exc:
-            record.errors.append(f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:ERROR_CHARS])
-            self._end(record)
-            raise
+        return record
 
-    def _end(self, record: Attempts) -> None:
-        """Take the attempt back; if the record cannot be written (a full disk), forget it rather than let this
-        attempt count as a death (deleting needs no space)."""
+    def fail(
+        self, record: Attempts, exc: BaseException, *, abandoned: type[BaseException], transient: type[BaseException]
+    ) -> None:
+        """End an attempt that ``exc`` cut short, as ``attempt`` says; other BaseExceptions leave it counted."""
+        if isinstance(exc, abandoned):
+            self.take_back(record)
+        elif isinstance(exc, transient):
+            record.transient += 1
+            self.take_back(record)
+        elif isinstance(exc, Exception):
+            record.errors.append(f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:ERROR_CHARS])
+            self.take_back(record)
+
+    def take_back(self, record: Attempts) -> None:
+        """Take the attempt back (the entry was not tried after all, or its attempt ended in an error noted in it);
+        if the record cannot be written (a full disk), forget it rather than let this attempt count as a death
+        (deleting needs no space)."""
         record.unfinished -= 1
         try:
             self.save(record)

@@ -3,8 +3,9 @@
 Backbone → learner → store: an ``ArrivalEmbedder`` has read, checked and embedded the arrival (the backbone);
 ``learn_embedded`` parks the samples whose labels do not fit the head and has the ``Adapter`` learn the rest as
 one version (replay, trainer and guard), which its store commits with the inputs' journal records. One-shot
-``edgeft adapt`` (edgeft/runtime/arrivals.py) and watch mode (edgeft/runtime/watch.py, and through it the fleet's
-ingest) both call it.
+``edgeft adapt`` (edgeft/runtime/arrivals.py) calls it; watch mode (edgeft/runtime/watch.py, and through it the
+fleet's ingest) parks entry by entry and learns a coalesced arrival with ``learn_fitting``
+(edgeft/runtime/coalesce.py).
 """
 
 from __future__ import annotations
@@ -44,14 +45,22 @@ def learn_embedded(
     """Park ``embedded``'s samples whose labels do not fit (``park(x, label_names)`` writes them and says where),
     then learn the rest as one version whose journal records ``inputs`` (name, sha256, samples)."""
     parked = park(*embedded.unfit_samples()) if embedded.unfit else None
-    if not len(embedded.features):
-        return Learned(None, parked)
-    result = adapter.learn_features(
-        embedded.features,
-        embedded.labels,
-        origin=embedded.origin,
-        inputs=inputs,
-        progress=progress,
-        **options.keywords(),
-    )
+    result = learn_fitting(adapter, embedded.features, embedded.labels, embedded.origin, inputs, options, progress)
     return Learned(result, parked)
+
+
+def learn_fitting(
+    adapter: Adapter,
+    features: np.ndarray,
+    labels: np.ndarray,
+    origin: str,
+    inputs: list[dict[str, Any]],
+    options: LearnOptions,
+    progress: Progress | None = None,
+) -> LearnResult | None:
+    """Learn features whose labels fit as one version whose journal records ``inputs``; None when there are none."""
+    if not len(features):
+        return None
+    return adapter.learn_features(
+        features, labels, origin=origin, inputs=inputs, progress=progress, **options.keywords()
+    )

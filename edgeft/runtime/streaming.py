@@ -59,14 +59,17 @@ class FeatureBuffer:
 
 class ArrivalEmbedder:
     """Accumulates the features and labels of one arrival's batches (see the module docstring); ``adapter`` gives
-    the label map, the head's capacity, the input check and the backbone."""
+    the label map, the head's capacity, the input check and the backbone. ``classes`` (default: the adapter's) is the
+    label map new names grow from: that of the entries read before this one into the same coalesced arrival."""
 
-    def __init__(self, adapter: Adapter, origin: str, limits: ArrivalLimits | None = None) -> None:
+    def __init__(
+        self, adapter: Adapter, origin: str, limits: ArrivalLimits | None = None, classes: list[str] | None = None
+    ) -> None:
         self._adapter = adapter
         self._limits = limits  # charged for the raw inputs of samples held back for pending/
         self.origin = origin
         self._classes = list(adapter.classes)
-        self._grown = list(self._classes)
+        self._grown = list(self._classes if classes is None else classes)  # new names continue ``classes``
         self._targets = is_target_task(adapter.bundle.manifest.head)
         self._features = FeatureBuffer(adapter.bundle.manifest.head.feature_dim)
         self._labels: list[np.ndarray] = []
@@ -132,6 +135,11 @@ class ArrivalEmbedder:
     def labels(self) -> np.ndarray:
         """Labels (as given: names or indices) of the samples whose labels fit."""
         return np.concatenate(self._labels) if self._labels else np.empty(0, np.int64)
+
+    @property
+    def classes(self) -> list[str]:
+        """The label map after the names read so far took their outputs."""
+        return list(self._grown)
 
     @property
     def unfit(self) -> int:

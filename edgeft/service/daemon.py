@@ -15,6 +15,7 @@ from edgeft.service.metrics import write_textfile
 from edgeft.service.notify import Notifier
 
 UPDATE_EVENTS = frozenset({"learned", "refused", "skipped", "quarantined", "pending"})
+VERSION_EVENTS = frozenset({"learned", "refused"})  # one per entry of the arrival that committed the version
 
 
 class WatchdogStop(StopFlag):
@@ -41,6 +42,7 @@ def log_start(log: EventLog, adapter: Adapter, entries: EntryPolicy) -> None:
         memory_budget=entries.budget.describe(),
         max_arrival_samples=entries.max_samples,
         max_attempts=entries.max_attempts,
+        coalesce=entries.coalesce,
         backbone=adapter.backbone_path.name,
         int8_check=adapter.int8_check,
     )
@@ -70,13 +72,20 @@ def run_watch(
         if metrics_file is not None:
             write_textfile(metrics_file, adapter.store.root, inbox.root)
 
+    published_version: int | None = None
+
     def emit(event: str, **fields: Any) -> None:
+        nonlocal published_version
         log(event, **fields)
         if event == "watching":
             publish_metrics()
             notifier.ready(f"watching {inbox.root}; version {adapter.version}")
         elif event in UPDATE_EVENTS:
-            publish_metrics()
+            # once per version: the entries of a coalesced arrival were all moved before its first event
+            if event not in VERSION_EVENTS or fields.get("version") != published_version:
+                publish_metrics()
+            if event in VERSION_EVENTS:
+                published_version = fields.get("version")
             notifier.status(f"{event} {fields.get('entry', '')}; version {adapter.version}")
         elif event in ("interrupted", "stopped"):
             notifier.stopping(f"stopping; version {adapter.version}")

@@ -8,7 +8,7 @@ drops what was not durable (model.py), unmounts and keeps the rest as the next c
 durable image is checked (tools/torture.py's invariants, plus the corpus: every bad entry waits in the inbox or is
 quarantined with its reason, and is never learned). At the end a clean run drains the inbox; then everything good
 must be learned exactly once, ``status`` and ``predict`` must work, and the head must equal the one a run without
-cuts learns from the same accepted inputs in the same order.
+cuts learns from the same accepted inputs in the same order and the same (coalesced) arrivals.
 """
 
 from __future__ import annotations
@@ -274,22 +274,36 @@ def _final(
 
 
 def _clean_run(bundle_path: Path, state: Path, feeds: Feeds, directory: Path) -> Path:
-    """A fresh state that learns, without cuts, the inputs the journal accepted, in the journal's order."""
+    """A fresh state that learns, without cuts, the inputs the journal accepted, in the journal's order and in the
+    same arrivals: a run of single-entry versions in one process with ``--coalesce 0``, each coalesced version's
+    entries in a process of their own that coalesces them all."""
     inbox = directory / "inbox"
     inbox.mkdir(parents=True)
-    rows = sorted(read_lines(state / JOURNAL_FILE), key=lambda row: int(row["version"]))
-    for age, row in enumerate(rows):
-        target = inbox / row["name"]
-        shutil.copyfile(feeds.outbox / "files" / row["name"], target)
-        stamp = 1_000_000_000 + age
-        os.utime(target, (stamp, stamp))
-    subprocess.run(
-        [*CLI, "-q", "adapt", str(bundle_path), "-s", str(directory / "state"), "--watch", str(inbox), "--once"],
-        check=True,
-        cwd=ROOT,
-        timeout=WAIT_SECONDS * 5,
-        stderr=subprocess.DEVNULL,
-    )
+    versions: dict[int, list[str]] = {}
+    for row in read_lines(state / JOURNAL_FILE):
+        versions.setdefault(int(row["version"]), []).append(row["name"])
+    runs: list[tuple[str, list[str]]] = []
+    for number in sorted(versions):
+        names = versions[number]
+        if len(names) == 1 and runs and runs[-1][0] == "0":
+            runs[-1][1].append(names[0])
+        else:
+            runs.append(("0" if len(names) == 1 else str(10**9), list(names)))
+    age = 0
+    for coalesce, names in runs:
+        for name in names:
+            target = inbox / name
+            shutil.copyfile(feeds.outbox / "files" / name, target)
+            age += 1
+            os.utime(target, (1_000_000_000 + age, 1_000_000_000 + age))
+        command = [*CLI, "-q", "adapt", str(bundle_path), "-s", str(directory / "state"), "--watch", str(inbox)]
+        subprocess.run(
+            [*command, "--once", "--coalesce", coalesce],
+            check=True,
+            cwd=ROOT,
+            timeout=WAIT_SECONDS * 5,
+            stderr=subprocess.DEVNULL,
+        )
     return directory / "state"
 
 
