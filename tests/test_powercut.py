@@ -141,14 +141,14 @@ import os
 import edgeft.common.atomic as atomic
 import edgeft.runtime.store as store
 
-def write_atomic(path, write):
+def write_atomic(path, write, *args, **kwargs):
     tmp = path.with_name(f".{path.name}.buggy.tmp")
     write(tmp)
     atomic.fsync_file(tmp)
     os.replace(tmp, path)
 
 store.write_atomic = write_atomic
-store.write_bytes_atomic = lambda path, data: write_atomic(path, lambda tmp: tmp.write_bytes(data))
+store.write_bytes_atomic = lambda path, data, *args, **kwargs: write_atomic(path, lambda tmp: tmp.write_bytes(data))
 from edgeft.cli import run
 run()
 """

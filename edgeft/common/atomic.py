@@ -59,12 +59,13 @@ def fsync_tree(root: Path) -> None:
     fsync_directory(root)
 
 
-def write_atomic(path: Path, write: Callable[[Path], None], point: str = "rename") -> None:
+def write_atomic(path: Path, write: Callable[[Path], None], point: str = "rename", sync_directory: bool = True) -> None:
     """Let ``write`` fill a temp file beside ``path``, make it durable, then atomically put it in place.
 
     A crash at any moment leaves either the old ``path`` or the new one, never a torn file. A failed write
     raises WriteError naming ``path`` and leaves the old file in place. ``point`` names the crash point just
-    before the rename (edgeft/common/faults.py).
+    before the rename (edgeft/common/faults.py). With ``sync_directory`` False the rename is not yet durable: the
+    caller fsyncs the directory once after several writes, before anything that depends on them.
     """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -80,18 +81,22 @@ def write_atomic(path: Path, write: Callable[[Path], None], point: str = "rename
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_directory(path.parent)
+    if sync_directory:
+        fsync_directory(path.parent)
 
 
 SHARED_FILE_MODE = 0o644  # files other users read: metrics for node_exporter, reports
 
 
-def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None, point: str = "rename") -> None:
-    """Atomically replace ``path`` with ``data``; with ``mode``, the file gets those permissions (else 0600)."""
+def write_bytes_atomic(
+    path: Path, data: bytes, mode: int | None = None, point: str = "rename", sync_directory: bool = True
+) -> None:
+    """Atomically replace ``path`` with ``data``; with ``mode``, the file gets those permissions (else 0600);
+    ``sync_directory`` as for ``write_atomic``."""
 
     def write(tmp: Path) -> None:
         tmp.write_bytes(data)
         if mode is not None:
             tmp.chmod(mode)
 
-    write_atomic(path, write, point)
+    write_atomic(path, write, point, sync_directory)

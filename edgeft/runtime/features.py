@@ -18,9 +18,12 @@ EMBED_BATCH = 16
 
 
 def session_options(threads: int | None) -> onnxruntime.SessionOptions:
-    """Session options shared by edgeft's sessions: quiet logs, optional intra-op thread count."""
+    """Session options shared by edgeft's sessions: quiet logs, optional intra-op thread count, and a thread pool
+    that stops spinning when a run returns (it spins within a run as before): between two backbone runs a learner
+    trains and commits, and a pool left spinning then burns a core for nothing (BENCHMARKS.md, issue 19)."""
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     if threads:
         options.intra_op_num_threads = threads
     return options

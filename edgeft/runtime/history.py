@@ -39,8 +39,9 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
                 yield row
 
 
-def append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Append rows durably (a new file's entry too); a torn last line left by a crash is closed off first."""
+def append_lines(path: Path, rows: list[dict[str, Any]], sync_directory: bool = True) -> None:
+    """Append rows durably (a new file's entry too, unless ``sync_directory`` is False: the caller knows it is
+    durable already); a torn last line left by a crash is closed off first."""
     if not rows:
         return
     data = "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows).encode()
@@ -53,7 +54,8 @@ def append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    fsync_directory(path.parent)  # the file may be new (or made by a process killed before this); cheap otherwise
+    if sync_directory:  # the file may be new (or made by a process killed before this)
+        fsync_directory(path.parent)
 
 
 def last_version(path: Path) -> tuple[int, int]:
@@ -105,11 +107,18 @@ class History:
     def __init__(self, root: Path) -> None:
         self.journal = root / JOURNAL_FILE
         self.metrics = root / METRICS_FILE
+        self._durable: set[Path] = set()  # logs whose directory entry this process made durable
+
+    def _append(self, path: Path, rows: list[dict[str, Any]]) -> None:
+        """``append_lines``, fsyncing the directory only the first time this process appends to ``path``."""
+        append_lines(path, rows, sync_directory=bool(rows) and path not in self._durable)
+        if rows:
+            self._durable.add(path)
 
     def record(self, version: Version) -> None:
         """Append a freshly committed version's lines."""
-        append_lines(self.journal, journal_rows(version))
-        append_lines(self.metrics, [metrics_row(version)])
+        self._append(self.journal, journal_rows(version))
+        self._append(self.metrics, [metrics_row(version)])
 
     def catch_up(self, store: StateStore) -> None:
         """Append the lines of retained versions newer than the logs (after a crash between commit and append)."""
@@ -117,9 +126,9 @@ class History:
             done, written = last_version(path)
             for number in store.retained():
                 if number > done:
-                    append_lines(path, rows(store.load(number)))
+                    self._append(path, rows(store.load(number)))
                 elif number == done:  # a crash may have torn this version's lines part-way
-                    append_lines(path, rows(store.load(number))[written:])
+                    self._append(path, rows(store.load(number))[written:])
 
     def consumed(self) -> dict[str, int]:
         """sha256 -> version of every input the journal says was consumed."""

@@ -9,6 +9,7 @@ seen (each has the same chance to be kept).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -54,11 +55,35 @@ def offer(
     return taken, grown
 
 
-def grown(array: np.ndarray, rows: int) -> np.ndarray:
-    """``array`` with ``rows`` more (uninitialised) rows; itself when none."""
+def grown(array: np.ndarray, rows: int, limit: int | None = None) -> np.ndarray:
+    """``array`` with ``rows`` more (uninitialised) rows; itself when none.
+
+    The rows come from room reserved behind ``array`` when it is a prefix of a larger array ``grown`` made;
+    otherwise the rows so far move into a new array with room for twice as many (at most ``limit`` rows in all), so
+    a buffer that grows by a few rows an arrival is copied O(log size) times, not with every arrival (issue 19).
+    """
     if not rows:
         return array
-    return np.concatenate([array, np.empty((rows, *array.shape[1:]), array.dtype)])
+    size = len(array) + rows
+    room = array.base
+    if (
+        isinstance(room, np.ndarray)
+        and _ROOMS.get(id(room)) is room  # never the room of an array someone else made
+        and room.shape[1:] == array.shape[1:]
+        and room.dtype == array.dtype
+        and len(room) >= size
+        and room.ctypes.data == array.ctypes.data
+        and room.flags.c_contiguous
+    ):
+        return room[:size]
+    reserve = 2 * len(array) if limit is None else min(2 * len(array), limit)
+    room = np.empty((max(size, reserve), *array.shape[1:]), array.dtype)
+    room[: len(array)] = array
+    _ROOMS[id(room)] = room
+    return room[:size]
+
+
+_ROOMS: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()  # the arrays ``grown`` made
 
 
 def slots_of(groups: np.ndarray) -> dict[int, list[int]]:
@@ -87,8 +112,9 @@ class ReplayBuffer:
         """Offer new samples to each class's reservoir."""
         size = len(self.labels)
         taken, new = offer(slots_of(self.labels), size, (int(c) for c in labels), self.seen, self.per_class, rng)
-        self.features, self.labels = grown(self.features, new), grown(self.labels, new)
-        self.stored = grown(self.stored, new)
+        limit = self.per_class * len(self.seen)
+        self.features, self.labels = grown(self.features, new, limit), grown(self.labels, new, limit)
+        self.stored = grown(self.stored, new, limit)
         rows, sources = np.fromiter(taken, np.int64, len(taken)), np.fromiter(taken.values(), np.int64, len(taken))
         self.features[rows] = features[sources]
         self.labels[rows] = labels[sources]

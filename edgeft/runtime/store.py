@@ -13,8 +13,8 @@ Layout::
                                 metrics
       segments/000007.npz       features and labels written once by version 7's commit (edgeft.runtime.replay_store)
 
-A version is committed by writing its segment (if it adds rows), its files, then its metadata, then CURRENT, each
-atomically. A crash before CURRENT is replaced leaves the previous version current; leftovers are pruned later.
+A version is committed by writing its segment (if it adds rows), its files, then its metadata (each atomically; the
+files and metadata share one fsync of ``versions/``), then CURRENT. A crash before CURRENT is replaced leaves the previous version current; leftovers are pruned later.
 Pruning, after each commit, removes the versions beyond ``keep`` and then every segment that no committed version
 still on disk lists, so a segment is never removed while a version that could be loaded or rolled back to uses it.
 States written before segments keep a whole ``replay.npz`` and ``holdout.npz`` per version; they still load.
@@ -114,6 +114,7 @@ class StateStore:
         self._fingerprint = bundle_fingerprint
         self.keep = keep
         self._lock_fd: int | None = None
+        self._segments_ready = False
         if self.root.exists() and not self.root.is_dir():
             raise EdgeftError(f"state path {self.root} exists and is not a directory")
 
@@ -139,7 +140,9 @@ class StateStore:
         """
         if self._lock_fd is None:
             raise RuntimeError("write_segment() needs acquire() first")
-        make_directory(self.segments_dir)
+        if not self._segments_ready:  # once a process: its entry durable even if an earlier process made it
+            make_directory(self.segments_dir)
+            self._segments_ready = True
         name = f"{number:06d}.npz"
         write_atomic(self.segment_path(name), write)
         return name, sha256_file(self.segment_path(name))
@@ -223,8 +226,8 @@ class StateStore:
         current = parent
         number = (current.number if current else 0) + 1
         files = {kind: self._path(number, kind) for kind in writers}
-        for kind, write in writers.items():
-            write_atomic(files[kind], write)
+        for kind, write in writers.items():  # new names no committed version lists: one directory fsync below
+            write_atomic(files[kind], write, sync_directory=False)
         full_meta = {
             **meta,
             "version": number,
@@ -233,7 +236,8 @@ class StateStore:
             "sha256": {kind: sha256_file(path) for kind, path in files.items()},
         }
         record = VersionRecord.from_dict(full_meta, f"version {number} of state {self.root}")
-        write_bytes_atomic(self._path(number, "json"), record.to_json().encode())
+        write_bytes_atomic(self._path(number, "json"), record.to_json().encode(), sync_directory=False)
+        fsync_directory(self.versions_dir)  # the version's files and metadata durable before CURRENT names them
         write_bytes_atomic(self.root / CURRENT_FILE, json.dumps({"version": number}).encode())
         self._prune(number)
         return Version(number, files, record)

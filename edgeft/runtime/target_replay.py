@@ -56,8 +56,9 @@ class TargetBuffer:
                 yield assigned[-1]
 
         taken, new = offer(slots_of(self.bucket_of), size, buckets(), self.seen, self.per_bucket, rng)
-        self.features, self.labels = grown(self.features, new), grown(self.labels, new)
-        self.bucket_of, self.stored = grown(self.bucket_of, new), grown(self.stored, new)
+        limit = self.per_bucket * self.buckets
+        self.features, self.labels = grown(self.features, new, limit), grown(self.labels, new, limit)
+        self.bucket_of, self.stored = grown(self.bucket_of, new, limit), grown(self.stored, new, limit)
         rows, sources = np.fromiter(taken, np.int64, len(taken)), np.fromiter(taken.values(), np.int64, len(taken))
         self.features[rows] = features[sources]
         self.labels[rows] = targets[sources]
