@@ -12,9 +12,9 @@ is its share of the weight layers' multiply-accumulates per sample, from the out
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -33,6 +33,7 @@ TARGET_MEAN_COSINE = 0.995
 MAX_FLOAT_SHARE = 0.25
 # When no candidate reaches the target: the shortest one within this of the best cosine found.
 NEAR_BEST = 1e-3
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,43 @@ def search(
         else:
             miss = middle
     return candidates[hit], trace
+
+
+def search_calibrations(
+    candidates: list[Prefix],
+    calibrations: Sequence[T],
+    mean_cosine: Callable[[T, Prefix], float],
+    target: float = TARGET_MEAN_COSINE,
+) -> tuple[T, Prefix, list[dict[str, Any]]]:
+    """The calibration and prefix with the fewest float layers whose ``mean_cosine`` reaches ``target``, and the
+    trace of what was tried (each entry also names its calibration's index in ``calibrations``).
+
+    Better calibration before more float layers: the first calibration is searched over every candidate (search);
+    each next one only over fewer float layers than the best hit so far, so at equal float layers the earlier
+    calibration is kept and a later one costs a few quantisations at most. When none reaches ``target``: of
+    everything tried, the fewest float layers within NEAR_BEST of the best cosine (the earlier calibration on a tie).
+    """
+    trace: list[dict[str, Any]] = []
+    scores: dict[tuple[int, int], float] = {}  # (float layers, calibration index): mean cosine
+    best: tuple[int, Prefix] | None = None
+    for index, calibration in enumerate(calibrations):
+        limit = best[1].layers if best else len(candidates)
+        if limit == 0:
+            break
+
+        def score(prefix: Prefix, index: int = index, calibration: T = calibration) -> float:
+            scores[prefix.layers, index] = mean_cosine(calibration, prefix)
+            return scores[prefix.layers, index]
+
+        prefix, tried = search(candidates[:limit], score, target)
+        trace += [{**t, "calibration": index} for t in tried]
+        if scores[prefix.layers, index] >= target:
+            best = index, prefix
+    if best is None:
+        top = max(scores.values())
+        layers, index = min(key for key, value in scores.items() if value >= top - NEAR_BEST)
+        best = index, candidates[layers]
+    return calibrations[best[0]], best[1], trace
 
 
 def _weight(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:
