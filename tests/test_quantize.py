@@ -513,12 +513,19 @@ def test_auto_search_doubles_bisects_and_stays_under_the_compute_cap(tmp_path: P
     )
     record = bundle.manifest.quantization
     layers = record["float_layers"]
-    tried = [t["float_layers"] for t in layers["search"]]
+    minmax = [t for t in layers["search"] if t.get("calibration", "minmax") == "minmax"]
+    tried = [t["float_layers"] for t in minmax]
     # Every prefix before the Clip quantises a stretched tensor (miss); 8 is the first hit, found by doubling to 8
     # and bisecting 4..8 (6 and 7 miss); 9 (conv9, 91% of the compute) is never tried. The search ends on a miss,
     # so the shipped backbone is the rebuilt 8-layer one.
     assert tried == [0, 1, 2, 4, 8, 6, 7]
-    cosines = {t["float_layers"]: t["mean_cosine"] for t in layers["search"]}
+    # Percentile calibration, where this onnxruntime offers it, is searched below 8 only: 1 sample in 8 is an
+    # outlier, too many for a percentile to clip, so it misses too and MinMax's 8 layers stay
+    later = [t["float_layers"] for t in layers["search"][len(minmax) :]]
+    assert later == ([0, 1, 2, 4, 7] if ranges_reusable() else [])
+    assert max(t["mean_cosine"] for t in layers["search"][len(minmax) :]) < float_prefix.TARGET_MEAN_COSINE
+    assert record["activations"].endswith("MinMax calibration")
+    cosines = {t["float_layers"]: t["mean_cosine"] for t in minmax}
     assert (
         max(cosines[k] for k in (0, 1, 2, 4, 6, 7)) < MIN_MEAN_COSINE <= float_prefix.TARGET_MEAN_COSINE <= cosines[8]
     )
