@@ -383,8 +383,12 @@ def test_compute_shares_of_grouped_conv_matmul_and_gemm_with_dynamic_height_and_
     [
         ([0.9 + 0.01 * k for k in range(13)], 10, [0, 1, 2, 4, 8, 12, 10, 9]),  # first hit at 12, bisected to 10
         ([0.999] * 5, 0, [0]),
-        ([0.90, 0.97, 0.9705, 0.94], 1, [0, 1, 2, 3]),  # none reaches it: the shortest within 0.001 of the best
+        # none reaches it: the shortest reaching the best less a quarter of its disagreement (0.9705 - 0.0074)
+        ([0.90, 0.97, 0.9705, 0.94], 1, [0, 1, 2, 3]),
         ([0.90, 0.95, 0.9705, 0.94], 2, [0, 1, 2, 3]),
+        # a plateau short of the target (7-bit weights on the default backbone): 8 and 12 reach 0.9921 - 0.002, and
+        # bisecting 4..8 finds 5, where the plateau begins
+        ([0.953, 0.972, 0.984, 0.984, 0.984] + [0.991] * 3 + [0.9911] + [0.9921] * 4, 5, [0, 1, 2, 4, 8, 12, 6, 5]),
     ],
 )
 def test_float_prefix_search_finds_the_shortest_prefix_that_reaches_the_target(
@@ -720,7 +724,7 @@ def test_calibration_search_keeps_the_earlier_calibration_at_equal_float_layers(
     scores["b"][1] = 0.996  # now "b" reaches it with one float layer fewer
     method, best, _ = float_prefix.search_calibrations(candidates, ["a", "b"], lambda m, p: scores[m][p.layers])
     assert (method, best.layers) == ("b", 1)
-    # nothing reaches the target: the fewest float layers within NEAR_BEST of the best cosine, earlier on a tie
-    low = {"a": [0.5, 0.9, 0.98, 0.981, 0.981, 0.981], "b": [0.5, 0.9805, 0.98, 0.98, 0.98, 0.98]}
+    # nothing reaches the target: the fewest float layers within a quarter of the best's disagreement
+    low = {"a": [0.5, 0.9, 0.98, 0.981, 0.981, 0.981], "b": [0.5, 0.977, 0.98, 0.98, 0.98, 0.98]}
     method, best, _ = float_prefix.search_calibrations(candidates, ["a", "b"], lambda m, p: low[m][p.layers])
     assert (method, best.layers) == ("b", 1)
