@@ -1,10 +1,11 @@
 """Static int8 quantisation of a bundle's frozen backbone, checked against the float backbone.
 
-ONNX Runtime's ``quant_pre_process`` then ``quantize_static`` (QDQ, uint8 activations calibrated by MinMax,
-symmetric int8 weights per output channel) rewrite ``backbone.onnx``; the head and training artifacts stay float.
-Part of the calibration data is held out: the float and int8 backbones embed it, the first weight layers stay
-float as far as needed to bring the features close (float_prefix), and the export fails when the features still
-disagree (mean cosine similarity, and a linear probe's accuracy when labels are given).
+ONNX Runtime's ``quant_pre_process`` then ``quantize_static`` (QDQ, uint8 activations calibrated by MinMax or
+Percentile (calibration), symmetric int8 weights per output channel) rewrite ``backbone.onnx``; the head and
+training artifacts stay float. Part of the calibration data is held out: the float and int8 backbones embed it, a
+better calibration or else the first weight layers kept float bring the features close (float_prefix), and the
+export fails when the features still disagree (mean cosine similarity, and a linear probe's accuracy when labels
+are given). The chosen backbone's speed against the float one is measured on the export machine (int8_speed).
 """
 
 from __future__ import annotations
