@@ -261,6 +261,9 @@ def test_cli_export_int8_and_info(model_path: Path, calibration: tuple, tmp_path
     shown = run_cli("info", out)
     assert shown.returncode == 0, shown.stderr
     assert "backbone    int8 QDQ" in shown.stdout and f"calibrated on {MAX_CALIBRATION} samples" in shown.stdout
+    assert f"at export {Bundle.load(out).manifest.quantization['speed']['int8_over_float_cpu_time']}x" in shown.stdout
+    unmeasured = run_cli("export", model_path, "-o", tmp_path / "b4", *INT8_OPTIONS, data, "--int8-speed-rounds", "0")
+    assert unmeasured.returncode == 0 and "at export" not in unmeasured.stdout
     missing = run_cli("export", model_path, "-o", tmp_path / "b2", "--classes", "a,b", "--quantize", "int8")
     assert missing.returncode == 1
     assert "needs --calibration" in one_error_line(missing.stderr)

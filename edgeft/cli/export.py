@@ -219,8 +219,16 @@ def quantization_summary(record: dict) -> str:
         f"{record['scheme']} {record['format']}, {record['backbone_bytes'] / 1e6:.1f} MB "
         f"(float {record['float_backbone']['bytes'] / 1e6:.1f} MB), calibrated on {record['calibration']['samples']} "
         f"samples{_float_layers(record.get('float_layers'))}; on {v['held_out_samples']} held-out samples "
-        f"mean cosine {v['mean_cosine']:.4f} to the float features{probe}{_probe_rule(record)}"
+        f"mean cosine {v['mean_cosine']:.4f} to the float features{probe}{_speed(record)}{_probe_rule(record)}"
     )
+
+
+def _speed(record: dict) -> str:
+    """Text like '; at export 1.8x the float backbone's speed (CPU time, x86-exact/onnxruntime-1.32.0)'."""
+    speed = record.get("speed")
+    if not speed:
+        return ""
+    return f"; at export {speed['int8_over_float_cpu_time']}x the float backbone's speed (CPU time, {speed['cpu']})"
 
 
 def _probe_rule(record: dict) -> str:
