@@ -42,7 +42,7 @@ MINMAX = Calibration("minmax", "MinMax")
 PERCENTILE = Calibration("percentile", "Percentile", {"percentile": 99.999})
 # In the order --keep-float auto tries them: at equal float layers the earlier one is kept.
 AUTO_CALIBRATIONS = (MINMAX, PERCENTILE)
-MAX_BATCH = 16
+BATCH = 16  # samples per calibration pass (RangeCache.file)
 
 
 @cache
@@ -62,8 +62,8 @@ class RangeCache:
     """Calibrated ranges of a prepared model, one ORT cache file per calibration, computed on first use."""
 
     def __init__(self, prepared: Path, folder: Path, reader_factory: Any, samples: int) -> None:
-        """``reader_factory(batch)``: a fresh ORT CalibrationDataReader over the ``samples`` calibration samples,
-        ``batch`` at a time."""
+        """``reader_factory(part)``: a fresh ORT CalibrationDataReader over the calibration samples ``[part]`` (a
+        slice) in one batch; ``samples``: how many there are."""
         self._prepared, self._folder, self._reader_factory = prepared, folder, reader_factory
         self._samples = samples
         self._files: dict[str, Path] = {}
@@ -85,19 +85,16 @@ class RangeCache:
                 extra_options=dict(calibration.options),
             )
             with contextlib.redirect_stdout(io.StringIO()):  # ORT prints its progress: keep --json output clean
-                # ORT's histogram calibrators stack the batches' outputs: they need batches of one size
-                calibrator.collect_data(self._reader_factory(even_batch(self._samples, MAX_BATCH)))
+                # one batch a call: ORT's histogram calibrators keep every intermediate output of a call in memory
+                # (16 GB for 256 EfficientNet-Lite0 samples) and cannot stack batches of different sizes
+                for start in range(0, self._samples, BATCH):
+                    calibrator.collect_data(self._reader_factory(slice(start, start + BATCH)))
                 ranges = calibrator.compute_data()
             _check_finite(ranges, calibration)
             path = self._folder / f"ranges-{calibration.name}.json"
             save_tensors_data(ranges, path)
             self._files[calibration.name] = path
         return self._files[calibration.name]
-
-
-def even_batch(samples: int, largest: int) -> int:
-    """The largest batch size up to ``largest`` that divides ``samples``."""
-    return max(b for b in range(1, min(largest, samples) + 1) if samples % b == 0)
 
 
 def _check_finite(ranges: Any, calibration: Calibration) -> None:

@@ -198,7 +198,7 @@ def quantize_backbone(
         prepared = _prepare(backbone, prepared_path, source)
         candidates = _candidates(prepared, input_name, calibration.x[:1], source)
         ranges = RangeCache(
-            prepared_path, Path(tmp), lambda batch: _Reader(input_name, calibration.x[calib], batch), len(calib)
+            prepared_path, Path(tmp), lambda part: _Reader(input_name, calibration.x[calib][part]), len(calib)
         )
         features: dict[tuple[str, int], np.ndarray] = {}  # held-out features per candidate; the last model is kept
         last: dict[str, Any] = {}
@@ -408,8 +408,8 @@ def _layers(count: int) -> str:
 class _Reader:
     """ORT's CalibrationDataReader protocol over an array, BATCH samples at a time."""
 
-    def __init__(self, input_name: str, x: np.ndarray, batch: int = BATCH) -> None:
-        self._batches = iter([{input_name: x[i : i + batch]} for i in range(0, len(x), batch)])
+    def __init__(self, input_name: str, x: np.ndarray) -> None:
+        self._batches = iter([{input_name: x[i : i + BATCH]} for i in range(0, len(x), BATCH)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
