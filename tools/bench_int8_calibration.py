@@ -72,8 +72,8 @@ def calibrate(prepared: Path, calib: np.ndarray, methods: list[str], tmp: Path):
                 calibrate_method=getattr(CalibrationMethod, ort_method),
                 extra_options=dict(options),
             )
-            for start in range(0, len(calib), quantize.BATCH):  # one batch a call: ORT keeps a call's outputs
-                calibrator.collect_data(quantize._Reader("image", calib[start : start + quantize.BATCH]))
+            for first in range(0, len(calib), quantize.BATCH):  # one batch a call: ORT keeps a call's outputs
+                calibrator.collect_data(quantize._Reader("image", calib[first : first + quantize.BATCH]))
             calibrators[ort_method] = calibrator
         if "percentile" in options:
             calibrator.collector.percentile = options["percentile"]
