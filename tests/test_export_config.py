@@ -82,6 +82,7 @@ def test_json_round_trip_restores_every_option(tmp_path: Path) -> None:
         keep_float=2,
         target_cpu="avx2",
         float_fallback=False,
+        int8_speed_rounds=0,
         force=True,
     )
     text = config.to_json()

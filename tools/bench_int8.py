@@ -24,7 +24,8 @@ separate the features from the learning loop: both adapt runs again with the pro
 logistic regression (scikit-learn, standardised features) on each backbone's features of the stream, scored on
 the test scans; and the same probe's int8-minus-float accuracy over all 1,797 scans by repeated 5-fold
 cross-validation (the gap to expect from the features, beyond the one split the main job sees).
-Usage: ``python tools/bench_int8.py [--rounds 3] [--threads 2] [--json out.json]``.
+``--int8 BUNDLE`` measures another int8 export of the same classifier (e.g. ``--target-cpu avx2``) instead.
+Usage: ``python tools/bench_int8.py [--rounds 3] [--threads 2] [--json out.json] [--int8 BUNDLE]``.
 """
 
 from __future__ import annotations
@@ -152,9 +153,9 @@ def adapt(
             return (samples / elapsed, samples / cpu_elapsed), accuracy, promoted
 
 
-def run(rounds: int, threads: int) -> dict:
-    """All rounds; returns every measurement and the medians."""
-    bundles = {kind: Bundle.load(path) for kind, path in BUNDLES.items()}
+def run(rounds: int, threads: int, int8: Path = BUNDLES["int8"]) -> dict:
+    """All rounds; returns every measurement and the medians (``int8``: the int8 bundle to measure)."""
+    bundles = {kind: Bundle.load(path) for kind, path in {**BUNDLES, "int8": int8}.items()}
     manifest = bundles["float"].manifest
     chunks, test = demo_data(manifest)
     stream_x = np.concatenate([c.x for c in chunks]).astype(np.float32)
@@ -193,6 +194,7 @@ def run(rounds: int, threads: int) -> dict:
         return statistics.median(x / y for x, y in zip(figures[a], figures[b], strict=True))
 
     return {
+        "int8_bundle": str(int8),
         "rounds": rounds,
         "threads": threads,
         "samples": len(stream_x),
@@ -232,8 +234,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the four contenders (3)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every session (2)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--int8", type=Path, default=BUNDLES["int8"], help="int8 bundle (artifacts/default-int8)")
     args = parser.parse_args()
-    result = run(args.rounds, args.threads)
+    result = run(args.rounds, args.threads, args.int8)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

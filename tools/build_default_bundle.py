@@ -84,9 +84,12 @@ def write_demo_data(demo_dir: Path, chunks: int) -> None:
             Image.fromarray(x_test[index, 0], mode="L").save(folder / f"test_{index:03d}_{k}.png")
 
 
-def export_default(classifier: Path, out: Path, seed: int = 0, **quantization: object) -> Bundle:
+def export_default(
+    classifier: Path, out: Path, seed: int = 0, ort_artifacts: bool = True, **quantization: object
+) -> Bundle:
     """The default bundle: EfficientNet-Lite0 features, a new 10-class head; optionally an int8 backbone.
-    ``seed``: the head's initial weights and the int8 calibration / held-out split (0 for the shipped bundles)."""
+    ``seed``: the head's initial weights and the int8 calibration / held-out split (0 for the shipped bundles);
+    ``ort_artifacts``: also ORT training's artifacts (the shipped bundles have them; benchmarks may do without)."""
     return export_bundle(
         ExportConfig(
             classifier,
@@ -102,7 +105,7 @@ def export_default(classifier: Path, out: Path, seed: int = 0, **quantization: o
             ),
             defaults=DEFAULTS,
             seed=seed,
-            ort_artifacts=True,  # both trainers: the portable train step and ORT training's artifacts
+            ort_artifacts=ort_artifacts,  # shipped: both trainers, the portable train step and ORT training's
             force=True,
             **quantization,
         )
@@ -132,6 +135,7 @@ def main() -> None:
             quantize="int8",
             calibration=args.out / "demo" / "stream",
             target_cpu="vnni",  # the shipped bundle is the same whichever CPU builds it
+            int8_speed_rounds=0,  # a timing would differ between rebuilds; tools/bench_int8.py measures speed
         )
     built = ", ".join(str(args.out / VARIANTS[v]) for v in VARIANTS if v in variants)
     print(f"wrote {built} and {args.out / 'demo'}")

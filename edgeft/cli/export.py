@@ -103,6 +103,13 @@ def export(
             "devices whose int8 kernels fail the bundle's self-check use instead; without it they refuse the bundle.",
         ),
     ] = None,
+    int8_speed_rounds: Annotated[
+        int | None,
+        typer.Option(
+            help="--quantize: rounds timing the int8 backbone against the float one on this machine, recorded in "
+            "the manifest (default 3; 0: not timed, so that rebuilds are byte-identical).",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -116,6 +123,7 @@ def export(
         keep_float = from_command_line(ctx, "keep_float", keep_float)
         target_cpu = from_command_line(ctx, "target_cpu", target_cpu)
         int8_fallback = from_command_line(ctx, "int8_fallback", int8_fallback)
+        int8_speed_rounds = from_command_line(ctx, "int8_speed_rounds", int8_speed_rounds)
     float_layers = _keep_float(keep_float)
     if (model is None) == (torch_factory is None):
         raise typer.BadParameter("give an ONNX MODEL or --torch package.module:factory (one of them)")
@@ -169,6 +177,7 @@ def export(
             keep_float=float_layers,
             target_cpu=target_cpu,
             float_fallback=int8_fallback,
+            int8_speed_rounds=int8_speed_rounds,
             force=force,
         )
         bundle = export_bundle(config)
@@ -210,8 +219,16 @@ def quantization_summary(record: dict) -> str:
         f"{record['scheme']} {record['format']}, {record['backbone_bytes'] / 1e6:.1f} MB "
         f"(float {record['float_backbone']['bytes'] / 1e6:.1f} MB), calibrated on {record['calibration']['samples']} "
         f"samples{_float_layers(record.get('float_layers'))}; on {v['held_out_samples']} held-out samples "
-        f"mean cosine {v['mean_cosine']:.4f} to the float features{probe}{_probe_rule(record)}"
+        f"mean cosine {v['mean_cosine']:.4f} to the float features{probe}{_speed(record)}{_probe_rule(record)}"
     )
+
+
+def _speed(record: dict) -> str:
+    """Text like '; at export 1.8x the float backbone's speed (CPU time, x86-exact/onnxruntime-1.32.0)'."""
+    speed = record.get("speed")
+    if not speed:
+        return ""
+    return f"; at export {speed['int8_over_float_cpu_time']}x the float backbone's speed (CPU time, {speed['cpu']})"
 
 
 def _probe_rule(record: dict) -> str:

@@ -39,7 +39,7 @@ class ExportConfig:
     from the original classifier. ``classes`` names the outputs (or ``num_classes`` numbers them); ``max_classes``
     reserves outputs for classes that do not exist yet. ``quantize="int8"`` quantises the backbone with
     ``calibration`` (a path in a format ``adapt`` reads, an array ``x`` or ``(x, y)``); ``keep_float``,
-    ``target_cpu`` and ``float_fallback`` tune it (edgeft.export.quantize). ``ort_artifacts`` adds ONNX Runtime
+    ``target_cpu``, ``float_fallback`` and ``int8_speed_rounds`` tune it (edgeft.export.quantize). ``ort_artifacts`` adds ONNX Runtime
     training artifacts (None: when ORT training is installed). Construction raises EdgeftError on an option that
     cannot work, alone or with the others.
     """
@@ -75,6 +75,7 @@ class ExportConfig:
     keep_float: int | str | None = None
     target_cpu: str | None = None
     float_fallback: bool | None = None
+    int8_speed_rounds: int | None = None
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -121,7 +122,14 @@ class ExportConfig:
     @property
     def float_layers(self) -> int | str:
         """``keep_float`` as quantize_backbone takes it, after checking the quantisation options together."""
-        return check_request(self.quantize, self.calibration, self.keep_float, self.target_cpu, self.float_fallback)
+        return check_request(
+            self.quantize,
+            self.calibration,
+            self.keep_float,
+            self.target_cpu,
+            self.float_fallback,
+            self.int8_speed_rounds,
+        )
 
     @property
     def hidden_layers(self) -> tuple[int, ...]:

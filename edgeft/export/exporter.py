@@ -50,7 +50,7 @@ from edgeft.export.body import build_body
 from edgeft.export.config import ExportConfig, output_names
 from edgeft.export.graph import is_channels_last, real_inputs
 from edgeft.export.pooling import Pooling, choose_pooling, numpy_pool
-from edgeft.export.quantize import quantize_backbone, read_calibration
+from edgeft.export.quantize import SPEED_ROUNDS, quantize_backbone, read_calibration
 from edgeft.export.sources import load_onnx
 from edgeft.export.surgery import (
     HeadCut,
@@ -141,7 +141,8 @@ def export_bundle(config: ExportConfig) -> Bundle:
     ``target_cpu`` (quantize.TARGET_CPUS; None or auto: the export machine's kind; vnni and arm64: full 8-bit
     weights; avx2: 7-bit weights that x86 CPUs without VNNI do not saturate), shipping the float backbone as well
     unless ``float_fallback`` is False (None: True for int8), for devices whose int8 kernels fail the bundle's
-    self-check (edgeft.runtime.int8_check). The bundle always carries the portable train step (standard ONNX ops;
+    self-check (edgeft.runtime.int8_check), and times the int8 backbone against the float one over
+    ``int8_speed_rounds`` rounds (None: quantize.SPEED_ROUNDS; 0: not timed, for byte-identical rebuilds). The bundle always carries the portable train step (standard ONNX ops;
     ``momentum`` applies to SGD there). Raises EdgeftError with a clear message when the model cannot be exported
     or the exported parts do not reproduce the original.
     """
@@ -390,6 +391,7 @@ def quantize_staged(config: ExportConfig, staging: Path, manifest: Manifest, sou
         keep_float=config.float_layers,
         target_cpu=config.target_cpu,
         float_fallback=config.float_fallback is not False,
+        speed_rounds=SPEED_ROUNDS if config.int8_speed_rounds is None else config.int8_speed_rounds,
     )
 
 

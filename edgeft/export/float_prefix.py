@@ -12,9 +12,9 @@ is its share of the weight layers' multiply-accumulates per sample, from the out
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -31,8 +31,11 @@ AUTO = "auto"
 # the float features on held-out calibration samples, spending at most MAX_FLOAT_SHARE of the compute on them.
 TARGET_MEAN_COSINE = 0.995
 MAX_FLOAT_SHARE = 0.25
-# When no candidate reaches the target: the shortest one within this of the best cosine found.
-NEAR_BEST = 1e-3
+# When no candidate reaches the target (7-bit weights on EfficientNet-Lite0 level off at 0.991-0.992 from 5 float
+# layers on: BENCHMARKS.md), more float layers buy little agreement for much speed: the target becomes the best
+# cosine found less SLACK times its disagreement (1 - cosine), and the search bisects to the shortest reaching that.
+SLACK = 0.25
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,8 @@ def search(
     Tries 0, 1, 2, 4, ... layers up to the last candidate, then bisects between the last miss and the first hit,
     so a deep backbone costs about 2·log2(candidates) quantisations. That finds the shortest hit when the cosine
     grows with the number of float layers, as it does on the backbones measured; otherwise a short one. When
-    no candidate tried reaches ``target``: the shortest one tried within NEAR_BEST of the best cosine.
+    no candidate tried reaches ``target``: the shortest one reaching the best cosine tried less SLACK times its
+    disagreement, bisected from the longest miss before the shortest such candidate tried.
     """
     scores: dict[int, float] = {}
     trace: list[dict[str, Any]] = []
@@ -129,7 +133,9 @@ def search(
             miss, step = index, step * 2
     if hit is None:
         best = max(scores.values())
-        return candidates[min(i for i, score in scores.items() if score >= best - NEAR_BEST)], trace
+        target = best - SLACK * (1.0 - best)
+        hit = min(i for i, score in scores.items() if score >= target)
+        miss = max((i for i in scores if i < hit), default=hit)
     while hit - miss > 1:
         middle = (miss + hit) // 2
         if reaches(middle):
@@ -137,6 +143,46 @@ def search(
         else:
             miss = middle
     return candidates[hit], trace
+
+
+def search_calibrations(
+    candidates: list[Prefix],
+    calibrations: Sequence[T],
+    mean_cosine: Callable[[T, Prefix], float],
+    target: float = TARGET_MEAN_COSINE,
+) -> tuple[T, Prefix, list[dict[str, Any]]]:
+    """The calibration and prefix with the fewest float layers whose ``mean_cosine`` reaches ``target``, and the
+    trace of what was tried (each entry also names its calibration's index in ``calibrations``).
+
+    Better calibration before more float layers: the first calibration is searched over every candidate (search);
+    each next one only over fewer float layers than the best hit so far, so at equal float layers the earlier
+    calibration is kept and a later one costs a few quantisations at most. When none reaches ``target``: of
+    what each calibration's search chose, the fewest float layers whose cosine reaches the best one less SLACK
+    times its disagreement (the earlier calibration on a tie).
+    """
+    trace: list[dict[str, Any]] = []
+    scores: dict[tuple[int, int], float] = {}  # (float layers, calibration index): mean cosine
+    best: tuple[int, Prefix] | None = None
+    chosen: list[tuple[int, int]] = []  # (float layers, calibration index) each search chose
+    for index, calibration in enumerate(calibrations):
+        limit = best[1].layers if best else len(candidates)
+        if limit == 0:
+            break
+
+        def score(prefix: Prefix, index: int = index, calibration: T = calibration) -> float:
+            scores[prefix.layers, index] = mean_cosine(calibration, prefix)
+            return scores[prefix.layers, index]
+
+        prefix, tried = search(candidates[:limit], score, target)
+        trace += [{**t, "calibration": index} for t in tried]
+        chosen.append((prefix.layers, index))
+        if scores[prefix.layers, index] >= target:
+            best = index, prefix
+    if best is None:
+        top = max(scores[key] for key in chosen)
+        layers, index = min(key for key in chosen if scores[key] >= top - SLACK * (1.0 - top))
+        best = index, candidates[layers]
+    return calibrations[best[0]], best[1], trace
 
 
 def _weight(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:

@@ -1,10 +1,11 @@
 """Static int8 quantisation of a bundle's frozen backbone, checked against the float backbone.
 
-ONNX Runtime's ``quant_pre_process`` then ``quantize_static`` (QDQ, uint8 activations calibrated by MinMax,
-symmetric int8 weights per output channel) rewrite ``backbone.onnx``; the head and training artifacts stay float.
-Part of the calibration data is held out: the float and int8 backbones embed it, the first weight layers stay
-float as far as needed to bring the features close (float_prefix), and the export fails when the features still
-disagree (mean cosine similarity, and a linear probe's accuracy when labels are given).
+ONNX Runtime's ``quant_pre_process`` then ``quantize_static`` (QDQ, uint8 activations calibrated by MinMax or
+Percentile (calibration), symmetric int8 weights per output channel) rewrite ``backbone.onnx``; the head and
+training artifacts stay float. Part of the calibration data is held out: the float and int8 backbones embed it, a
+better calibration or else the first weight layers kept float bring the features close (float_prefix), and the
+export fails when the features still disagree (mean cosine similarity, and a linear probe's accuracy when labels
+are given). The chosen backbone's speed against the float one is measured on the export machine (int8_speed).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from edgeft.common.int8_probe import PROBE_FILE, cpu_family, save_probe
 from edgeft.common.paired_test import lost_and_won, significantly_worse
 from edgeft.data.readers import Samples, read_path
 from edgeft.errors import EdgeftError
-from edgeft.export import float_prefix
+from edgeft.export import float_prefix, int8_speed
+from edgeft.export.calibration import MINMAX, Calibration, RangeCache, usable
 
 SCHEMES = ("int8",)
 # The CPU the bundle is meant for. ORT's uint8×int8 kernels are exact on x86 with VNNI and on arm64; on x86 without
@@ -42,6 +44,8 @@ FAMILY_TARGETS = {"x86-exact": "vnni", "x86-saturating": "avx2", "arm64": "arm64
 # device must reach the export machine's own probe agreement less PROBE_MARGIN (kernels that accumulate exactly
 # differ only in float rounding, far below it; saturating ones cost the default bundle 0.04).
 PROBE_SAMPLES = 16
+# Rounds of the int8-over-float speed measurement at export (int8_speed; 0: not measured, for byte-identical rebuilds).
+SPEED_ROUNDS = 3
 PROBE_MARGIN = 0.01
 HELD_OUT_FRACTION = 0.25
 MAX_CALIBRATION = 256
@@ -71,9 +75,10 @@ def check_request(
     keep_float: object = None,
     target_cpu: str | None = None,
     float_fallback: bool | None = None,
+    speed_rounds: object = None,
 ) -> int | str:
     """Refuse an unknown scheme, a scheme without calibration data, calibration data, a number of float layers, a
-    target CPU or a float fallback without a scheme (``"auto"``, the default, is ignored then), a ``keep_float``
+    target CPU, a float fallback or speed rounds without a scheme, speed rounds that are not a count >= 0 (``"auto"``, the default, is ignored then), a ``keep_float``
     that is not a layer count and an unknown ``target_cpu``. Returns ``keep_float`` as quantize_backbone takes it
     (float_layers)."""
     if target_cpu is not None and target_cpu not in TARGET_CPUS:
@@ -82,6 +87,12 @@ def check_request(
         raise EdgeftError("--target-cpu is only used with --quantize int8")
     if scheme is None and float_fallback is not None:
         raise EdgeftError("--int8-fallback / --no-int8-fallback is only used with --quantize int8")
+    if scheme is None and speed_rounds is not None:
+        raise EdgeftError("--int8-speed-rounds is only used with --quantize int8")
+    if speed_rounds is not None and (
+        isinstance(speed_rounds, bool) or not isinstance(speed_rounds, int) or speed_rounds < 0
+    ):
+        raise EdgeftError(f"--int8-speed-rounds takes a whole number >= 0, not {speed_rounds!r}")
     if scheme is None:
         if calibration is not None:
             raise EdgeftError("calibration data is only used with --quantize int8")
@@ -158,18 +169,21 @@ def quantize_backbone(
     keep_float: int | str = float_prefix.AUTO,
     target_cpu: str | None = None,
     float_fallback: bool = True,
+    speed_rounds: int = SPEED_ROUNDS,
 ) -> dict[str, Any]:
     """Replace the float ``backbone`` file by its int8 version; return the manifest's ``quantization`` record.
 
     ``keep_float`` (as check_request returns it): how many weight layers from the input stay float (0: all int8;
     fewer than all), or ``"auto"``: as few as bring the held-out features' mean cosine to
-    float_prefix.TARGET_MEAN_COSINE within MAX_FLOAT_SHARE of the compute (float_prefix.search). Raises
+    float_prefix.TARGET_MEAN_COSINE within MAX_FLOAT_SHARE of the compute, trying a better calibration before more
+    float layers (calibration.AUTO_CALIBRATIONS, float_prefix.search_calibrations; a fixed number uses MinMax). Raises
     EdgeftError (naming ``source``, the original model) when ORT cannot quantise the graph, the graph has no weight
     layer, or ``keep_float`` would leave none int8; or (naming the calibration data) when the int8 features
     disagree with the float ones. ``target_cpu`` (TARGET_CPUS; None: auto, resolve_target) chooses full 8-bit
     or 7-bit weights. The int8
     probe (PROBE_FILE) is written beside ``backbone``, and with ``float_fallback`` the float backbone too
-    (FLOAT_BACKBONE_FILE), for devices whose int8 kernels fail the probe.
+    (FLOAT_BACKBONE_FILE), for devices whose int8 kernels fail the probe. ``speed_rounds`` > 0 times the chosen
+    int8 backbone against the float one on the held-out samples (int8_speed) for the record's ``speed``.
     """
     order = np.random.default_rng(seed).permutation(len(calibration.x))
     n_held = max(1, round(len(order) * HELD_OUT_FRACTION))
@@ -183,46 +197,86 @@ def quantize_backbone(
         prepared_path = Path(tmp) / "prepared.onnx"
         prepared = _prepare(backbone, prepared_path, source)
         candidates = _candidates(prepared, input_name, calibration.x[:1], source)
-        features: dict[int, np.ndarray] = {}  # held-out features per candidate; only the last model is kept
+        ranges = RangeCache(
+            prepared_path, Path(tmp), lambda part: _Reader(input_name, calibration.x[calib][part]), len(calib)
+        )
+        features: dict[tuple[str, int], np.ndarray] = {}  # held-out features per candidate; the last model is kept
         last: dict[str, Any] = {}
 
-        def build(prefix: float_prefix.Prefix) -> None:
-            """Quantise with ``prefix`` float, repair the biases, embed the held-out samples."""
+        def build(method: Calibration, prefix: float_prefix.Prefix) -> None:
+            """Quantise with ``method``'s ranges and ``prefix`` float, repair the biases, embed the held-out samples."""
             model = _quantize(
-                prepared_path, input_name, calibration.x[calib], prefix.nodes, Path(tmp), source, reduce_range
+                prepared_path,
+                input_name,
+                calibration.x[calib],
+                prefix.nodes,
+                Path(tmp),
+                source,
+                reduce_range,
+                method,
+                ranges,
             )
-            last.update(layers=prefix.layers, model=model, repaired=repair_int32_biases(model, prepared, qmax))
-            features[prefix.layers] = _embed(model.SerializeToString(), input_name, calibration.x[held])
+            last.update(
+                key=(method.name, prefix.layers), model=model, repaired=repair_int32_biases(model, prepared, qmax)
+            )
+            features[method.name, prefix.layers] = _embed(model.SerializeToString(), input_name, calibration.x[held])
 
-        def held_out_cosine(prefix: float_prefix.Prefix) -> float:
-            build(prefix)
-            return float(_cosines(reference, features[prefix.layers]).mean())
+        failed: dict[str, str] = {}  # calibrations after the first that onnxruntime could not run: skipped
+
+        def held_out_cosine(method: Calibration, prefix: float_prefix.Prefix) -> float:
+            if method.name in failed:
+                return -1.0  # the lowest cosine: never chosen while the first calibration works
+            try:
+                build(method, prefix)
+            except EdgeftError as exc:
+                if method == MINMAX:
+                    raise
+                failed[method.name] = str(exc)
+                return -1.0
+            return float(_cosines(reference, features[method.name, prefix.layers]).mean())
 
         if isinstance(keep_float, int):
-            chosen, trace = _fixed_prefix(candidates, keep_float, source), []
+            method, chosen, trace = MINMAX, _fixed_prefix(candidates, keep_float, source), []
             how = f"--keep-float {keep_float}"
         else:
             affordable = [p for p in candidates if p.compute_share <= float_prefix.MAX_FLOAT_SHARE]
-            chosen, trace = float_prefix.search(affordable, held_out_cosine)
+            methods = usable()
+            method, chosen, trace = float_prefix.search_calibrations(affordable, methods, held_out_cosine)
+            for entry in trace:  # entries name their calibration where several were tried
+                index = entry.pop("calibration")
+                if len(methods) > 1:
+                    entry["calibration"] = methods[index].name
+            trace = [t for t in trace if t.get("calibration") not in failed]
             how = (
-                f"--keep-float auto tried {', '.join(str(t['float_layers']) for t in trace)} float layers, at most "
+                f"--keep-float auto tried {', '.join(_tried(t) for t in trace)} float layers, at most "
                 f"{float_prefix.MAX_FLOAT_SHARE:.0%} of the compute; --keep-float N sets the number"
             )
-        if last.get("layers") != chosen.layers:
-            build(chosen)
+        key = (method.name, chosen.layers)
+        if last.get("key") != key:
+            build(method, chosen)
         quantized, repaired = last["model"], last["repaired"]
+    chosen_features = features[key]
     kept = f"the first {_layers(chosen.layers)} float" if chosen.layers else "every weight layer int8"
-    agreement = compare_features(reference, features[chosen.layers], calibration, held, f"with {kept} ({how})")
+    agreement = compare_features(reference, chosen_features, calibration, held, f"with {kept} ({how})")
     fallback = {"file": FLOAT_BACKBONE_FILE} if float_fallback else {}
     if float_fallback:
         shutil.copyfile(backbone, backbone.parent / FLOAT_BACKBONE_FILE)
+    speed = (
+        {
+            "speed": int8_speed.measure(
+                backbone, quantized.SerializeToString(), input_name, calibration.x[held], speed_rounds
+            )
+        }
+        if speed_rounds
+        else {}
+    )
     onnx.save(quantized, str(backbone))
-    probe = write_probe(backbone.parent, calibration.x[held], reference, features[chosen.layers])
+    probe = write_probe(backbone.parent, calibration.x[held], reference, chosen_features)
     return {
         "scheme": "int8",
         "tool": f"onnxruntime {onnxruntime.__version__} quant_pre_process + quantize_static",
         "format": "QDQ",
-        "activations": "uint8, per tensor, asymmetric, MinMax calibration",
+        "activations": f"uint8, per tensor, asymmetric, {method.describe()}",
         "weights": f"int8, per output channel, symmetric{', 7-bit range' if reduce_range else ''}",
         "target_cpu": target,
         "target_cpu_chosen": target_reason,
@@ -235,13 +289,19 @@ def quantize_backbone(
             "target_mean_cosine": float_prefix.TARGET_MEAN_COSINE,
             "max_compute_share": float_prefix.MAX_FLOAT_SHARE,
             "search": trace,
+            **({"failed_calibrations": failed} if failed else {}),
         },
         "repaired_bias_channels": repaired,
         "float_backbone": {"bytes": float_bytes, "sha256": float_sha, **fallback},
         "backbone_bytes": backbone.stat().st_size,
         "validation": agreement,
         "probe": probe,
+        **speed,
     }
+
+
+def _tried(entry: dict[str, Any]) -> str:
+    return f"{entry['float_layers']}{' (' + entry['calibration'] + ')' if 'calibration' in entry else ''}"
 
 
 def write_probe(folder: Path, x: np.ndarray, reference: np.ndarray, features: np.ndarray) -> dict[str, Any]:
@@ -281,27 +341,32 @@ def _quantize(
     tmp: Path,
     source: str,
     reduce_range: bool,
+    method: Calibration = MINMAX,
+    ranges: RangeCache | None = None,
 ) -> onnx.ModelProto:
     """ORT's quantize_static on the prepared graph, leaving the ``keep_float`` nodes float (7-bit weights with
-    ``reduce_range``)."""
+    ``reduce_range``), activations calibrated by ``method`` (its ranges from ``ranges`` where this onnxruntime
+    reuses them, calibration.ranges_reusable)."""
     quantized_path = tmp / "int8.onnx"
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
+            cache = ranges.file(method) if ranges is not None else None
             quantize_static(
                 str(prepared_path),
                 str(quantized_path),
-                _Reader(input_name, x),
+                None if cache else _Reader(input_name, x),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=getattr(CalibrationMethod, method.method),
                 nodes_to_exclude=list(keep_float),
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                **({"calibration_cache_path": str(cache)} if cache else {}),
             )
     except Exception as exc:  # onnxruntime's quantisation tools raise many exception types
         raise EdgeftError(f"{source}: onnxruntime could not quantise the frozen part: {_first_line(exc)}") from None
