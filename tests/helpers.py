@@ -109,10 +109,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+# What onnxruntime itself prints on stderr when it is imported where cpuinfo cannot name the CPU's vendor (under
+# qemu-user the emulated arm64 process reads the x86 host's /proc/cpuinfo): the platform's line, not edgeft's.
+ORT_CPU_VENDOR_WARNING = "onnxruntime cpuid_info warning: Unknown CPU vendor."
+
+
+def edgeft_lines(stream: str) -> list[str]:
+    """The lines of a process's stderr that edgeft wrote (all but onnxruntime's unknown-CPU-vendor warning)."""
+    return [line for line in stream.splitlines() if not line.startswith(ORT_CPU_VENDOR_WARNING)]
+
+
 def one_error_line(stderr: str) -> str:
     """Assert stderr is exactly one 'edgeft: error:' line with no traceback, and return it."""
     assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in edgeft_lines(stderr) if line.strip()]
     assert len(lines) == 1, stderr
     assert lines[0].startswith("edgeft: error: "), stderr
     return lines[0]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset
+from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, edgeft_lines, make_dataset
 from PIL import Image
 
 from edgeft.bundle import Bundle
@@ -381,7 +381,7 @@ def test_the_whole_corpus_at_once_in_a_real_process(bundle_dir: Path, tmp_path: 
         timeout=SUBPROCESS_TIMEOUT,
     )
     assert done.returncode == 0, done.stderr
-    events = [json.loads(line) for line in done.stderr.splitlines()]
+    events = [json.loads(line) for line in edgeft_lines(done.stderr)]
     assert [e["event"] for e in events] == ["watching"] + ["quarantined"] * len(CORPUS) + ["learned", "stopped"]
     assert json.loads(done.stdout)["quarantined"] == len(CORPUS)
     assert sorted(p.name for p in (inbox / "quarantine").iterdir() if not p.name.endswith(".reason.txt")) == sorted(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset
+from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, edgeft_lines, make_dataset
 
 from edgeft.bundle import Bundle, sha256_file
 from edgeft.common.budget import MemoryBudget
@@ -198,7 +198,7 @@ def test_a_kill_mid_coalesced_arrival_then_a_restart_learns_every_entry_exactly_
     assert not [p for p in inbox.iterdir() if p.is_file()] and not list((inbox / "attempts").iterdir())
     meta = Adapter(bundle_dir, state).meta
     assert meta["samples_received"] == 60
-    events = [json.loads(line) for line in drained.stderr.splitlines()]
+    events = [json.loads(line) for line in edgeft_lines(drained.stderr)]
     if committed:  # the arrival was committed before the kill: the restart only moves its entries
         assert {e["event"] for e in events} <= {"watching", "skipped", "stopped"}
         assert meta["updates"]["promoted"] + meta["updates"]["refused"] == 1

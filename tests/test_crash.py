@@ -21,7 +21,7 @@ from typing import IO
 
 import numpy as np
 import pytest
-from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset, one_error_line, run_cli
+from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, edgeft_lines, make_dataset, one_error_line, run_cli
 
 from edgeft.bundle import Bundle
 from edgeft.runtime.history import read_lines
@@ -63,7 +63,7 @@ def test_sigkill_at_every_crash_point_loses_nothing_and_learns_nothing_twice(
     # Each planned crash point was reached: the process killed itself there (not killed by the harness when idle).
     assert report.by == {step: 1 for step in PLAN if not step.startswith("delay")} | {"delay": 1}
     assert report.versions >= 5 and report.files_fed >= len(PLAN)
-    events = [json.loads(line)["event"] for line in (workdir / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(line)["event"] for line in edgeft_lines((workdir / "events.jsonl").read_text())]
     assert "skipped" in events  # some entry was committed but not yet moved when killed: it was not learned again
 
 
@@ -171,7 +171,8 @@ def _events(stream: IO[str], until: Callable[[list[dict]], bool]) -> list[dict]:
         assert ready, f"no event within {SUBPROCESS_TIMEOUT} s; so far {events}"
         line = stream.readline()
         assert line, f"the process ended; events so far {events}"
-        events.append(json.loads(line))
+        if edgeft_lines(line):
+            events.append(json.loads(line))
     return events
 
 

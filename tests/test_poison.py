@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, invoke_cli, make_dataset, one_error_line, run_cli
+from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, edgeft_lines, invoke_cli, make_dataset, one_error_line, run_cli
 
 from edgeft.bundle import Bundle
 from edgeft.common.budget import MemoryBudget, cgroup_limit, detect_budget, parse_size
@@ -168,7 +168,7 @@ def test_a_decompression_bomb_is_refused_from_its_header_within_a_real_memory_li
         preexec_fn=_address_space(256 * 2**20),  # no --memory-budget: the learner reads the limit itself
     )
     assert done.returncode == 0, done.stderr
-    events = [json.loads(line) for line in done.stderr.splitlines()]
+    events = [json.loads(line) for line in edgeft_lines(done.stderr)]
     assert [e["event"] for e in events] == ["watching", "quarantined", "learned", "stopped"]
     reason = (inbox / "quarantine" / "bomb.npz.reason.txt").read_text()
     assert "bomb.npz: member 'y.npy' unpacks to 1073741952 bytes, more than edgeft reads" in reason  # header too
@@ -320,7 +320,7 @@ def test_a_bomb_that_exhausts_a_real_address_space_limit_is_set_aside(bundle_dir
             args, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, preexec_fn=_address_space(256 * 2**20)
         )
         statuses.append(done.returncode)
-        events.append([json.loads(line)["event"] for line in done.stderr.splitlines()])
+        events.append([json.loads(line)["event"] for line in edgeft_lines(done.stderr)])
     assert statuses == [1, 1, 1, 0], events  # --once exits 1 after an error event
     assert events[0] == ["watching", "error", "learned", "stopped"]
     assert events[3] == ["watching", "quarantined", "stopped"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CLASSES, CLI, TIME_SCALE, make_dataset, run_cli
+from helpers import CLASSES, CLI, TIME_SCALE, edgeft_lines, make_dataset, run_cli
 from typer.testing import CliRunner, Result
 
 from edgeft.cli import app
@@ -238,8 +238,8 @@ def test_quiet_watch_prints_only_warnings(bundle_dir: Path, tmp_path: Path) -> N
         "--quiet", "adapt", bundle_dir, "-s", tmp_path / "s", "--watch", inbox, "--once", "--log-format", "text"
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "" and done.stderr.splitlines()[0].startswith("edgeft: quarantined bad.npz")
-    assert len(done.stderr.splitlines()) == 1
+    assert done.stdout == "" and edgeft_lines(done.stderr)[0].startswith("edgeft: quarantined bad.npz")
+    assert len(edgeft_lines(done.stderr)) == 1
 
 
 def test_json_output_of_export_and_export_inference(tiny_model: Path, bundle_dir: Path, tmp_path: Path) -> None:

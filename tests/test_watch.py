@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CLASSES, CLI, TIME_SCALE, make_dataset
+from helpers import CLASSES, CLI, TIME_SCALE, edgeft_lines, make_dataset
 from PIL import Image
 
 from edgeft.bundle import Bundle
@@ -138,7 +138,7 @@ def test_watch_process_learns_dropped_files_and_stops_cleanly(
     finally:
         process.kill()
     assert process.returncode == 0, err
-    events = [json.loads(line) for line in err.splitlines()]
+    events = [json.loads(line) for line in edgeft_lines(err)]
     assert [e["event"] for e in events] == ["watching", "learned", "learned", "stopped"]
     assert {k: events[-1][k] for k in ("event", "signal", "version")} == {
         "event": "stopped",
