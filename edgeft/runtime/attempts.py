@@ -101,10 +101,7 @@ class AttemptLedger:
 
     def clear(self, name: str) -> None:
         """Forget entry ``name`` (it was learned, skipped or quarantined), durably."""
-        path = self._path(name)
-        if path.exists():
-            path.unlink()
-            fsync_directory(self.folder)
+        self.clear_all([name])
 
     def clear_all(self, names: list[str]) -> None:
         """Forget the entries ``names`` (an arrival's, learned), the folder fsynced once for all of them."""

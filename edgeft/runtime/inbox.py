@@ -118,9 +118,9 @@ class Inbox:
         """Complete entries waiting to be learned, oldest first."""
         return ready_entries(self.root)
 
-    def done(self, entry: Path) -> Path:
-        """Move a learned entry to ``done/``."""
-        return self._move(entry, self.root / DONE_DIR)
+    def done(self, entry: Path) -> None:
+        """Move a learned (or already learned) entry to ``done/``."""
+        self.done_all([entry])
 
     def done_all(self, entries: list[Path]) -> None:
         """Move the learned entries of one arrival to ``done/``, the two folders fsynced once for all of them (a
