@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +140,54 @@ def trained_by_step(bundle: Bundle) -> set[str]:
     """Parameters the bundle's portable train step updates (its ``new.*`` outputs that are parameters)."""
     outputs = {o.name for o in onnx.load(str(bundle.train_path(TRAIN_STEP_FILE))).graph.output}
     return {name for name in initial_parameters(bundle.path) if "new." + name in outputs}
+
+
+# Resource limits the crash and poison tests put on a child process, and whether this platform applies them as a
+# kernel does. qemu-user does not: its guest sees RLIMIT_AS unlimited, and onnxruntime there aborts at exit under
+# RLIMIT_FSIZE. Each probe shows it without edgeft, so a test skips only where the platform, not edgeft, fails it.
+ADDRESS_SPACE_PROBE = "try:\n    bytearray(2 << 30)\nexcept MemoryError:\n    raise SystemExit(0)\nraise SystemExit(3)"
+FILE_SIZE_PROBE = """
+import sys, tempfile
+import onnxruntime
+options = onnxruntime.SessionOptions()
+options.intra_op_num_threads = 2
+onnxruntime.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+with tempfile.TemporaryFile() as handle:
+    try:
+        handle.write(bytes(1 << 16))
+        handle.flush()
+    except OSError:
+        pass
+"""
+PROBE_MODEL = Path(__file__).resolve().parent.parent / "artifacts" / "default" / "head.onnx"
+
+
+def limited(kind: int, limit: int) -> Callable[[], None]:
+    """For ``preexec_fn``: the child runs under the resource limit ``kind`` (RLIMIT_*) of ``limit``."""
+    return lambda: resource.setrlimit(kind, (limit, limit))
+
+
+@cache
+def address_space_limit_problem() -> str | None:
+    """Why a child's RLIMIT_AS does not hold on this platform, or None where a 2 GiB allocation under 512 MiB fails."""
+    probe = subprocess.run([sys.executable, "-c", ADDRESS_SPACE_PROBE], preexec_fn=limited(resource.RLIMIT_AS, 1 << 29))
+    if probe.returncode == 0:
+        return None
+    return f"this platform does not apply RLIMIT_AS to a child: 2 GiB allocated under a 512 MiB limit (exit {probe.returncode})"
+
+
+@cache
+def file_size_limit_problem(limit: int) -> str | None:
+    """Why onnxruntime cannot run under RLIMIT_FSIZE ``limit`` here, or None where a process holding a session writes
+    past the limit, gets its error and exits 0."""
+    probe = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_PROBE, str(PROBE_MODEL)],
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        preexec_fn=limited(resource.RLIMIT_FSIZE, limit),
+    )
+    if probe.returncode == 0:
+        return None
+    last = probe.stderr.strip().splitlines()[-1:] or [""]
+    return f"onnxruntime alone exits {probe.returncode} under RLIMIT_FSIZE {limit} on this platform: {last[0]}"

@@ -19,7 +19,18 @@ from typing import IO
 
 import numpy as np
 import pytest
-from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, edgeft_lines, invoke_cli, make_dataset, one_error_line, run_cli
+from helpers import (
+    CLASSES,
+    CLI,
+    SUBPROCESS_TIMEOUT,
+    address_space_limit_problem,
+    edgeft_lines,
+    invoke_cli,
+    limited,
+    make_dataset,
+    one_error_line,
+    run_cli,
+)
 
 from edgeft.bundle import Bundle
 from edgeft.common.budget import MemoryBudget, cgroup_limit, detect_budget, parse_size
@@ -147,8 +158,11 @@ def test_adapt_data_refuses_a_bomb_over_its_budget_with_one_clear_line(bundle_di
 
 def _address_space(extra: int) -> Callable[[], None]:
     """For ``preexec_fn``: the child may map ``extra`` bytes beyond what a started learner maps."""
+    problem = address_space_limit_problem()
+    if problem:
+        pytest.skip(problem)
     baseline = 1 << 30  # Python, numpy and onnxruntime on one thread map about 0.5 GiB before any arrival (VmSize)
-    return lambda: resource.setrlimit(resource.RLIMIT_AS, (baseline + extra, baseline + extra))
+    return limited(resource.RLIMIT_AS, baseline + extra)
 
 
 @pytest.mark.slow
