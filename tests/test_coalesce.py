@@ -1,6 +1,7 @@
 """Coalescing in watch mode: entries that wait together are learned as one arrival (one version), every sample once;
 a bad entry among them is quarantined whole on its own; the cap holds; a real process killed mid-arrival and
-restarted learns every entry exactly once."""
+restarted learns every entry exactly once; new classes met across entries and multi-label or regression entries are
+learned as if the entries had come one by one or all at once."""
 
 from __future__ import annotations
 
@@ -11,18 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEST_DEFAULTS
 from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, edgeft_lines, make_dataset
 
 from edgeft.bundle import Bundle, sha256_file
 from edgeft.common.budget import MemoryBudget
 from edgeft.common.faults import ENV
+from edgeft.data.targets import MULTILABEL, REGRESSION
+from edgeft.export import ExportConfig, export_bundle
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.attempts import AttemptLedger
+from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.history import read_lines
 from edgeft.runtime.inbox import Inbox
 from edgeft.runtime.learn_options import LearnOptions
 from edgeft.runtime.store import StateStore
 from edgeft.runtime.watch import EntryPolicy, StopFlag, WatchSummary, watch
+
+NO_GUARD = GuardPolicy(enabled=False)
 
 
 def _drop(inbox: Path, name: str, n: int, seed: int, **override: np.ndarray) -> Path:
@@ -207,3 +214,80 @@ def test_a_kill_mid_coalesced_arrival_then_a_restart_learns_every_entry_exactly_
             names == [name] for names in _inputs_by_version(state).values() for name in names if name in suspects
         )
         assert sum(e["event"] in ("learned", "refused") for e in events) == 6
+
+
+def _drop_labels(inbox: Path, name: str, seed: int, x: np.ndarray, y: np.ndarray) -> Path:
+    """Write ``x`` with any labels ``y`` under a temporary name, then rename it into the inbox (mtime by seed)."""
+    staged = inbox / f".{name}.part"
+    with staged.open("wb") as handle:
+        np.savez(handle, x=x, y=y)
+    os.utime(staged, ns=(seed * 10**9, seed * 10**9))
+    return staged.rename(inbox / name)
+
+
+def _watch_all(
+    bundle: Path, state: Path, inbox: Path, coalesce: int, **adapter_options: object
+) -> tuple[Adapter, list]:
+    seen: list[tuple[str, dict]] = []
+    with Adapter(bundle, state, threads=1, **adapter_options) as adapter:
+        summary = watch(
+            adapter,
+            Inbox(inbox),
+            emit=lambda event, **fields: seen.append((event, fields)),
+            stop=StopFlag(),
+            once=True,
+            policy=EntryPolicy(coalesce=coalesce),
+        )
+        assert (summary.learned, summary.quarantined, summary.errors) == (3, 0, 0), seen
+    return adapter, summary.versions
+
+
+def test_new_classes_met_across_coalesced_entries_take_the_outputs_one_arrival_at_a_time_would(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    bundle = export_bundle(ExportConfig(tiny_model, tmp_path / "b", classes=["red"], max_classes=4))
+    x, y = make_dataset(90, seed=7)
+    names = np.array(["red", "green", "blue"])[y]
+    # the first entry meets red and blue, the second green too, the third a class no output is reserved for yet
+    parts = [
+        (x[:30], np.where(names[:30] == "green", "blue", names[:30])),
+        (x[30:60], names[30:60]),
+        (x[60:], names[60:]),
+    ]
+    parts[2] = (parts[2][0], np.where(parts[2][1] == "red", "violet", parts[2][1]))
+    known = {}
+    for coalesce in (0, 1024):
+        inbox = tmp_path / f"inbox{coalesce}"
+        inbox.mkdir()
+        for seed, (part_x, part_y) in enumerate(parts, start=1):
+            _drop_labels(inbox, f"e{seed}.npz", seed, part_x, part_y)
+        adapter, versions = _watch_all(bundle, tmp_path / f"state{coalesce}", inbox, coalesce, policy=NO_GUARD)
+        assert len(versions) == (3 if coalesce == 0 else 1)
+        known[coalesce] = adapter.classes
+    assert known[1024] == known[0] == ["red", "blue", "green", "violet"]
+
+
+@pytest.mark.parametrize("task", [MULTILABEL, REGRESSION])
+def test_coalesced_entries_of_a_target_task_are_one_version_equal_to_learning_them_at_once(
+    tiny_model: Path, tmp_path: Path, task: str
+) -> None:
+    config = ExportConfig(tiny_model, tmp_path / "b", classes=list(CLASSES), task=task, defaults=TEST_DEFAULTS)
+    bundle = export_bundle(config)
+    inbox, state = tmp_path / "inbox", tmp_path / "state"
+    inbox.mkdir()
+    x, _ = make_dataset(90, seed=9)
+    levels = x.mean(axis=(2, 3)).astype(np.float32)
+    targets = (levels > 0).astype(np.uint8) if task == MULTILABEL else levels
+    for seed, rows in enumerate((slice(0, 30), slice(30, 60), slice(60, 90)), start=1):
+        _drop_labels(inbox, f"e{seed}.npz", seed, x[rows], targets[rows])
+    _, versions = _watch_all(bundle, state, inbox, 1024, policy=NO_GUARD)
+    assert len(versions) == 1
+    assert _inputs_by_version(state) == {1: ["e1.npz", "e2.npz", "e3.npz"]}
+    with Adapter(bundle, tmp_path / "at-once", threads=1, policy=NO_GUARD) as at_once:
+        at_once.learn(x, targets)
+        expected = at_once.parameters()
+        with Adapter(bundle, state, threads=1) as reopened:
+            for name, value in reopened.parameters().items():
+                np.testing.assert_array_equal(value, expected[name], err_msg=name)
+    with Adapter(bundle, tmp_path / "none", threads=1) as untrained:
+        assert any(not np.array_equal(expected[name], untrained.parameters()[name]) for name in expected)
