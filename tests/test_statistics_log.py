@@ -198,3 +198,21 @@ def test_sigkill_at_every_rename_of_a_commit_leaves_the_old_or_the_new_statistic
         assert adapt(state, None).returncode == 0  # the arrival again: learned exactly once
         assert_identical(current(state), after)
     assert killed >= 5  # the statistics segment, head, buffers, index, metadata, CURRENT: each was a kill point
+
+
+def test_nearest_class_mean_keeps_its_small_statistics_whole_in_the_version(
+    wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path
+) -> None:
+    state = tmp_path / "s"
+    with Adapter(wide_bundle, state, policy=NO_GUARD, head_learner="ncm") as adapter:
+        for features, names in arrivals[:3]:
+            adapter.learn_features(features, names)
+        learned = copy(adapter.class_statistics())
+    assert not list((state / SEGMENTS_DIR).glob("*.statistics.npz"))  # counts, sums and a trace: no log
+    with np.load(state / "versions" / f"000003.{STATISTICS_FILE}") as data:
+        assert set(data.files) == {"counts", "sums", "moment"} and data["moment"].shape == ()
+    with Adapter(wide_bundle, state, head_learner="ncm") as reopened:
+        assert_identical(reopened.class_statistics(), learned)
+    with Adapter(wide_bundle, state, head_learner="slda") as adapter:
+        with pytest.raises(EdgeftError, match="holds nearest-class-mean statistics"):
+            adapter.class_statistics()

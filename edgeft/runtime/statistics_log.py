@@ -14,8 +14,8 @@ sha256 before it is read.
 A commit writes its arrival's rows while the rows since the last snapshot stay within half the snapshot's bytes,
 and a fresh snapshot otherwise (also when a statistics file of an older edgeft, which holds the whole statistics,
 was loaded): bytes written per arrival follow the arrival (16 rows of 1,280 features: 164 KB, not the 6.5 MB
-snapshot), reading a version adds at most about D/4 rows to its snapshot. Nearest class mean's statistics are
-smaller than an arrival's rows, so each of its commits writes a snapshot.
+snapshot), reading a version adds at most about D/4 rows to its snapshot. Nearest class mean's statistics (counts,
+sums and the trace: smaller than an arrival's rows) stay whole in the version's ``statistics.npz``, as before.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ STATISTICS_SEGMENT = re.compile(r"[0-9]{6,}\.statistics\.npz")
 class StatisticsLog:
     """The segments behind the loaded version's statistics (``chain``: name -> sha256 and rows, oldest first) and
     the rows added to them since, not yet stored (``pending``). ``log_rows``: rows in the chain after its snapshot;
-    ``based`` False: the statistics came from a whole file of an older edgeft, so the next commit snapshots."""
+    ``based`` False: the statistics came from a whole file (an older edgeft's, or nearest class mean's), so the
+    next commit of full statistics writes a snapshot."""
 
     chain: dict[str, dict[str, Any]] = field(default_factory=dict)
     log_rows: int = 0
@@ -57,11 +58,14 @@ class StatisticsLog:
     def persist(self, store: StateStore, number: int, statistics: ClassStatistics) -> Callable[[Path], None]:
         """Durably write version ``number``'s segment (the pending rows, or a snapshot of ``statistics``, which must
         include them) and take it into ``chain``; returns the writer of the version's index file."""
+        if not statistics.full:  # nearest class mean's K·D + 1 numbers: smaller than rows, kept whole in the version
+            self.chain, self.log_rows, self.based, self.pending = {}, 0, False, []
+            return statistics.save
         rows = sum(len(labels) for _, labels in self.pending)
         dim = statistics.sums.shape[1]
         snapshot_bytes = statistics.sums.nbytes + dim * (dim + 1) // 2 * 8  # with the moment's upper triangle
         log_bytes = (self.log_rows + rows) * dim * 8
-        if not (self.based and statistics.full and len(self.pending) <= 1 and 2 * log_bytes <= snapshot_bytes):
+        if not (self.based and len(self.pending) <= 1 and 2 * log_bytes <= snapshot_bytes):
             name, digest = store.write_segment(number, statistics.save, SEGMENT_SUFFIX)
             self.chain, self.log_rows, self.based = {name: {"sha256": digest, "rows": statistics.total}}, 0, True
         elif self.pending:
