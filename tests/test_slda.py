@@ -18,6 +18,7 @@ from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.class_statistics import STATISTICS_FILE, ClassStatistics
 from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.slda import DEFAULT_SHRINKAGE, UNSEEN_BIAS, ClosedFormHead
+from edgeft.runtime.statistics_log import load_statistics
 
 NO_GUARD = GuardPolicy(enabled=False)
 
@@ -78,8 +79,9 @@ def read_statistics(state: Path, bundle_dir: Path) -> ClassStatistics:
     with Adapter(bundle_dir, state) as adapter:
         version = adapter.store.current()
         head = adapter.bundle.manifest.head
-    assert version is not None
-    return ClassStatistics.load(version.files[STATISTICS_FILE], head.num_outputs, head.feature_dim)
+        assert version is not None
+        path = version.files[STATISTICS_FILE]
+        return load_statistics(adapter.store, version, path, head.num_outputs, head.feature_dim, full=True)[0]
 
 
 def assert_same_statistics(a: ClassStatistics, b: ClassStatistics) -> None:
@@ -265,7 +267,9 @@ def test_statistics_that_store_the_whole_moment_still_load_and_continue(
     assert_same_statistics(read_statistics(tmp_path / "old", bundle_dir), read_statistics(tmp_path / "new", bundle_dir))
     for name in ("head.weight", "head.bias"):
         np.testing.assert_allclose(continued[name], expected[name], rtol=1e-5, atol=1e-6)
-    with np.load(metadata.with_name(f"{first.number + 1:06d}.{STATISTICS_FILE}")) as data:
+    with np.load(metadata.with_name(f"{first.number + 1:06d}.{STATISTICS_FILE}")) as index:
+        assert index["chain"].tolist() == [f"{first.number + 1:06d}.statistics.npz"]  # a snapshot, not rows
+    with np.load(tmp_path / "old" / "segments" / f"{first.number + 1:06d}.statistics.npz") as data:
         assert "moment_upper" in data and "moment" not in data  # the next version is written in the new layout
 
 

@@ -41,6 +41,7 @@ from edgeft.runtime.slda import (
     stored_fleet_statistics,
     stored_statistics,
 )
+from edgeft.runtime.statistics_log import StatisticsLog
 from edgeft.runtime.store import KEEP_VERSIONS, StateStore, Version
 from edgeft.runtime.target_replay import TargetBuffer
 from edgeft.runtime.trainer import (
@@ -129,6 +130,7 @@ class Adapter:
         self.head_learner = head_learner_name(head_learner)
         self._closed_form = closed_form_head(self.bundle, self.head_learner, shrinkage)
         self._statistics: ClassStatistics | None = None
+        self._statistics_log: StatisticsLog | None = None
         self._fleet_statistics: ClassStatistics | None = None
         self.placement: Placement = resolve_placement(ep)
         self._trainer_choice = trainer_name(trainer)
@@ -482,6 +484,7 @@ class Adapter:
             normaliser = self.bundle.manifest.head.normaliser
             others = self._fleet_statistics
             learn_statistics(self._closed_form, trainer, self._statistics, features[keep], train_y, normaliser, others)
+            self._statistics_log.added(features[keep], train_y)
         if len(all_y) and trains_sgd:
             schedule = learning_rates(self.schedule, lr, steps_per_fit(len(all_y), passes, batch_size))
             loss = trainer.fit(
@@ -499,8 +502,9 @@ class Adapter:
             holdout.add(features[to_holdout], labels[to_holdout], rng)
         extra = self._tuned(trainer, holdout) if decision.promoted and self.tune_thresholds else {}
         promoted_writers = trainer.writers()
-        if self._statistics is not None:
-            promoted_writers[STATISTICS_FILE] = self._statistics.save
+        if self._statistics is not None and decision.promoted:  # its rows (or a snapshot) into a segment now
+            number = (parent.number if parent else 0) + 1
+            promoted_writers[STATISTICS_FILE] = self._statistics_log.persist(self.store, number, self._statistics)
         if self._fleet_statistics is not None:
             promoted_writers[FLEET_STATISTICS_FILE] = self._fleet_statistics.save
         arrival = {
@@ -572,6 +576,8 @@ class Adapter:
         }
         buffers = {"replay": self._replay, "holdout": self._holdout}
         writers[replay_store.BUFFERS_FILE], meta["segments"] = replay_store.persist(self.store, number, buffers, parent)
+        if self._statistics_log is not None and STATISTICS_FILE in writers:  # the version's statistics' segments
+            meta["segments"].update(self._statistics_log.listed())
         self._version = self.store.commit(writers, meta, parent)
         if not decision.promoted:
             self._forget_uncommitted()  # the next arrival trains from the head that stayed current
@@ -743,7 +749,7 @@ class Adapter:
     def _forget_uncommitted(self) -> None:
         """Drop in-memory training state so the next call reloads the committed version."""
         self._trainer = self._replay = self._holdout = None
-        self._parameters = self._statistics = self._fleet_statistics = None
+        self._parameters = self._statistics = self._fleet_statistics = self._statistics_log = None
 
     def _open(self) -> tuple[Trainer, ReplayBuffer | TargetBuffer, ReplayBuffer | TargetBuffer]:
         """Take the lock, then load the current head, its replay buffer and holdout for training."""
@@ -757,7 +763,8 @@ class Adapter:
             replay_store.load(self.store, self._version, {"replay": replay, "holdout": holdout})
             self._replay, self._holdout = replay, holdout
             if self._closed_form is not None:
-                self._statistics = stored_statistics(self._closed_form, self.bundle, self._version)
+                stored = stored_statistics(self._closed_form, self.bundle, self.store, self._version)
+                self._statistics, self._statistics_log = stored
                 self._fleet_statistics = stored_fleet_statistics(self.bundle, self._version)
         if self._history_behind:
             self._logs.catch_up(self.store)

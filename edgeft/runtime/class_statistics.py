@@ -11,6 +11,7 @@ every version). Files that hold the whole matrix (``moment`` [D, D], as written 
 
 from __future__ import annotations
 
+import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,12 +102,14 @@ class ClassStatistics:
             np.savez(handle, counts=self.counts, sums=self.sums, **moment)
 
     @classmethod
-    def load(cls, path: Path, num_classes: int, feature_dim: int) -> ClassStatistics:
-        """Read statistics written by ``save``; raise EdgeftError naming the file if they do not fit this head."""
+    def load(cls, path: Path | str, num_classes: int, feature_dim: int, data: bytes | None = None) -> ClassStatistics:
+        """Read statistics written by ``save`` (from ``path``, or from ``data``, the file's bytes already read);
+        raise EdgeftError naming the file if they do not fit this head."""
         try:
-            with np.load(path, allow_pickle=False) as data:
-                counts, sums = data["counts"], data["sums"]
-                moment = _upper_moment(data["moment_upper"], feature_dim) if "moment_upper" in data else data["moment"]
+            with np.load(io.BytesIO(data) if data is not None else path, allow_pickle=False) as arrays:
+                counts, sums = arrays["counts"], arrays["sums"]
+                packed = "moment_upper" in arrays
+                moment = _upper_moment(arrays["moment_upper"], feature_dim) if packed else arrays["moment"]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
             raise EdgeftError(f"{path} is not valid class statistics ({type(exc).__name__}: {exc})") from None
         shapes_ok = (

@@ -35,9 +35,10 @@ from edgeft.bundle import Bundle
 from edgeft.common.positive_definite import solve_positive_definite
 from edgeft.errors import EdgeftError
 from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, STATISTICS_FILE, ClassStatistics
+from edgeft.runtime.statistics_log import StatisticsLog, load_statistics
 
 if TYPE_CHECKING:
-    from edgeft.runtime.store import Version
+    from edgeft.runtime.store import StateStore, Version
     from edgeft.runtime.trainer import Trainer
 
 HEAD_LEARNERS = ("sgd", "slda", "ncm", "slda+sgd")
@@ -134,25 +135,29 @@ def learn_statistics(
     trainer.set_parameters({**parameters, WEIGHT: weight, BIAS: bias})
 
 
-def stored_statistics(learner: ClosedFormHead, bundle: Bundle, version: Version | None) -> ClassStatistics:
-    """The statistics a version carries (none learned yet: empty), or a clear error when its samples were learned
-    without them (by ``sgd``) or with only NCM's trace when LDA needs the whole covariance."""
+def stored_statistics(
+    learner: ClosedFormHead, bundle: Bundle, store: StateStore, version: Version | None
+) -> tuple[ClassStatistics, StatisticsLog]:
+    """The statistics a version carries (none learned yet: empty) and the log that continues them
+    (``edgeft.runtime.statistics_log``), or a clear error when its samples were learned without them (by ``sgd``)
+    or with only NCM's trace when LDA needs the whole covariance."""
     learned = sum(version.record.class_counts.values()) if version else 0
     if not learned:
-        return learner.empty(bundle)
+        return learner.empty(bundle), StatisticsLog()
     if STATISTICS_FILE not in version.files:
         raise EdgeftError(
             f"state version {version.number}'s head learned {learned} samples without class "
             f"statistics (head learner sgd); {learner.kind} needs them from every sample: use a new --state"
         )
     head = bundle.manifest.head
-    statistics = ClassStatistics.load(version.files[STATISTICS_FILE], head.num_outputs, head.feature_dim)
+    path = version.files[STATISTICS_FILE]
+    statistics, log = load_statistics(store, version, path, head.num_outputs, head.feature_dim, learner.full)
     if learner.full and not statistics.full:
         raise EdgeftError(
-            f"{version.files[STATISTICS_FILE]} holds nearest-class-mean statistics (no covariance); slda needs the "
+            f"{path} holds nearest-class-mean statistics (no covariance); slda needs the "
             "covariance of every sample: use a new --state, or keep --head-learner ncm"
         )
-    return statistics
+    return statistics, log
 
 
 def stored_fleet_statistics(bundle: Bundle, version: Version | None) -> ClassStatistics | None:

@@ -12,6 +12,8 @@ Layout::
                                 each file above, the segments the buffers use (sha256 and rows of each), counts,
                                 metrics
       segments/000007.npz       features and labels written once by version 7's commit (edgeft.runtime.replay_store)
+      segments/000007.statistics.npz  the class statistics' rows (or a snapshot) version 7's commit added
+                                (streaming heads; edgeft.runtime.statistics_log)
 
 A version is committed by writing its segment (if it adds rows), its files, then its metadata (each atomically; the
 files and metadata share one fsync of ``versions/``), then CURRENT. A crash before CURRENT is replaced leaves the previous version current; leftovers are pruned later.
@@ -40,7 +42,7 @@ CURRENT_FILE = "CURRENT"
 LOCK_FILE = "lock"
 VERSIONS_DIR = "versions"
 SEGMENTS_DIR = "segments"
-SEGMENT_NAME = re.compile(r"[0-9]{6,}\.npz")
+SEGMENT_NAME = re.compile(r"[0-9]{6,}(\.statistics)?\.npz")
 KEEP_VERSIONS = 5
 
 
@@ -133,8 +135,9 @@ class StateStore:
         """Where the segment ``name`` (listed in a version's ``segments``) lies."""
         return self.segments_dir / name
 
-    def write_segment(self, number: int, write: Callable[[Path], None]) -> tuple[str, str]:
-        """Durably write the segment of the version ``number`` is about to commit; its name and sha256.
+    def write_segment(self, number: int, write: Callable[[Path], None], suffix: str = "") -> tuple[str, str]:
+        """Durably write the segment of the version ``number`` is about to commit (``suffix`` ".statistics": its
+        class statistics', edgeft.runtime.statistics_log); its name and sha256.
 
         Requires the lock. Until a committed version lists it, it is garbage the next commit's pruning removes.
         """
@@ -143,7 +146,7 @@ class StateStore:
         if not self._segments_ready:  # once a process: its entry durable even if an earlier process made it
             make_directory(self.segments_dir)
             self._segments_ready = True
-        name = f"{number:06d}.npz"
+        name = f"{number:06d}{suffix}.npz"
         write_atomic(self.segment_path(name), write)
         return name, sha256_file(self.segment_path(name))
 

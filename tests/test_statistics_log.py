@@ -1,0 +1,218 @@
+"""Append-only class statistics (edgeft.runtime.statistics_log) on a real bundle, real files and real processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset
+from tiny_models import classifier, save
+
+from edgeft.errors import EdgeftError
+from edgeft.export import ExportConfig, export_bundle
+from edgeft.runtime.adapter import Adapter
+from edgeft.runtime.class_statistics import STATISTICS_FILE, ClassStatistics
+from edgeft.runtime.guard import GuardPolicy
+from edgeft.runtime.statistics_log import load_statistics
+from edgeft.runtime.store import SEGMENTS_DIR, stored_numbers
+
+NO_GUARD = GuardPolicy(enabled=False)
+FEATURES = 64  # 16 rows of the log fit in half a snapshot (the moment's 2,080 numbers and 3 × 64 sums)
+
+
+@pytest.fixture(scope="module")
+def wide_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("wide")
+    out = folder / "bundle"
+    export_bundle(ExportConfig(save(classifier(hidden=FEATURES), folder / "wide.onnx"), out, classes=list(CLASSES)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def arrivals(wide_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Eight arrivals of backbone features: one of 30 samples, then seven of 5 (names as labels)."""
+    x, y = make_dataset(65, seed=11)
+    with Adapter(wide_bundle, tmp_path_factory.mktemp("embed") / "s") as adapter:
+        features = adapter.embed(x)
+    names = np.array(CLASSES)[y]
+    cuts = [0, 30, 35, 40, 45, 50, 55, 60, 65]
+    return [(features[a:b], names[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
+
+
+def copy(statistics: ClassStatistics) -> ClassStatistics:
+    return ClassStatistics(statistics.counts.copy(), statistics.sums.copy(), statistics.moment.copy())
+
+
+def assert_identical(a: ClassStatistics, b: ClassStatistics) -> None:
+    """Bit for bit: the log must give back exactly what was learned, not something close."""
+    for mine, theirs in ((a.counts, b.counts), (a.sums, b.sums), (a.moment, b.moment)):
+        assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs)
+
+
+def chain(state: Path, number: int) -> list[str]:
+    with np.load(state / "versions" / f"{number:06d}.{STATISTICS_FILE}") as index:
+        return index["chain"].tolist()
+
+
+def test_arrivals_write_their_rows_and_read_back_bit_for_bit(
+    wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path
+) -> None:
+    state = tmp_path / "s"
+    learned = []
+    with Adapter(wide_bundle, state, policy=NO_GUARD, head_learner="slda", keep_versions=20) as adapter:
+        for features, names in arrivals:
+            adapter.learn_features(features, names)
+            statistics = adapter.class_statistics()
+            assert statistics is not None
+            learned.append(copy(statistics))
+        parameters = adapter.parameters()
+    snapshot_bytes = (state / SEGMENTS_DIR / "000001.statistics.npz").stat().st_size
+    assert chain(state, 1) == ["000001.statistics.npz"]  # 30 rows: more than half a snapshot, so a snapshot
+    for number in range(2, 5):  # then each arrival's 5 rows, appended
+        assert chain(state, number) == [f"{n:06d}.statistics.npz" for n in range(1, number + 1)]
+        written = (state / SEGMENTS_DIR / f"{number:06d}.statistics.npz").stat().st_size
+        assert written < snapshot_bytes / 4  # 5 rows of 64 float64 and 5 labels, not the 64 × 64 moment
+    assert chain(state, 5) == ["000005.statistics.npz"]  # 20 rows would pass half a snapshot: folded
+    assert chain(state, 8) == [f"{n:06d}.statistics.npz" for n in (5, 6, 7, 8)]
+    with Adapter(wide_bundle, state, head_learner="slda", keep_versions=20) as reopened:
+        for number, expected in enumerate(learned, start=1):
+            version = reopened.store.load(number)
+            head = reopened.bundle.manifest.head
+            statistics, _ = load_statistics(
+                reopened.store, version, version.files[STATISTICS_FILE], head.num_outputs, head.feature_dim, True
+            )
+            assert_identical(statistics, expected)
+        assert all(np.array_equal(reopened.parameters()[k], v) for k, v in parameters.items())
+
+
+def test_a_process_that_continues_a_log_learns_what_one_process_learns(
+    wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path
+) -> None:
+    with Adapter(wide_bundle, tmp_path / "one", policy=NO_GUARD, head_learner="slda") as adapter:
+        for features, names in arrivals:
+            adapter.learn_features(features, names)
+        expected, expected_head = copy(adapter.class_statistics()), adapter.parameters()
+    for features, names in arrivals:  # an Adapter (a reload of the log) per arrival
+        with Adapter(wide_bundle, tmp_path / "many", policy=NO_GUARD, head_learner="slda") as adapter:
+            adapter.learn_features(features, names)
+    with Adapter(wide_bundle, tmp_path / "many", head_learner="slda") as adapter:
+        assert_identical(adapter.class_statistics(), expected)
+        for name, value in expected_head.items():
+            np.testing.assert_array_equal(adapter.parameters()[name], value)
+
+
+def test_rollback_gives_back_a_versions_statistics_exactly_and_pruning_keeps_what_versions_use(
+    wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path
+) -> None:
+    state = tmp_path / "s"
+    learned = {}
+    with Adapter(wide_bundle, state, policy=NO_GUARD, head_learner="slda", keep_versions=6) as adapter:
+        for features, names in arrivals[:6]:
+            adapter.learn_features(features, names)
+            learned[adapter.version] = copy(adapter.class_statistics())
+        adapter.rollback(3)  # a version of rows on a snapshot (1), past the fold at 5
+        assert_identical(adapter.class_statistics(), learned[3])
+        for features, names in arrivals[6:]:
+            adapter.learn_features(features, names)
+        after_rollback = copy(adapter.class_statistics())
+    with Adapter(wide_bundle, state, head_learner="slda", keep_versions=6) as reopened:
+        assert_identical(reopened.class_statistics(), after_rollback)
+        expected = copy(learned[3])
+        for features, names in arrivals[6:]:
+            expected.add(features, np.array([CLASSES.index(n) for n in names]))
+        np.testing.assert_array_equal(after_rollback.counts, expected.counts)
+        np.testing.assert_allclose(after_rollback.moment, expected.moment, rtol=1e-12)
+        retained = stored_numbers(state)
+        listed = set()
+        for number in retained:
+            listed |= set(reopened.store.load(number).record.segments or {})
+    assert retained == list(range(4, 10))
+    on_disk = {p.name for p in (state / SEGMENTS_DIR).iterdir()}
+    assert on_disk == listed  # pruning removed what only pruned versions used, and nothing a retained one uses
+    assert {"000001.statistics.npz", "000003.statistics.npz"} <= on_disk  # the rollback's chain (1, 2, 3) lives on
+
+
+def test_a_damaged_or_missing_segment_is_a_clear_error(
+    wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path
+) -> None:
+    state = tmp_path / "s"
+    with Adapter(wide_bundle, state, policy=NO_GUARD, head_learner="slda") as adapter:
+        for features, names in arrivals[:3]:
+            adapter.learn_features(features, names)
+    segment = state / SEGMENTS_DIR / "000002.statistics.npz"
+    segment.write_bytes(segment.read_bytes()[:-1] + b"x")
+    with Adapter(wide_bundle, state, head_learner="slda") as adapter:
+        with pytest.raises(EdgeftError, match=r"000002\.statistics\.npz is corrupt: its sha256 does not match"):
+            adapter.class_statistics()
+    segment.unlink()
+    with pytest.raises(EdgeftError, match=r"version 3 is missing segments/000002\.statistics\.npz"):
+        Adapter(wide_bundle, state, head_learner="slda")
+
+
+@pytest.mark.slow
+def test_sigkill_at_every_rename_of_a_commit_leaves_the_old_or_the_new_statistics(
+    wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path
+) -> None:
+    """A real ``edgeft adapt`` process killed at each atomic rename of one arrival's commit (a row segment)."""
+    start = tmp_path / "start"
+    with Adapter(wide_bundle, start, policy=NO_GUARD, head_learner="slda") as adapter:
+        for features, names in arrivals[:2]:
+            adapter.learn_features(features, names)
+        before = copy(adapter.class_statistics())
+    x, y = make_dataset(4, seed=12)
+    np.savez(tmp_path / "arrival.npz", x=x, y=np.array(CLASSES)[y])
+
+    def adapt(state: Path, crash: str | None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **({"EDGEFT_CRASH_AT": crash} if crash else {})}
+        args = ["adapt", wide_bundle, "-s", state, "--data", tmp_path / "arrival.npz", "--head-learner", "slda",
+                "--no-guard"]  # fmt: skip
+        return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env,
+                               timeout=SUBPROCESS_TIMEOUT)  # fmt: skip
+
+    def current(state: Path) -> ClassStatistics:
+        with Adapter(wide_bundle, state, head_learner="slda") as adapter:
+            return copy(adapter.class_statistics())
+
+    reference = tmp_path / "reference"
+    shutil.copytree(start, reference)
+    assert adapt(reference, None).returncode == 0
+    after = current(reference)
+    assert chain(reference, 3) == [f"{n:06d}.statistics.npz" for n in (1, 2, 3)]  # the arrival wrote its rows
+    assert after.total == before.total + 4
+    killed = 0
+    for n in range(1, 40):
+        state = tmp_path / f"kill{n}"
+        shutil.copytree(start, state)
+        done = adapt(state, f"rename:{n}")
+        if done.returncode == 0:
+            break  # fewer than n renames in the whole run
+        assert done.returncode == -9, done.stderr
+        killed += 1
+        seen = current(state)
+        assert seen.total in (before.total, after.total)
+        assert_identical(seen, before if seen.total == before.total else after)
+        assert adapt(state, None).returncode == 0  # the arrival again: learned exactly once
+        assert_identical(current(state), after)
+    assert killed >= 5  # the statistics segment, head, buffers, index, metadata, CURRENT: each was a kill point
+
+
+def test_nearest_class_mean_keeps_its_small_statistics_whole_in_the_version(
+    wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path
+) -> None:
+    state = tmp_path / "s"
+    with Adapter(wide_bundle, state, policy=NO_GUARD, head_learner="ncm") as adapter:
+        for features, names in arrivals[:3]:
+            adapter.learn_features(features, names)
+        learned = copy(adapter.class_statistics())
+    assert not list((state / SEGMENTS_DIR).glob("*.statistics.npz"))  # counts, sums and a trace: no log
+    with np.load(state / "versions" / f"000003.{STATISTICS_FILE}") as data:
+        assert set(data.files) == {"counts", "sums", "moment"} and data["moment"].shape == ()
+    with Adapter(wide_bundle, state, head_learner="ncm") as reopened:
+        assert_identical(reopened.class_statistics(), learned)
+    with Adapter(wide_bundle, state, head_learner="slda") as adapter:
+        with pytest.raises(EdgeftError, match="holds nearest-class-mean statistics"):
+            adapter.class_statistics()
