@@ -261,9 +261,18 @@ def test_cli_export_int8_and_info(model_path: Path, calibration: tuple, tmp_path
     shown = run_cli("info", out)
     assert shown.returncode == 0, shown.stderr
     assert "backbone    int8 QDQ" in shown.stdout and f"calibrated on {MAX_CALIBRATION} samples" in shown.stdout
-    assert f"at export {Bundle.load(out).manifest.quantization['speed']['int8_over_float_cpu_time']}x" in shown.stdout
+    record = Bundle.load(out).manifest.quantization
+    speed = record["speed"]["int8_over_float_cpu_time"]
+    assert f"at export {speed}x" in shown.stdout
+    # --keep-float auto timed what reached the target (here all int8 does, alone) and says so
+    (timed,) = record["float_layers"]["speed_choice"]["candidates"]
+    assert timed["chosen"] and timed["float_layers"] == 0 and timed["int8_over_float_cpu_time"] == speed
+    assert timed["mean_cosine"] >= record["float_layers"]["speed_choice"]["target_mean_cosine"]
+    # an int8 backbone slower than the float one on this machine (as tiny ones often are) is shipped with a warning
+    assert ("slower than float" in done.stderr) == (speed < 1.0)
     unmeasured = run_cli("export", model_path, "-o", tmp_path / "b4", *INT8_OPTIONS, data, "--int8-speed-rounds", "0")
     assert unmeasured.returncode == 0 and "at export" not in unmeasured.stdout
+    assert "speed_choice" not in Bundle.load(tmp_path / "b4").manifest.quantization["float_layers"]
     missing = run_cli("export", model_path, "-o", tmp_path / "b2", "--classes", "a,b", "--quantize", "int8")
     assert missing.returncode == 1
     assert "needs --calibration" in one_error_line(missing.stderr)
