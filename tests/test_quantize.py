@@ -16,7 +16,7 @@ from edgeft.bundle import MANIFEST_FILE, Bundle
 from edgeft.common.int8_probe import cpu_family, cpu_signature
 from edgeft.data.readers import Samples
 from edgeft.errors import EdgeftError
-from edgeft.export import ExportConfig, export_bundle, float_prefix
+from edgeft.export import ExportConfig, export_bundle, float_prefix, speed_choice
 from edgeft.export.calibration import ranges_reusable
 from edgeft.export.quantize import (
     FAMILY_TARGETS,
@@ -261,9 +261,18 @@ def test_cli_export_int8_and_info(model_path: Path, calibration: tuple, tmp_path
     shown = run_cli("info", out)
     assert shown.returncode == 0, shown.stderr
     assert "backbone    int8 QDQ" in shown.stdout and f"calibrated on {MAX_CALIBRATION} samples" in shown.stdout
-    assert f"at export {Bundle.load(out).manifest.quantization['speed']['int8_over_float_cpu_time']}x" in shown.stdout
+    record = Bundle.load(out).manifest.quantization
+    speed = record["speed"]["int8_over_float_cpu_time"]
+    assert f"at export {speed}x" in shown.stdout
+    # --keep-float auto timed what reached the target (here all int8 does, alone) and says so
+    (timed,) = record["float_layers"]["speed_choice"]["candidates"]
+    assert timed["chosen"] and timed["float_layers"] == 0 and timed["int8_over_float_cpu_time"] == speed
+    assert timed["mean_cosine"] >= record["float_layers"]["speed_choice"]["target_mean_cosine"]
+    # an int8 backbone slower than the float one on this machine (as tiny ones often are) is shipped with a warning
+    assert ("slower than float" in done.stderr) == (speed < 1.0)
     unmeasured = run_cli("export", model_path, "-o", tmp_path / "b4", *INT8_OPTIONS, data, "--int8-speed-rounds", "0")
     assert unmeasured.returncode == 0 and "at export" not in unmeasured.stdout
+    assert "speed_choice" not in Bundle.load(tmp_path / "b4").manifest.quantization["float_layers"]
     missing = run_cli("export", model_path, "-o", tmp_path / "b2", "--classes", "a,b", "--quantize", "int8")
     assert missing.returncode == 1
     assert "needs --calibration" in one_error_line(missing.stderr)
@@ -696,7 +705,8 @@ def test_auto_prefers_a_better_calibration_to_a_float_layer(tmp_path: Path) -> N
     y = x.mean(axis=(2, 3)).argmax(axis=1)
     x[::100, 0, 5, 5] = 1e3  # 4 pixels of 768,000 stretch MinMax's input range; the 99.999th percentile ignores them
     config = {"classes": list(CLASSES), "quantize": "int8", "calibration": (x, y), "target_cpu": "avx2"}
-    bundle = export_bundle(ExportConfig(source, tmp_path / "auto", **config))
+    # untimed (0 speed rounds): the search's own choice, fewest float layers, as before speed was weighed
+    bundle = export_bundle(ExportConfig(source, tmp_path / "untimed", int8_speed_rounds=0, **config))
     record = bundle.manifest.quantization
     layers = record["float_layers"]
     tried = {(t["calibration"], t["float_layers"]): t["mean_cosine"] for t in layers["search"]}
@@ -706,28 +716,87 @@ def test_auto_prefers_a_better_calibration_to_a_float_layer(tmp_path: Path) -> N
     assert layers["count"] == 0 and float_weight_layers(onnx.load(str(bundle.backbone_path))) == []
     assert record["activations"] == "uint8, per tensor, asymmetric, Percentile (99.999%) calibration"
     assert record["validation"]["mean_cosine"] == pytest.approx(tried[("percentile", 0)], abs=1e-4)
-    # the export measured its speed on this machine and says which
-    speed = record["speed"]
+    assert "speed" not in record and "speed_choice" not in layers
+    # timed (the default): both pairs that reach the target are timed on this machine, and the faster is shipped
+    timed = export_bundle(ExportConfig(source, tmp_path / "timed", **config)).manifest.quantization
+    choice = timed["float_layers"]["speed_choice"]
+    listed = {(c["calibration"], c["float_layers"]): c for c in choice["candidates"]}
+    assert list(listed) == [("percentile", 0), ("minmax", 1)]  # the search's choice first
+    assert all(
+        c["mean_cosine"] >= choice["target_mean_cosine"] == float_prefix.TARGET_MEAN_COSINE for c in listed.values()
+    )
+    assert all(len(c["per_round_cpu_time"]) == 3 and c["int8_over_float_cpu_time"] > 0 for c in listed.values())
+    assert choice["cpu"] == cpu_signature() and choice["rounds"] == 3
+    (winner,) = [c for c in choice["candidates"] if c["chosen"]]
+    contenders = [
+        speed_choice.Contender(
+            f"{c['calibration']} {c['float_layers']}", c["mean_cosine"], c["int8_over_float_cpu_time"]
+        )
+        for c in choice["candidates"]
+    ]
+    assert choice["candidates"].index(winner) == speed_choice.choose(contenders, choice["target_mean_cosine"])[0]
+    assert timed["float_layers"]["count"] == winner["float_layers"]
+    method = {"minmax": "MinMax", "percentile": "Percentile"}[winner["calibration"]]
+    assert timed["activations"].startswith(f"uint8, per tensor, asymmetric, {method}")
+    assert timed["validation"]["mean_cosine"] == pytest.approx(winner["mean_cosine"], abs=1e-4)
+    assert "by CPU time" in choice["chosen_because"]
+    # the manifest's speed is the winner's, measured on this machine, and says which
+    speed = timed["speed"]
     assert speed["cpu"] == cpu_signature() and speed["rounds"] == len(speed["per_round_cpu_time"]) == 3
+    assert speed["int8_over_float_cpu_time"] == winner["int8_over_float_cpu_time"]
     assert speed["int8_over_float_cpu_time"] == pytest.approx(sorted(speed["per_round_cpu_time"])[1], abs=0.01)
-    assert speed["int8_over_float_cpu_time"] > 0 and speed["int8_over_float_wall_time"] > 0
+    assert speed["int8_over_float_wall_time"] > 0
     # a fixed number of float layers keeps MinMax; 0 speed rounds leave the speed out
     fixed = export_bundle(ExportConfig(source, tmp_path / "fixed", keep_float=1, int8_speed_rounds=0, **config))
     assert "MinMax calibration" in fixed.manifest.quantization["activations"]
     assert "speed" not in fixed.manifest.quantization
 
 
+def test_speed_choice_ships_the_fastest_candidate_that_reaches_the_target() -> None:
+    goal = 0.995
+    first, second, third = (
+        speed_choice.Contender("minmax 5", 0.9966, 1.6),
+        speed_choice.Contender("minmax 6", 0.998, 1.9),
+        speed_choice.Contender("percentile 2", 0.996, 1.75),
+    )
+    assert speed_choice.choose([first, second, third], goal)[0] == 1
+    # however fast, a candidate below the target is never chosen
+    fast_but_off = speed_choice.Contender("minmax 0", 0.9949, 9.0)
+    index, why = speed_choice.choose([first, fast_but_off, third], goal)
+    assert index == 2 and "minmax 0 below it" in why and "1.75x" in why
+    assert speed_choice.choose([fast_but_off, first], goal)[0] == 1
+    # within SPEED_TIE of the fastest, the earlier (the search's choice first) wins
+    close = speed_choice.Contender("minmax 8", 0.999, 1.6 * (1 + speed_choice.SPEED_TIE / 2))
+    index, why = speed_choice.choose([first, close], goal)
+    assert index == 0 and "within 2% of the fastest" in why
+    # slower than float is still the fastest int8 candidate; the export warns about it (quantize_backbone)
+    assert speed_choice.choose([speed_choice.Contender("a", 0.999, 0.5)], goal)[0] == 0
+    with pytest.raises(ValueError, match="no candidate reaches"):
+        speed_choice.choose([fast_but_off], goal)
+
+
+def test_speed_contenders_are_the_search_choice_then_other_agreeing_pairs_fewest_float_layers_first() -> None:
+    scores = {("a", 0): 0.9, ("a", 1): 0.996, ("a", 2): 0.997, ("a", 4): 0.999, ("a", 8): 0.999, ("b", 0): 0.9951}
+    order = sorted(scores, key=lambda k: (k[1], k[0]))
+    assert speed_choice.contenders(scores, ("b", 0), 0.995, order) == [("b", 0), ("a", 1), ("a", 2)]
+    assert len(speed_choice.contenders(scores, ("b", 0), 0.9, order)) == speed_choice.MAX_CANDIDATES
+    assert speed_choice.contenders(scores, ("a", 4), 0.998, order) == [("a", 4), ("a", 8)]
+
+
 def test_calibration_search_keeps_the_earlier_calibration_at_equal_float_layers() -> None:
     candidates = [float_prefix.Prefix(k, (), (), k / 10) for k in range(6)]
     scores = {"a": [0.9, 0.99, 0.996, 0.999, 0.999, 0.999], "b": [0.9, 0.993, 0.997, 0.999, 0.999, 0.999]}
-    method, best, trace = float_prefix.search_calibrations(candidates, ["a", "b"], lambda m, p: scores[m][p.layers])
+    method, best, trace, goal = float_prefix.search_calibrations(
+        candidates, ["a", "b"], lambda m, p: scores[m][p.layers]
+    )
     # "a" reaches 0.995 at 2; "b" is only searched below 2 and misses: "a" at 2 is kept
-    assert (method, best.layers) == ("a", 2)
+    assert (method, best.layers, goal) == ("a", 2, float_prefix.TARGET_MEAN_COSINE)
     assert [(t["calibration"], t["float_layers"]) for t in trace] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
     scores["b"][1] = 0.996  # now "b" reaches it with one float layer fewer
-    method, best, _ = float_prefix.search_calibrations(candidates, ["a", "b"], lambda m, p: scores[m][p.layers])
+    method, best, _, goal = float_prefix.search_calibrations(candidates, ["a", "b"], lambda m, p: scores[m][p.layers])
     assert (method, best.layers) == ("b", 1)
     # nothing reaches the target: the fewest float layers within a quarter of the best's disagreement
     low = {"a": [0.5, 0.9, 0.98, 0.981, 0.981, 0.981], "b": [0.5, 0.977, 0.98, 0.98, 0.98, 0.98]}
-    method, best, _ = float_prefix.search_calibrations(candidates, ["a", "b"], lambda m, p: low[m][p.layers])
+    method, best, _, goal = float_prefix.search_calibrations(candidates, ["a", "b"], lambda m, p: low[m][p.layers])
     assert (method, best.layers) == ("b", 1)
+    assert goal == pytest.approx(0.98 - float_prefix.SLACK * 0.02)  # the best chosen, "a" at 2, less the slack

@@ -106,8 +106,9 @@ def export(
     int8_speed_rounds: Annotated[
         int | None,
         typer.Option(
-            help="--quantize: rounds timing the int8 backbone against the float one on this machine, recorded in "
-            "the manifest (default 3; 0: not timed, so that rebuilds are byte-identical).",
+            help="--quantize: rounds timing int8 backbones against the float one on this machine (default 3): "
+            "--keep-float auto ships the fastest of those that agree, and the manifest records each one's speed; 0: "
+            "not timed, auto keeps the fewest float layers, so that rebuilds are byte-identical.",
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
@@ -224,11 +225,18 @@ def quantization_summary(record: dict) -> str:
 
 
 def _speed(record: dict) -> str:
-    """Text like '; at export 1.8x the float backbone's speed (CPU time, x86-exact/onnxruntime-1.32.0)'."""
+    """Text like '; at export 1.8x the float backbone's speed (CPU time, x86-exact/onnxruntime-1.32.0), the
+    fastest of 3 agreeing candidates timed'."""
     speed = record.get("speed")
     if not speed:
         return ""
-    return f"; at export {speed['int8_over_float_cpu_time']}x the float backbone's speed (CPU time, {speed['cpu']})"
+    choice = record.get("float_layers", {}).get("speed_choice")
+    timed = len(choice["candidates"]) if choice else 0
+    chosen = f", the fastest of {timed} agreeing candidates timed" if timed > 1 else ""
+    return (
+        f"; at export {speed['int8_over_float_cpu_time']}x the float backbone's speed (CPU time, {speed['cpu']})"
+        f"{chosen}"
+    )
 
 
 def _probe_rule(record: dict) -> str:

@@ -141,8 +141,9 @@ def export_bundle(config: ExportConfig) -> Bundle:
     ``target_cpu`` (quantize.TARGET_CPUS; None or auto: the export machine's kind; vnni and arm64: full 8-bit
     weights; avx2: 7-bit weights that x86 CPUs without VNNI do not saturate), shipping the float backbone as well
     unless ``float_fallback`` is False (None: True for int8), for devices whose int8 kernels fail the bundle's
-    self-check (edgeft.runtime.int8_check), and times the int8 backbone against the float one over
-    ``int8_speed_rounds`` rounds (None: quantize.SPEED_ROUNDS; 0: not timed, for byte-identical rebuilds). The bundle always carries the portable train step (standard ONNX ops;
+    self-check (edgeft.runtime.int8_check), and times int8 backbones against the float one over
+    ``int8_speed_rounds`` rounds (None: quantize.SPEED_ROUNDS), auto shipping the fastest that agrees (0: not timed,
+    auto keeps its fewest float layers, for byte-identical rebuilds). The bundle always carries the portable train step (standard ONNX ops;
     ``momentum`` applies to SGD there). Raises EdgeftError with a clear message when the model cannot be exported
     or the exported parts do not reproduce the original.
     """

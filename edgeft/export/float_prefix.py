@@ -150,9 +150,10 @@ def search_calibrations(
     calibrations: Sequence[T],
     mean_cosine: Callable[[T, Prefix], float],
     target: float = TARGET_MEAN_COSINE,
-) -> tuple[T, Prefix, list[dict[str, Any]]]:
-    """The calibration and prefix with the fewest float layers whose ``mean_cosine`` reaches ``target``, and the
-    trace of what was tried (each entry also names its calibration's index in ``calibrations``).
+) -> tuple[T, Prefix, list[dict[str, Any]], float]:
+    """The calibration and prefix with the fewest float layers whose ``mean_cosine`` reaches ``target``, the
+    trace of what was tried (each entry also names its calibration's index in ``calibrations``) and the cosine the
+    choice was held to (``target``, or the slack one below).
 
     Better calibration before more float layers: the first calibration is searched over every candidate (search);
     each next one only over fewer float layers than the best hit so far, so at equal float layers the earlier
@@ -180,9 +181,10 @@ def search_calibrations(
             best = index, prefix
     if best is None:
         top = max(scores[key] for key in chosen)
-        layers, index = min(key for key in chosen if scores[key] >= top - SLACK * (1.0 - top))
+        target = top - SLACK * (1.0 - top)
+        layers, index = min(key for key in chosen if scores[key] >= target)
         best = index, candidates[layers]
-    return calibrations[best[0]], best[1], trace
+    return calibrations[best[0]], best[1], trace, target
 
 
 def _weight(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> onnx.TensorProto | None:

@@ -5,7 +5,8 @@ Percentile (calibration), symmetric int8 weights per output channel) rewrite ``b
 training artifacts stay float. Part of the calibration data is held out: the float and int8 backbones embed it, a
 better calibration or else the first weight layers kept float bring the features close (float_prefix), and the
 export fails when the features still disagree (mean cosine similarity, and a linear probe's accuracy when labels
-are given). The chosen backbone's speed against the float one is measured on the export machine (int8_speed).
+are given). With ``--keep-float auto`` the candidates that agree are timed against the float backbone on the
+export machine (int8_speed) and the fastest is shipped (speed_choice); the shipped one's speed is recorded.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from edgeft.common.int8_probe import PROBE_FILE, cpu_family, save_probe
 from edgeft.common.paired_test import lost_and_won, significantly_worse
 from edgeft.data.readers import Samples, read_path
 from edgeft.errors import EdgeftError
-from edgeft.export import float_prefix, int8_speed
+from edgeft.export import float_prefix, int8_speed, speed_choice
 from edgeft.export.calibration import MINMAX, Calibration, RangeCache, usable
 
 SCHEMES = ("int8",)
@@ -44,7 +45,8 @@ FAMILY_TARGETS = {"x86-exact": "vnni", "x86-saturating": "avx2", "arm64": "arm64
 # device must reach the export machine's own probe agreement less PROBE_MARGIN (kernels that accumulate exactly
 # differ only in float rounding, far below it; saturating ones cost the default bundle 0.04).
 PROBE_SAMPLES = 16
-# Rounds of the int8-over-float speed measurement at export (int8_speed; 0: not measured, for byte-identical rebuilds).
+# Rounds of the int8-over-float speed measurement at export (int8_speed), which --keep-float auto chooses by
+# (speed_choice); 0: not measured, auto keeps the fewest float layers, for byte-identical rebuilds.
 SPEED_ROUNDS = 3
 PROBE_MARGIN = 0.01
 HELD_OUT_FRACTION = 0.25
@@ -182,8 +184,11 @@ def quantize_backbone(
     disagree with the float ones. ``target_cpu`` (TARGET_CPUS; None: auto, resolve_target) chooses full 8-bit
     or 7-bit weights. The int8
     probe (PROBE_FILE) is written beside ``backbone``, and with ``float_fallback`` the float backbone too
-    (FLOAT_BACKBONE_FILE), for devices whose int8 kernels fail the probe. ``speed_rounds`` > 0 times the chosen
-    int8 backbone against the float one on the held-out samples (int8_speed) for the record's ``speed``.
+    (FLOAT_BACKBONE_FILE), for devices whose int8 kernels fail the probe. ``speed_rounds`` > 0 times the int8
+    backbone against the float one on the held-out samples (int8_speed) for the record's ``speed``; with
+    ``"auto"`` it times every pair tried that reaches the search's target (at most speed_choice.MAX_CANDIDATES)
+    and ships the fastest (speed_choice); 0 keeps the search's own choice, untimed. Warns when the shipped
+    backbone ran slower than the float one.
     """
     order = np.random.default_rng(seed).permutation(len(calibration.x))
     n_held = max(1, round(len(order) * HELD_OUT_FRACTION))
@@ -222,6 +227,7 @@ def quantize_backbone(
             features[method.name, prefix.layers] = _embed(model.SerializeToString(), input_name, calibration.x[held])
 
         failed: dict[str, str] = {}  # calibrations after the first that onnxruntime could not run: skipped
+        scores: dict[tuple[str, int], float] = {}  # mean cosine of every (calibration, float layers) tried
 
         def held_out_cosine(method: Calibration, prefix: float_prefix.Prefix) -> float:
             if method.name in failed:
@@ -233,7 +239,8 @@ def quantize_backbone(
                     raise
                 failed[method.name] = str(exc)
                 return -1.0
-            return float(_cosines(reference, features[method.name, prefix.layers]).mean())
+            scores[method.name, prefix.layers] = float(_cosines(reference, features[method.name, prefix.layers]).mean())
+            return scores[method.name, prefix.layers]
 
         if isinstance(keep_float, int):
             method, chosen, trace = MINMAX, _fixed_prefix(candidates, keep_float, source), []
@@ -241,7 +248,7 @@ def quantize_backbone(
         else:
             affordable = [p for p in candidates if p.compute_share <= float_prefix.MAX_FLOAT_SHARE]
             methods = usable()
-            method, chosen, trace = float_prefix.search_calibrations(affordable, methods, held_out_cosine)
+            method, chosen, trace, goal = float_prefix.search_calibrations(affordable, methods, held_out_cosine)
             for entry in trace:  # entries name their calibration where several were tried
                 index = entry.pop("calibration")
                 if len(methods) > 1:
@@ -251,6 +258,35 @@ def quantize_backbone(
                 f"--keep-float auto tried {', '.join(_tried(t) for t in trace)} float layers, at most "
                 f"{float_prefix.MAX_FLOAT_SHARE:.0%} of the compute; --keep-float N sets the number"
             )
+        timed: dict[str, Any] = {}
+        if isinstance(keep_float, str) and speed_rounds:
+            # the search's choice and the other pairs tried that reach its target, timed: the fastest is shipped
+            order = sorted(scores, key=lambda k: (k[1], [m.name for m in methods].index(k[0])))
+            keys = speed_choice.contenders(scores, (method.name, chosen.layers), goal, order)
+            models: dict[tuple[str, int], tuple[onnx.ModelProto, dict[str, int]]] = {}
+            for name, layers in keys:
+                if last.get("key") != (name, layers):
+                    build(next(m for m in methods if m.name == name), affordable[layers])
+                models[name, layers] = last["model"], last["repaired"]
+            labels = {k: f"{k[0]}, {_layers(k[1])} float" for k in keys}
+            measured = int8_speed.measure_candidates(
+                backbone,
+                {labels[k]: models[k][0].SerializeToString() for k in keys},
+                input_name,
+                calibration.x[held],
+                speed_rounds,
+            )
+            contenders = [
+                speed_choice.Contender(labels[k], scores[k], measured[labels[k]]["int8_over_float_cpu_time"])
+                for k in keys
+            ]
+            winner, why = speed_choice.choose(contenders, goal)
+            method, chosen = next(m for m in methods if m.name == keys[winner][0]), affordable[keys[winner][1]]
+            last.update(key=keys[winner], model=models[keys[winner]][0], repaired=models[keys[winner]][1])
+            timed = {
+                "speed": measured[labels[keys[winner]]],
+                "speed_choice": _speed_choice_record(keys, scores, affordable, measured, labels, winner, why, goal),
+            }
         key = (method.name, chosen.layers)
         if last.get("key") != key:
             build(method, chosen)
@@ -261,15 +297,23 @@ def quantize_backbone(
     fallback = {"file": FLOAT_BACKBONE_FILE} if float_fallback else {}
     if float_fallback:
         shutil.copyfile(backbone, backbone.parent / FLOAT_BACKBONE_FILE)
-    speed = (
-        {
+    if timed:
+        speed = {"speed": timed["speed"]}
+    elif speed_rounds:
+        speed = {
             "speed": int8_speed.measure(
                 backbone, quantized.SerializeToString(), input_name, calibration.x[held], speed_rounds
             )
         }
-        if speed_rounds
-        else {}
-    )
+    else:
+        speed = {}
+    if speed and speed["speed"]["int8_over_float_cpu_time"] < 1.0:
+        warnings.warn(
+            f"{source}: the int8 backbone ran at {speed['speed']['int8_over_float_cpu_time']}x the float backbone's "
+            f"speed on this machine ({speed['speed']['cpu']}), slower than float; the device's CPU may differ "
+            "(time it there), or export without --quantize",
+            stacklevel=2,
+        )
     onnx.save(quantized, str(backbone))
     probe = write_probe(backbone.parent, calibration.x[held], reference, chosen_features)
     return {
@@ -290,6 +334,7 @@ def quantize_backbone(
             "max_compute_share": float_prefix.MAX_FLOAT_SHARE,
             "search": trace,
             **({"failed_calibrations": failed} if failed else {}),
+            **({"speed_choice": timed["speed_choice"]} if timed else {}),
         },
         "repaired_bias_channels": repaired,
         "float_backbone": {"bytes": float_bytes, "sha256": float_sha, **fallback},
@@ -298,6 +343,45 @@ def quantize_backbone(
         "probe": probe,
         **speed,
     }
+
+
+def _speed_choice_record(
+    keys: list[tuple[str, int]],
+    scores: dict[tuple[str, int], float],
+    prefixes: list[float_prefix.Prefix],
+    measured: dict[str, dict[str, Any]],
+    labels: dict[tuple[str, int], str],
+    winner: int,
+    why: str,
+    goal: float,
+) -> dict[str, Any]:
+    """The manifest's ``float_layers.speed_choice``: each timed candidate's agreement and speed, and the winner."""
+    first = measured[labels[keys[0]]]
+    return {
+        "target_mean_cosine": round(goal, 5),
+        "candidates": [
+            {
+                "calibration": name,
+                "float_layers": layers,
+                "compute_share": round(prefixes[layers].compute_share, 4),
+                "mean_cosine": round(scores[name, layers], 5),
+                **{k: measured[labels[name, layers]][k] for k in _SPEED_FIELDS},
+                "chosen": index == winner,
+            }
+            for index, (name, layers) in enumerate(keys)
+        ],
+        "chosen_because": why,
+        "rounds": first["rounds"],
+        "samples": first["samples"],
+        "cpu": first["cpu"],
+        "max_candidates": speed_choice.MAX_CANDIDATES,
+        "speed_tie": speed_choice.SPEED_TIE,
+        "what": "int8 backbones reaching the target, each timed against the float one on the export machine "
+        "(cpu); the device's CPU may rank them otherwise",
+    }
+
+
+_SPEED_FIELDS = ("int8_over_float_cpu_time", "int8_over_float_wall_time", "per_round_cpu_time")
 
 
 def _tried(entry: dict[str, Any]) -> str:
