@@ -15,6 +15,8 @@ skip() { echo "kvm: skipped: $*"; exit 0; }
 
 [[ "$(uname -m)" == x86_64 ]] || skip "not an x86_64 host"
 [[ -e /dev/kvm ]] || skip "no /dev/kvm"
+# Before any install: kvm_pvm (software nested virtualisation in cloud sandboxes) offers guests no AVX at all.
+[[ ! -d /sys/module/kvm_pvm ]] || skip "this /dev/kvm is kvm_pvm, which offers guests no AVX: no -cpu $CPU guest here"
 if ! command -v qemu-system-x86_64 >/dev/null || ! file -L /bin/busybox 2>/dev/null | grep -q 'statically linked'; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
