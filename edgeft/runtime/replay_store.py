@@ -22,14 +22,13 @@ a stray segment, never a version listing one that is missing. States written bef
 from __future__ import annotations
 
 import hashlib
-import io
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeft.common.npz import read_arrays, save_arrays
 from edgeft.errors import EdgeftError
 from edgeft.runtime.replay import NOT_STORED, ReplayBuffer
 from edgeft.runtime.store import SEGMENTS_DIR, StateStore, Version, segments_of
@@ -68,7 +67,7 @@ def persist(
     if rows:
         features = np.concatenate([b.features[pending[name]] for name, b in buffers.items()])
         labels = np.concatenate([b.labels[pending[name]] for name, b in buffers.items()])
-        name, digest = store.write_segment(number, lambda path: _save(path, features=features, labels=labels))
+        name, digest = store.write_segment(number, lambda path: save_arrays(path, features=features, labels=labels))
         listed[name] = {"sha256": digest, "rows": rows}
         at = 0
         for buffer_name, buffer in buffers.items():
@@ -80,7 +79,7 @@ def persist(
         index[f"{buffer_name}_segment"] = buffer.stored[:, 0].astype(np.int32)
         index[f"{buffer_name}_row"] = buffer.stored[:, 1].astype(np.int32)
         index.update({f"{buffer_name}_{key}": value for key, value in buffer.bookkeeping().items()})
-    return (lambda path: _save(path, **index)), listed
+    return (lambda path: save_arrays(path, **index)), listed
 
 
 def load(store: StateStore, version: Version | None, buffers: dict[str, Buffer]) -> None:
@@ -94,7 +93,7 @@ def load(store: StateStore, version: Version | None, buffers: dict[str, Buffer])
                 buffer.load_file(version.files[f"{name}.npz"])
         return
     index_path = version.files[BUFFERS_FILE]
-    index = _read(index_path.read_bytes(), index_path, "a version's buffer index")
+    index = read_arrays(index_path.read_bytes(), index_path, "a version's buffer index")
     listed = segments_of(version.record, index_path)
     wanted = {f"{name}_{key}" for name, b in buffers.items() for key in ("segment", "row", *b.bookkeeping())}
     if not wanted <= set(index):
@@ -138,21 +137,8 @@ def _segment(
         raise EdgeftError(f"state {store.root}: version {version.number} is missing {SEGMENTS_DIR}/{name}") from None
     if hashlib.sha256(data).hexdigest() != listed[name]["sha256"]:
         raise EdgeftError(f"{path} is corrupt: its sha256 does not match {meta_name}")
-    arrays = _read(data, path, "a replay segment")
+    arrays = read_arrays(data, path, "a replay segment")
     features, labels = arrays.get("features"), arrays.get("labels")
     if features is None or labels is None or features.ndim != 2 or len(labels) != len(features):
         raise EdgeftError(f"{path} is not a valid replay segment (features and labels of as many rows)")
     return features, labels, path
-
-
-def _read(data: bytes, path: Path, what: str) -> dict[str, np.ndarray]:
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise EdgeftError(f"{path} is not {what} ({type(exc).__name__})") from None
-
-
-def _save(path: Path, **arrays: np.ndarray) -> None:
-    with path.open("wb") as handle:
-        np.savez(handle, **arrays)

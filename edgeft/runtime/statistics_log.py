@@ -21,9 +21,7 @@ sums and the trace: smaller than an arrival's rows) stay whole in the version's 
 from __future__ import annotations
 
 import hashlib
-import io
 import re
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeft.common.npz import read_arrays, save_arrays
 from edgeft.errors import EdgeftError
 from edgeft.runtime.class_statistics import ClassStatistics
 from edgeft.runtime.store import SEGMENTS_DIR, StateStore, Version, segments_of
@@ -71,13 +70,13 @@ class StatisticsLog:
         elif self.pending:
             features, labels = self.pending[0]
             name, digest = store.write_segment(
-                number, lambda path: _save(path, features=features, labels=labels), SEGMENT_SUFFIX
+                number, lambda path: save_arrays(path, features=features, labels=labels), SEGMENT_SUFFIX
             )
             self.chain = {**self.chain, name: {"sha256": digest, "rows": rows}}
             self.log_rows += rows
         self.pending = []
         names = np.array(list(self.chain), dtype=str)
-        return lambda path: _save(path, chain=names)
+        return lambda path: save_arrays(path, chain=names)
 
     def listed(self) -> dict[str, dict[str, Any]]:
         """The segments of the chain, as the version's metadata lists them."""
@@ -90,7 +89,7 @@ def load_statistics(
     """The statistics ``version`` holds in ``path`` (its index, or a whole statistics file of an older edgeft) and
     the log to continue them (``full``: statistics with the whole moment, if the chain starts from no samples);
     EdgeftError naming the file for anything missing, corrupt or of another head."""
-    arrays = _read(path.read_bytes(), path, "valid class statistics")
+    arrays = read_arrays(path.read_bytes(), path, "valid class statistics")
     if "chain" not in arrays:  # a whole statistics file, as edgeft wrote it before the log
         return ClassStatistics.load(path, num_classes, feature_dim), StatisticsLog(based=False)
     chain = arrays["chain"]
@@ -104,7 +103,7 @@ def load_statistics(
                               f"{version.number:06d}.json")  # fmt: skip
         segment = store.segment_path(name)
         data = _checked_bytes(store, version, segment, listed[name]["sha256"])
-        part = _read(data, segment, "a statistics segment")
+        part = read_arrays(data, segment, "a statistics segment")
         log.chain[name] = listed[name]
         if "features" in part:
             statistics.add(*_rows(part, segment, feature_dim, num_classes))
@@ -141,16 +140,3 @@ def _checked_bytes(store: StateStore, version: Version, segment: Path, digest: s
     if hashlib.sha256(data).hexdigest() != digest:
         raise EdgeftError(f"{segment} is corrupt: its sha256 does not match {version.number:06d}.json")
     return data
-
-
-def _read(data: bytes, path: Path, what: str) -> dict[str, np.ndarray]:
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise EdgeftError(f"{path} is not {what} ({type(exc).__name__})") from None
-
-
-def _save(path: Path, **arrays: np.ndarray) -> None:
-    with path.open("wb") as handle:
-        np.savez(handle, **arrays)
