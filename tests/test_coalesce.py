@@ -48,10 +48,15 @@ def _backlog(inbox: Path, files: int, samples: int) -> list[Path]:
 
 
 def _watch(
-    bundle: Bundle, state: Path, inbox: Path, coalesce: int, options: LearnOptions | None = None
+    bundle: Bundle | Path,
+    state: Path,
+    inbox: Path,
+    coalesce: int,
+    options: LearnOptions | None = None,
+    **adapter_options: object,
 ) -> tuple[WatchSummary, list[tuple[str, dict]]]:
     seen: list[tuple[str, dict]] = []
-    with Adapter(bundle, state) as adapter:
+    with Adapter(bundle, state, **adapter_options) as adapter:
         summary = watch(
             adapter,
             Inbox(inbox),
@@ -225,23 +230,6 @@ def _drop_labels(inbox: Path, name: str, seed: int, x: np.ndarray, y: np.ndarray
     return staged.rename(inbox / name)
 
 
-def _watch_all(
-    bundle: Path, state: Path, inbox: Path, coalesce: int, **adapter_options: object
-) -> tuple[Adapter, list]:
-    seen: list[tuple[str, dict]] = []
-    with Adapter(bundle, state, threads=1, **adapter_options) as adapter:
-        summary = watch(
-            adapter,
-            Inbox(inbox),
-            emit=lambda event, **fields: seen.append((event, fields)),
-            stop=StopFlag(),
-            once=True,
-            policy=EntryPolicy(coalesce=coalesce),
-        )
-        assert (summary.learned, summary.quarantined, summary.errors) == (3, 0, 0), seen
-    return adapter, summary.versions
-
-
 def test_new_classes_met_across_coalesced_entries_take_the_outputs_one_arrival_at_a_time_would(
     tiny_model: Path, tmp_path: Path
 ) -> None:
@@ -261,9 +249,11 @@ def test_new_classes_met_across_coalesced_entries_take_the_outputs_one_arrival_a
         inbox.mkdir()
         for seed, (part_x, part_y) in enumerate(parts, start=1):
             _drop_labels(inbox, f"e{seed}.npz", seed, part_x, part_y)
-        adapter, versions = _watch_all(bundle, tmp_path / f"state{coalesce}", inbox, coalesce, policy=NO_GUARD)
-        assert len(versions) == (3 if coalesce == 0 else 1)
-        known[coalesce] = adapter.classes
+        state = tmp_path / f"state{coalesce}"
+        summary, seen = _watch(bundle, state, inbox, coalesce, policy=NO_GUARD)
+        assert (summary.learned, len(summary.versions)) == (3, 3 if coalesce == 0 else 1), seen
+        with Adapter(bundle, state) as adapter:
+            known[coalesce] = adapter.classes
     assert known[1024] == known[0] == ["red", "blue", "green", "violet"]
 
 
@@ -280,8 +270,8 @@ def test_coalesced_entries_of_a_target_task_are_one_version_equal_to_learning_th
     targets = (levels > 0).astype(np.uint8) if task == MULTILABEL else levels
     for seed, rows in enumerate((slice(0, 30), slice(30, 60), slice(60, 90)), start=1):
         _drop_labels(inbox, f"e{seed}.npz", seed, x[rows], targets[rows])
-    _, versions = _watch_all(bundle, state, inbox, 1024, policy=NO_GUARD)
-    assert len(versions) == 1
+    summary, seen = _watch(bundle, state, inbox, 1024, policy=NO_GUARD, threads=1)
+    assert (summary.learned, len(summary.versions)) == (3, 1), seen
     assert _inputs_by_version(state) == {1: ["e1.npz", "e2.npz", "e3.npz"]}
     with Adapter(bundle, tmp_path / "at-once", threads=1, policy=NO_GUARD) as at_once:
         at_once.learn(x, targets)
