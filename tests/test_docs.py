@@ -1,13 +1,16 @@
-"""docs/cli.md is the typer app's own help, generated, so it cannot drift from the commands."""
+"""docs/cli.md is the typer app's own help, generated, so it cannot drift from the commands; the architecture map
+names real paths and every command; every command line the README and docs/ show is one the CLI accepts."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from helpers import SUBPROCESS_TIMEOUT
+import pytest
+from helpers import SUBPROCESS_TIMEOUT, invoke_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI_REFERENCE = ROOT / "docs" / "cli.md"
@@ -42,3 +45,39 @@ def test_the_architecture_map_places_every_command() -> None:
     text = ARCHITECTURE.read_text()
     unplaced = sorted(name for name in commands if f"`{name}`" not in text and f"`{name} " not in text)
     assert not unplaced, f"docs/architecture.md does not say where these commands live: {unplaced}"
+
+
+# Commands shown but not run here: the demo runs the whole main job, fleet ones start servers (tests/test_fleet*.py).
+NOT_RUN = ("demo", "fleet")
+USAGE_ERROR = 2
+
+
+def documented_command_lines() -> list[str]:
+    """Every ``edgeft ...`` line of a code block in the README and docs/ (not the generated reference), without its
+    comment and with optional ``[...]`` parts dropped."""
+    found = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        if page == CLI_REFERENCE:
+            continue
+        for block in re.findall(r"```[a-z]*\n(.*?)```", page.read_text(), re.S):
+            for line in block.splitlines():
+                if line.startswith("edgeft "):
+                    found.append(re.sub(r"\[[^\]]*\]", "", line.split(" #")[0]).strip())
+    return found
+
+
+def test_the_docs_show_many_command_lines() -> None:
+    assert len(documented_command_lines()) > 25
+
+
+@pytest.mark.parametrize("line", documented_command_lines())
+def test_every_documented_command_line_is_one_the_cli_accepts(
+    line: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = shlex.split(line)[1:]
+    if any(word in NOT_RUN for word in args[:1]):
+        pytest.skip(f"{args[0]} is not run here")
+    monkeypatch.chdir(tmp_path)  # nothing the line names exists here: it fails on that, never on its usage
+    done = invoke_cli(*args)
+    assert done.exit_code != USAGE_ERROR, f"`{line}` is not a valid command line: {done.stderr}"
+    assert not list(tmp_path.iterdir()), f"`{line}` failed and still left {list(tmp_path.iterdir())}"
