@@ -53,6 +53,14 @@ def assert_identical(a: ClassStatistics, b: ClassStatistics) -> None:
         assert mine.dtype == theirs.dtype and np.array_equal(mine, theirs)
 
 
+def learn(bundle: Path, state: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], learner: str = "slda") -> Adapter:
+    """An Adapter (closed again) that learned ``arrivals`` in order into ``state``, guard off."""
+    with Adapter(bundle, state, policy=NO_GUARD, head_learner=learner) as adapter:
+        for features, names in arrivals:
+            adapter.learn_features(features, names)
+    return adapter
+
+
 def chain(state: Path, number: int) -> list[str]:
     with np.load(state / "versions" / f"{number:06d}.{STATISTICS_FILE}") as index:
         return index["chain"].tolist()
@@ -92,10 +100,8 @@ def test_arrivals_write_their_rows_and_read_back_bit_for_bit(
 def test_a_process_that_continues_a_log_learns_what_one_process_learns(
     wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path
 ) -> None:
-    with Adapter(wide_bundle, tmp_path / "one", policy=NO_GUARD, head_learner="slda") as adapter:
-        for features, names in arrivals:
-            adapter.learn_features(features, names)
-        expected, expected_head = copy(adapter.class_statistics()), adapter.parameters()
+    one = learn(wide_bundle, tmp_path / "one", arrivals)
+    expected, expected_head = copy(one.class_statistics()), one.parameters()
     for features, names in arrivals:  # an Adapter (a reload of the log) per arrival
         with Adapter(wide_bundle, tmp_path / "many", policy=NO_GUARD, head_learner="slda") as adapter:
             adapter.learn_features(features, names)
@@ -140,9 +146,7 @@ def test_a_damaged_or_missing_segment_is_a_clear_error(
     wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path
 ) -> None:
     state = tmp_path / "s"
-    with Adapter(wide_bundle, state, policy=NO_GUARD, head_learner="slda") as adapter:
-        for features, names in arrivals[:3]:
-            adapter.learn_features(features, names)
+    learn(wide_bundle, state, arrivals[:3])
     segment = state / SEGMENTS_DIR / "000002.statistics.npz"
     segment.write_bytes(segment.read_bytes()[:-1] + b"x")
     with Adapter(wide_bundle, state, head_learner="slda") as adapter:
@@ -159,10 +163,7 @@ def test_sigkill_at_every_rename_of_a_commit_leaves_the_old_or_the_new_statistic
 ) -> None:
     """A real ``edgeft adapt`` process killed at each atomic rename of one arrival's commit (a row segment)."""
     start = tmp_path / "start"
-    with Adapter(wide_bundle, start, policy=NO_GUARD, head_learner="slda") as adapter:
-        for features, names in arrivals[:2]:
-            adapter.learn_features(features, names)
-        before = copy(adapter.class_statistics())
+    before = copy(learn(wide_bundle, start, arrivals[:2]).class_statistics())
     x, y = make_dataset(4, seed=12)
     np.savez(tmp_path / "arrival.npz", x=x, y=np.array(CLASSES)[y])
 
@@ -204,10 +205,7 @@ def test_nearest_class_mean_keeps_its_small_statistics_whole_in_the_version(
     wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path
 ) -> None:
     state = tmp_path / "s"
-    with Adapter(wide_bundle, state, policy=NO_GUARD, head_learner="ncm") as adapter:
-        for features, names in arrivals[:3]:
-            adapter.learn_features(features, names)
-        learned = copy(adapter.class_statistics())
+    learned = copy(learn(wide_bundle, state, arrivals[:3], "ncm").class_statistics())
     assert not list((state / SEGMENTS_DIR).glob("*.statistics.npz"))  # counts, sums and a trace: no log
     with np.load(state / "versions" / f"000003.{STATISTICS_FILE}") as data:
         assert set(data.files) == {"counts", "sums", "moment"} and data["moment"].shape == ()
