@@ -393,7 +393,7 @@ def test_a_write_error_never_makes_an_entry_poison_nor_blocks_the_entries_behind
         [*args, "--no-guard"],
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+        preexec_fn=limited(resource.RLIMIT_FSIZE, limit),
     )
     try:
         assert process.stderr is not None
