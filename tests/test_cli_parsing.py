@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import typer
-from helpers import invoke_cli, one_error_line, usage_message
+from helpers import invoke_cli, one_error_line, run_cli, usage_message
 from typer.main import get_command
 
 import edgeft
-from edgeft.cli import app, requested_command
+from edgeft.cli import app, hoisted_global_flags, requested_command
 from edgeft.cli.output import EXIT_INTERNAL, Settings, reported
 
 
@@ -117,6 +117,30 @@ def test_quiet_reaches_the_watch_summary_through_the_context(bundle_dir: Path, t
     loud = invoke_cli(*watch)
     assert loud.exit_code == 0, loud.stderr
     assert "learned 0, refused 0, skipped 0, quarantined 0, pending samples 0; version 0" in loud.stdout
+
+
+@pytest.mark.parametrize(
+    ("typed", "read"),
+    [
+        (["adapt", "B", "-q"], ["-q", "adapt", "B"]),
+        (["adapt", "B", "--debug", "-s", "S", "--verbose"], ["--debug", "--verbose", "adapt", "B", "-s", "S"]),
+        (["-q", "predict", "B"], ["-q", "predict", "B"]),
+        (["predict", "B", "--", "-q"], ["predict", "B", "--", "-q"]),  # after --, a file named -q
+        (["--config", "c.toml", "adapt", "B", "-v"], ["-v", "--config", "c.toml", "adapt", "B"]),
+    ],
+)
+def test_global_flags_typed_after_the_command_are_read_before_it(typed: list[str], read: list[str]) -> None:
+    assert hoisted_global_flags(typed) == read
+
+
+def test_quiet_after_the_command_silences_it_like_quiet_before(bundle_dir: Path, tmp_path: Path) -> None:
+    """`edgeft adapt ... -q`, the way users type it, in a real process: no usage error, the summary line silenced."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    done = run_cli("adapt", bundle_dir, "-s", tmp_path / "state", "--watch", inbox, "--once", "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "learned 0" not in done.stderr
 
 
 def _failing_inside_reported(settings: Settings) -> None:

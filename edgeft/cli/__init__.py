@@ -108,6 +108,15 @@ def requested_command(args: list[str]) -> str | None:
     return None
 
 
+def hoisted_global_flags(args: list[str]) -> list[str]:
+    """The command line with the global flags typed after the command moved before it (``adapt B -q`` -> ``-q
+    adapt B``): click reads them only there, and no command has an option of the same name. After ``--`` every word
+    is the command's own."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [arg for arg in args[:end] if arg in GLOBAL_FLAGS]
+    return [*flags, *(arg for arg in args[:end] if arg not in GLOBAL_FLAGS), *args[end:]]
+
+
 def __getattr__(name: str) -> typer.Typer:
     """``edgeft.cli.app``: the whole app, built on first use."""
     if name == "app":
@@ -123,4 +132,5 @@ def run() -> None:
     """Console-script entry point; a closed pipe (``edgeft predict ... | head``) ends it quietly."""
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     completing = any(key.startswith("_EDGEFT_COMPLETE") for key in os.environ)
-    build_app(None if completing else requested_command(sys.argv[1:]))(prog_name="edgeft")
+    args = hoisted_global_flags(sys.argv[1:])
+    build_app(None if completing else requested_command(args))(args=args, prog_name="edgeft")
