@@ -16,6 +16,7 @@ import operator
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -205,93 +206,44 @@ def quantize_backbone(
         ranges = RangeCache(
             prepared_path, Path(tmp), lambda part: _Reader(input_name, calibration.x[calib][part]), len(calib)
         )
-        features: dict[tuple[str, int], np.ndarray] = {}  # held-out features per candidate; the last model is kept
-        last: dict[str, Any] = {}
-
-        def build(method: Calibration, prefix: float_prefix.Prefix) -> None:
-            """Quantise with ``method``'s ranges and ``prefix`` float, repair the biases, embed the held-out samples."""
-            model = _quantize(
-                prepared_path,
-                input_name,
-                calibration.x[calib],
-                prefix.nodes,
+        builds = _Builds(
+            _BuildInputs(
                 Path(tmp),
                 source,
+                prepared_path,
+                prepared,
+                input_name,
                 reduce_range,
-                method,
+                qmax,
                 ranges,
+                calibration.x[calib],
+                calibration.x[held],
+                reference,
             )
-            last.update(
-                key=(method.name, prefix.layers), model=model, repaired=repair_int32_biases(model, prepared, qmax)
-            )
-            features[method.name, prefix.layers] = _embed(model.SerializeToString(), input_name, calibration.x[held])
-
-        failed: dict[str, str] = {}  # calibrations after the first that onnxruntime could not run: skipped
-        scores: dict[tuple[str, int], float] = {}  # mean cosine of every (calibration, float layers) tried
-
-        def held_out_cosine(method: Calibration, prefix: float_prefix.Prefix) -> float:
-            if method.name in failed:
-                return -1.0  # the lowest cosine: never chosen while the first calibration works
-            try:
-                build(method, prefix)
-            except EdgeftError as exc:
-                if method == MINMAX:
-                    raise
-                failed[method.name] = str(exc)
-                return -1.0
-            scores[method.name, prefix.layers] = float(_cosines(reference, features[method.name, prefix.layers]).mean())
-            return scores[method.name, prefix.layers]
-
+        )
         if isinstance(keep_float, int):
             method, chosen, trace = MINMAX, _fixed_prefix(candidates, keep_float, source), []
             how = f"--keep-float {keep_float}"
         else:
             affordable = [p for p in candidates if p.compute_share <= float_prefix.MAX_FLOAT_SHARE]
             methods = usable()
-            method, chosen, trace, goal = float_prefix.search_calibrations(affordable, methods, held_out_cosine)
+            method, chosen, trace, goal = float_prefix.search_calibrations(affordable, methods, builds.cosine)
             for entry in trace:  # entries name their calibration where several were tried
                 index = entry.pop("calibration")
                 if len(methods) > 1:
                     entry["calibration"] = methods[index].name
-            trace = [t for t in trace if t.get("calibration") not in failed]
+            trace = [t for t in trace if t.get("calibration") not in builds.failed]
             how = (
                 f"--keep-float auto tried {', '.join(_tried(t) for t in trace)} float layers, at most "
                 f"{float_prefix.MAX_FLOAT_SHARE:.0%} of the compute; --keep-float N sets the number"
             )
         timed: dict[str, Any] = {}
         if isinstance(keep_float, str) and speed_rounds:
-            # the search's choice and the other pairs tried that reach its target, timed: the fastest is shipped
-            order = sorted(scores, key=lambda k: (k[1], [m.name for m in methods].index(k[0])))
-            keys = speed_choice.contenders(scores, (method.name, chosen.layers), goal, order)
-            models: dict[tuple[str, int], tuple[onnx.ModelProto, dict[str, int]]] = {}
-            for name, layers in keys:
-                if last.get("key") != (name, layers):
-                    build(next(m for m in methods if m.name == name), affordable[layers])
-                models[name, layers] = last["model"], last["repaired"]
-            labels = {k: f"{k[0]}, {_layers(k[1])} float" for k in keys}
-            measured = int8_speed.measure_candidates(
-                backbone,
-                {labels[k]: models[k][0].SerializeToString() for k in keys},
-                input_name,
-                calibration.x[held],
-                speed_rounds,
+            method, chosen, timed = _timed_choice(
+                builds, backbone, methods, affordable, (method, chosen), goal, speed_rounds
             )
-            contenders = [
-                speed_choice.Contender(labels[k], scores[k], measured[labels[k]]["int8_over_float_cpu_time"])
-                for k in keys
-            ]
-            winner, why = speed_choice.choose(contenders, goal)
-            method, chosen = next(m for m in methods if m.name == keys[winner][0]), affordable[keys[winner][1]]
-            last.update(key=keys[winner], model=models[keys[winner]][0], repaired=models[keys[winner]][1])
-            timed = {
-                "speed": measured[labels[keys[winner]]],
-                "speed_choice": _speed_choice_record(keys, scores, affordable, measured, labels, winner, why, goal),
-            }
-        key = (method.name, chosen.layers)
-        if last.get("key") != key:
-            build(method, chosen)
-        quantized, repaired = last["model"], last["repaired"]
-    chosen_features = features[key]
+        quantized, repaired = builds.model(method, chosen)
+    chosen_features = builds.features[method.name, chosen.layers]
     kept = f"the first {_layers(chosen.layers)} float" if chosen.layers else "every weight layer int8"
     agreement = compare_features(reference, chosen_features, calibration, held, f"with {kept} ({how})")
     fallback = {"file": FLOAT_BACKBONE_FILE} if float_fallback else {}
@@ -333,7 +285,7 @@ def quantize_backbone(
             "target_mean_cosine": float_prefix.TARGET_MEAN_COSINE,
             "max_compute_share": float_prefix.MAX_FLOAT_SHARE,
             "search": trace,
-            **({"failed_calibrations": failed} if failed else {}),
+            **({"failed_calibrations": builds.failed} if builds.failed else {}),
             **({"speed_choice": timed["speed_choice"]} if timed else {}),
         },
         "repaired_bias_channels": repaired,
@@ -343,6 +295,115 @@ def quantize_backbone(
         "probe": probe,
         **speed,
     }
+
+
+@dataclass(frozen=True)
+class _BuildInputs:
+    """What every int8 candidate of one export is built from and checked against."""
+
+    folder: Path  # the export's work folder
+    source: str  # the original model, named in errors
+    prepared_path: Path  # the float backbone after quant_pre_process
+    prepared: onnx.ModelProto
+    input_name: str
+    reduce_range: bool  # 7-bit weights (target_cpu avx2)
+    qmax: int  # the weights' largest quantised value, for repair_int32_biases
+    ranges: RangeCache  # the calibrations' activation ranges
+    calibration_x: np.ndarray
+    held_x: np.ndarray  # the held-out samples every candidate embeds
+    reference: np.ndarray  # the float backbone's features of held_x
+
+
+class _Builds:
+    """The int8 candidates of one prepared backbone: each (calibration, float prefix) quantised with that
+    calibration's ranges, its int32 biases repaired and the held-out samples embedded; keeps every candidate's
+    held-out features and mean cosine against the float features, and the models asked for by ``model``."""
+
+    def __init__(self, inputs: _BuildInputs) -> None:
+        self.inputs = inputs
+        self.features: dict[tuple[str, int], np.ndarray] = {}
+        self.scores: dict[tuple[str, int], float] = {}  # mean cosine of every (calibration, float layers) tried
+        self.failed: dict[str, str] = {}  # calibrations after the first that onnxruntime could not run: skipped
+        self._last: tuple[tuple[str, int], onnx.ModelProto, dict[str, int]] | None = None
+        self._kept: dict[tuple[str, int], tuple[onnx.ModelProto, dict[str, int]]] = {}
+
+    def model(self, method: Calibration, prefix: float_prefix.Prefix) -> tuple[onnx.ModelProto, dict[str, int]]:
+        """The candidate's int8 model and its repaired bias channels (built unless it was the last one built), kept
+        for later calls."""
+        key = (method.name, prefix.layers)
+        if key not in self._kept:
+            if self._last is None or self._last[0] != key:
+                self._build(method, prefix)
+            assert self._last is not None
+            self._kept[key] = self._last[1], self._last[2]
+        return self._kept[key]
+
+    def cosine(self, method: Calibration, prefix: float_prefix.Prefix) -> float:
+        """The candidate's held-out mean cosine; -1 (never chosen) for a calibration after MinMax that ORT fails."""
+        if method.name in self.failed:
+            return -1.0
+        try:
+            self._build(method, prefix)
+        except EdgeftError as exc:
+            if method == MINMAX:
+                raise
+            self.failed[method.name] = str(exc)
+            return -1.0
+        key = (method.name, prefix.layers)
+        self.scores[key] = float(_cosines(self.inputs.reference, self.features[key]).mean())
+        return self.scores[key]
+
+    def _build(self, method: Calibration, prefix: float_prefix.Prefix) -> None:
+        given = self.inputs
+        model = _quantize(
+            given.prepared_path,
+            given.input_name,
+            given.calibration_x,
+            prefix.nodes,
+            given.folder,
+            given.source,
+            given.reduce_range,
+            method,
+            given.ranges,
+        )
+        key = (method.name, prefix.layers)
+        self._last = key, model, repair_int32_biases(model, given.prepared, given.qmax)
+        self.features[key] = _embed(model.SerializeToString(), given.input_name, given.held_x)
+
+
+def _timed_choice(
+    builds: _Builds,
+    backbone: Path,
+    methods: list[Calibration],
+    prefixes: list[float_prefix.Prefix],
+    searched: tuple[Calibration, float_prefix.Prefix],
+    goal: float,
+    speed_rounds: int,
+) -> tuple[Calibration, float_prefix.Prefix, dict[str, Any]]:
+    """The search's choice and the other candidates tried that reach its ``goal`` (speed_choice.contenders), each
+    timed against the float ``backbone``: the fastest (speed_choice.choose), and its speed and choice records."""
+    names = [m.name for m in methods]
+    order = sorted(builds.scores, key=lambda k: (k[1], names.index(k[0])))
+    keys = speed_choice.contenders(builds.scores, (searched[0].name, searched[1].layers), goal, order)
+    labels = {k: f"{k[0]}, {_layers(k[1])} float" for k in keys}
+    serialized = {
+        labels[k]: builds.model(methods[names.index(k[0])], prefixes[k[1]])[0].SerializeToString() for k in keys
+    }
+    measured = int8_speed.measure_candidates(
+        backbone, serialized, builds.inputs.input_name, builds.inputs.held_x, speed_rounds
+    )
+    contenders = [
+        speed_choice.Contender(labels[k], builds.scores[k], measured[labels[k]]["int8_over_float_cpu_time"])
+        for k in keys
+    ]
+    winner, why = speed_choice.choose(contenders, goal)
+    name, layers = keys[winner]
+    record = _speed_choice_record(keys, builds.scores, prefixes, measured, labels, winner, why, goal)
+    return (
+        methods[names.index(name)],
+        prefixes[layers],
+        {"speed": measured[labels[name, layers]], "speed_choice": record},
+    )
 
 
 def _speed_choice_record(
