@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.class_statistics import STATISTICS_FILE, ClassStatistics
 from edgeft.runtime.guard import GuardPolicy
 from edgeft.runtime.statistics_log import load_statistics
-from edgeft.runtime.store import SEGMENTS_DIR, stored_numbers
+from edgeft.runtime.store import SEGMENTS_DIR, read_current_record, stored_numbers
 
 NO_GUARD = GuardPolicy(enabled=False)
 FEATURES = 64  # 16 rows of the log fit in half a snapshot (the moment's 2,080 numbers and 3 × 64 sums)
@@ -214,3 +215,19 @@ def test_nearest_class_mean_keeps_its_small_statistics_whole_in_the_version(
     with Adapter(wide_bundle, state, head_learner="slda") as adapter:
         with pytest.raises(EdgeftError, match="holds nearest-class-mean statistics"):
             adapter.class_statistics()
+
+
+def test_records_listing_statistics_segments_are_format_2_which_a_format_1_edgeft_calls_too_new(
+    wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A format-1 edgeft would take the statistics segments for corrupt replay segments: their records are format 2,
+    so that edgeft (simulated: reading formats up to 1) says to upgrade instead; SGD's records stay format 1."""
+    formats = {}
+    for learner in ("sgd", "slda"):
+        learn(wide_bundle, tmp_path / learner, arrivals[:2], learner)
+        formats[learner] = json.loads((tmp_path / learner / "versions" / "000002.json").read_text())["format_version"]
+    assert formats == {"sgd": 1, "slda": 2}
+    monkeypatch.setattr("edgeft.runtime.version_record.RECORD_FORMAT_VERSION", 1)
+    with pytest.raises(EdgeftError, match=r"000002.json: version metadata format 2; this edgeft reads formats 1 to 1"):
+        read_current_record(tmp_path / "slda")
+    assert read_current_record(tmp_path / "sgd") is not None

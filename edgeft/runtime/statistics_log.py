@@ -33,9 +33,10 @@ from edgeft.common.npz import read_arrays, save_arrays
 from edgeft.errors import EdgeftError
 from edgeft.runtime.class_statistics import ClassStatistics
 from edgeft.runtime.store import SEGMENTS_DIR, StateStore, Version, segments_of
+from edgeft.runtime.version_record import STATISTICS_SEGMENT_SUFFIX
 
-SEGMENT_SUFFIX = ".statistics"
-STATISTICS_SEGMENT = re.compile(r"[0-9]{6,}\.statistics\.npz")
+SEGMENT_SUFFIX = STATISTICS_SEGMENT_SUFFIX.removesuffix(".npz")  # a version's records list them as format 2
+STATISTICS_SEGMENT = re.compile(r"[0-9]{6,}" + re.escape(STATISTICS_SEGMENT_SUFFIX))
 
 
 @dataclass

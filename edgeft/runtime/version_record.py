@@ -1,8 +1,12 @@
 """``VersionRecord``: what a committed state version records about itself (``versions/NNNNNN.json``), typed.
 
 Only the state store (edgeft.runtime.store) reads and writes these files; everything else gets records from it.
-The JSON carries ``format_version``; files written before it had one are format 1 (the same layout). Fields an
-early edgeft wrote and this one no longer knows (``samples_seen``, ``last_update``) are kept in ``extra`` as read.
+The JSON carries ``format_version``; files written before it had one are format 1 (the same layout). Format 2 is
+format 1 whose ``segments`` may also list class statistics segments (``NNNNNN.statistics.npz``,
+edgeft.runtime.statistics_log), which an edgeft that reads only format 1 would take for corrupt replay segments: a
+record lists them only as format 2, so such an edgeft says it is too old instead. A record without them is still
+written as format 1, which every edgeft reads. Fields an early edgeft wrote and this one no longer knows
+(``samples_seen``, ``last_update``) are kept in ``extra`` as read.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from typing import Any
 
 from edgeft.errors import EdgeftError
 
-RECORD_FORMAT_VERSION = 1
+RECORD_FORMAT_VERSION = 2  # the newest format this edgeft writes; it reads every format up to it
+STATISTICS_SEGMENT_SUFFIX = ".statistics.npz"  # segments only a format 2 record may list
 _OPTIONAL = ("created", "classes", "head_version", "head_source", "drift", "thresholds", "segments")
 
 
@@ -61,9 +66,15 @@ class VersionRecord:
                 data[item.name] = value
         return data
 
+    @property
+    def format_version(self) -> int:
+        """The oldest format that can hold this record: 2 when it lists class statistics segments, else 1."""
+        statistics = any(name.endswith(STATISTICS_SEGMENT_SUFFIX) for name in self.segments or {})
+        return 2 if statistics else 1
+
     def to_json(self) -> str:
-        """Stable JSON with the format version, as the store writes it."""
-        return json.dumps({**self.to_dict(), "format_version": RECORD_FORMAT_VERSION}, indent=2, sort_keys=True) + "\n"
+        """Stable JSON with its format version, as the store writes it."""
+        return json.dumps({**self.to_dict(), "format_version": self.format_version}, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, data: Any, origin: str) -> VersionRecord:
@@ -72,10 +83,10 @@ class VersionRecord:
             raise EdgeftError(f"{origin} is corrupt: not valid version metadata")
         data = dict(data)
         version = data.pop("format_version", 1)
-        if version != RECORD_FORMAT_VERSION:
+        if not _is_int(version) or not 1 <= version <= RECORD_FORMAT_VERSION:
             raise EdgeftError(
-                f"{origin}: version metadata format {version!r}; this edgeft reads {RECORD_FORMAT_VERSION} "
-                "(written by a newer edgeft? upgrade it)"
+                f"{origin}: version metadata format {version!r}; this edgeft reads formats 1 to "
+                f"{RECORD_FORMAT_VERSION} (written by a newer edgeft? upgrade it)"
             )
         known = {item.name for item in fields(cls)} - {"extra"}
         values = {key: value for key, value in data.items() if key in known}
