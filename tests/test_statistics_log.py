@@ -231,3 +231,31 @@ def test_records_listing_statistics_segments_are_format_2_which_a_format_1_edgef
     with pytest.raises(EdgeftError, match=r"000002.json: version metadata format 2; this edgeft reads formats 1 to 1"):
         read_current_record(tmp_path / "slda")
     assert read_current_record(tmp_path / "sgd") is not None
+
+
+def test_a_commit_makes_its_replay_and_statistics_segments_durable_with_one_fsync_of_segments(
+    wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each arrival of slda+sgd writes a replay segment and a statistics segment: segments/ is fsynced once per
+    commit, after both are written and before the version listing them is, not once per segment."""
+    state = tmp_path / "state"
+    learn(wide_bundle, state, arrivals[:1], "slda+sgd")  # segments/ exists: the next commits only add to it
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    with Adapter(wide_bundle, state, policy=NO_GUARD, head_learner="slda+sgd") as adapter:
+        for features, names in arrivals[1:4]:
+            before = len(synced)
+            adapter.learn_features(features, names)
+            written = synced[before:]
+            segments = str((state / SEGMENTS_DIR).resolve())
+            versions = str((state / "versions").resolve())
+            segment_files = [i for i, path in enumerate(written) if path.startswith(segments + "/")]
+            assert len(segment_files) == 2, written  # this arrival's replay rows and statistics rows
+            assert written.count(segments) == 1, written
+            assert segment_files[-1] < written.index(segments) < written.index(versions), written

@@ -15,8 +15,8 @@ Layout::
       segments/000007.statistics.npz  the class statistics' rows (or a snapshot) version 7's commit added
                                 (streaming heads; edgeft.runtime.statistics_log)
 
-A version is committed by writing its segment (if it adds rows), its files, then its metadata (each atomically; the
-files and metadata share one fsync of ``versions/``), then CURRENT. A crash before CURRENT is replaced leaves the previous version current; leftovers are pruned later.
+A version is committed by writing its segments (if it adds rows), its files, then its metadata (each atomically; the
+segments share one fsync of ``segments/``, then the files and metadata one of ``versions/``), then CURRENT. A crash before CURRENT is replaced leaves the previous version current; leftovers are pruned later.
 Pruning, after each commit, removes the versions beyond ``keep`` and then every segment that no committed version
 still on disk lists, so a segment is never removed while a version that could be loaded or rolled back to uses it.
 States written before segments keep a whole ``replay.npz`` and ``holdout.npz`` per version; they still load.
@@ -117,6 +117,7 @@ class StateStore:
         self.keep = keep
         self._lock_fd: int | None = None
         self._segments_ready = False
+        self._segments_unsynced = False  # segments written whose entries the next commit makes durable
         if self.root.exists() and not self.root.is_dir():
             raise EdgeftError(f"state path {self.root} exists and is not a directory")
 
@@ -136,8 +137,9 @@ class StateStore:
         return self.segments_dir / name
 
     def write_segment(self, number: int, write: Callable[[Path], None], suffix: str = "") -> tuple[str, str]:
-        """Durably write the segment of the version ``number`` is about to commit (``suffix`` ".statistics": its
-        class statistics', edgeft.runtime.statistics_log); its name and sha256.
+        """Write the segment of the version ``number`` is about to commit (``suffix`` ".statistics": its class
+        statistics', edgeft.runtime.statistics_log); its name and sha256. Its contents are durable at once, its
+        entry in segments/ when ``commit`` makes them all durable with one fsync, before any version lists them.
 
         Requires the lock. Until a committed version lists it, it is garbage the next commit's pruning removes.
         """
@@ -147,7 +149,8 @@ class StateStore:
             make_directory(self.segments_dir)
             self._segments_ready = True
         name = f"{number:06d}{suffix}.npz"
-        write_atomic(self.segment_path(name), write)
+        write_atomic(self.segment_path(name), write, sync_directory=False)
+        self._segments_unsynced = True
         return name, sha256_file(self.segment_path(name))
 
     def current(self) -> Version | None:
@@ -240,6 +243,9 @@ class StateStore:
         }
         record = VersionRecord.from_dict(full_meta, f"version {number} of state {self.root}")
         write_bytes_atomic(self._path(number, "json"), record.to_json().encode(), sync_directory=False)
+        if self._segments_unsynced:  # every segment written since the last commit, before a version lists them
+            fsync_directory(self.segments_dir)
+            self._segments_unsynced = False
         fsync_directory(self.versions_dir)  # the version's files and metadata durable before CURRENT names them
         write_bytes_atomic(self.root / CURRENT_FILE, json.dumps({"version": number}).encode())
         self._prune(number)
