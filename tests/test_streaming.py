@@ -13,7 +13,7 @@ import pytest
 from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset
 
 from edgeft.bundle import Bundle
-from edgeft.common.budget import MemoryBudget
+from edgeft.common.budget import RESERVE, MemoryBudget
 from edgeft.common.ort import resolve_placement
 from edgeft.data.limits import ArrivalLimits
 from edgeft.data.readers import READ_BATCH, read_path, stream_path
@@ -226,12 +226,17 @@ def test_samples_held_back_for_pending_are_charged_to_the_budget_as_raw_inputs(b
 
     x, _ = make_dataset(400, seed=6)  # 400 x 768 bytes of inputs, their features 400 x 6 floats
     _npz(tmp_path / "new.npz", x, np.array(["purple"] * 400))  # the head's three outputs are all named
-    in_use = MemoryBudget(0, "test").in_use()
-    tight = ArrivalLimits(MemoryBudget(int((in_use + 100 * 768) / 0.9), "a budget for a quarter of the inputs"))
+
+    def leaving_for_the_arrival(room: int, source: str) -> ArrivalLimits:
+        """A budget that leaves ``room`` bytes for an arrival beyond what this process holds now and the budget's
+        reserve (a share of the whole: large where the process itself is, e.g. under an emulator)."""
+        return ArrivalLimits(MemoryBudget(int((MemoryBudget(0, "test").in_use() + room) / (1 - RESERVE)), source))
+
     with Adapter(bundle, tmp_path / "state", ep="cpu") as adapter:
+        tight = leaving_for_the_arrival(100 * 768, "a budget for a quarter of the inputs")
         with pytest.raises(DataError, match="new.npz: .* samples of labels the head has no room for needs about"):
             read_arrival(adapter, [str(tmp_path / "new.npz")], None, relearn=False, limits=tight)
-        roomy = ArrivalLimits(MemoryBudget(in_use + 2**26, "test"))
+        roomy = leaving_for_the_arrival(2**26, "test")
         arrival = read_arrival(adapter, [str(tmp_path / "new.npz")], None, relearn=False, limits=roomy)
         assert arrival.embedded is not None and arrival.embedded.unfit == 400
 
