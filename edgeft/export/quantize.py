@@ -208,17 +208,17 @@ def quantize_backbone(
         )
         builds = _Builds(
             _BuildInputs(
-                Path(tmp),
-                source,
-                prepared_path,
-                prepared,
-                input_name,
-                reduce_range,
-                qmax,
-                ranges,
-                calibration.x[calib],
-                calibration.x[held],
-                reference,
+                folder=Path(tmp),
+                source=source,
+                prepared_path=prepared_path,
+                prepared=prepared,
+                input_name=input_name,
+                reduce_range=reduce_range,
+                qmax=qmax,
+                ranges=ranges,
+                calibration_x=calibration.x[calib],
+                held_x=calibration.x[held],
+                reference=reference,
             )
         )
         if isinstance(keep_float, int):
