@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI step for issue #17 on a whole non-VNNI machine: the int8 tests (those of .ci/int8.sh) in a KVM guest with
 # -cpu Haswell-noTSX (AVX2, no AVX-512, no VNNI) through tools/cpu-vm, where every process, the CLI subprocesses
-# too, runs that CPU's kernels at near-native speed (.ci/int8.sh emulates every process, far slower). Skipped, exit 0 and
+# too, runs that CPU's kernels near-natively (.ci/int8.sh emulates every process, far slower). Skipped, exit 0 and
 # the reason, where there is no usable KVM for that CPU model (no /dev/kvm, or one such as the kvm_pvm of nested
 # cloud sandboxes that offers guests no AVX) or the Debian packages cannot be had. Run from the repository root
 # with the runtime venv active (PYTHON overrides); apt-get needs root. The guest is stopped after 280 s (never
