@@ -21,7 +21,6 @@ from edgeft.fleet.pooled_statistics import normaliser
 from edgeft.fleet.store import GlobalStore
 from edgeft.runtime import guard
 from edgeft.runtime.adapter import Adapter
-from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, ClassStatistics
 from edgeft.runtime.history import read_lines
 from edgeft.runtime.slda import DEFAULT_SHRINKAGE, ClosedFormHead
 
@@ -218,10 +217,8 @@ def test_statistics_strategy_gives_every_device_the_central_lda_head(bundle_dir:
         with Adapter(bundle_dir, state, head_learner="slda") as adapter:
             assert adopted_version(adapter.meta) == 1 and adapter.meta["head_version"] == adapter.version
             assert adapter.predict(x) == central_predictions
-            version = adapter.store.current()
-            assert version is not None
-            head = adapter.bundle.manifest.head
-            others = ClassStatistics.load(version.files[FLEET_STATISTICS_FILE], head.num_outputs, head.feature_dim)
+            others = adapter.fleet_statistics()
+            assert others is not None
             fleet_view = adapter.class_statistics().merged(others)  # own + the other devices' = everything
             np.testing.assert_array_equal(fleet_view.counts, expected.counts)
             np.testing.assert_allclose(fleet_view.moment, expected.moment, rtol=1e-6)

@@ -13,6 +13,7 @@ import pytest
 from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset
 from tiny_models import classifier, save
 
+from edgeft.bundle import sha256_file
 from edgeft.errors import EdgeftError
 from edgeft.export import ExportConfig, export_bundle
 from edgeft.runtime.adapter import Adapter
@@ -259,3 +260,65 @@ def test_a_commit_makes_its_replay_and_statistics_segments_durable_with_one_fsyn
             assert len(segment_files) == 2, written  # this arrival's replay rows and statistics rows
             assert written.count(segments) == 1, written
             assert segment_files[-1] < written.index(segments) < written.index(versions), written
+
+
+def adopted_fleet(
+    bundle: Path, state: Path, others: ClassStatistics, arrivals: list[tuple[np.ndarray, np.ndarray]]
+) -> None:
+    """Adopt the device's own head as a fleet head that comes with ``others``, then learn ``arrivals``."""
+    with Adapter(bundle, state, policy=NO_GUARD, head_learner="slda") as adapter:
+        assert adapter.adopt(adapter.parameters(), adapter.classes, origin="fleet", fleet_statistics=others).promoted
+        for features, names in arrivals:
+            adapter.learn_features(features, names)
+
+
+def test_the_fleets_statistics_are_one_segment_written_at_adoption_and_listed_by_every_later_version(
+    wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each version of a device in a fleet used to copy the other devices' whole statistics; now the adopting
+    commit writes them once, each later version's fleet_statistics.npz names that segment, they read back bit for
+    bit, a rollback past the adoption drops them and one to after it brings them back, and an edgeft that reads
+    formats up to 2 calls the records listing the segment too new."""
+    others = copy(learn(wide_bundle, tmp_path / "other", arrivals[:1] + arrivals[5:]).class_statistics())
+    state = tmp_path / "state"
+    learn(wide_bundle, state, arrivals[:1])
+    adopted_fleet(wide_bundle, state, others, arrivals[1:4])  # versions 2 (the adoption) to 5
+    segment = state / SEGMENTS_DIR / "000002.fleet.statistics.npz"
+    assert sorted(p.name for p in (state / SEGMENTS_DIR).glob("*.fleet.*")) == [segment.name]
+    for number in range(2, 6):
+        record = json.loads((state / "versions" / f"{number:06d}.json").read_text())
+        assert record["segments"][segment.name]["sha256"] == sha256_file(segment)
+        assert record["format_version"] == 3
+        index = state / "versions" / f"{number:06d}.fleet_statistics.npz"
+        assert 50 * index.stat().st_size < segment.stat().st_size  # a name, not 2,080 + 192 numbers
+    with Adapter(wide_bundle, state, policy=NO_GUARD, head_learner="slda") as adapter:
+        assert_identical(adapter.fleet_statistics(), others)
+        adapter.rollback(1)
+        assert adapter.fleet_statistics() is None
+        adapter.rollback(4)
+        assert_identical(adapter.fleet_statistics(), others)
+    monkeypatch.setattr("edgeft.runtime.version_record.RECORD_FORMAT_VERSION", 2)
+    with pytest.raises(EdgeftError, match=r"000007.json: version metadata format 3; this edgeft reads formats 1 to 2"):
+        read_current_record(state)
+
+
+def test_fleet_statistics_an_older_edgeft_kept_whole_still_load_and_the_next_arrival_writes_their_segment(
+    wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path
+) -> None:
+    others = copy(learn(wide_bundle, tmp_path / "other", arrivals[:1] + arrivals[5:]).class_statistics())
+    state = tmp_path / "state"
+    learn(wide_bundle, state, arrivals[:1])
+    adopted_fleet(wide_bundle, state, others, [])
+    record_file, fleet_file = (state / "versions" / f"000002.{kind}" for kind in ("json", "fleet_statistics.npz"))
+    record = json.loads(record_file.read_text())  # version 2 as an older edgeft wrote it: the whole file, no segment
+    others.save(fleet_file)
+    record["sha256"]["fleet_statistics.npz"] = sha256_file(fleet_file)
+    record["segments"] = {name: entry for name, entry in record["segments"].items() if ".fleet." not in name}
+    record_file.write_text(json.dumps({**record, "format_version": 2}))
+    (state / SEGMENTS_DIR / "000002.fleet.statistics.npz").unlink()
+    with Adapter(wide_bundle, state, policy=NO_GUARD, head_learner="slda") as adapter:
+        assert_identical(adapter.fleet_statistics(), others)
+        adapter.learn_features(*arrivals[1])
+    assert sorted(p.name for p in (state / SEGMENTS_DIR).glob("*.fleet.*")) == ["000003.fleet.statistics.npz"]
+    with Adapter(wide_bundle, state, head_learner="slda") as reopened:
+        assert_identical(reopened.fleet_statistics(), others)

@@ -41,7 +41,7 @@ from edgeft.runtime.slda import (
     stored_fleet_statistics,
     stored_statistics,
 )
-from edgeft.runtime.statistics_log import StatisticsLog
+from edgeft.runtime.statistics_log import FLEET, StatisticsLog
 from edgeft.runtime.store import KEEP_VERSIONS, StateStore, Version
 from edgeft.runtime.target_replay import TargetBuffer
 from edgeft.runtime.trainer import (
@@ -132,6 +132,7 @@ class Adapter:
         self._statistics: ClassStatistics | None = None
         self._statistics_log: StatisticsLog | None = None
         self._fleet_statistics: ClassStatistics | None = None
+        self._fleet_log: StatisticsLog | None = None
         self.placement: Placement = resolve_placement(ep)
         self._trainer_choice = trainer_name(trainer)
         self._trainer_kind: str | None = None
@@ -368,14 +369,16 @@ class Adapter:
             if verdict is not None:
                 decision, record = verdict(decision, parameters_finite(trainer.parameters()))
             promoted_writers = {**self._unchanged_writers(self._version, skip=HEAD_FILES), **trainer.writers()}
-            if fleet_statistics is not None and self._closed_form is not None:
-                promoted_writers[FLEET_STATISTICS_FILE] = fleet_statistics.save
+            if decision.promoted and fleet_statistics is not None and self._closed_form is not None:
+                # kept with the head from now on: their snapshot segment, once (else the last ones stay)
+                self._fleet_statistics, self._fleet_log = fleet_statistics, StatisticsLog(based=False, suffix=FLEET)
+                promoted_writers[FLEET_STATISTICS_FILE] = self._fleet_log.persist(
+                    self.store, self._next_number(), fleet_statistics
+                )
             arrival = {"origin": origin, "inputs": [], "samples": 0, "adopted": True}
             if record:
                 arrival["fleet_policy"] = record
             record = self._commit(trainer, decision, promoted_writers, list(classes), None, 0, arrival)
-            if decision.promoted and fleet_statistics is not None and self._closed_form is not None:
-                self._fleet_statistics = fleet_statistics  # else the last ones stay, on disk (copied) as in memory
         except BaseException:
             self._forget_uncommitted()
             raise
@@ -428,6 +431,11 @@ class Adapter:
         """The current version's class statistics (``slda``/``ncm`` learners; None for ``sgd``; takes the lock)."""
         self._open()
         return self._statistics
+
+    def fleet_statistics(self) -> ClassStatistics | None:
+        """The other devices' class statistics behind the adopted fleet head (None: none adopted; takes the lock)."""
+        self._open()
+        return self._fleet_statistics
 
     def consumed_inputs(self) -> dict[str, int]:
         """sha256 -> version of every input the journal records as consumed (takes the writer lock)."""
@@ -503,10 +511,12 @@ class Adapter:
         extra = self._tuned(trainer, holdout) if decision.promoted and self.tune_thresholds else {}
         promoted_writers = trainer.writers()
         if self._statistics is not None and decision.promoted:  # its rows (or a snapshot) into a segment now
-            number = (parent.number if parent else 0) + 1
+            number = self._next_number()
             promoted_writers[STATISTICS_FILE] = self._statistics_log.persist(self.store, number, self._statistics)
-        if self._fleet_statistics is not None:
-            promoted_writers[FLEET_STATISTICS_FILE] = self._fleet_statistics.save
+            if self._fleet_statistics is not None:  # the index of their segment (a snapshot after a whole file)
+                promoted_writers[FLEET_STATISTICS_FILE] = self._fleet_log.persist(
+                    self.store, number, self._fleet_statistics
+                )
         arrival = {
             "origin": origin,
             "head_learner": self.head_learner,
@@ -554,7 +564,7 @@ class Adapter:
         aside and commit the unchanged head. Either way the arrival is recorded; returns the version's record.
         ``extra`` goes into the metadata of a promoted version (a multi-label head's tuned thresholds)."""
         parent = self._version
-        number = (parent.number if parent else 0) + 1
+        number = self._next_number()
         if decision.promoted:
             writers = promoted_writers
         else:
@@ -578,6 +588,8 @@ class Adapter:
         writers[replay_store.BUFFERS_FILE], meta["segments"] = replay_store.persist(self.store, number, buffers, parent)
         if self._statistics_log is not None and STATISTICS_FILE in writers:  # the version's statistics' segments
             meta["segments"].update(self._statistics_log.listed())
+        if self._fleet_log is not None and FLEET_STATISTICS_FILE in writers:
+            meta["segments"].update(self._fleet_log.listed())
         self._version = self.store.commit(writers, meta, parent)
         if not decision.promoted:
             self._forget_uncommitted()  # the next arrival trains from the head that stayed current
@@ -724,6 +736,10 @@ class Adapter:
             "head_source": number if promoted else (previous.trained_head if previous else 0),
         }
 
+    def _next_number(self) -> int:
+        """The number the next commit gives its version."""
+        return (self._version.number if self._version else 0) + 1
+
     def _unchanged_writers(
         self, parent: Version | None, skip: tuple[str, ...] = ()
     ) -> dict[str, Callable[[Path], None]]:
@@ -749,7 +765,7 @@ class Adapter:
     def _forget_uncommitted(self) -> None:
         """Drop in-memory training state so the next call reloads the committed version."""
         self._trainer = self._replay = self._holdout = None
-        self._parameters = self._statistics = self._fleet_statistics = self._statistics_log = None
+        self._parameters = self._statistics = self._fleet_statistics = self._statistics_log = self._fleet_log = None
 
     def _open(self) -> tuple[Trainer, ReplayBuffer | TargetBuffer, ReplayBuffer | TargetBuffer]:
         """Take the lock, then load the current head, its replay buffer and holdout for training."""
@@ -765,7 +781,8 @@ class Adapter:
             if self._closed_form is not None:
                 stored = stored_statistics(self._closed_form, self.bundle, self.store, self._version)
                 self._statistics, self._statistics_log = stored
-                self._fleet_statistics = stored_fleet_statistics(self.bundle, self._version)
+                fleet = stored_fleet_statistics(self._closed_form, self.bundle, self.store, self._version)
+                self._fleet_statistics, self._fleet_log = fleet if fleet else (None, None)
         if self._history_behind:
             self._logs.catch_up(self.store)
             self._history_behind = False

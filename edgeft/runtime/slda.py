@@ -35,7 +35,7 @@ from edgeft.bundle import Bundle
 from edgeft.common.positive_definite import solve_positive_definite
 from edgeft.errors import EdgeftError
 from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, STATISTICS_FILE, ClassStatistics
-from edgeft.runtime.statistics_log import StatisticsLog, load_statistics
+from edgeft.runtime.statistics_log import FLEET, StatisticsLog, load_statistics
 
 if TYPE_CHECKING:
     from edgeft.runtime.store import StateStore, Version
@@ -160,9 +160,13 @@ def stored_statistics(
     return statistics, log
 
 
-def stored_fleet_statistics(bundle: Bundle, version: Version | None) -> ClassStatistics | None:
-    """The other devices' statistics that came with the last adopted fleet head, if a version carries them."""
+def stored_fleet_statistics(
+    learner: ClosedFormHead, bundle: Bundle, store: StateStore, version: Version | None
+) -> tuple[ClassStatistics, StatisticsLog] | None:
+    """The other devices' statistics that came with the last adopted fleet head and the log that keeps them (its
+    snapshot segment, ``edgeft.runtime.statistics_log``), if a version carries them."""
     if version is None or FLEET_STATISTICS_FILE not in version.files:
         return None
     head = bundle.manifest.head
-    return ClassStatistics.load(version.files[FLEET_STATISTICS_FILE], head.num_outputs, head.feature_dim)
+    path = version.files[FLEET_STATISTICS_FILE]
+    return load_statistics(store, version, path, head.num_outputs, head.feature_dim, learner.full, FLEET)

@@ -16,6 +16,10 @@ and a fresh snapshot otherwise (also when a statistics file of an older edgeft, 
 was loaded): bytes written per arrival follow the arrival (16 rows of 1,280 features: 164 KB, not the 6.5 MB
 snapshot), reading a version adds at most about D/4 rows to its snapshot. Nearest class mean's statistics (counts,
 sums and the trace: smaller than an arrival's rows) stay whole in the version's ``statistics.npz``, as before.
+
+The other devices' statistics behind an adopted fleet head are kept the same way, in segments of their own
+(``NNNNNN.fleet.statistics.npz``): the adopting commit writes their snapshot once, and every later version's
+``fleet_statistics.npz`` is the index naming it, so a device in a fleet no longer copies 6.5 MB into each version.
 """
 
 from __future__ import annotations
@@ -33,10 +37,10 @@ from edgeft.common.npz import read_arrays, save_arrays
 from edgeft.errors import EdgeftError
 from edgeft.runtime.class_statistics import ClassStatistics
 from edgeft.runtime.store import SEGMENTS_DIR, StateStore, Version, segments_of
-from edgeft.runtime.version_record import STATISTICS_SEGMENT_SUFFIX
+from edgeft.runtime.version_record import FLEET_SEGMENT_SUFFIX, STATISTICS_SEGMENT_SUFFIX
 
-SEGMENT_SUFFIX = STATISTICS_SEGMENT_SUFFIX.removesuffix(".npz")  # a version's records list them as format 2
-STATISTICS_SEGMENT = re.compile(r"[0-9]{6,}" + re.escape(STATISTICS_SEGMENT_SUFFIX))
+OWN = STATISTICS_SEGMENT_SUFFIX.removesuffix(".npz")  # the device's own statistics (records: format 2)
+FLEET = FLEET_SEGMENT_SUFFIX.removesuffix(".npz")  # the other devices' behind an adopted fleet head (format 3)
 
 
 @dataclass
@@ -44,12 +48,13 @@ class StatisticsLog:
     """The segments behind the loaded version's statistics (``chain``: name -> sha256 and rows, oldest first) and
     the rows added to them since, not yet stored (``pending``). ``log_rows``: rows in the chain after its snapshot;
     ``based`` False: the statistics came from a whole file (an older edgeft's, or nearest class mean's), so the
-    next commit of full statistics writes a snapshot."""
+    next commit of full statistics writes a snapshot. ``suffix``: its segments' (``OWN`` or ``FLEET``)."""
 
     chain: dict[str, dict[str, Any]] = field(default_factory=dict)
     log_rows: int = 0
     based: bool = True
     pending: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    suffix: str = OWN
 
     def added(self, features: np.ndarray, labels: np.ndarray) -> None:
         """Remember rows just added to the statistics (``ClassStatistics.add``'s arguments) for the next commit."""
@@ -66,12 +71,12 @@ class StatisticsLog:
         snapshot_bytes = statistics.sums.nbytes + dim * (dim + 1) // 2 * 8  # with the moment's upper triangle
         log_bytes = (self.log_rows + rows) * dim * 8
         if not (self.based and len(self.pending) <= 1 and 2 * log_bytes <= snapshot_bytes):
-            name, digest = store.write_segment(number, statistics.save, SEGMENT_SUFFIX)
+            name, digest = store.write_segment(number, statistics.save, self.suffix)
             self.chain, self.log_rows, self.based = {name: {"sha256": digest, "rows": statistics.total}}, 0, True
         elif self.pending:
             features, labels = self.pending[0]
             name, digest = store.write_segment(
-                number, lambda path: save_arrays(path, features=features, labels=labels), SEGMENT_SUFFIX
+                number, lambda path: save_arrays(path, features=features, labels=labels), self.suffix
             )
             self.chain = {**self.chain, name: {"sha256": digest, "rows": rows}}
             self.log_rows += rows
@@ -85,19 +90,27 @@ class StatisticsLog:
 
 
 def load_statistics(
-    store: StateStore, version: Version, path: Path, num_classes: int, feature_dim: int, full: bool
+    store: StateStore,
+    version: Version,
+    path: Path,
+    num_classes: int,
+    feature_dim: int,
+    full: bool,
+    suffix: str = OWN,
 ) -> tuple[ClassStatistics, StatisticsLog]:
     """The statistics ``version`` holds in ``path`` (its index, or a whole statistics file of an older edgeft) and
-    the log to continue them (``full``: statistics with the whole moment, if the chain starts from no samples);
-    EdgeftError naming the file for anything missing, corrupt or of another head."""
+    the log to continue them (``full``: statistics with the whole moment, if the chain starts from no samples;
+    ``suffix``: ``OWN`` or ``FLEET`` segments); EdgeftError naming the file for anything missing, corrupt or of
+    another head."""
     arrays = read_arrays(path.read_bytes(), path, "valid class statistics")
     if "chain" not in arrays:  # a whole statistics file, as edgeft wrote it before the log
-        return ClassStatistics.load(path, num_classes, feature_dim), StatisticsLog(based=False)
+        return ClassStatistics.load(path, num_classes, feature_dim), StatisticsLog(based=False, suffix=suffix)
     chain = arrays["chain"]
-    if chain.ndim != 1 or chain.dtype.kind != "U" or not all(STATISTICS_SEGMENT.fullmatch(n) for n in chain):
-        raise EdgeftError(f"{path} is corrupt: its chain is not a list of statistics segment names")
+    segment_name = re.compile(r"[0-9]{6,}" + re.escape(suffix) + r"\.npz")
+    if chain.ndim != 1 or chain.dtype.kind != "U" or not all(segment_name.fullmatch(n) for n in chain):
+        raise EdgeftError(f"{path} is corrupt: its chain is not a list of {suffix[1:].replace('.', ' ')} segment names")
     listed = segments_of(version.record, path)
-    statistics, log = ClassStatistics.empty(num_classes, feature_dim, full), StatisticsLog()
+    statistics, log = ClassStatistics.empty(num_classes, feature_dim, full), StatisticsLog(suffix=suffix)
     for position, name in enumerate(chain.tolist()):
         if name not in listed:
             raise EdgeftError(f"state {store.root}: version {version.number} uses {SEGMENTS_DIR}/{name}, not in "

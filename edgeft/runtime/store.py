@@ -14,6 +14,8 @@ Layout::
       segments/000007.npz       features and labels written once by version 7's commit (edgeft.runtime.replay_store)
       segments/000007.statistics.npz  the class statistics' rows (or a snapshot) version 7's commit added
                                 (streaming heads; edgeft.runtime.statistics_log)
+      segments/000007.fleet.statistics.npz  a snapshot of the other devices' statistics behind the fleet head
+                                version 7 adopted (or the first that kept them after an older edgeft's whole file)
 
 A version is committed by writing its segments (if it adds rows), its files, then its metadata (each atomically; the
 segments share one fsync of ``segments/``, then the files and metadata one of ``versions/``), then CURRENT. A crash before CURRENT is replaced leaves the previous version current; leftovers are pruned later.
@@ -42,7 +44,7 @@ CURRENT_FILE = "CURRENT"
 LOCK_FILE = "lock"
 VERSIONS_DIR = "versions"
 SEGMENTS_DIR = "segments"
-SEGMENT_NAME = re.compile(r"[0-9]{6,}(\.statistics)?\.npz")
+SEGMENT_NAME = re.compile(r"[0-9]{6,}((\.fleet)?\.statistics)?\.npz")
 KEEP_VERSIONS = 5
 
 
@@ -138,7 +140,7 @@ class StateStore:
 
     def write_segment(self, number: int, write: Callable[[Path], None], suffix: str = "") -> tuple[str, str]:
         """Write the segment of the version ``number`` is about to commit (``suffix`` ".statistics": its class
-        statistics', edgeft.runtime.statistics_log); its name and sha256. Its contents are durable at once, its
+        statistics', ".fleet.statistics": the fleet's, edgeft.runtime.statistics_log); its name and sha256. Its contents are durable at once, its
         entry in segments/ when ``commit`` makes them all durable with one fsync, before any version lists them.
 
         Requires the lock. Until a committed version lists it, it is garbage the next commit's pruning removes.

@@ -4,8 +4,10 @@ Only the state store (edgeft.runtime.store) reads and writes these files; everyt
 The JSON carries ``format_version``; files written before it had one are format 1 (the same layout). Format 2 is
 format 1 whose ``segments`` may also list class statistics segments (``NNNNNN.statistics.npz``,
 edgeft.runtime.statistics_log), which an edgeft that reads only format 1 would take for corrupt replay segments: a
-record lists them only as format 2, so such an edgeft says it is too old instead. A record without them is still
-written as format 1, which every edgeft reads. Fields an early edgeft wrote and this one no longer knows
+record lists them only as format 2, so such an edgeft says it is too old instead. Format 3 is format 2 whose
+``segments`` may also list fleet statistics segments (``NNNNNN.fleet.statistics.npz``: the other devices' statistics
+behind an adopted fleet head), for the same reason. A record is written in the oldest format that holds it (one
+without such segments as format 1, which every edgeft reads). Fields an early edgeft wrote and this one no longer knows
 (``samples_seen``, ``last_update``) are kept in ``extra`` as read.
 """
 
@@ -17,8 +19,9 @@ from typing import Any
 
 from edgeft.errors import EdgeftError
 
-RECORD_FORMAT_VERSION = 2  # the newest format this edgeft writes; it reads every format up to it
+RECORD_FORMAT_VERSION = 3  # the newest format this edgeft writes; it reads every format up to it
 STATISTICS_SEGMENT_SUFFIX = ".statistics.npz"  # segments only a format 2 record may list
+FLEET_SEGMENT_SUFFIX = ".fleet.statistics.npz"  # segments only a format 3 record may list
 _OPTIONAL = ("created", "classes", "head_version", "head_source", "drift", "thresholds", "segments")
 
 
@@ -68,9 +71,12 @@ class VersionRecord:
 
     @property
     def format_version(self) -> int:
-        """The oldest format that can hold this record: 2 when it lists class statistics segments, else 1."""
-        statistics = any(name.endswith(STATISTICS_SEGMENT_SUFFIX) for name in self.segments or {})
-        return 2 if statistics else 1
+        """The oldest format that can hold this record: 3 when it lists fleet statistics segments, 2 when it lists
+        class statistics segments, else 1."""
+        names = list(self.segments or {})
+        if any(name.endswith(FLEET_SEGMENT_SUFFIX) for name in names):
+            return 3
+        return 2 if any(name.endswith(STATISTICS_SEGMENT_SUFFIX) for name in names) else 1
 
     def to_json(self) -> str:
         """Stable JSON with its format version, as the store writes it."""
