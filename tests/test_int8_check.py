@@ -18,7 +18,7 @@ from edgeft.bundle import FLOAT_BACKBONE_FILE, MANIFEST_FILE, Bundle, hash_tree,
 from edgeft.common.int8_probe import PROBE_FILE, cpu_family, cpu_signature, save_probe
 from edgeft.errors import EdgeftError
 from edgeft.export import ExportConfig, export_bundle
-from edgeft.export.quantize import MIN_MEAN_COSINE, PROBE_MARGIN, PROBE_SAMPLES
+from edgeft.export.int8_agreement import MIN_MEAN_COSINE, PROBE_MARGIN, PROBE_SAMPLES
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.history import METRICS_FILE
 from edgeft.runtime.int8_check import CACHE_FILE, Int8FallbackWarning, cached_check, check_bundle

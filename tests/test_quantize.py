@@ -18,16 +18,8 @@ from edgeft.data.readers import Samples
 from edgeft.errors import EdgeftError
 from edgeft.export import ExportConfig, export_bundle, float_prefix, speed_choice
 from edgeft.export.calibration import ranges_reusable
-from edgeft.export.quantize import (
-    FAMILY_TARGETS,
-    MAX_CALIBRATION,
-    MAX_PROBE_DROP,
-    MIN_MEAN_COSINE,
-    REDUCED_WEIGHT_QMAX,
-    compare_features,
-    probe_fails,
-    resolve_target,
-)
+from edgeft.export.int8_agreement import MAX_PROBE_DROP, MIN_MEAN_COSINE, compare_features, probe_fails
+from edgeft.export.quantize import FAMILY_TARGETS, MAX_CALIBRATION, REDUCED_WEIGHT_QMAX, resolve_target
 from edgeft.runtime.adapter import Adapter
 from edgeft.runtime.int8_check import check_bundle
 from edgeft.runtime.merge import merged_model

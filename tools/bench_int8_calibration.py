@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 import onnxruntime
 
-from edgeft.export import quantize
+from edgeft.export import int8_agreement, quantize
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -144,13 +144,13 @@ def main() -> None:
         backbone = ARTIFACTS / "default" / "backbone.onnx"
         model = quantize._prepare(backbone, tmp / "prepared.onnx", "backbone")
         candidates = quantize._candidates(model, "image", held[:1], "backbone")
-        reference = quantize._embed(str(backbone), "image", held)
+        reference = int8_agreement.embed(str(backbone), "image", held)
         speed_models: dict[str, bytes] = {}
         for method, cache in calibrate(tmp / "prepared.onnx", calib, methods, tmp):
             for k in counts:
                 for fmt, rr in FORMATS.items():
                     q = quantized(tmp / "prepared.onnx", model, candidates[k].nodes, cache, method, rr)
-                    cosine = quantize._cosines(reference, quantize._embed(q, "image", held))
+                    cosine = int8_agreement.cosines(reference, int8_agreement.embed(q, "image", held))
                     row = {
                         "method": method,
                         "float_layers": k,

@@ -4,9 +4,10 @@ ONNX Runtime's ``quant_pre_process`` then ``quantize_static`` (QDQ, uint8 activa
 Percentile (calibration), symmetric int8 weights per output channel) rewrite ``backbone.onnx``; the head and
 training artifacts stay float. Part of the calibration data is held out: the float and int8 backbones embed it, a
 better calibration or else the first weight layers kept float bring the features close (float_prefix), and the
-export fails when the features still disagree (mean cosine similarity, and a linear probe's accuracy when labels
-are given). With ``--keep-float auto`` the candidates that agree are timed against the float backbone on the
-export machine (int8_speed) and the fastest is shipped (speed_choice); the shipped one's speed is recorded.
+export fails when the features still disagree (int8_agreement: mean cosine similarity, and a linear probe's
+accuracy when labels are given). With ``--keep-float auto`` the candidates that agree are timed against the float
+backbone on the export machine (int8_speed) and the fastest is shipped (speed_choice); the shipped one's speed is
+recorded.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import onnxruntime
 from onnx import numpy_helper
 
 from edgeft.bundle import FLOAT_BACKBONE_FILE, Manifest, sha256_file
-from edgeft.common.int8_probe import PROBE_FILE, cpu_family, save_probe
-from edgeft.common.paired_test import lost_and_won, significantly_worse
+from edgeft.common.int8_probe import cpu_family
 from edgeft.data.readers import Samples, read_path
 from edgeft.errors import EdgeftError
 from edgeft.export import float_prefix, int8_speed, speed_choice
 from edgeft.export.calibration import MINMAX, Calibration, RangeCache, usable
+from edgeft.export.int8_agreement import compare_features, cosines, embed, write_probe
 
 SCHEMES = ("int8",)
 # The CPU the bundle is meant for. ORT's uint8×int8 kernels are exact on x86 with VNNI and on arm64; on x86 without
@@ -42,28 +43,14 @@ REDUCED_RANGE_TARGETS = ("avx2",)
 # 7-bit weights that hold on every kernel. (uint8 weights (U8U8) would hold everywhere with full 8 bits, but
 # measured 0.37x the float backbone's speed on VNNI: BENCHMARKS.md.)
 FAMILY_TARGETS = {"x86-exact": "vnni", "x86-saturating": "avx2", "arm64": "arm64"}
-# The probe an int8 bundle carries (runtime.int8_check): PROBE_SAMPLES held-out inputs and their float features; a
-# device must reach the export machine's own probe agreement less PROBE_MARGIN (kernels that accumulate exactly
-# differ only in float rounding, far below it; saturating ones cost the default bundle 0.04).
-PROBE_SAMPLES = 16
 # Rounds of the int8-over-float speed measurement at export (int8_speed), which --keep-float auto chooses by
 # (speed_choice); 0: not measured, auto keeps the fewest float layers, for byte-identical rebuilds.
 SPEED_ROUNDS = 3
-PROBE_MARGIN = 0.01
 HELD_OUT_FRACTION = 0.25
 MAX_CALIBRATION = 256
 MAX_HELD_OUT = 256
 MIN_SAMPLES = 8
 BATCH = 16
-# The export fails below these: features of held-out samples must point the same way as the float ones, and a
-# linear probe on them may not lose more than MAX_PROBE_DROP accuracy significantly (a sign test over the samples
-# the float and int8 probes disagree on, as the promotion guard does), nor more than twice that at all (checked
-# with at least PROBE_MIN_SAMPLES).
-MIN_MEAN_COSINE = 0.9
-MAX_PROBE_DROP = 0.03
-PROBE_MIN_SAMPLES = 100
-PROBE_FOLDS = 5
-PROBE_RIDGE = 1.0
 # ORT 1.19 quantises a bias as round(bias / (input_scale * weight_scale)) cast to int32 with no range check; a
 # channel with near-zero weights overflows ("invalid value encountered in cast") into garbage. Such channels are
 # requantised with the smallest weight scale that keeps |quantised bias| near BIAS_LIMIT (headroom for the sums).
@@ -198,7 +185,7 @@ def quantize_backbone(
     reduce_range = target in REDUCED_RANGE_TARGETS
     qmax = REDUCED_WEIGHT_QMAX if reduce_range else WEIGHT_QMAX
     float_bytes, float_sha = backbone.stat().st_size, sha256_file(backbone)
-    reference = _embed(str(backbone), input_name, calibration.x[held])
+    reference = embed(str(backbone), input_name, calibration.x[held])
     with tempfile.TemporaryDirectory(prefix="edgeft-quantize-") as tmp:
         prepared_path = Path(tmp) / "prepared.onnx"
         prepared = _prepare(backbone, prepared_path, source)
@@ -350,7 +337,7 @@ class _Builds:
             self.failed[method.name] = str(exc)
             return -1.0
         key = (method.name, prefix.layers)
-        self.scores[key] = float(_cosines(self.inputs.reference, self.features[key]).mean())
+        self.scores[key] = float(cosines(self.inputs.reference, self.features[key]).mean())
         return self.scores[key]
 
     def _build(self, method: Calibration, prefix: float_prefix.Prefix) -> None:
@@ -368,7 +355,7 @@ class _Builds:
         )
         key = (method.name, prefix.layers)
         self._last = key, model, repair_int32_biases(model, given.prepared, given.qmax)
-        self.features[key] = _embed(model.SerializeToString(), given.input_name, given.held_x)
+        self.features[key] = embed(model.SerializeToString(), given.input_name, given.held_x)
 
 
 def _timed_choice(
@@ -447,21 +434,6 @@ _SPEED_FIELDS = ("int8_over_float_cpu_time", "int8_over_float_wall_time", "per_r
 
 def _tried(entry: dict[str, Any]) -> str:
     return f"{entry['float_layers']}{' (' + entry['calibration'] + ')' if 'calibration' in entry else ''}"
-
-
-def write_probe(folder: Path, x: np.ndarray, reference: np.ndarray, features: np.ndarray) -> dict[str, Any]:
-    """Save the first PROBE_SAMPLES held-out inputs and float features as PROBE_FILE in ``folder``; return the
-    manifest's ``probe`` record: the file and the mean cosine a device must reach (this machine's less
-    PROBE_MARGIN, at least MIN_MEAN_COSINE)."""
-    count = min(PROBE_SAMPLES, len(x))
-    save_probe(folder / PROBE_FILE, x[:count], reference[:count])
-    here = float(_cosines(reference[:count], features[:count]).mean())
-    return {
-        "file": PROBE_FILE,
-        "samples": count,
-        "export_mean_cosine": round(here, 4),
-        "min_mean_cosine": round(max(MIN_MEAN_COSINE, here - PROBE_MARGIN), 4),
-    }
 
 
 def _prepare(backbone: Path, prepared_path: Path, source: str) -> onnx.ModelProto:
@@ -607,75 +579,6 @@ def repair_int32_biases(
 
 def _replace(tensor: onnx.TensorProto, values: np.ndarray) -> None:
     tensor.CopyFrom(numpy_helper.from_array(values.reshape(tuple(tensor.dims)), tensor.name))
-
-
-def compare_features(
-    reference: np.ndarray, features: np.ndarray, calibration: Samples, held: np.ndarray, how: str = ""
-) -> dict[str, Any]:
-    """The agreement record of the int8 and float (``reference``) features of the ``held`` calibration samples;
-    raise EdgeftError when they disagree (``how``: what was quantised, for the message)."""
-    cosine = _cosines(reference, features)
-    record: dict[str, Any] = {
-        "held_out_samples": int(len(held)),
-        "mean_cosine": round(float(cosine.mean()), 4),
-        "min_cosine": round(float(cosine.min()), 4),
-        "min_mean_cosine": MIN_MEAN_COSINE,
-    }
-    labels = calibration.y[held] if calibration.y is not None else None
-    probe_lost = False
-    if labels is not None and len(held) >= PROBE_MIN_SAMPLES and len(np.unique(labels)) > 1:
-        right_float, right_int8 = probe_correct(reference, labels), probe_correct(features, labels)
-        lost, won = lost_and_won(right_float, right_int8)
-        record.update(
-            probe_accuracy_float=round(float(right_float.mean()), 4),
-            probe_accuracy_int8=round(float(right_int8.mean()), 4),
-            probe_samples_lost=lost,
-            probe_samples_won=won,
-            max_probe_drop=MAX_PROBE_DROP,
-        )
-        probe_lost = probe_fails(lost, won, len(held))
-    if record["mean_cosine"] < MIN_MEAN_COSINE or probe_lost:
-        figures = ", ".join(f"{k} {v}" for k, v in record.items())
-        raise EdgeftError(
-            f"{calibration.origin}: the int8 backbone's features disagree with the float ones on held-out calibration "
-            f"samples ({figures}){' ' + how if how else ''}; the quantisation is not shipped"
-        )
-    return record
-
-
-def probe_fails(lost: int, won: int, samples: int) -> bool:
-    """Whether the int8 probe loses to the float one beyond the limits: ``lost``/``won`` are the held-out
-    ``samples`` only the float / only the int8 probe classifies right (so the accuracy drop is their difference)."""
-    excess = lost - won
-    return excess > 2 * MAX_PROBE_DROP * samples + 1e-9 or (
-        excess > MAX_PROBE_DROP * samples + 1e-9 and significantly_worse(lost, won)
-    )
-
-
-def probe_correct(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per sample, whether a ridge-regression classifier on standardised features, trained on the other folds
-    (PROBE_FOLDS), classifies it right."""
-    classes, y = np.unique(labels, return_inverse=True)
-    targets = np.eye(len(classes))[y]
-    folds = np.arange(len(features)) % PROBE_FOLDS
-    correct = np.zeros(len(features), bool)
-    for fold in range(PROBE_FOLDS):
-        train, test = folds != fold, folds == fold
-        mean, std = features[train].mean(0), features[train].std(0) + 1e-6
-        a, b = (features[train] - mean) / std, (features[test] - mean) / std
-        dual = np.linalg.solve(a @ a.T + PROBE_RIDGE * a.shape[1] * np.eye(len(a)), targets[train])
-        correct[test] = (b @ (a.T @ dual)).argmax(1) == y[test]
-    return correct
-
-
-def _cosines(reference: np.ndarray, features: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(features, axis=1)
-    return np.sum(reference * features, axis=1) / np.maximum(norms, np.finfo(np.float32).tiny)
-
-
-def _embed(model: str | bytes, input_name: str, x: np.ndarray) -> np.ndarray:
-    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(None, {input_name: x[i : i + 64]})[0] for i in range(0, len(x), 64)])
 
 
 def _first_line(exc: Exception) -> str:
