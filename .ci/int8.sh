@@ -38,15 +38,4 @@ if [[ "$family" != "x86-saturating" ]]; then
     exit 1
 fi
 echo "int8: Haswell (AVX2, no VNNI) emulated, children too: $family"
-# qemu-user 7.2's TCG has crashed inside numpy's sort once here (SIGSEGV in the emulated pytest, 46 tests in; the
-# same tests had passed in every earlier emulated run): a run that dies of a signal is run once more, and fails
-# the step if it dies again. A failing test (exit 1) is never rerun.
-int8_tests() { "$venv/bin/python" -m pytest -q -p no:cacheprovider "${TESTS[@]}"; }
-status=0
-int8_tests || status=$?
-if (( status >= 128 )); then
-    echo "int8: the emulated run died of signal $((status - 128)), not of a failing test; running it once more" >&2
-    int8_tests
-elif (( status != 0 )); then
-    exit "$status"
-fi
+"$venv/bin/python" -m pytest -q -p no:cacheprovider "${TESTS[@]}"
