@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from helpers import invoke_cli, one_error_line, run_cli, usage_message
+from helpers import SUBPROCESS_TIMEOUT, invoke_cli, one_error_line, run_cli, usage_message
 from typer.main import get_command
 
 import edgeft
@@ -141,6 +141,31 @@ def test_quiet_after_the_command_silences_it_like_quiet_before(bundle_dir: Path,
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert "learned 0" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["EDGEFT_VERSION=1.4.2", "EDGEFT_HELP=1", "EDGEFT_HISTORY_HELP=1", "EDGEFT_INSTALL_COMPLETION=1",
+     "EDGEFT_SHOW_COMPLETION=1"],
+)  # fmt: skip
+def test_options_that_act_instead_of_the_command_are_never_read_from_the_environment(
+    variable: str, tmp_path: Path
+) -> None:
+    """Every option reads EDGEFT_<COMMAND>_<OPTION>; these must not: a device whose environment names its edgeft
+    release EDGEFT_VERSION would fail every command with a usage error, EDGEFT_INSTALL_COMPLETION=1 would edit the
+    shell's start-up file instead of running. In a real process (the console script's path), HOME in tmp_path."""
+    name, value = variable.split("=")
+    env = {**os.environ, name: value, "HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [sys.executable, "-m", "edgeft.cli", "history", "--state", str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr  # the command ran: nothing learned in that state yet
+    assert one_error_line(done.stderr).endswith("has no committed version (no CURRENT file); learn something first")
+    assert done.stdout == "" and not (tmp_path / "home").exists()
 
 
 def _failing_inside_reported(settings: Settings) -> None:

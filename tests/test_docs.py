@@ -47,6 +47,29 @@ def test_the_architecture_map_places_every_command() -> None:
     assert not unplaced, f"docs/architecture.md does not say where these commands live: {unplaced}"
 
 
+def _help_texts(command: object, path: str = "edgeft") -> dict[str, str]:
+    """Every help text of ``command`` and the commands under it: the command's own and each option's."""
+    texts = {path: getattr(command, "help", None) or ""}
+    for param in getattr(command, "params", []):
+        texts[f"{path}: {param.name}"] = getattr(param, "help", None) or ""
+    for name, sub in getattr(command, "commands", {}).items():
+        texts.update(_help_texts(sub, f"{path} {name}"))
+    return texts
+
+
+def test_no_help_text_has_a_bracketed_word_the_help_renderer_would_take_for_markup() -> None:
+    """typer renders help with rich markup, which drops "[fleet]" from "pip install 'edgeft[fleet]'" (the help
+    then told users to install edgeft without the extra) and "[command]" from "one [command] table each"; such
+    brackets must be escaped ("\\[fleet]")."""
+    from typer.main import get_command
+
+    from edgeft.cli import app
+
+    markup = re.compile(r"(?<!\\)\[[a-z/#@][^\]]*\]")
+    eaten = {where: markup.findall(text) for where, text in _help_texts(get_command(app)).items()}
+    assert not {where: found for where, found in eaten.items() if found}
+
+
 # Commands shown but not run here: the demo runs the whole main job, fleet ones start servers (tests/test_fleet*.py).
 NOT_RUN = ("demo", "fleet")
 USAGE_ERROR = 2

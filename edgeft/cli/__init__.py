@@ -18,9 +18,10 @@ import sys
 import warnings
 from functools import cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.main
 
 from edgeft import __version__
 from edgeft.cli.output import Settings, reported, warning_line
@@ -47,6 +48,8 @@ GROUPS = {
     "inbox": ("edgeft.cli.inbox", "inbox_app"),
 }
 GLOBAL_FLAGS = {"-q", "--quiet", "-v", "--verbose", "--debug"}  # the callback's options that take no value
+# Options that act instead of the command: never read from EDGEFT_* variables (`--version` says so where declared)
+ACTING_OPTIONS = ("help", "install_completion", "show_completion")
 
 
 def _version(value: bool) -> None:
@@ -60,14 +63,17 @@ def main(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", envvar="EDGEFT_CONFIG", help="TOML file of option defaults, one [command] table each."
+            "--config", envvar="EDGEFT_CONFIG", help="TOML file of option defaults, one \\[command] table each."
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors; no progress bars.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also debug events (watch mode).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of unexpected errors.")] = False,
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, allow_from_autoenv=False, help="Print the version."
+        ),
     ] = False,
 ) -> None:
     """edgeft: export a bundle on a workstation, adapt its head on the device, predict."""
@@ -117,6 +123,22 @@ def hoisted_global_flags(args: list[str]) -> list[str]:
     return [*flags, *(arg for arg in args[:end] if arg not in GLOBAL_FLAGS), *args[end:]]
 
 
+def options_only_typed(command: Any) -> Any:
+    """``command`` (a click command built from the app) with ``ACTING_OPTIONS`` read from its command line only.
+
+    Every option reads ``EDGEFT_<COMMAND>_<OPTION>`` (auto_envvar_prefix), these too: EDGEFT_HELP=1 in a device's
+    environment would print the help instead of running, EDGEFT_INSTALL_COMPLETION=1 edit the shell's start-up
+    file. They are for a person at a terminal, never for the environment.
+    """
+    acting = [*command.params, command.get_help_option(typer.Context(command))]
+    for param in acting:
+        if param is not None and param.name in ACTING_OPTIONS:
+            param.allow_from_autoenv = False
+    for subcommand in getattr(command, "commands", {}).values():
+        options_only_typed(subcommand)
+    return command
+
+
 def __getattr__(name: str) -> typer.Typer:
     """``edgeft.cli.app``: the whole app, built on first use."""
     if name == "app":
@@ -133,4 +155,5 @@ def run() -> None:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     completing = any(key.startswith("_EDGEFT_COMPLETE") for key in os.environ)
     args = hoisted_global_flags(sys.argv[1:])
-    build_app(None if completing else requested_command(args))(args=args, prog_name="edgeft")
+    app = build_app(None if completing else requested_command(args))
+    options_only_typed(typer.main.get_command(app))(args=args, prog_name="edgeft")

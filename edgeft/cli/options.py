@@ -22,7 +22,7 @@ TrainerOpt = Annotated[
     str,
     typer.Option(
         help="auto (the portable ONNX trainer when the bundle carries it), onnx (plain onnxruntime, any CPU or "
-        "provider) or ort (ONNX Runtime training: pip install 'edgeft[ort]', x86_64, Python <= 3.12)."
+        "provider) or ort (ONNX Runtime training: pip install 'edgeft\\[ort]', x86_64, Python <= 3.12)."
     ),
 ]
 HeadLearnerOpt = Annotated[

@@ -20,7 +20,7 @@ from edgeft.fleet.policy import FLEET_POLICIES
 APP_DIR = Path(__file__).parent / "app"
 
 fleet = typer.Typer(
-    help="Fleet learning: devices pool their heads' weights (never data) through Flower (pip install 'edgeft[fleet]').",
+    help="Fleet learning: devices pool their heads' weights (never data) through Flower (pip install 'edgeft\\[fleet]').",
     no_args_is_help=True,
 )
 
