@@ -61,7 +61,7 @@ def invoke_cli(*args: str | os.PathLike[str], stdin: str | bytes | None = None) 
     return result
 
 
-def usage_message(result: Result) -> str:
+def usage_message(result: Result | subprocess.CompletedProcess[str]) -> str:
     """A usage error's text without the box rich draws around it, wrapped lines joined by single spaces."""
     text = "".join(" " if c in "│╭╮╰╯─" else c for c in result.stderr)
     return " ".join(text.split())

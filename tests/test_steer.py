@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TEST_DEFAULTS
-from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset, one_error_line, run_cli
+from helpers import CLASSES, CLI, SUBPROCESS_TIMEOUT, make_dataset, one_error_line, run_cli, usage_message
 
 from edgeft.bundle import Bundle
 from edgeft.errors import DataError, EdgeftError
@@ -221,13 +221,52 @@ def test_cli_eval_in_a_subprocess(bundle_dir: Path, tmp_path: Path) -> None:
 
 def test_page_hinkley_by_hand() -> None:
     state, signal = drift.update(None, 0.9)  # error 0.1: mean 0.1, m = 0.1 - 0.1 - 0.05
-    assert signal == {"test": "page-hinkley", "error": pytest.approx(0.1), "statistic": 0.0, "detected": False}
+    assert signal == {
+        "test": "page-hinkley",
+        "error": pytest.approx(0.1),
+        "statistic": 0.0,
+        "detected": False,
+        "delta": 0.05,
+        "threshold": 0.5,
+    }
     state, signal = drift.update(state, 0.1)  # error 0.9: mean 0.5, m = -0.05 + 0.9 - 0.5 - 0.05 = 0.3, M = -0.05
     assert signal["statistic"] == pytest.approx(0.35) and not signal["detected"]
     state, signal = drift.update(state, 0.1)  # mean 0.6333, m = 0.3 + 0.9 - 0.6333 - 0.05 = 0.5167
     assert signal["statistic"] == pytest.approx(0.5667, abs=1e-4) and signal["detected"]
     assert state == drift.fresh(1)
     assert drift.update(state, None) == (state, None)
+
+
+def test_page_hinkley_constants_change_when_it_raises_an_alarm() -> None:
+    """The errors of the test above (0.1, 0.9, 0.9): threshold 0.3 alarms one arrival sooner, min_arrivals 3 and
+    delta 0.25 (m = 0.1, 0.15 after the second: statistic 0.15, 0.25 below it) not at the second."""
+    sooner = drift.PageHinkley(threshold=0.3)
+    state, _ = drift.update(None, 0.9, sooner)
+    state, signal = drift.update(state, 0.1, sooner)  # statistic 0.35 > 0.3
+    assert signal["detected"] and signal["threshold"] == 0.3 and state == drift.fresh(1)
+    for patient in (drift.PageHinkley(threshold=0.3, min_arrivals=3), drift.PageHinkley(delta=0.25, threshold=0.3)):
+        state, _ = drift.update(None, 0.9, patient)
+        state, signal = drift.update(state, 0.1, patient)
+        assert not signal["detected"] and signal["delta"] == patient.delta
+    for wrong in ({"delta": 1.0}, {"delta": -0.1}, {"threshold": 0.0}, {"min_arrivals": 0}):
+        with pytest.raises(ValueError, match="drift"):
+            drift.PageHinkley(**wrong)
+
+
+def test_adapt_takes_the_drift_constants_and_each_arrival_records_them(bundle_dir: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for i in range(2):
+        x, y = make_dataset(30, seed=100 + i)
+        np.savez(tmp_path / f"part{i}.npz", x=x, y=np.array(CLASSES)[y])
+        done = run_cli(
+            "adapt", bundle_dir, "-s", state, "--data", tmp_path / f"part{i}.npz", "--drift-threshold", "0.25",
+            "--drift-delta", "0.01", "--drift-min-arrivals", "3",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    signals = [row["drift"] for row in read_lines(state / "metrics.jsonl") if "drift" in row]
+    assert signals and all((s["delta"], s["threshold"]) == (0.01, 0.25) for s in signals)
+    refused = run_cli("adapt", bundle_dir, "-s", state, "--data", tmp_path / "part0.npz", "--drift-threshold", "0")
+    assert refused.returncode == 2 and "drift threshold must be above 0" in usage_message(refused)
 
 
 def test_a_changed_world_raises_a_drift_alarm_in_metrics(bundle: Bundle, state_dir: Path, tmp_path: Path) -> None:

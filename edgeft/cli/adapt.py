@@ -23,7 +23,7 @@ from edgeft.cli.options import (
 from edgeft.cli.output import EXIT_ERROR, Settings, fail, number, reported, settings
 from edgeft.common.budget import detect_budget
 from edgeft.data.limits import COALESCE_SAMPLES, MAX_ARRIVAL_SAMPLES, ArrivalLimits
-from edgeft.runtime import guard
+from edgeft.runtime import drift, guard
 from edgeft.runtime.attempts import KEEP_ERRORS, MAX_ATTEMPTS
 from edgeft.runtime.learn_options import LearnOptions
 from edgeft.runtime.schedule import SCHEDULES
@@ -74,6 +74,22 @@ def adapt(
         ),
     ] = guard.TOLERANCE,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Promote every new head; hold nothing out.")] = False,
+    drift_delta: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Drift signal: the rise of the error rate per arrival taken for noise (lower: more sensitive).",
+        ),
+    ] = drift.DELTA,
+    drift_threshold: Annotated[
+        float,
+        typer.Option(
+            help="Drift signal: the Page-Hinkley statistic that raises an alarm (lower: sooner, more false alarms).",
+        ),
+    ] = drift.THRESHOLD,
+    drift_min_arrivals: Annotated[
+        int, typer.Option(min=1, help="Drift signal: arrivals since the last alarm before another may be raised.")
+    ] = drift.MIN_ARRIVALS,
     tune_thresholds: Annotated[
         bool, typer.Option(help="Multi-label: tune each label's threshold on the holdout after each promotion.")
     ] = False,
@@ -141,6 +157,10 @@ def adapt(
     )
     learn_options = LearnOptions(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     try:
+        drift_test = drift.PageHinkley(drift_delta, drift_threshold, drift_min_arrivals)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--drift-delta/--drift-threshold") from None
+    try:
         budget = detect_budget(memory_budget)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--memory-budget") from None
@@ -164,6 +184,7 @@ def adapt(
             head_learner=head_learner,
             shrinkage=shrinkage,
             tune_thresholds=tune_thresholds,
+            drift=drift_test,
         ) as adapter:
             if watch is not None:
                 logs = {"format": log_format, "file": log_file, "metrics": metrics_file}

@@ -23,8 +23,10 @@ from edgeft.common.atomic import make_directory, write_atomic
 from edgeft.common.ort import Placement, resolve_placement
 from edgeft.data.targets import is_target_task, parse_targets
 from edgeft.errors import DataError, EdgeftError
-from edgeft.runtime import drift, guard, replay_store, tasks
+from edgeft.runtime import guard, replay_store, tasks
 from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, STATISTICS_FILE, ClassStatistics
+from edgeft.runtime.drift import PageHinkley
+from edgeft.runtime.drift import update as update_drift
 from edgeft.runtime.features import FeatureExtractor
 from edgeft.runtime.history import History
 from edgeft.runtime.int8_check import backbone_to_use, cached_check
@@ -98,7 +100,8 @@ class Adapter:
     the train step), ``slda`` or ``ncm`` (closed-form heads from class statistics, no epochs or replay; see
     ``edgeft.runtime.slda``, ``shrinkage`` is streaming LDA's) or ``slda+sgd`` (the LDA head, then SGD).
     Multi-label and regression heads learn float targets (``edgeft.runtime.tasks``); ``tune_thresholds`` re-tunes a
-    multi-label head's per-label thresholds on the holdout after each promotion.
+    multi-label head's per-label thresholds on the holdout after each promotion. ``drift`` sets the drift signal's
+    Page-Hinkley constants (``edgeft.runtime.drift``).
     Learning takes the state directory's lock (one writer at a time) and commits a version per call;
     prediction reads the current version and needs no lock. ``backbone_path`` is the backbone this CPU runs: an
     int8 bundle's float fallback where its self-check (``int8_check``) fails.
@@ -122,6 +125,7 @@ class Adapter:
         shrinkage: float = DEFAULT_SHRINKAGE,
         tune_thresholds: bool = False,
         replay_per_new: int | None = REPLAY_PER_NEW,
+        drift: PageHinkley | None = None,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.task = self.bundle.manifest.head.task
@@ -142,6 +146,7 @@ class Adapter:
         self.backbone_path = backbone_to_use(self.bundle, self.int8_check)
         self._logs = History(self.store.root)
         self.policy = policy or guard.GuardPolicy()
+        self.drift = drift or PageHinkley()
         learning_rates(schedule, 1.0, 1)  # fail early on an unknown schedule
         self.schedule = schedule
         head = self.bundle.manifest.head
@@ -575,7 +580,7 @@ class Adapter:
         if decision.promoted and extra:
             meta.update(extra)
         known_accuracy = arrival.get("prequential", {}).get("known_accuracy")
-        meta["drift"], signal = drift.update(parent.record.drift if parent else None, known_accuracy)
+        meta["drift"], signal = update_drift(parent.record.drift if parent else None, known_accuracy, self.drift)
         meta["arrival"] = {
             **arrival,
             "guard": decision.to_dict(),
