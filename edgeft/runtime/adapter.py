@@ -25,6 +25,7 @@ from edgeft.data.targets import is_target_task, parse_targets
 from edgeft.errors import DataError, EdgeftError
 from edgeft.runtime import guard, replay_store, tasks
 from edgeft.runtime.class_statistics import FLEET_STATISTICS_FILE, STATISTICS_FILE, ClassStatistics
+from edgeft.runtime.consumed import ConsumedInputs
 from edgeft.runtime.drift import PageHinkley
 from edgeft.runtime.drift import update as update_drift
 from edgeft.runtime.features import FeatureExtractor
@@ -442,7 +443,7 @@ class Adapter:
         self._open()
         return self._fleet_statistics
 
-    def consumed_inputs(self) -> dict[str, int]:
+    def consumed_inputs(self) -> ConsumedInputs:
         """sha256 -> version of every input the journal records as consumed (takes the writer lock)."""
         self._open()
         return self._logs.consumed()

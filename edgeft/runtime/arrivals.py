@@ -23,6 +23,7 @@ from edgeft.data.limits import ArrivalLimits
 from edgeft.data.readers import Samples, json_line_batches, stream_path
 from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter, LearnResult, Progress
+from edgeft.runtime.consumed import ConsumedInputs
 from edgeft.runtime.inbox import PENDING_DIR, fingerprint, write_pending
 from edgeft.runtime.learn_options import LearnOptions
 from edgeft.runtime.pipeline import learn_embedded
@@ -93,7 +94,7 @@ def read_arrival(
     ``limits`` bound the whole arrival (default: the detected memory budget, no sample cap).
     """
     limits = limits or ArrivalLimits.for_reading()
-    consumed = {} if relearn else adapter.consumed_inputs()
+    consumed = ConsumedInputs() if relearn else adapter.consumed_inputs()
     arrival = Arrival()
     manifest = adapter.bundle.manifest
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from edgeft.common.atomic import fsync_directory
 from edgeft.common.faults import crash_point
+from edgeft.runtime.consumed import ConsumedInputs
 from edgeft.runtime.store import StateStore, Version
 
 JOURNAL_FILE = "journal.jsonl"
@@ -130,6 +131,8 @@ class History:
                 elif number == done:  # a crash may have torn this version's lines part-way
                     self._append(path, rows(store.load(number))[written:])
 
-    def consumed(self) -> dict[str, int]:
+    def consumed(self) -> ConsumedInputs:
         """sha256 -> version of every input the journal says was consumed."""
-        return {row["sha256"]: int(row["version"]) for row in read_lines(self.journal) if "sha256" in row}
+        return ConsumedInputs(
+            (row["sha256"], int(row["version"])) for row in read_lines(self.journal) if "sha256" in row
+        )

@@ -29,6 +29,7 @@ from edgeft.errors import DataError
 from edgeft.runtime.adapter import Adapter, LearnResult
 from edgeft.runtime.attempts import MAX_ATTEMPTS, poison_reason
 from edgeft.runtime.coalesce import Coalesced, Member
+from edgeft.runtime.consumed import ConsumedInputs
 from edgeft.runtime.inbox import Inbox, fingerprint
 from edgeft.runtime.learn_options import LearnOptions
 from edgeft.runtime.pipeline import learn_fitting
@@ -106,7 +107,7 @@ def learn_next(
     adapter: Adapter,
     inbox: Inbox,
     queue: list[Path],
-    consumed: dict[str, int],
+    consumed: ConsumedInputs,
     summary: WatchSummary,
     emit: Event,
     options: LearnOptions,
@@ -154,7 +155,7 @@ def _gather(
     inbox: Inbox,
     queue: list[Path],
     group: Coalesced,
-    consumed: dict[str, int],
+    consumed: ConsumedInputs,
     summary: WatchSummary,
     emit: Event,
     stop: StopFlag,
@@ -209,7 +210,7 @@ def _finish(
     inbox: Inbox,
     group: Coalesced,
     result: LearnResult | None,
-    consumed: dict[str, int],
+    consumed: ConsumedInputs,
     summary: WatchSummary,
     emit: Event,
 ) -> None:
