@@ -322,3 +322,23 @@ def test_fleet_statistics_an_older_edgeft_kept_whole_still_load_and_the_next_arr
     assert sorted(p.name for p in (state / SEGMENTS_DIR).glob("*.fleet.*")) == ["000003.fleet.statistics.npz"]
     with Adapter(wide_bundle, state, head_learner="slda") as reopened:
         assert_identical(reopened.fleet_statistics(), others)
+
+
+def test_a_learner_without_statistics_copying_their_index_lists_their_segments_too(
+    wide_bundle: Path, arrivals: list[tuple[np.ndarray, np.ndarray]], tmp_path: Path
+) -> None:
+    """An sgd learner opening an slda state keeps no statistics, but a head it adopts copies the parent's index
+    files: its version must list the segments they name, or slda would find them missing (and pruning remove them)."""
+    others = copy(learn(wide_bundle, tmp_path / "other", arrivals[:1] + arrivals[5:]).class_statistics())
+    state = tmp_path / "state"
+    learned = copy(learn(wide_bundle, state, arrivals[:2]).class_statistics())
+    adopted_fleet(wide_bundle, state, others, [])  # version 3
+    with Adapter(wide_bundle, state, policy=NO_GUARD, head_learner="sgd") as adapter:
+        assert adapter.adopt(adapter.parameters(), adapter.classes, origin="elsewhere").promoted  # version 4
+    with Adapter(wide_bundle, state, head_learner="slda", keep_versions=1) as adapter:
+        assert adapter.version == 4
+        assert_identical(adapter.class_statistics(), learned)
+        assert_identical(adapter.fleet_statistics(), others)
+        adapter.learn_features(*arrivals[2])  # version 5, keeping only itself: version 4's segments still listed
+    with Adapter(wide_bundle, state, head_learner="slda") as reopened:
+        assert_identical(reopened.fleet_statistics(), others)

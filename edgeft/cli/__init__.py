@@ -130,7 +130,8 @@ def options_only_typed(command: Any) -> Any:
     environment would print the help instead of running, EDGEFT_INSTALL_COMPLETION=1 edit the shell's start-up
     file. They are for a person at a terminal, never for the environment.
     """
-    acting = [*command.params, command.get_help_option(typer.Context(command))]
+    context = typer.Context(command, **(command.context_settings or {}))  # its own help option names
+    acting = [*command.params, command.get_help_option(context)]
     for param in acting:
         if param is not None and param.name in ACTING_OPTIONS:
             param.allow_from_autoenv = False

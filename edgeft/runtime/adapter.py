@@ -44,7 +44,7 @@ from edgeft.runtime.slda import (
     stored_fleet_statistics,
     stored_statistics,
 )
-from edgeft.runtime.statistics_log import FLEET, StatisticsLog
+from edgeft.runtime.statistics_log import FLEET, OWN, StatisticsLog, listed_segments
 from edgeft.runtime.store import KEEP_VERSIONS, StateStore, Version
 from edgeft.runtime.target_replay import TargetBuffer
 from edgeft.runtime.trainer import (
@@ -592,10 +592,16 @@ class Adapter:
         }
         buffers = {"replay": self._replay, "holdout": self._holdout}
         writers[replay_store.BUFFERS_FILE], meta["segments"] = replay_store.persist(self.store, number, buffers, parent)
-        if self._statistics_log is not None and STATISTICS_FILE in writers:  # the version's statistics' segments
-            meta["segments"].update(self._statistics_log.listed())
-        if self._fleet_log is not None and FLEET_STATISTICS_FILE in writers:
-            meta["segments"].update(self._fleet_log.listed())
+        for kind, log, suffix in (
+            (STATISTICS_FILE, self._statistics_log, OWN),
+            (FLEET_STATISTICS_FILE, self._fleet_log, FLEET),
+        ):
+            # the segments the version's statistics index names: its log's, or, where this learner keeps none (sgd
+            # opening an slda state), those of the parent whose index it copies
+            if kind in writers and log is not None:
+                meta["segments"].update(log.listed())
+            elif kind in writers and parent is not None:
+                meta["segments"].update(listed_segments(self.store, parent, suffix))
         self._version = self.store.commit(writers, meta, parent)
         if not decision.promoted:
             self._forget_uncommitted()  # the next arrival trains from the head that stayed current

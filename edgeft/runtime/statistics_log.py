@@ -89,6 +89,18 @@ class StatisticsLog:
         return dict(self.chain)
 
 
+def listed_segments(store: StateStore, version: Version, suffix: str = OWN) -> dict[str, dict[str, Any]]:
+    """The statistics segments of one kind (``suffix``) that ``version``'s record lists: those its index names, which
+    a version that copies the index must list too."""
+    pattern = _segment_name(suffix)
+    listed = segments_of(version.record, store.versions_dir / f"{version.number:06d}.json")
+    return {name: entry for name, entry in listed.items() if pattern.fullmatch(name)}
+
+
+def _segment_name(suffix: str) -> re.Pattern[str]:
+    return re.compile(r"[0-9]{6,}" + re.escape(suffix) + r"\.npz")
+
+
 def load_statistics(
     store: StateStore,
     version: Version,
@@ -106,7 +118,7 @@ def load_statistics(
     if "chain" not in arrays:  # a whole statistics file, as edgeft wrote it before the log
         return ClassStatistics.load(path, num_classes, feature_dim), StatisticsLog(based=False, suffix=suffix)
     chain = arrays["chain"]
-    segment_name = re.compile(r"[0-9]{6,}" + re.escape(suffix) + r"\.npz")
+    segment_name = _segment_name(suffix)
     if chain.ndim != 1 or chain.dtype.kind != "U" or not all(segment_name.fullmatch(n) for n in chain):
         raise EdgeftError(f"{path} is corrupt: its chain is not a list of {suffix[1:].replace('.', ' ')} segment names")
     listed = segments_of(version.record, path)
