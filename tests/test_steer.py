@@ -287,7 +287,7 @@ def test_a_changed_world_raises_a_drift_alarm_in_metrics(bundle: Bundle, state_d
     status = collect_status(state_dir)
     assert status["drift_alarms"] == 1 and status["last_arrival"]["drift"] == rows[-1]["drift"]
     (line,) = [line for line in format_status(status).splitlines() if line.startswith("drift")]
-    assert line.endswith("1 alarms so far") and "Page-Hinkley" in line
+    assert line.endswith("1 alarms so far") and "Page-Hinkley" in line and "alarm above 0.5)" in line
 
 
 # a rollback commit renames head, buffers' index, metadata, then CURRENT (4th), then appends journal and metrics

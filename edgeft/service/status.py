@@ -93,7 +93,8 @@ def _drift(signal: dict[str, Any] | None, alarms: int) -> str:
     if signal is None:
         return f"not measured on the last arrival; {alarms} alarms so far"
     now = "ALARM: the world changed" if signal["detected"] else "no alarm"
-    return f"Page-Hinkley {signal['statistic']:.3f} on the last arrival ({now}); {alarms} alarms so far"
+    threshold = f", alarm above {signal['threshold']:g}" if "threshold" in signal else ""  # older records: none
+    return f"Page-Hinkley {signal['statistic']:.3f} on the last arrival ({now}{threshold}); {alarms} alarms so far"
 
 
 def _inbox_line(status: dict[str, Any]) -> list[str]:
