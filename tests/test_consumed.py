@@ -47,6 +47,13 @@ def test_it_answers_as_the_dict_of_the_same_pairs(merge_every: int, monkeypatch:
             built[absent]
 
 
+def test_nothing_consumed_yet_then_one_commit() -> None:
+    empty = ConsumedInputs()
+    assert len(empty) == 0 and digest(1) not in empty and dict(empty) == {}
+    empty.update({digest(1): 3})
+    assert empty == {digest(1): 3}
+
+
 def test_history_reads_the_journal_into_it(tmp_path: Path) -> None:
     pairs = pairs_with_repeats(50, seed=2)
     lines = [{"name": f"{i}.npz", "sha256": d, "version": v, "status": "learned"} for i, (d, v) in enumerate(pairs)]

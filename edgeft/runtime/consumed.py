@@ -37,6 +37,8 @@ class ConsumedInputs(Mapping[str, int]):
             else:
                 raw += key
                 versions.append(version)
+        if not raw:  # (older numpy refuses an empty buffer)
+            return np.empty(0, f"S{DIGEST_BYTES}"), np.empty(0, np.int64)
         return np.frombuffer(raw, f"S{DIGEST_BYTES}"), np.frombuffer(versions, np.int64)
 
     def update(self, pairs: Mapping[str, int]) -> None:
